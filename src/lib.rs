@@ -1,0 +1,7 @@
+//! dynamics-operator: converge bitHuman agents' dynamics from declarative `AgentDynamics` resources.
+//!
+//! Layout: `api` talks to the bitHuman Dynamics API, `sim` plays that API for tests and demos,
+//! `resource` defines the custom resource, `reconcile` decides (pure, no I/O), `controller` runs
+//! the decisions against Kubernetes and `filemode` runs them against a folder of manifests.
+
+pub mod resource;

@@ -1,0 +1,3 @@
+fn main() {
+    print!("{}", dynamics_operator::resource::crd_yaml());
+}

@@ -1,0 +1,24 @@
+//! The `AgentDynamics` custom resource: spec, status, the CRD generated from them, and the
+//! admission rules applied locally by the file mode.
+
+pub mod spec;
+pub mod status;
+pub mod validate;
+
+pub use spec::{
+    AgentDynamics, AgentDynamicsSpec, BatchResultSpec, DeletionPolicy, DynamicsBlock, ModelRefSpec,
+    SecretKeyRef,
+};
+pub use status::{AgentDynamicsStatus, PendingGeneration};
+
+use kube::CustomResourceExt;
+
+/// Annotation whose every new value asks for one reconcile pass (Argo CD refresh, Flux reconcile).
+pub const RECONCILE_REQUESTED_AT: &str = "dynamics.bithuman.ai/reconcile-requested-at";
+/// Finalizer that lets the operator disable remote dynamics before the object goes away.
+pub const FINALIZER: &str = "dynamics.bithuman.ai/cleanup";
+
+/// The CRD as YAML, exactly as committed under `crds/`.
+pub fn crd_yaml() -> String {
+    serde_yaml::to_string(&AgentDynamics::crd()).expect("the CRD always serializes")
+}
