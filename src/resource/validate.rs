@@ -237,7 +237,7 @@ dynamics:
             "spec": {"agentId": "A1", "dynamics": {"enabld": true}}
         });
         let err = parse_agent_dynamics(value).unwrap_err();
-        assert_eq!(err.field, "spec.dynamics");
+        assert_eq!(err.field, "spec.dynamics.enabld");
         assert!(err.message.contains("enabld"), "{}", err.message);
     }
 

@@ -1,0 +1,168 @@
+//! The operator-wide generation guard: at most `max_in_flight` generations running at once (the
+//! account runs two; more would only queue remotely while looking "started" here) and at most
+//! `per_hour` new ones in any hour. Beyond either, objects wait with a reason; nothing fails.
+//! Plain data with the time passed in; the caller shares it behind a mutex.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::time::Duration;
+
+use jiff::Timestamp;
+
+#[derive(Debug, Clone)]
+pub struct GenerationGuard {
+    max_in_flight: usize,
+    per_hour: Option<usize>,
+    in_flight: BTreeSet<String>,
+    started: VecDeque<Timestamp>,
+}
+
+/// Why a generation has to wait, and for how long at most before asking again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub reason: &'static str,
+    pub message: String,
+    pub retry_after: Duration,
+}
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+impl GenerationGuard {
+    /// `max_in_flight` 0 means no limit.
+    pub fn new(max_in_flight: usize, per_hour: Option<usize>) -> Self {
+        GenerationGuard { max_in_flight, per_hour, in_flight: BTreeSet::new(), started: VecDeque::new() }
+    }
+
+    /// Ask to start a generation for `key` (namespace/name). On success the slot is held until
+    /// `observe` sees the remote finish or `forget` is called.
+    pub fn try_start(&mut self, key: &str, now: Timestamp, poll: Duration) -> Result<(), Refusal> {
+        self.expire(now);
+        let already_holding = self.in_flight.contains(key);
+        if !already_holding && self.max_in_flight > 0 && self.in_flight.len() >= self.max_in_flight {
+            return Err(Refusal {
+                reason: "WaitingForGenerationSlot",
+                message: format!(
+                    "{} generations are running (limit {}, --max-concurrent-generations); this one starts when one finishes",
+                    self.in_flight.len(),
+                    self.max_in_flight
+                ),
+                retry_after: poll,
+            });
+        }
+        if let Some(limit) = self.per_hour {
+            if self.started.len() >= limit {
+                let oldest = self.started.front().copied().unwrap_or(now);
+                let free_at = Duration::try_from(now.duration_since(oldest)).map_or(HOUR, |age| HOUR.saturating_sub(age));
+                return Err(Refusal {
+                    reason: "GenerationBudgetExhausted",
+                    message: format!(
+                        "{limit} generations were started in the last hour (--generations-per-hour); the next may start in {}s",
+                        free_at.as_secs()
+                    ),
+                    retry_after: free_at.max(Duration::from_secs(1)),
+                });
+            }
+        }
+        self.in_flight.insert(key.to_string());
+        self.started.push_back(now);
+        Ok(())
+    }
+
+    /// Give back a slot taken by `try_start` whose call was refused by the API (nothing runs).
+    pub fn cancel(&mut self, key: &str) {
+        if self.in_flight.remove(key) {
+            self.started.pop_back();
+        }
+    }
+
+    /// Track what the remote reports: a running generation holds a slot (also one started before
+    /// a restart), a finished one frees it.
+    pub fn observe(&mut self, key: &str, generating: bool) {
+        if generating {
+            self.in_flight.insert(key.to_string());
+        } else {
+            self.in_flight.remove(key);
+        }
+    }
+
+    /// The object is gone or suspended.
+    pub fn forget(&mut self, key: &str) {
+        self.in_flight.remove(key);
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    fn expire(&mut self, now: Timestamp) {
+        while let Some(first) = self.started.front() {
+            let age = Duration::try_from(now.duration_since(*first)).unwrap_or(Duration::ZERO);
+            if age >= HOUR {
+                self.started.pop_front();
+            } else {
+                break;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: i64) -> Timestamp {
+        Timestamp::from_second(1_800_000_000 + s).unwrap()
+    }
+    const POLL: Duration = Duration::from_secs(2);
+
+    #[test]
+    fn concurrency_limit_holds_until_a_generation_finishes() {
+        let mut g = GenerationGuard::new(2, None);
+        assert!(g.try_start("a", t(0), POLL).is_ok());
+        assert!(g.try_start("b", t(0), POLL).is_ok());
+        let refused = g.try_start("c", t(0), POLL).unwrap_err();
+        assert_eq!(refused.reason, "WaitingForGenerationSlot");
+        assert_eq!(refused.retry_after, POLL);
+        // A resend for an object already holding a slot is not a new generation.
+        assert!(g.try_start("a", t(1), POLL).is_ok());
+        g.observe("a", false);
+        assert!(g.try_start("c", t(2), POLL).is_ok());
+        assert_eq!(g.in_flight(), 2);
+    }
+
+    #[test]
+    fn zero_means_unlimited() {
+        let mut g = GenerationGuard::new(0, None);
+        for i in 0..100 {
+            assert!(g.try_start(&format!("o{i}"), t(0), POLL).is_ok());
+        }
+    }
+
+    #[test]
+    fn hourly_budget_refuses_until_the_oldest_start_is_an_hour_old() {
+        let mut g = GenerationGuard::new(0, Some(2));
+        assert!(g.try_start("a", t(0), POLL).is_ok());
+        assert!(g.try_start("b", t(600), POLL).is_ok());
+        let refused = g.try_start("c", t(1200), POLL).unwrap_err();
+        assert_eq!(refused.reason, "GenerationBudgetExhausted");
+        assert_eq!(refused.retry_after, Duration::from_secs(2400));
+        assert!(g.try_start("c", t(3600), POLL).is_ok());
+    }
+
+    #[test]
+    fn cancelled_start_returns_slot_and_budget() {
+        let mut g = GenerationGuard::new(1, Some(1));
+        assert!(g.try_start("a", t(0), POLL).is_ok());
+        g.cancel("a");
+        assert!(g.try_start("b", t(1), POLL).is_ok());
+    }
+
+    #[test]
+    fn remote_generations_seen_after_restart_hold_slots() {
+        let mut g = GenerationGuard::new(2, None);
+        g.observe("a", true);
+        g.observe("b", true);
+        assert!(g.try_start("c", t(0), POLL).is_err());
+        g.forget("b");
+        assert!(g.try_start("c", t(0), POLL).is_ok());
+    }
+}

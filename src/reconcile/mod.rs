@@ -1,0 +1,19 @@
+//! The reconcile core: pure decisions, shared by the controller and the file mode.
+//!
+//! - `plan` decides the next step from spec, status and what the remote reported.
+//! - `transitions` computes the status before and after each remote call.
+//! - `conditions` turns a pass's outcome into kstatus conditions.
+//! - `desired` maps the spec to request bodies and hashes.
+//! - `guard` caps generations operator-wide (credits are money).
+
+pub mod conditions;
+pub mod desired;
+pub mod guard;
+pub mod plan;
+pub mod transitions;
+
+pub use conditions::Health;
+pub use plan::{plan, Action, Blocker, GeneratePlan, Input, Observation, RemoteError, Report, Settings};
+
+#[cfg(test)]
+mod plan_tests;

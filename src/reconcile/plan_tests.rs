@@ -1,0 +1,394 @@
+//! One row per reconcile rule (design notes sections 4 and 5), named after it.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use jiff::Timestamp;
+
+use super::desired::{dynamics_hash, inputs_hash};
+use super::plan::*;
+use super::transitions::{after_generate, after_update, settle, with_marker};
+use super::Health;
+use crate::api::{ApiErrorKind, DynamicsState, GenerateReply, Regeneration, RemoteStatus, UpdateReply};
+use crate::resource::{AgentDynamicsSpec, AgentDynamicsStatus, DeletionPolicy, DynamicsBlock, PendingGeneration};
+
+const NOW: i64 = 1_800_000_000;
+
+fn now() -> Timestamp {
+    Timestamp::from_second(NOW).unwrap()
+}
+
+fn ago(secs: i64) -> String {
+    Timestamp::from_second(NOW - secs).unwrap().to_string()
+}
+
+fn spec() -> AgentDynamicsSpec {
+    AgentDynamicsSpec { agent_id: "A91XMB7113".into(), duration: Some(5), model: Some("seedance".into()), ..Default::default() }
+}
+
+fn remote(status: Option<RemoteStatus>, url: Option<&str>) -> Observation {
+    Observation::Found(DynamicsState {
+        agent_id: "A91XMB7113".into(),
+        status,
+        model_url: url.map(str::to_string),
+        gestures: BTreeMap::new(),
+        error_message: None,
+    })
+}
+
+fn ready(url: &str) -> Observation {
+    remote(Some(RemoteStatus::Ready), Some(url))
+}
+
+fn failed(kind: ApiErrorKind, retry_after: Option<u64>) -> Observation {
+    Observation::Failed(RemoteError { kind, message: format!("{kind:?}"), retry_after: retry_after.map(Duration::from_secs) })
+}
+
+/// Status of an object whose current spec was generated once and applied.
+fn converged(spec: &AgentDynamicsSpec) -> AgentDynamicsStatus {
+    AgentDynamicsStatus {
+        generate_hash: Some(inputs_hash(spec)),
+        dynamics_hash: Some(dynamics_hash(spec)),
+        generations: 1,
+        applied_for_generation: Some(1),
+        last_generation_time: Some(ago(600)),
+        ..Default::default()
+    }
+}
+
+fn generated_not_applied(spec: &AgentDynamicsSpec) -> AgentDynamicsStatus {
+    AgentDynamicsStatus { dynamics_hash: None, applied_for_generation: None, ..converged(spec) }
+}
+
+fn marker(spec: &AgentDynamicsSpec, age: i64, prev_status: Option<&str>, prev_url: Option<&str>) -> AgentDynamicsStatus {
+    AgentDynamicsStatus {
+        pending_generation: Some(PendingGeneration {
+            inputs_hash: inputs_hash(spec),
+            since: ago(age),
+            previous_remote_status: prev_status.map(str::to_string),
+            previous_model_url: prev_url.map(str::to_string),
+        }),
+        ..Default::default()
+    }
+}
+
+struct Row {
+    name: &'static str,
+    spec: AgentDynamicsSpec,
+    status: AgentDynamicsStatus,
+    remote: Option<Observation>,
+    deleting: bool,
+    blocker: Option<Blocker>,
+    want: &'static str,
+}
+
+fn row(name: &'static str, spec: AgentDynamicsSpec, status: AgentDynamicsStatus, remote: Option<Observation>, want: &'static str) -> Row {
+    Row { name, spec, status, remote, deleting: false, blocker: None, want }
+}
+
+/// A short, readable name for an action.
+fn describe(action: &Action) -> String {
+    match action {
+        Action::Observe => "observe".into(),
+        Action::Generate(p) if p.resend => "resend".into(),
+        Action::Generate(_) => "generate".into(),
+        Action::Update { .. } => "update".into(),
+        Action::Disable(_) => "disable".into(),
+        Action::Release => "release".into(),
+        Action::Report(r) => {
+            let kind = match &r.health {
+                Health::Ready { .. } => "ready",
+                Health::Progressing { .. } => "progressing",
+                Health::Stalled { .. } => "stalled",
+                Health::Suspended => "suspended",
+            };
+            let adopt = if r.adopt.is_some() { "+adopt" } else { "" };
+            format!("{kind}:{}{adopt}", r.health.reason())
+        }
+    }
+}
+
+fn decide(r: &Row) -> Action {
+    let settings = Settings::default();
+    plan(&Input {
+        spec: &r.spec,
+        status: &r.status,
+        generation: 1,
+        requested_at: None,
+        deleting: r.deleting,
+        blocker: r.blocker.clone(),
+        remote: r.remote.as_ref(),
+        failures: 0,
+        now: now(),
+        settings: &settings,
+    })
+}
+
+#[test]
+fn every_rule() {
+    let s = spec();
+    let edited = AgentDynamicsSpec { duration: Some(3), ..spec() };
+    let disabled = AgentDynamicsSpec { dynamics: Some(DynamicsBlock { enabled: false, ..Default::default() }), ..spec() };
+    let regen = AgentDynamicsSpec { regenerate: Some("again".into()), ..spec() };
+    let new_object = AgentDynamicsStatus::default();
+    let url = "https://m/1.bin";
+    let generating = || remote(Some(RemoteStatus::Generating), Some(url));
+
+    let rows = vec![
+        row("first pass observes before deciding", s.clone(), new_object.clone(), None, "observe"),
+        row("no dynamics remotely: generate", s.clone(), new_object.clone(), Some(remote(None, None)), "generate"),
+        row("remote has dynamics we never generated: generate (inputs differ from the last accepted)", s.clone(), new_object.clone(), Some(ready(url)), "generate"),
+        row("generate input edited: generate once more", edited.clone(), converged(&s), Some(ready(url)), "generate"),
+        row("regenerate changed: generate with the same inputs", regen, converged(&s), Some(ready(url)), "generate"),
+        row("remote lost its dynamics: generate", s.clone(), converged(&s), Some(remote(None, None)), "generate"),
+        row("remote processing: wait and poll, never POST", s.clone(), converged(&s), Some(remote(Some(RemoteStatus::Processing), None)), "progressing:Generating"),
+        row("remote generating: wait and poll", s.clone(), converged(&s), Some(generating()), "progressing:Generating"),
+        row("remote completed (transitional): wait", s.clone(), converged(&s), Some(remote(Some(RemoteStatus::Completed), Some(url))), "progressing:Generating"),
+        row("edit during a generation is coalesced: wait, not POST", edited.clone(), converged(&s), Some(generating()), "progressing:Generating"),
+        row("ready and not applied: PUT the dynamics block", s.clone(), generated_not_applied(&s), Some(ready(url)), "update"),
+        row("dynamics block edited: PUT, no generate", disabled.clone(), converged(&s), Some(ready(url)), "update"),
+        row(
+            "new generation ready: PUT again to switch it on",
+            s.clone(),
+            AgentDynamicsStatus { generations: 2, ..converged(&s) },
+            Some(ready(url)),
+            "update",
+        ),
+        row("ready and applied: Ready, resync only", s.clone(), converged(&s), Some(ready(url)), "ready:Ready"),
+        row("remote generation failed: stalled until the spec changes", s.clone(), converged(&s), Some(remote(Some(RemoteStatus::Failed), None)), "stalled:GenerationFailed"),
+        row("failed, then a generate input edited: generate", edited.clone(), converged(&s), Some(remote(Some(RemoteStatus::Failed), None)), "generate"),
+        row("unknown remote status: not ready, keep polling", s.clone(), converged(&s), Some(remote(Some(RemoteStatus::Unknown("queued_v2".into())), Some(url))), "progressing:RemoteStatusUnknown"),
+        row("400 stalls", s.clone(), converged(&s), Some(failed(ApiErrorKind::InvalidRequest, None)), "stalled:InvalidRequest"),
+        row("401 stalls", s.clone(), converged(&s), Some(failed(ApiErrorKind::Unauthorized, None)), "stalled:Unauthorized"),
+        row("402 stalls", s.clone(), converged(&s), Some(failed(ApiErrorKind::InsufficientCredits, None)), "stalled:InsufficientCredits"),
+        row("404 stalls", s.clone(), converged(&s), Some(failed(ApiErrorKind::NotFound, None)), "stalled:AgentNotFound"),
+        row("429 backs off", s.clone(), converged(&s), Some(failed(ApiErrorKind::RateLimited, Some(7))), "progressing:RateLimited"),
+        row("503 backs off", s.clone(), converged(&s), Some(failed(ApiErrorKind::Unavailable, Some(7))), "progressing:RemoteUnavailable"),
+        row("500 backs off", s.clone(), converged(&s), Some(failed(ApiErrorKind::Server, None)), "progressing:RemoteError"),
+        row("timeout backs off", s.clone(), converged(&s), Some(failed(ApiErrorKind::Timeout, None)), "progressing:Timeout"),
+        row("unparseable reply backs off", s.clone(), converged(&s), Some(failed(ApiErrorKind::Decode, None)), "progressing:BadReply"),
+        row("suspended: nothing read or sent", AgentDynamicsSpec { suspend: true, ..spec() }, converged(&s), None, "suspended:Suspended"),
+        Row { blocker: Some(Blocker::Conflict { owner: "agents/first".into() }), ..row("same agentId as an older object: Conflict", s.clone(), new_object.clone(), None, "stalled:Conflict") },
+        Row {
+            blocker: Some(Blocker::Secret { reason: "SecretNotFound".into(), message: "Secret agents/x not found".into() }),
+            ..row("missing Secret: stalled before any call", s.clone(), new_object.clone(), None, "stalled:SecretNotFound")
+        },
+        // Crash safety (section 5).
+        row("marker, remote now generating: the POST landed, adopt", s.clone(), marker(&s, 5, None, None), Some(generating()), "progressing:GenerationAdopted+adopt"),
+        row("marker, remote ready with a new model: adopt", s.clone(), marker(&s, 300, Some("ready"), Some("https://m/0.bin")), Some(ready(url)), "progressing:GenerationAdopted+adopt"),
+        row("marker, nothing there yet, young: wait", s.clone(), marker(&s, 5, None, None), Some(remote(None, None)), "progressing:GenerationPending"),
+        row("marker, nothing there, older than the grace: send again", s.clone(), marker(&s, 300, None, None), Some(remote(None, None)), "resend"),
+        row("marker, remote unchanged since before the call: send again", s.clone(), marker(&s, 300, Some("ready"), Some(url)), Some(ready(url)), "resend"),
+        // Deletion.
+        Row { deleting: true, ..row("delete with Disable: PUT enabled=false", s.clone(), converged(&s), None, "disable") },
+        Row {
+            deleting: true,
+            ..row("delete with Orphan: release, no call", AgentDynamicsSpec { deletion_policy: DeletionPolicy::Orphan, ..spec() }, converged(&s), None, "release")
+        },
+        Row { deleting: true, ..row("delete before anything was sent: release", s.clone(), new_object.clone(), None, "release") },
+        Row { deleting: true, ..row("delete while suspended: release, no call", AgentDynamicsSpec { suspend: true, ..spec() }, converged(&s), None, "release") },
+        Row {
+            deleting: true,
+            blocker: Some(Blocker::Conflict { owner: "agents/first".into() }),
+            ..row("delete of the conflicting object: release, the owner keeps the agent", s.clone(), converged(&s), None, "release")
+        },
+        Row {
+            deleting: true,
+            blocker: Some(Blocker::Secret { reason: "SecretNotFound".into(), message: "Secret agents/x not found".into() }),
+            ..row("delete without a Secret: stalled, says how to orphan", s.clone(), converged(&s), None, "stalled:SecretNotFound")
+        },
+    ];
+
+    let mut failures = Vec::new();
+    for r in &rows {
+        let got = describe(&decide(r));
+        if got != r.want {
+            failures.push(format!("{}: want {}, got {got}", r.name, r.want));
+        }
+    }
+    assert!(failures.is_empty(), "rules broken:\n{}", failures.join("\n"));
+}
+
+fn input<'a>(spec: &'a AgentDynamicsSpec, status: &'a AgentDynamicsStatus, remote: Option<&'a Observation>, settings: &'a Settings) -> Input<'a> {
+    Input {
+        spec,
+        status,
+        generation: 4,
+        requested_at: Some("2026-11-29T10:00:00Z"),
+        deleting: false,
+        blocker: None,
+        remote,
+        failures: 0,
+        now: now(),
+        settings,
+    }
+}
+
+fn requeue_of(action: Action) -> Duration {
+    match action {
+        Action::Report(r) => r.requeue,
+        other => panic!("expected a report, got {other:?}"),
+    }
+}
+
+#[test]
+fn requeues_follow_the_rules() {
+    let settings = Settings::default();
+    let s = spec();
+    let st = converged(&s);
+    let ready_obs = ready("https://m/1.bin");
+    assert_eq!(requeue_of(plan(&input(&s, &st, Some(&ready_obs), &settings))), settings.resync, "converged: drift resync only");
+
+    let rate_limited = failed(ApiErrorKind::RateLimited, Some(42));
+    assert_eq!(requeue_of(plan(&input(&s, &st, Some(&rate_limited), &settings))), Duration::from_secs(42), "429 honours Retry-After");
+
+    let unauthorized = failed(ApiErrorKind::Unauthorized, None);
+    assert_eq!(requeue_of(plan(&input(&s, &st, Some(&unauthorized), &settings))), settings.stalled_retry, "stalled retries slowly");
+
+    // Transient errors back off exponentially, bounded.
+    let server = failed(ApiErrorKind::Server, None);
+    let waits: Vec<Duration> = [0, 1, 2, 30]
+        .into_iter()
+        .map(|failures| requeue_of(plan(&Input { failures, ..input(&s, &st, Some(&server), &settings) })))
+        .collect();
+    assert_eq!(waits, vec![Duration::from_secs(1), Duration::from_secs(2), Duration::from_secs(4), settings.backoff_max]);
+
+    // Polling slows as a generation runs long, within bounds.
+    let generating = remote(Some(RemoteStatus::Generating), None);
+    let poll_after = |started_ago: i64| {
+        let st = AgentDynamicsStatus { last_generation_time: Some(ago(started_ago)), ..converged(&s) };
+        requeue_of(plan(&input(&s, &st, Some(&generating), &settings)))
+    };
+    assert_eq!(poll_after(0), settings.poll_min);
+    assert_eq!(poll_after(40), Duration::from_secs(10));
+    assert_eq!(poll_after(3600), settings.poll_max);
+
+    // A young marker waits out exactly the rest of the grace period.
+    let young = marker(&s, 20, None, None);
+    let nothing = remote(None, None);
+    assert_eq!(requeue_of(plan(&input(&s, &young, Some(&nothing), &settings))), Duration::from_secs(40));
+}
+
+#[test]
+fn no_error_path_loops_hot() {
+    let settings = Settings::default();
+    let s = spec();
+    let st = converged(&s);
+    for kind in [
+        ApiErrorKind::InvalidRequest,
+        ApiErrorKind::Unauthorized,
+        ApiErrorKind::InsufficientCredits,
+        ApiErrorKind::NotFound,
+        ApiErrorKind::RateLimited,
+        ApiErrorKind::Unavailable,
+        ApiErrorKind::Server,
+        ApiErrorKind::Timeout,
+        ApiErrorKind::Transport,
+        ApiErrorKind::Decode,
+    ] {
+        // Even a Retry-After of zero must not requeue at once.
+        let obs = failed(kind, Some(0));
+        let wait = requeue_of(plan(&input(&s, &st, Some(&obs), &settings)));
+        assert!(wait >= settings.backoff_base, "{kind:?} requeues after {wait:?}");
+    }
+}
+
+#[test]
+fn generate_lifecycle_marks_then_records_or_keeps_the_marker() {
+    let settings = Settings::default();
+    let s = spec();
+    let base = AgentDynamicsStatus::default();
+    let obs = remote(None, None);
+    let Observation::Found(state) = &obs else { unreachable!() };
+    let inp = input(&s, &base, Some(&obs), &settings);
+    let Action::Generate(gp) = plan(&inp) else { panic!("expected generate") };
+
+    let marked = with_marker(&base, &gp, Some(state), now());
+    let pending = marked.pending_generation.as_ref().expect("marker written before the call");
+    assert_eq!(pending.inputs_hash, inputs_hash(&s));
+    assert_eq!(pending.since, now().to_string());
+
+    let with_mark = input(&s, &marked, Some(&obs), &settings);
+    // Accepted: hash recorded, marker cleared, one generation counted.
+    let reply = GenerateReply { message: None, agent_id: None, status: Some(RemoteStatus::Processing) };
+    let (accepted, report) = after_generate(&with_mark, &gp, Ok(&reply));
+    assert_eq!(accepted.generate_hash, Some(inputs_hash(&s)));
+    assert_eq!(accepted.pending_generation, None);
+    assert_eq!(accepted.generations, 1);
+    assert_eq!(accepted.remote_status.as_deref(), Some("processing"));
+    assert_eq!(report.health.reason(), "GenerationStarted");
+
+    // Outcome unknown (dropped connection): the marker stays, nothing counted.
+    let lost = RemoteError { kind: ApiErrorKind::Transport, message: "connection closed".into(), retry_after: None };
+    let (unknown, report) = after_generate(&with_mark, &gp, Err(&lost));
+    assert!(unknown.pending_generation.is_some());
+    assert_eq!(unknown.generations, 0);
+    assert_eq!(report.health.reason(), "GenerationOutcomeUnknown");
+    assert!(report.transient);
+
+    // Refused (402): nothing ran, marker cleared, stalled.
+    let broke = RemoteError { kind: ApiErrorKind::InsufficientCredits, message: "add credits".into(), retry_after: None };
+    let (refused, report) = after_generate(&with_mark, &gp, Err(&broke));
+    assert_eq!(refused.pending_generation, None);
+    assert_eq!(refused.generations, 0);
+    assert_eq!(report.health.reason(), "InsufficientCredits");
+}
+
+#[test]
+fn update_outcomes() {
+    let settings = Settings::default();
+    let s = spec();
+    let st = generated_not_applied(&s);
+    let obs = ready("https://m/1.bin");
+    let inp = input(&s, &st, Some(&obs), &settings);
+    let Action::Update { dynamics_hash: dh, .. } = plan(&inp) else { panic!("expected update") };
+
+    let plain = UpdateReply { message: None, agent_id: None, updated_at: Some("2025-01-15T10:30:00Z".into()), regeneration: None };
+    let (applied, report) = after_update(&inp, &dh, Ok(&plain));
+    assert_eq!(applied.dynamics_hash.as_deref(), Some(dh.as_str()));
+    assert_eq!(applied.applied_for_generation, Some(1));
+    assert!(matches!(report.health, Health::Ready { .. }));
+    // The next pass on the same remote is converged: no second PUT.
+    let next = input(&s, &applied, Some(&obs), &settings);
+    assert_eq!(describe(&plan(&next)), "ready:Ready");
+
+    let regen = UpdateReply { regeneration: Some(Regeneration::Started), ..plain.clone() };
+    let (regenerating, report) = after_update(&inp, &dh, Ok(&regen));
+    assert_eq!(regenerating.remote_status.as_deref(), Some("generating"));
+    assert_eq!(report.health.reason(), "Regenerating");
+    // Once the regeneration is ready, nothing more is sent for it.
+    let after = input(&s, &regenerating, Some(&obs), &settings);
+    assert_eq!(describe(&plan(&after)), "ready:Ready");
+
+    let err = RemoteError { kind: ApiErrorKind::Unauthorized, message: "check the api-secret".into(), retry_after: None };
+    let (unchanged, report) = after_update(&inp, &dh, Err(&err));
+    assert_eq!(unchanged.dynamics_hash, None, "a refused PUT is not recorded as applied");
+    assert_eq!(report.health.reason(), "Unauthorized");
+}
+
+#[test]
+fn settle_adopts_echoes_and_is_idempotent() {
+    let settings = Settings::default();
+    let s = spec();
+    let st = marker(&s, 30, None, None);
+    let obs = remote(Some(RemoteStatus::Generating), None);
+    let inp = input(&s, &st, Some(&obs), &settings);
+    let Action::Report(report) = plan(&inp) else { panic!("expected a report") };
+    let settled = settle(&inp, st.clone(), &report);
+    assert_eq!(settled.generate_hash, Some(inputs_hash(&s)));
+    assert_eq!(settled.generations, 1);
+    assert_eq!(settled.pending_generation, None);
+    assert_eq!(settled.last_generation_time, Some(ago(30)), "polling paces from when the call was sent");
+    assert_eq!(settled.observed_generation, Some(4));
+    assert_eq!(settled.last_handled_reconcile_at.as_deref(), Some("2026-11-29T10:00:00Z"));
+
+    // A converged object settles to exactly the status it has: no write.
+    let conv = converged(&s);
+    let ready_obs = ready("https://m/1.bin");
+    let inp = input(&s, &conv, Some(&ready_obs), &settings);
+    let Action::Report(report) = plan(&inp) else { panic!() };
+    let once = settle(&inp, conv.clone(), &report);
+    let later = Input { now: Timestamp::from_second(NOW + 600).unwrap(), ..input(&s, &once, Some(&ready_obs), &settings) };
+    let Action::Report(report) = plan(&later) else { panic!() };
+    assert_eq!(settle(&later, once.clone(), &report), once);
+}
