@@ -4,4 +4,13 @@
 //! `resource` defines the custom resource, `reconcile` decides (pure, no I/O), `controller` runs
 //! the decisions against Kubernetes and `filemode` runs them against a folder of manifests.
 
+pub mod api;
+pub mod cli;
+pub mod controller;
+pub mod executor;
+pub mod filemode;
+pub mod reconcile;
+pub mod metrics;
 pub mod resource;
+pub mod sim;
+pub mod telemetry;

@@ -1,0 +1,151 @@
+//! Command line: `run` (the controller), `sim` (the simulator), `crd`, `plan` and `apply`.
+//! Every flag of `run` can also come from the environment, as a Deployment sets them.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::api::{ApiSecret, ClientConfig, DEFAULT_BASE_URL};
+use crate::controller::{LeaderConfig, RunConfig};
+use crate::reconcile::Settings;
+use crate::telemetry::LogFormat;
+
+#[derive(Debug, Parser)]
+#[command(name = "dynamics-operator", version, about = "Converge bitHuman agents' dynamics from AgentDynamics resources")]
+pub struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the Kubernetes controller (uses KUBECONFIG or the in-cluster service account).
+    Run(Box<RunArgs>),
+    /// Serve the bitHuman Dynamics API simulator.
+    Sim(crate::sim::SimArgs),
+    /// Print the AgentDynamics CustomResourceDefinition (YAML).
+    Crd,
+    /// Show what apply would do for a file or folder of manifests, and what it would cost.
+    Plan(crate::filemode::PlanArgs),
+    /// Converge a file or folder of manifests without a cluster, keeping status in a state file.
+    Apply(crate::filemode::ApplyArgs),
+}
+
+/// Where the bitHuman API is and how to authenticate (shared by `run`, `plan` and `apply`).
+#[derive(Debug, Clone, Args)]
+pub struct ApiArgs {
+    /// Base URL of the bitHuman API (newer docs use https://api.bithuman.ai).
+    #[arg(long, env = "BITHUMAN_API_URL", default_value = DEFAULT_BASE_URL)]
+    pub api_url: String,
+    /// File holding the operator's API secret (e.g. a mounted Secret); BITHUMAN_API_SECRET also works.
+    #[arg(long, env = "BITHUMAN_API_SECRET_FILE")]
+    pub api_secret_file: Option<PathBuf>,
+    /// Timeout of one API request.
+    #[arg(long, env = "BITHUMAN_API_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub api_timeout: Duration,
+}
+
+impl ApiArgs {
+    pub fn client_config(&self) -> ClientConfig {
+        ClientConfig { base_url: self.api_url.clone(), request_timeout: self.api_timeout, ..ClientConfig::default() }
+    }
+
+    /// The operator's own secret: the file if given, else BITHUMAN_API_SECRET. Never a flag, so
+    /// it does not show in `ps`.
+    pub fn secret(&self) -> anyhow::Result<Option<ApiSecret>> {
+        if let Some(path) = &self.api_secret_file {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| anyhow::anyhow!("cannot read --api-secret-file {}: {e}", path.display()))?;
+            return Ok(Some(ApiSecret::new(text)).filter(|s| !s.is_empty()));
+        }
+        Ok(std::env::var("BITHUMAN_API_SECRET").ok().map(ApiSecret::new).filter(|s| !s.is_empty()))
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub api: ApiArgs,
+    /// Watch only this namespace (default: all namespaces).
+    #[arg(long, env = "WATCH_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// Objects reconciled at once.
+    #[arg(long, env = "CONCURRENCY", default_value_t = 16)]
+    pub concurrency: u16,
+    /// Re-check converged objects for remote drift this often.
+    #[arg(long, env = "RESYNC", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub resync: Duration,
+    /// Generations running at once across all objects (0: no limit). The account runs 2.
+    #[arg(long, env = "MAX_CONCURRENT_GENERATIONS", default_value_t = 2)]
+    pub max_concurrent_generations: usize,
+    /// Generations started per hour across all objects (default: no cap).
+    #[arg(long, env = "GENERATIONS_PER_HOUR")]
+    pub generations_per_hour: Option<usize>,
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, env = "METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    pub metrics_addr: SocketAddr,
+    /// Only the holder of a coordination.k8s.io Lease reconciles (for more than one replica).
+    #[arg(long, env = "LEADER_ELECT")]
+    pub leader_elect: bool,
+    #[arg(long, env = "LEASE_NAME", default_value = "dynamics-operator")]
+    pub lease_name: String,
+    /// Namespace of the Lease (default: the pod's namespace, else "default").
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    pub lease_namespace: String,
+    /// This replica's identity in the Lease (default: the pod name, else hostname and pid).
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+    /// Lease validity in seconds.
+    #[arg(long, default_value_t = 15)]
+    pub lease_duration: u64,
+    /// Fastest poll while a generation runs.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub poll_min: Duration,
+    /// Slowest poll while a generation runs.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub poll_max: Duration,
+    /// Retry of a Stalled object (a spec or Secret change retries at once).
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    pub stalled_retry: Duration,
+    /// How long an unexplained pending generate call is given before it is sent again.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub pending_grace: Duration,
+}
+
+impl RunArgs {
+    pub fn into_config(self) -> anyhow::Result<RunConfig> {
+        let identity = self.identity.unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "dynamics-operator".into());
+            format!("{host}-{}", std::process::id())
+        });
+        Ok(RunConfig {
+            default_secret: self.api.secret()?,
+            api: self.api.client_config(),
+            namespace: self.namespace,
+            concurrency: self.concurrency,
+            settings: Settings {
+                resync: self.resync,
+                poll_min: self.poll_min,
+                poll_max: self.poll_max,
+                stalled_retry: self.stalled_retry,
+                pending_grace: self.pending_grace,
+                ..Settings::default()
+            },
+            max_concurrent_generations: self.max_concurrent_generations,
+            generations_per_hour: self.generations_per_hour,
+            metrics_addr: self.metrics_addr,
+            leader_election: self.leader_elect.then(|| LeaderConfig {
+                lease_name: self.lease_name,
+                lease_namespace: self.lease_namespace,
+                identity,
+                lease_duration: self.lease_duration,
+                renew_grace: (self.lease_duration / 3).max(1),
+            }),
+        })
+    }
+}

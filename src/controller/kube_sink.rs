@@ -1,0 +1,72 @@
+//! The executor's status store in a cluster: the status subresource, written with a full
+//! replace that carries the resourceVersion read, so a concurrent writer gets 409 instead of
+//! both writers going on to POST. Notes become Events.
+
+use std::sync::Arc;
+
+use kube::api::PostParams;
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::{Api, Resource, ResourceExt};
+
+use crate::executor::{Note, SaveError, StatusSink};
+use crate::metrics::Metrics;
+use crate::resource::{AgentDynamics, AgentDynamicsStatus};
+
+pub struct KubeStatusSink {
+    api: Api<AgentDynamics>,
+    /// The object as last read or written: its resourceVersion is the write precondition.
+    object: AgentDynamics,
+    metrics: Arc<Metrics>,
+    notes: Vec<Note>,
+}
+
+impl KubeStatusSink {
+    pub fn new(api: Api<AgentDynamics>, object: AgentDynamics, metrics: Arc<Metrics>) -> Self {
+        KubeStatusSink { api, object, metrics, notes: Vec::new() }
+    }
+
+    /// Whether this pass sent a generate call (for the generations metric).
+    pub fn generated(&self) -> bool {
+        self.notes.iter().any(|n| n.reason == "GenerationStarted")
+    }
+
+    /// Send the pass's notes as Events. An Event that cannot be written is logged, not retried:
+    /// Events are advice, and the status already says the same.
+    pub async fn publish(&self, recorder: &Recorder) {
+        let reference = self.object.object_ref(&());
+        for note in &self.notes {
+            let event = Event {
+                type_: if note.warning { EventType::Warning } else { EventType::Normal },
+                reason: note.reason.clone(),
+                note: Some(note.message.clone()),
+                action: "Reconcile".into(),
+                secondary: None,
+            };
+            if let Err(err) = recorder.publish(&event, &reference).await {
+                tracing::debug!(object = %self.object.name_any(), error = %err, "could not publish an Event");
+            }
+        }
+    }
+}
+
+impl StatusSink for KubeStatusSink {
+    async fn save(&mut self, status: &AgentDynamicsStatus) -> Result<(), SaveError> {
+        let mut next = self.object.clone();
+        next.status = Some(status.clone());
+        // Only the status subresource is written: spec and metadata stay as the user (or Argo CD) left them.
+        match self.api.replace_status(&self.object.name_any(), &PostParams::default(), &next).await {
+            Ok(written) => {
+                self.metrics.status_written();
+                self.object = written;
+                Ok(())
+            }
+            Err(kube::Error::Api(status)) if status.is_conflict() => Err(SaveError::Conflict),
+            Err(err) => Err(SaveError::Other(err.to_string())),
+        }
+    }
+
+    fn note(&mut self, note: Note) {
+        tracing::info!(object = %self.object.name_any(), reason = %note.reason, "{}", note.message);
+        self.notes.push(note);
+    }
+}

@@ -1,0 +1,206 @@
+//! `dynamics-operator run`: the Kubernetes controller. It watches `AgentDynamics` (and the Secrets
+//! they reference), and for each object runs one `executor` pass with the status subresource as
+//! its store and Events as its notes.
+
+mod context;
+mod kube_sink;
+mod leader;
+mod secrets;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Secret;
+use kube::runtime::controller::{Action as ControllerAction, Controller};
+use kube::runtime::finalizer::{finalizer, Event as FinalizerEvent};
+use kube::runtime::reflector::{self, ObjectRef};
+use kube::core::PartialObjectMeta;
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::{Api, Client, ResourceExt};
+
+use crate::api::{ApiSecret, ClientConfig};
+use crate::executor::PassError;
+use crate::metrics::Metrics;
+use crate::reconcile::Settings;
+use crate::resource::{AgentDynamics, FINALIZER, RECONCILE_REQUESTED_AT};
+
+pub use context::Context;
+
+/// Everything `run` needs, parsed from flags and environment by `crate::cli`.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    pub api: ClientConfig,
+    pub default_secret: Option<ApiSecret>,
+    pub namespace: Option<String>,
+    pub concurrency: u16,
+    pub settings: Settings,
+    pub max_concurrent_generations: usize,
+    pub generations_per_hour: Option<usize>,
+    pub metrics_addr: SocketAddr,
+    pub leader_election: Option<leader::LeaderConfig>,
+}
+
+pub use leader::LeaderConfig;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Pass(#[from] PassError),
+    #[error("kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+}
+
+/// Run until SIGTERM/SIGINT (or, with leader election, until leadership is lost).
+pub async fn run(config: RunConfig) -> anyhow::Result<()> {
+    let client = Client::try_default()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot reach Kubernetes (KUBECONFIG or in-cluster config): {e}"))?;
+    let metrics = Arc::new(Metrics::new());
+    let server = tokio::spawn(crate::metrics::serve(config.metrics_addr, metrics.clone()));
+
+    let result = match &config.leader_election {
+        Some(leader_config) => {
+            // Followers are healthy and ready; they just do not reconcile.
+            metrics.set_ready(true);
+            let leadership = leader::acquire(client.clone(), leader_config).await?;
+            tracing::info!(identity = %leader_config.identity, "became leader; starting the controller");
+            let lost = leadership.lost();
+            run_controller(client, config.clone(), metrics.clone(), lost).await;
+            leadership.release().await;
+            Ok(())
+        }
+        None => {
+            run_controller(client, config.clone(), metrics.clone(), futures::future::pending()).await;
+            Ok(())
+        }
+    };
+    server.abort();
+    result
+}
+
+async fn run_controller(
+    client: Client,
+    config: RunConfig,
+    metrics: Arc<Metrics>,
+    stop: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let objects: Api<AgentDynamics> = match &config.namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    // Metadata only: the operator never keeps Secret values in memory; it reads one when a pass needs it.
+    let secrets: Api<PartialObjectMeta<Secret>> = match &config.namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+
+    let (reader, writer) = reflector::store();
+    // Status writes change neither generation nor finalizers nor the refresh annotation, so the
+    // operator's own writes do not wake it up again.
+    let changes = watcher(objects.clone(), watcher::Config::default().any_semantic())
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(relevant_change, Default::default());
+    let secret_changes = watcher(secrets, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .touched_objects();
+
+    let ctx = Arc::new(Context::new(client.clone(), &config, metrics.clone(), reader.clone()));
+    let ready_store = reader.clone();
+    let ready_metrics = metrics.clone();
+    tokio::spawn(async move {
+        // Ready once the first list is in the cache: before that, passes would see no conflicts.
+        if ready_store.wait_until_ready().await.is_ok() {
+            ready_metrics.set_ready(true);
+        }
+    });
+
+    let secret_users = reader.clone();
+    Controller::for_stream(changes, reader)
+        .watches_stream(secret_changes, move |secret| {
+            secrets::objects_using(&secret_users, &secret.namespace().unwrap_or_default(), &secret.name_any())
+        })
+        .with_config(kube::runtime::controller::Config::default().concurrency(config.concurrency))
+        .graceful_shutdown_on(shutdown_signal(stop))
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(err) = result {
+                tracing::debug!(error = %err, "reconcile failed");
+            }
+        })
+        .await;
+    tracing::info!("controller stopped");
+}
+
+/// What makes a watch event worth a pass: spec (generation), deletion, finalizers, and the
+/// reconcile-requested-at annotation.
+fn relevant_change(obj: &AgentDynamics) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    obj.metadata.generation.hash(&mut hasher);
+    obj.metadata.deletion_timestamp.as_ref().map(|t| t.0.as_second()).hash(&mut hasher);
+    obj.finalizers().hash(&mut hasher);
+    obj.annotations().get(RECONCILE_REQUESTED_AT).hash(&mut hasher);
+    Some(hasher.finish())
+}
+
+async fn shutdown_signal(stop: impl std::future::Future<Output = ()>) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut sig) => {
+                sig.recv().await;
+            }
+            Err(_) => futures::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = futures::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => tracing::info!("interrupted; shutting down"),
+        _ = term => tracing::info!("SIGTERM; shutting down"),
+        _ = stop => tracing::warn!("leadership lost; shutting down"),
+    }
+}
+
+async fn reconcile(obj: Arc<AgentDynamics>, ctx: Arc<Context>) -> Result<ControllerAction, Error> {
+    let namespace = obj.namespace().unwrap_or_default();
+    let api: Api<AgentDynamics> = Api::namespaced(ctx.client.clone(), &namespace);
+    finalizer(&api, FINALIZER, obj, |event| async {
+        match event {
+            FinalizerEvent::Apply(obj) => ctx.pass(&api, obj, false).await,
+            FinalizerEvent::Cleanup(obj) => ctx.pass(&api, obj, true).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)))
+}
+
+/// Unexpected errors (API server trouble, write conflicts, cleanup refused): retry with
+/// per-object exponential backoff and jitter, never hot.
+fn error_policy(obj: Arc<AgentDynamics>, err: &Error, ctx: Arc<Context>) -> ControllerAction {
+    let key = context::key_of(&obj);
+    let conflict = matches!(err, Error::Pass(PassError::Save(crate::executor::SaveError::Conflict)))
+        || matches!(err, Error::Finalizer(inner) if matches!(inner.as_ref(), kube::runtime::finalizer::Error::ApplyFailed(Error::Pass(PassError::Save(crate::executor::SaveError::Conflict)))));
+    ctx.metrics.reconciled("error");
+    if conflict {
+        // Another writer changed the object: look again soon with a fresh copy.
+        tracing::debug!(object = %key, "status write conflict; retrying");
+        return ControllerAction::requeue(Duration::from_millis(500));
+    }
+    ctx.metrics.error("ControllerError");
+    let delay = ctx.backoff_after_error(&key);
+    tracing::warn!(object = %key, error = %err, retry_in_ms = delay.as_millis() as u64, "reconcile failed");
+    ControllerAction::requeue(delay)
+}
+
+/// The object a Secret event maps to.
+pub(crate) fn object_ref(obj: &AgentDynamics) -> ObjectRef<AgentDynamics> {
+    ObjectRef::from(obj)
+}

@@ -1,0 +1,329 @@
+//! One reconcile pass with its I/O: GET, ask `reconcile::plan`, perform at most one POST or PUT,
+//! save the status. Shared by the controller (status in the status subresource, notes as Events)
+//! and the file mode (status in a state file, notes printed), so both follow the same rules,
+//! the same generation guard and the same crash-safety marker.
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use jiff::Timestamp;
+use rand::Rng;
+
+use crate::api::{ApiSecret, DynamicsClient, RemoteStatus};
+use crate::reconcile::guard::GenerationGuard;
+use crate::reconcile::plan::{plan, Action, Blocker, GeneratePlan, Input, Observation, RemoteError, Report, Settings};
+use crate::reconcile::transitions::{after_generate, after_update, observe, settle, with_marker};
+use crate::reconcile::Health;
+use crate::resource::{AgentDynamicsSpec, AgentDynamicsStatus};
+
+/// The object as a pass sees it, whatever it was read from.
+#[derive(Debug, Clone)]
+pub struct ObjectView {
+    /// "namespace/name": identifies the object in the guard, logs and notes.
+    pub key: String,
+    pub uid: String,
+    pub spec: AgentDynamicsSpec,
+    pub status: AgentDynamicsStatus,
+    pub generation: i64,
+    pub deleting: bool,
+    pub requested_at: Option<String>,
+    pub blocker: Option<Blocker>,
+}
+
+/// Something worth telling the user (an Event in the cluster, a line in the file mode).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Note {
+    pub warning: bool,
+    pub reason: String,
+    pub message: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SaveError {
+    /// The object changed since it was read: another writer is active, so this pass stops
+    /// (before a POST, this is what keeps two writers from both generating).
+    #[error("the object changed since it was read")]
+    Conflict,
+    #[error("saving status failed: {0}")]
+    Other(String),
+}
+
+/// Where a pass keeps status and sends notes.
+pub trait StatusSink: Send {
+    /// Persist `status`; fail with `SaveError::Conflict` if the object changed since it was read.
+    fn save(&mut self, status: &AgentDynamicsStatus) -> impl Future<Output = Result<(), SaveError>> + Send;
+    fn note(&mut self, note: Note);
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum PassResult {
+    /// Look again after `after` (jitter included). `transient`: count it towards backoff.
+    Requeue { after: Duration, health: Health, transient: bool },
+    /// Nothing left to do remotely for a deleted object: drop the finalizer / forget it.
+    Released,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PassError {
+    #[error(transparent)]
+    Save(#[from] SaveError),
+    /// Deletion could not finish (the remote refused the disabling PUT); the object keeps its finalizer.
+    #[error("cleanup of {key} is not finished: {message}")]
+    Cleanup { key: String, message: String },
+}
+
+/// What `plan` would do for an object, without doing it (for `dynamics-operator plan`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Preview {
+    pub action: Action,
+    pub remote: Option<Observation>,
+}
+
+pub struct Executor {
+    client: DynamicsClient,
+    guard: Arc<Mutex<GenerationGuard>>,
+    settings: Settings,
+}
+
+impl Executor {
+    pub fn new(client: DynamicsClient, guard: Arc<Mutex<GenerationGuard>>, settings: Settings) -> Self {
+        Executor { client, guard, settings }
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    pub fn client(&self) -> &DynamicsClient {
+        &self.client
+    }
+
+    /// Forget an object that is gone or suspended (frees its generation slot).
+    pub fn forget(&self, key: &str) {
+        self.guard.lock().expect("guard lock").forget(key);
+    }
+
+    /// One pass. `failures` counts this object's consecutive transient failures.
+    pub async fn pass(
+        &self,
+        obj: &ObjectView,
+        secret: Option<&ApiSecret>,
+        failures: u32,
+        sink: &mut impl StatusSink,
+    ) -> Result<PassResult, PassError> {
+        let now = Timestamp::now();
+        let mut remote: Option<Observation> = None;
+        let mut status = obj.status.clone();
+        loop {
+            let input = self.input(obj, &status, remote.as_ref(), failures, now);
+            match plan(&input) {
+                Action::Observe => {
+                    let observation = self.observe(obj, secret).await;
+                    if let Observation::Found(state) = &observation {
+                        status = observe(&status, state);
+                    }
+                    remote = Some(observation);
+                }
+                Action::Report(report) => {
+                    if report.adopt.is_some() {
+                        sink.note(note(false, "GenerationAdopted", "found the marker of a generate call whose reply was lost; the API shows it landed, so it is followed instead of sent again"));
+                    }
+                    if matches!(report.health, Health::Suspended) {
+                        self.forget(&obj.key);
+                    }
+                    return self.finish(obj, &input, status.clone(), report, sink).await;
+                }
+                Action::Generate(generate) => {
+                    let secret = secret.expect("plan generates only when the secret resolved");
+                    return self.generate(obj, &input, status.clone(), &generate, secret, sink).await;
+                }
+                Action::Update { request, dynamics_hash } => {
+                    let secret = secret.expect("plan updates only when the secret resolved");
+                    let outcome = self.client.update(secret, &obj.spec.agent_id, &request).await.map_err(|e| RemoteError::from(&e));
+                    let (status, report) = after_update(&input, &dynamics_hash, outcome.as_ref());
+                    if outcome.is_ok() {
+                        sink.note(note(false, "DynamicsApplied", &format!("dynamics block applied to agent {}", obj.spec.agent_id)));
+                    }
+                    return self.finish(obj, &input, status, report, sink).await;
+                }
+                Action::Disable(request) => {
+                    let secret = secret.expect("plan disables only when the secret resolved");
+                    return match self.client.update(secret, &obj.spec.agent_id, &request).await {
+                        Ok(_) => {
+                            sink.note(note(false, "DynamicsDisabled", &format!("dynamics of agent {} switched off before deletion", obj.spec.agent_id)));
+                            self.forget(&obj.key);
+                            Ok(PassResult::Released)
+                        }
+                        Err(err) if err.kind() == crate::api::ApiErrorKind::NotFound => {
+                            sink.note(note(false, "RemoteGone", &format!("agent {} no longer exists remotely; nothing to disable", obj.spec.agent_id)));
+                            self.forget(&obj.key);
+                            Ok(PassResult::Released)
+                        }
+                        Err(err) => {
+                            let report = crate::reconcile::plan::report_error(&RemoteError::from(&err), &input);
+                            let message = format!("{}; or set spec.deletionPolicy: Orphan to delete without calling the API", report.health.message());
+                            let report = Report { health: Health::stalled(report.health.reason(), message.clone()), ..report };
+                            // Best effort: tell the user why deletion waits, then keep the finalizer.
+                            let _ = self.finish(obj, &input, status.clone(), report, sink).await;
+                            Err(PassError::Cleanup { key: obj.key.clone(), message })
+                        }
+                    };
+                }
+                Action::Release => {
+                    self.forget(&obj.key);
+                    return Ok(PassResult::Released);
+                }
+            }
+        }
+    }
+
+    /// GET and plan only: no POST, no PUT, no status write.
+    pub async fn preview(&self, obj: &ObjectView, secret: Option<&ApiSecret>) -> Preview {
+        let now = Timestamp::now();
+        let mut remote = None;
+        let mut status = obj.status.clone();
+        loop {
+            let input = self.input(obj, &status, remote.as_ref(), 0, now);
+            match plan(&input) {
+                Action::Observe => {
+                    let observation = self.observe(obj, secret).await;
+                    if let Observation::Found(state) = &observation {
+                        status = observe(&status, state);
+                    }
+                    remote = Some(observation);
+                }
+                action => return Preview { action, remote },
+            }
+        }
+    }
+
+    fn input<'a>(
+        &'a self,
+        obj: &'a ObjectView,
+        status: &'a AgentDynamicsStatus,
+        remote: Option<&'a Observation>,
+        failures: u32,
+        now: Timestamp,
+    ) -> Input<'a> {
+        Input {
+            spec: &obj.spec,
+            status,
+            generation: obj.generation,
+            requested_at: obj.requested_at.as_deref(),
+            deleting: obj.deleting,
+            blocker: obj.blocker.clone(),
+            remote,
+            failures,
+            now,
+            settings: &self.settings,
+        }
+    }
+
+    async fn observe(&self, obj: &ObjectView, secret: Option<&ApiSecret>) -> Observation {
+        let secret = secret.expect("plan observes only when the secret resolved");
+        match self.client.get(secret, &obj.spec.agent_id).await {
+            Ok(state) => {
+                let generating = state.status.as_ref().is_some_and(RemoteStatus::is_in_progress);
+                self.guard.lock().expect("guard lock").observe(&obj.key, generating);
+                Observation::Found(state)
+            }
+            Err(err) => Observation::Failed(RemoteError::from(&err)),
+        }
+    }
+
+    /// Marker first (conditional write), then exactly one POST.
+    async fn generate(
+        &self,
+        obj: &ObjectView,
+        input: &Input<'_>,
+        status: AgentDynamicsStatus,
+        generate: &GeneratePlan,
+        secret: &ApiSecret,
+        sink: &mut impl StatusSink,
+    ) -> Result<PassResult, PassError> {
+        let started = self.guard.lock().expect("guard lock").try_start(&obj.key, input.now, self.settings.poll_min);
+        if let Err(refusal) = started {
+            let report = Report::new(Health::progressing(refusal.reason, refusal.message), refusal.retry_after);
+            return self.finish(obj, input, status, report, sink).await;
+        }
+
+        let before = match input.remote {
+            Some(Observation::Found(state)) => Some(state),
+            _ => None,
+        };
+        let marked = with_marker(&status, generate, before, input.now);
+        if let Err(err) = sink.save(&marked).await {
+            // Someone else wrote first; they own this change. Nothing was sent.
+            self.guard.lock().expect("guard lock").cancel(&obj.key);
+            return Err(err.into());
+        }
+        if generate.resend {
+            sink.note(note(true, "GenerationResent", "a generate call sent earlier left no trace remotely; sending it once more"));
+        }
+
+        let key = format!("{}-{}", obj.uid, generate.idempotency_key);
+        let outcome = self.client.generate(secret, &generate.request, Some(&key)).await.map_err(|e| RemoteError::from(&e));
+        let marked_input = Input { status: &marked, ..input.clone() };
+        let (status, report) = after_generate(&marked_input, generate, outcome.as_ref());
+        match &outcome {
+            Ok(_) => sink.note(note(false, "GenerationStarted", &format!("generation {} started for agent {} (250 credits)", status.generations, obj.spec.agent_id))),
+            Err(err) if crate::reconcile::plan::generate_refused(err.kind) => {
+                self.guard.lock().expect("guard lock").cancel(&obj.key);
+            }
+            Err(_) => {}
+        }
+        self.finish_from(obj, &marked_input, &marked, status, report, sink).await
+    }
+
+    async fn finish(
+        &self,
+        obj: &ObjectView,
+        input: &Input<'_>,
+        status: AgentDynamicsStatus,
+        report: Report,
+        sink: &mut impl StatusSink,
+    ) -> Result<PassResult, PassError> {
+        self.finish_from(obj, input, &obj.status, status, report, sink).await
+    }
+
+    /// Settle the status, save it only if it differs from `saved` (what the store holds now),
+    /// and turn the report into a requeue with jitter.
+    async fn finish_from(
+        &self,
+        obj: &ObjectView,
+        input: &Input<'_>,
+        saved: &AgentDynamicsStatus,
+        status: AgentDynamicsStatus,
+        report: Report,
+        sink: &mut impl StatusSink,
+    ) -> Result<PassResult, PassError> {
+        let settled = settle(input, status, &report);
+        if &settled != saved {
+            if newly_stalled(saved, &report.health) {
+                sink.note(note(true, report.health.reason(), report.health.message()));
+            }
+            sink.save(&settled).await?;
+        }
+        tracing::debug!(object = %obj.key, reason = report.health.reason(), requeue_ms = report.requeue.as_millis() as u64, "pass finished");
+        Ok(PassResult::Requeue { after: jitter(report.requeue), health: report.health, transient: report.transient })
+    }
+}
+
+/// A Warning note only when the object enters Stalled or changes its stalled reason, so a stuck
+/// object does not flood Events.
+fn newly_stalled(saved: &AgentDynamicsStatus, health: &Health) -> bool {
+    let Health::Stalled { reason, .. } = health else { return false };
+    let before = saved.condition(crate::resource::status::CONDITION_STALLED);
+    !before.is_some_and(|c| c.status == "True" && &c.reason == reason)
+}
+
+/// Up to +10%, so objects created together do not poll together.
+fn jitter(after: Duration) -> Duration {
+    let extra = rand::rng().random_range(0.0..0.1);
+    after + after.mul_f64(extra)
+}
+
+fn note(warning: bool, reason: &str, message: &str) -> Note {
+    Note { warning, reason: reason.to_string(), message: message.to_string() }
+}

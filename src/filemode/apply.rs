@@ -1,0 +1,354 @@
+//! `apply`: passes over every object until each is Ready, suspended or Stalled, or `--timeout`.
+//!
+//! Each object has its own requeue time (what the executor returned) and its own count of
+//! transient failures; the generation guard is shared, so at most `--max-concurrent-generations`
+//! generations run at once whatever the number of objects. Status is saved to the state file by
+//! the executor through `FileSink`, atomically, before and after every remote write.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::task::JoinSet;
+
+use crate::api::ApiSecret;
+use crate::executor::{Executor, Note, ObjectView, PassError, PassResult, SaveError, StatusSink};
+use crate::reconcile::guard::GenerationGuard;
+use crate::reconcile::{Health, Settings};
+use crate::resource::AgentDynamicsStatus;
+
+use super::output::{self, OutputFormat};
+use super::state::StateStore;
+use super::{exit, prepare, ApplyArgs, Mode, Object, CREDITS_PER_GENERATION};
+
+/// How often a line says what is still running, when nothing else was printed.
+const HEARTBEAT: Duration = Duration::from_secs(15);
+
+/// Where an object stands in this run.
+#[derive(Debug, Clone, PartialEq)]
+enum Progress {
+    Pending,
+    Done(Health),
+    Working(Health),
+}
+
+struct Tracked {
+    object: Object,
+    progress: Progress,
+    next_at: Instant,
+    failures: u32,
+    running: bool,
+    last_printed: Option<(String, String)>,
+}
+
+pub(super) async fn run(args: ApplyArgs) -> anyhow::Result<i32> {
+    let common = &args.common;
+    let prepared = match prepare(common, Mode::Apply).await? {
+        Ok(p) => p,
+        Err(code) => return Ok(code),
+    };
+    let simulated = prepared.remote.simulator.is_some();
+    let settings = settings(simulated);
+    let guard = Arc::new(Mutex::new(GenerationGuard::new(args.max_concurrent_generations, args.generations_per_hour)));
+    let executor = Arc::new(Executor::new(prepared.remote.client.clone(), guard, settings));
+    let store = Arc::new(Mutex::new(prepared.store));
+    let clock = Clock(Instant::now());
+
+    // The current spec (and its generation) is recorded before anything is sent for it.
+    for object in &prepared.objects {
+        let key = object.view.key.clone();
+        if let Err(e) = lock(&store).put(&key, object.record.clone()) {
+            eprintln!("error: {e:#}");
+            return Ok(exit::ERROR);
+        }
+    }
+
+    let start = Instant::now();
+    let deadline = start + args.timeout;
+    let mut tracked: Vec<Tracked> = prepared
+        .objects
+        .into_iter()
+        .map(|object| Tracked { object, progress: Progress::Pending, next_at: start, failures: 0, running: false, last_printed: None })
+        .collect();
+    let initial_generations: Vec<i64> = tracked.iter().map(|t| t.object.record.status.generations).collect();
+
+    let mut running: JoinSet<(usize, Result<PassResult, PassError>, Vec<Note>)> = JoinSet::new();
+    let mut stop: Option<i32> = None;
+    let mut fatal: Option<String> = None;
+    let mut last_heartbeat = Instant::now();
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+
+    loop {
+        let now = Instant::now();
+        if stop.is_none() && now >= deadline {
+            stop = Some(exit::PENDING);
+        }
+        if stop.is_none() {
+            for (index, t) in tracked.iter_mut().enumerate() {
+                if t.running || matches!(t.progress, Progress::Done(_)) || t.next_at > now {
+                    continue;
+                }
+                t.running = true;
+                let executor = executor.clone();
+                let view = t.object.view.clone();
+                let secret = t.object.secret.clone();
+                let sink = FileSink { store: store.clone(), key: view.key.clone(), read: view.status.clone(), notes: Vec::new() };
+                let failures = t.failures;
+                running.spawn(one_pass(executor, index, view, secret, failures, sink));
+            }
+        }
+        if running.is_empty() && (stop.is_some() || tracked.iter().all(|t| matches!(t.progress, Progress::Done(_)))) {
+            break;
+        }
+
+        let next_due = tracked
+            .iter()
+            .filter(|t| !t.running && !matches!(t.progress, Progress::Done(_)))
+            .map(|t| t.next_at)
+            .min()
+            .map_or(deadline, |at| at.min(deadline));
+        let wake = if stop.is_some() { deadline.max(now) + Duration::from_secs(3600) } else { next_due.min(last_heartbeat + HEARTBEAT) };
+        tokio::select! {
+            Some(joined) = running.join_next() => {
+                let (index, result, notes) = joined?;
+                let t = &mut tracked[index];
+                t.running = false;
+                for note in notes {
+                    let prefix = if note.warning { "warning: " } else { "" };
+                    clock.line(&t.object.view.key, &format!("{prefix}{}: {}", note.reason, note.message));
+                    t.last_printed = Some((note.reason, String::new()));
+                }
+                // The status the pass saved is what the next pass starts from.
+                if let Some(record) = lock(&store).get(&t.object.view.key) {
+                    t.object.view.status = record.status.clone();
+                }
+                match result {
+                    Ok(PassResult::Requeue { after, health, transient }) => {
+                        t.failures = if transient { t.failures.saturating_add(1) } else { 0 };
+                        t.next_at = Instant::now() + after;
+                        let printed = (health.reason().to_string(), health.message().to_string());
+                        let same_event = t.last_printed.as_ref().is_some_and(|(reason, message)| reason == &printed.0 && (message.is_empty() || message == &printed.1));
+                        if !same_event {
+                            clock.line(&t.object.view.key, &format!("{}: {}", printed.0, printed.1));
+                        }
+                        t.last_printed = Some(printed);
+                        t.progress = match health {
+                            // Nothing will change a stalled object during this run: the files and
+                            // secrets are fixed, so waiting for the slow retry would only idle.
+                            Health::Ready { .. } | Health::Suspended | Health::Stalled { .. } => Progress::Done(health),
+                            Health::Progressing { .. } => Progress::Working(health),
+                        };
+                    }
+                    Ok(PassResult::Released) => {
+                        t.progress = Progress::Done(Health::Suspended);
+                    }
+                    Err(PassError::Save(SaveError::Conflict)) => {
+                        clock.line(&t.object.view.key, "its state changed during the pass; reading it again");
+                        t.next_at = Instant::now() + Duration::from_secs(1);
+                    }
+                    Err(e) => {
+                        // The state file could not be written: stop, since a marker that is not
+                        // on disk protects nothing.
+                        fatal = Some(format!("{}: {e}", t.object.view.key));
+                        stop.get_or_insert(exit::ERROR);
+                    }
+                }
+            }
+            _ = tokio::time::sleep_until(wake.into()) => {
+                if Instant::now() >= last_heartbeat + HEARTBEAT && stop.is_none() {
+                    last_heartbeat = Instant::now();
+                    let waiting: Vec<String> = tracked
+                        .iter()
+                        .filter_map(|t| match &t.progress {
+                            Progress::Working(h) => Some(format!("{} ({})", t.object.view.key, h.reason())),
+                            Progress::Pending => Some(format!("{} (starting)", t.object.view.key)),
+                            Progress::Done(_) => None,
+                        })
+                        .collect();
+                    if !waiting.is_empty() {
+                        clock.line("waiting", &waiting.join(", "));
+                    }
+                }
+            }
+            _ = &mut ctrl_c, if stop.is_none() => {
+                eprintln!("interrupted: finishing the calls in flight; the state is saved, run apply again to resume");
+                stop = Some(exit::INTERRUPTED);
+            }
+        }
+    }
+
+    if let Some(message) = &fatal {
+        eprintln!("error: {message}");
+    }
+    let timed_out = stop == Some(exit::PENDING);
+    let store = lock(&store);
+    let rows: Vec<Row> = tracked
+        .iter()
+        .map(|t| {
+            let status = store.get(&t.object.view.key).map(|r| r.status.clone()).unwrap_or_default();
+            Row { t, status }
+        })
+        .collect();
+    print_result(common.output, &rows, &store, simulated)?;
+
+    let started: i64 = rows.iter().zip(&initial_generations).map(|(r, before)| (r.status.generations - before).max(0)).sum();
+    let mut counts: std::collections::BTreeMap<&str, usize> = Default::default();
+    for row in &rows {
+        *counts.entry(row.state()).or_default() += 1;
+    }
+    let summary: Vec<String> = counts.iter().map(|(state, n)| format!("{n} {state}")).collect();
+    let elapsed = humantime::format_duration(Duration::from_secs(start.elapsed().as_secs()));
+    eprintln!(
+        "apply: {} in {elapsed}; {started} generation(s) started ({} credits){}",
+        if summary.is_empty() { "nothing to do".into() } else { summary.join(", ") },
+        started as u64 * CREDITS_PER_GENERATION,
+        if simulated { " on the SIMULATED API" } else { "" }
+    );
+    if timed_out {
+        eprintln!("error: timed out after {} before every object was Ready; run apply again to continue", humantime::format_duration(args.timeout));
+    }
+    if let Some(code) = stop.filter(|c| *c != exit::PENDING) {
+        return Ok(code);
+    }
+    let all_ready = rows.iter().all(|r| matches!(r.state(), "Ready" | "Suspended"));
+    Ok(if all_ready { exit::OK } else { exit::PENDING })
+}
+
+async fn one_pass(
+    executor: Arc<Executor>,
+    index: usize,
+    view: ObjectView,
+    secret: Option<ApiSecret>,
+    failures: u32,
+    mut sink: FileSink,
+) -> (usize, Result<PassResult, PassError>, Vec<Note>) {
+    let result = executor.pass(&view, secret.as_ref(), failures, &mut sink).await;
+    (index, result, sink.notes)
+}
+
+/// Requeue timings for a command someone watches: polls start sooner than the controller's, and
+/// the simulator's fast generations are followed closely.
+fn settings(simulated: bool) -> Settings {
+    let defaults = Settings::default();
+    Settings {
+        poll_min: if simulated { Duration::from_millis(250) } else { defaults.poll_min },
+        poll_max: if simulated { Duration::from_secs(2) } else { Duration::from_secs(15) },
+        ..defaults
+    }
+}
+
+/// The executor's status store for one object: the state file, with the conditional write the
+/// controller gets from resourceVersion (the apply lock makes a conflict all but impossible).
+struct FileSink {
+    store: Arc<Mutex<StateStore>>,
+    key: String,
+    /// The status as last read or saved by this pass.
+    read: AgentDynamicsStatus,
+    notes: Vec<Note>,
+}
+
+impl FileSink {
+    fn save_now(&mut self, status: &AgentDynamicsStatus) -> Result<(), SaveError> {
+        let mut store = lock(&self.store);
+        let Some(mut record) = store.get(&self.key).cloned() else {
+            return Err(SaveError::Other(format!("{} is missing from the state", self.key)));
+        };
+        if record.status != self.read {
+            return Err(SaveError::Conflict);
+        }
+        record.status = status.clone();
+        store.put(&self.key, record).map_err(|e| SaveError::Other(format!("{e:#}")))?;
+        self.read = status.clone();
+        Ok(())
+    }
+}
+
+impl StatusSink for FileSink {
+    fn save(&mut self, status: &AgentDynamicsStatus) -> impl std::future::Future<Output = Result<(), SaveError>> + Send {
+        // The file is small and written at once; nothing to await.
+        std::future::ready(self.save_now(status))
+    }
+
+    fn note(&mut self, note: Note) {
+        self.notes.push(note);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Progress lines on standard error (standard output is kept for the result).
+struct Clock(Instant);
+
+impl Clock {
+    fn line(&self, key: &str, text: &str) {
+        eprintln!("[{:>6.1}s] {key}: {text}", self.0.elapsed().as_secs_f64());
+    }
+}
+
+struct Row<'a> {
+    t: &'a Tracked,
+    status: AgentDynamicsStatus,
+}
+
+impl Row<'_> {
+    fn state(&self) -> &'static str {
+        match &self.t.progress {
+            Progress::Done(Health::Ready { .. }) => "Ready",
+            Progress::Done(Health::Suspended) => "Suspended",
+            Progress::Done(Health::Stalled { .. }) => "Stalled",
+            Progress::Done(Health::Progressing { .. }) | Progress::Working(_) => "InProgress",
+            Progress::Pending => "NotStarted",
+        }
+    }
+}
+
+fn print_result(format: OutputFormat, rows: &[Row], store: &StateStore, simulated: bool) -> anyhow::Result<()> {
+    if format != OutputFormat::Table {
+        let items: Vec<_> = rows
+            .iter()
+            .filter_map(|r| store.get(&r.t.object.view.key).map(|record| output::resource(&r.t.object.manifest, record)))
+            .collect();
+        print!("{}", output::render(format, &output::list(&items))?);
+        return Ok(());
+    }
+    let header = ["NAMESPACE", "NAME", "AGENT", "MODEL", "REMOTE", "READY", "REASON", "GENERATIONS"];
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            let m = &r.t.object.manifest;
+            vec![
+                m.namespace.clone(),
+                m.name.clone(),
+                m.object.spec.agent_id.clone(),
+                output::or_dash(m.object.spec.model.as_deref()),
+                output::or_dash(r.status.remote_status.as_deref()),
+                output::ready_cell(m.object.spec.suspend, &r.status),
+                output::reason_cell(&r.status),
+                r.status.generations.to_string(),
+            ]
+        })
+        .collect();
+    if cells.is_empty() {
+        println!("No AgentDynamics to apply.");
+        return Ok(());
+    }
+    print!("{}", output::table(&header, &cells));
+    // What to do about each object that did not make it, in words.
+    let mut explained = BTreeSet::new();
+    for row in rows {
+        let health = match &row.t.progress {
+            Progress::Done(h @ Health::Stalled { .. }) | Progress::Working(h) | Progress::Done(h @ Health::Progressing { .. }) => h,
+            _ => continue,
+        };
+        if explained.insert(row.t.object.view.key.clone()) {
+            println!("{}: {}: {}", row.t.object.view.key, health.reason(), health.message());
+        }
+    }
+    if simulated {
+        println!("SIMULATED API: these results come from the built-in simulator (--simulator), not from bitHuman.");
+    }
+    Ok(())
+}

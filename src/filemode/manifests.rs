@@ -1,0 +1,508 @@
+//! Loading manifests for `plan` / `apply`: files, directories (recursively) and standard input;
+//! multi-document YAML, JSON (also several values in a row) and `List` documents such as
+//! `kubectl get -o json` or `apply -o json` print. Every `AgentDynamics` is checked with the
+//! CRD's own admission rules (`resource::validate`) before anything is sent; `Secret` documents
+//! are kept so that `spec.apiSecretRef` can resolve against them; other kinds are skipped with a
+//! note so that a whole GitOps folder can be given.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use k8s_openapi::api::core::v1::Secret;
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::resource::validate::{parse_agent_dynamics, validate_spec, FieldError};
+use crate::resource::AgentDynamics;
+
+pub const API_VERSION: &str = "dynamics.bithuman.ai/v1alpha1";
+pub const KIND: &str = "AgentDynamics";
+/// Namespace of a document that names none, as `kubectl apply` assumes without a context.
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+/// Where a document came from, for messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Source {
+    /// The path as given (or found under a given directory); `-` for standard input.
+    pub file: String,
+    /// 1-based position of the document in its file.
+    pub document: usize,
+    /// 1-based position inside a `List` document.
+    pub item: Option<usize>,
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let file = if self.file == "-" { "<stdin>" } else { &self.file };
+        write!(f, "{file} (document {}", self.document)?;
+        if let Some(item) = self.item {
+            write!(f, ", item {item}")?;
+        }
+        f.write_str(")")
+    }
+}
+
+/// One `AgentDynamics` read from the manifests, valid by the CRD's rules.
+#[derive(Debug, Clone)]
+pub struct Manifest {
+    pub source: Source,
+    pub namespace: String,
+    pub name: String,
+    pub object: AgentDynamics,
+}
+
+impl Manifest {
+    /// `namespace/name`, the key of the object everywhere in file mode.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
+/// A v1 `Secret` document, decoded (`data` is base64, `stringData` plain; `stringData` wins).
+#[derive(Clone)]
+pub struct SecretDoc {
+    pub source: Source,
+    pub data: BTreeMap<String, Vec<u8>>,
+}
+
+// Never print secret values, not even in debug output.
+impl fmt::Debug for SecretDoc {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SecretDoc")
+            .field("source", &self.source)
+            .field("keys", &self.data.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// A document that was not used, and why.
+#[derive(Debug, Clone)]
+pub struct Skipped {
+    pub source: Source,
+    pub what: String,
+}
+
+/// A refused document: `FILE (document N) NAME: FIELD: message`.
+#[derive(Debug, Clone)]
+pub struct ManifestError {
+    pub source: Source,
+    /// `namespace/name` when known.
+    pub name: Option<String>,
+    pub error: FieldError,
+}
+
+impl fmt::Display for ManifestError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.source)?;
+        if let Some(name) = &self.name {
+            write!(f, " {name}")?;
+        }
+        write!(f, ": {}", self.error)
+    }
+}
+
+/// Everything read from the `-f` arguments.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    /// In the order found: files sorted by path, documents in file order. Conflicts between
+    /// objects naming the same agent are decided by this order (the later one loses).
+    pub objects: Vec<Manifest>,
+    /// Keyed by (namespace, name).
+    pub secrets: BTreeMap<(String, String), SecretDoc>,
+    pub skipped: Vec<Skipped>,
+    pub errors: Vec<ManifestError>,
+}
+
+/// Reads every path. A path that cannot be read at all is an error of the command (`Err`);
+/// problems inside documents are collected in `Loaded::errors`.
+pub fn load(paths: &[PathBuf]) -> anyhow::Result<Loaded> {
+    let mut loaded = Loaded::default();
+    let mut stdin_used = false;
+    for path in paths {
+        if path.as_os_str() == "-" {
+            anyhow::ensure!(!stdin_used, "-f - (standard input) can be given only once");
+            stdin_used = true;
+            let mut text = String::new();
+            std::io::stdin()
+                .read_to_string(&mut text)
+                .map_err(|e| anyhow::anyhow!("reading standard input: {e}"))?;
+            load_text(&mut loaded, "-", &text, guess_json(&text));
+            continue;
+        }
+        let meta = std::fs::metadata(path)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        if meta.is_dir() {
+            let mut files = Vec::new();
+            collect_dir(path, &mut files)?;
+            anyhow::ensure!(
+                !files.is_empty(),
+                "{}: no *.yaml, *.yml or *.json files in this directory",
+                path.display()
+            );
+            for file in files {
+                load_file(&mut loaded, &file)?;
+            }
+        } else {
+            // A file named explicitly is read whatever its extension.
+            load_file(&mut loaded, path)?;
+        }
+    }
+    Ok(loaded)
+}
+
+/// Manifest files under `dir`, sorted so that every run sees the same order. Hidden entries
+/// (`.git`, `.dynamics-state.json`, ...) are not manifests.
+fn collect_dir(dir: &Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .collect();
+    entries.sort();
+    for path in entries {
+        let hidden = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with('.'));
+        if hidden {
+            continue;
+        }
+        if path.is_dir() {
+            collect_dir(&path, out)?;
+        } else if is_manifest_file(&path) {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+fn is_manifest_file(path: &Path) -> bool {
+    matches!(
+        path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref(),
+        Some("yaml" | "yml" | "json")
+    )
+}
+
+fn load_file(loaded: &mut Loaded, path: &Path) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let json = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("json"));
+    load_text(loaded, &path.display().to_string(), &text, json);
+    Ok(())
+}
+
+fn guess_json(text: &str) -> bool {
+    text.trim_start().starts_with(['{', '['])
+}
+
+/// Splits a file into documents and sorts each into objects, secrets, skipped or errors.
+pub fn load_text(loaded: &mut Loaded, file: &str, text: &str, json: bool) {
+    let source = |document| Source { file: file.to_string(), document, item: None };
+    let documents = if json { json_documents(text) } else { None }.unwrap_or_else(|| yaml_documents(text));
+    for (index, document) in documents.into_iter().enumerate() {
+        match document {
+            Ok(value) => classify(loaded, source(index + 1), value),
+            Err(message) => loaded.errors.push(ManifestError {
+                source: source(index + 1),
+                name: None,
+                error: FieldError { field: "(document)".into(), message },
+            }),
+        }
+    }
+}
+
+/// Several JSON values in a row; `None` when the text is not JSON (then it is read as YAML,
+/// which also covers JSON with comments or trailing YAML).
+fn json_documents(text: &str) -> Option<Vec<Result<Value, String>>> {
+    serde_json::Deserializer::from_str(text)
+        .into_iter::<Value>()
+        .map(|v| v.map(Ok).ok())
+        .collect()
+}
+
+/// `---`-separated YAML documents. A syntax error ends the file: the parser cannot resynchronise.
+fn yaml_documents(text: &str) -> Vec<Result<Value, String>> {
+    let mut out = Vec::new();
+    for document in serde_yaml::Deserializer::from_str(text) {
+        match Value::deserialize(document) {
+            Ok(value) => out.push(Ok(value)),
+            Err(e) => {
+                out.push(Err(format!("not valid YAML: {e}")));
+                break;
+            }
+        }
+    }
+    out
+}
+
+fn classify(loaded: &mut Loaded, source: Source, value: Value) {
+    let Value::Object(map) = &value else {
+        // `---` at the end of a file, or a comment-only document.
+        if !value.is_null() {
+            loaded.errors.push(ManifestError {
+                source,
+                name: None,
+                error: FieldError {
+                    field: "(document)".into(),
+                    message: "not a Kubernetes object (expected a mapping with apiVersion and kind)".into(),
+                },
+            });
+        }
+        return;
+    };
+    let text = |k: &str| map.get(k).and_then(Value::as_str).unwrap_or_default().to_string();
+    let (api_version, kind) = (text("apiVersion"), text("kind"));
+    match kind.as_str() {
+        "List" | "AgentDynamicsList" if source.item.is_none() => {
+            let items = map.get("items").and_then(Value::as_array).cloned().unwrap_or_default();
+            for (i, item) in items.into_iter().enumerate() {
+                classify(loaded, Source { item: Some(i + 1), ..source.clone() }, item);
+            }
+        }
+        KIND if api_version.starts_with("dynamics.bithuman.ai/") => agent_dynamics(loaded, source, &api_version, value),
+        "Secret" if api_version == "v1" => secret(loaded, source, value),
+        "" => loaded.skipped.push(Skipped { source, what: "a document without kind".into() }),
+        _ => {
+            let name = map
+                .get("metadata")
+                .and_then(|m| m.get("name"))
+                .and_then(Value::as_str)
+                .unwrap_or("(unnamed)");
+            let what = if api_version.is_empty() { kind } else { format!("{kind} ({api_version})") };
+            loaded.skipped.push(Skipped { source, what: format!("{what} {name}") });
+        }
+    }
+}
+
+/// metadata.name and metadata.namespace as the API server checks them (they make the key).
+fn metadata(value: &Value) -> (Option<String>, String, Vec<FieldError>) {
+    let meta = value.get("metadata");
+    let get = |k: &str| meta.and_then(|m| m.get(k)).and_then(Value::as_str).map(str::to_string);
+    let mut errors = Vec::new();
+    let name = get("name").filter(|n| !n.is_empty());
+    match &name {
+        None => errors.push(FieldError {
+            field: "metadata.name".into(),
+            message: "required: every object needs a name".into(),
+        }),
+        Some(n) if !is_dns_subdomain(n) => errors.push(FieldError {
+            field: "metadata.name".into(),
+            message: format!(
+                "{n:?} is not a valid name: use at most 253 lower-case letters, digits, '-' or '.', starting and ending with a letter or digit"
+            ),
+        }),
+        Some(_) => {}
+    }
+    let namespace = get("namespace").filter(|n| !n.is_empty()).unwrap_or_else(|| DEFAULT_NAMESPACE.to_string());
+    if !is_dns_label(&namespace) {
+        errors.push(FieldError {
+            field: "metadata.namespace".into(),
+            message: format!(
+                "{namespace:?} is not a valid namespace: use at most 63 lower-case letters, digits or '-', starting and ending with a letter or digit"
+            ),
+        });
+    }
+    (name, namespace, errors)
+}
+
+fn agent_dynamics(loaded: &mut Loaded, source: Source, api_version: &str, value: Value) {
+    let (name, namespace, mut errors) = metadata(&value);
+    let display = name.as_ref().map(|n| format!("{namespace}/{n}"));
+    if api_version != API_VERSION {
+        errors.push(FieldError {
+            field: "apiVersion".into(),
+            message: format!("{api_version:?} is not served: use {API_VERSION}"),
+        });
+    }
+    match parse_agent_dynamics(value) {
+        Ok(object) => {
+            errors.extend(validate_spec(&object.spec));
+            if errors.is_empty() {
+                if let Some(name) = name {
+                    loaded.objects.push(Manifest { source, namespace, name, object });
+                }
+                return;
+            }
+        }
+        Err(e) => errors.push(e),
+    }
+    for error in errors {
+        loaded.errors.push(ManifestError { source: source.clone(), name: display.clone(), error });
+    }
+}
+
+fn secret(loaded: &mut Loaded, source: Source, value: Value) {
+    let (name, namespace, mut errors) = metadata(&value);
+    let display = name.as_ref().map(|n| format!("{namespace}/{n}"));
+    // k8s-openapi's Secret decodes `data` from base64, and names the field that is wrong.
+    match serde_path_to_error::deserialize::<_, Secret>(value) {
+        Ok(parsed) if errors.is_empty() => {
+            let mut data: BTreeMap<String, Vec<u8>> =
+                parsed.data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.0)).collect();
+            // As the API server does: stringData is merged over data.
+            for (k, v) in parsed.string_data.unwrap_or_default() {
+                data.insert(k, v.into_bytes());
+            }
+            if let Some(name) = name {
+                loaded.secrets.insert((namespace, name), SecretDoc { source, data });
+            }
+            return;
+        }
+        Ok(_) => {}
+        Err(e) => errors.push(FieldError { field: e.path().to_string(), message: e.into_inner().to_string() }),
+    }
+    for error in errors {
+        loaded.errors.push(ManifestError { source: source.clone(), name: display.clone(), error });
+    }
+}
+
+fn is_dns_label(s: &str) -> bool {
+    s.len() <= 63 && is_dns_part(s, false)
+}
+
+fn is_dns_subdomain(s: &str) -> bool {
+    s.len() <= 253 && is_dns_part(s, true)
+}
+
+fn is_dns_part(s: &str, dots: bool) -> bool {
+    let ok = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
+    s.starts_with(ok)
+        && s.ends_with(ok)
+        && s.chars().all(|c| ok(c) || c == '-' || (dots && c == '.'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_str(text: &str, json: bool) -> Loaded {
+        let mut loaded = Loaded::default();
+        load_text(&mut loaded, "agents.yaml", text, json);
+        loaded
+    }
+
+    #[test]
+    fn multi_document_yaml_sorts_kinds() {
+        let loaded = load_str(
+            r#"
+apiVersion: dynamics.bithuman.ai/v1alpha1
+kind: AgentDynamics
+metadata: {name: a, namespace: agents}
+spec: {agentId: A1}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: team-b}
+data: {api-secret: c2VjcmV0}
+stringData: {other: plain}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+---
+# only a comment
+"#,
+            false,
+        );
+        assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
+        assert_eq!(loaded.objects.len(), 1);
+        assert_eq!(loaded.objects[0].key(), "agents/a");
+        let secret = &loaded.secrets[&("default".to_string(), "team-b".to_string())];
+        assert_eq!(secret.data["api-secret"], b"secret");
+        assert_eq!(secret.data["other"], b"plain");
+        assert!(!format!("{secret:?}").contains("plain"), "values stay out of Debug");
+        assert_eq!(loaded.skipped.len(), 1);
+        assert_eq!(loaded.skipped[0].what, "Deployment (apps/v1) web");
+        assert_eq!(loaded.skipped[0].source.document, 3);
+    }
+
+    #[test]
+    fn json_stream_and_lists() {
+        let loaded = load_str(
+            r#"{"apiVersion":"v1","kind":"List","items":[
+                {"apiVersion":"dynamics.bithuman.ai/v1alpha1","kind":"AgentDynamics","metadata":{"name":"a"},"spec":{"agentId":"A1"},"status":{"generations":1}},
+                {"apiVersion":"dynamics.bithuman.ai/v1alpha1","kind":"AgentDynamics","metadata":{"name":"b"},"spec":{"agentId":"B1","duration":0}}]}
+               {"apiVersion":"dynamics.bithuman.ai/v1alpha1","kind":"AgentDynamics","metadata":{"name":"c"},"spec":{"agentId":"C1"}}"#,
+            true,
+        );
+        assert_eq!(loaded.objects.iter().map(Manifest::key).collect::<Vec<_>>(), ["default/a", "default/c"]);
+        assert_eq!(loaded.errors.len(), 1);
+        assert_eq!(
+            loaded.errors[0].to_string(),
+            "agents.yaml (document 1, item 2) default/b: spec.duration: 0 is out of range: use 1 to 10 seconds"
+        );
+    }
+
+    #[test]
+    fn errors_name_file_document_object_and_field() {
+        let loaded = load_str(
+            r#"
+apiVersion: dynamics.bithuman.ai/v1alpha1
+kind: AgentDynamics
+metadata: {name: ok}
+spec: {agentId: A1}
+---
+apiVersion: dynamics.bithuman.ai/v1alpha1
+kind: AgentDynamics
+metadata: {name: bad}
+spec: {agentId: A2, imageUrl: "ftp://x/y.jpg", dynamics: {enabld: true}}
+---
+apiVersion: dynamics.bithuman.ai/v1alpha1
+kind: AgentDynamics
+metadata: {name: Bad_Name}
+spec: {agentId: ""}
+---
+apiVersion: dynamics.bithuman.ai/v1beta9
+kind: AgentDynamics
+metadata: {name: future}
+spec: {agentId: A3}
+"#,
+            false,
+        );
+        let messages: Vec<String> = loaded.errors.iter().map(ToString::to_string).collect();
+        assert_eq!(loaded.objects.len(), 1);
+        assert!(messages[0].starts_with("agents.yaml (document 2) default/bad: spec.dynamics.enabld: "), "{messages:?}");
+        assert!(messages[1].starts_with("agents.yaml (document 3) default/Bad_Name: metadata.name: "), "{messages:?}");
+        assert!(messages[2].starts_with("agents.yaml (document 3) default/Bad_Name: spec.agentId: required"), "{messages:?}");
+        assert!(messages[3].starts_with("agents.yaml (document 4) default/future: apiVersion: "), "{messages:?}");
+        assert_eq!(messages.len(), 4, "{messages:?}");
+    }
+
+    #[test]
+    fn broken_yaml_is_reported_not_panicked() {
+        let loaded = load_str("kind: [unclosed\n", false);
+        assert_eq!(loaded.errors.len(), 1);
+        assert!(loaded.errors[0].to_string().contains("not valid YAML"));
+    }
+
+    #[test]
+    fn bad_secret_data_names_the_field() {
+        let loaded = load_str(
+            "apiVersion: v1\nkind: Secret\nmetadata: {name: s}\ndata: {api-secret: '%%%not base64'}\n",
+            false,
+        );
+        assert_eq!(loaded.errors.len(), 1, "{:?}", loaded.errors);
+        assert!(loaded.errors[0].to_string().contains("default/s: data"), "{}", loaded.errors[0]);
+    }
+
+    #[test]
+    fn directories_are_read_recursively_in_order_skipping_hidden() {
+        let dir = tempfile::tempdir().unwrap();
+        let doc = |id: &str| {
+            format!("apiVersion: {API_VERSION}\nkind: AgentDynamics\nmetadata: {{name: {}}}\nspec: {{agentId: {id}}}\n", id.to_lowercase())
+        };
+        std::fs::create_dir_all(dir.path().join("b/c")).unwrap();
+        std::fs::create_dir_all(dir.path().join(".git")).unwrap();
+        std::fs::write(dir.path().join("b/c/z.yml"), doc("Z1")).unwrap();
+        std::fs::write(dir.path().join("a.yaml"), doc("A1")).unwrap();
+        std::fs::write(dir.path().join("b/m.json"), r#"{"apiVersion":"dynamics.bithuman.ai/v1alpha1","kind":"AgentDynamics","metadata":{"name":"m1"},"spec":{"agentId":"M1"}}"#).unwrap();
+        std::fs::write(dir.path().join("README.md"), "not a manifest").unwrap();
+        std::fs::write(dir.path().join(".git/x.yaml"), doc("X1")).unwrap();
+        let loaded = load(&[dir.path().to_path_buf()]).unwrap();
+        assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
+        let names: Vec<_> = loaded.objects.iter().map(|m| m.name.as_str()).collect();
+        // Sorted by path: b/c/z.yml comes before b/m.json.
+        assert_eq!(names, ["a1", "z1", "m1"]);
+    }
+}

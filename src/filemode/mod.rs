@@ -1,0 +1,326 @@
+//! File mode: `dynamics-operator plan -f PATH` and `dynamics-operator apply -f PATH`.
+//!
+//! The reconcile core run over a folder of manifests instead of the Kubernetes API: the same
+//! admission rules (`resource::validate`), the same plan function, generation guard, crash-safety
+//! marker and error classes (`executor::Executor`), with status kept in a local state file
+//! (`state`) instead of the status subresource.
+//!
+//! - `manifests`: reading files, directories and stdin; validation.
+//! - `state`: the state file (atomic writes, one apply at a time).
+//! - `secrets`: which api-secret each object uses.
+//! - `plan` / `apply`: the two commands; `output`: table, JSON and YAML.
+
+mod apply;
+pub mod manifests;
+pub mod output;
+mod plan;
+pub mod secrets;
+pub mod state;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::api::{ApiSecret, ClientConfig, DynamicsClient, DEFAULT_BASE_URL};
+use crate::executor::ObjectView;
+use crate::reconcile::Blocker;
+use crate::resource::validate::{validate_update, FieldError};
+use crate::resource::RECONCILE_REQUESTED_AT;
+use crate::sim::{SimConfig, SimHandle};
+
+use manifests::{Manifest, ManifestError};
+pub use output::OutputFormat;
+use state::{ObjectState, StateStore, DEFAULT_STATE_FILE};
+
+/// Credits one generation costs (bitHuman's price; shown by `plan` and `apply`).
+pub const CREDITS_PER_GENERATION: u64 = 250;
+
+/// Exit codes shared by both commands.
+pub mod exit {
+    /// `plan`: everything in sync. `apply`: every object Ready (or suspended).
+    pub const OK: i32 = 0;
+    /// `plan`: changes pending. `apply`: not every object became Ready (stalled, timed out).
+    pub const PENDING: i32 = 1;
+    /// Invalid manifests or flags, an unreadable or locked state file, or (`plan`) an object
+    /// whose future cannot be told (remote error, conflict, missing secret, stalled).
+    pub const ERROR: i32 = 2;
+    /// `apply` stopped by Ctrl-C; the state is saved, run it again to resume.
+    pub const INTERRUPTED: i32 = 130;
+}
+
+/// Flags shared by `plan` and `apply`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CommonArgs {
+    /// Manifests: a file, a directory (read recursively: *.yaml, *.yml, *.json) or - for standard
+    /// input. Repeatable. Documents of other kinds are skipped with a note; v1 Secrets are used
+    /// to resolve spec.apiSecretRef.
+    #[arg(short = 'f', long = "filename", value_name = "PATH", required = true)]
+    pub filename: Vec<PathBuf>,
+
+    /// Base URL of the bitHuman Dynamics API.
+    #[arg(long, env = "BITHUMAN_API_URL", default_value = DEFAULT_BASE_URL)]
+    pub api_url: String,
+
+    /// File holding the operator's api-secret (used by objects without spec.apiSecretRef).
+    /// Without it, the secret is read from BITHUMAN_API_SECRET.
+    #[arg(long, env = "BITHUMAN_API_SECRET_FILE", value_name = "FILE")]
+    pub api_secret_file: Option<PathBuf>,
+
+    /// State file holding each object's status between runs [default: .dynamics-state.json in the
+    /// current directory]. Not used with --simulator.
+    #[arg(long, value_name = "FILE")]
+    pub state: Option<PathBuf>,
+
+    /// Output format of the result: table, or json / yaml.
+    #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+
+    /// Start the built-in Dynamics API simulator in this process (fast generations, no account,
+    /// no credits) and use it instead of the real API. State is kept in memory only.
+    #[arg(long)]
+    pub simulator: bool,
+}
+
+/// `dynamics-operator plan`: show what `apply` would do and what it would cost.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PlanArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+/// `dynamics-operator apply`: converge every object and wait until all are Ready.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ApplyArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+
+    /// How long to wait for every object to become Ready, e.g. 90s, 5m, 1h.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10m")]
+    pub timeout: Duration,
+
+    /// Generations running at once (the account runs two; more only queue remotely). 0: no limit.
+    #[arg(long, default_value_t = 2)]
+    pub max_concurrent_generations: usize,
+
+    /// At most this many new generations in any hour (each costs 250 credits). Default: no limit.
+    #[arg(long)]
+    pub generations_per_hour: Option<usize>,
+}
+
+/// `plan`: returns the process exit code (0 in sync, 1 changes pending, 2 error).
+pub async fn run_plan(args: PlanArgs) -> anyhow::Result<i32> {
+    plan::run(args).await
+}
+
+/// `apply`: returns the process exit code (0 all Ready, 1 not all Ready, 2 error, 130 interrupted).
+pub async fn run_apply(args: ApplyArgs) -> anyhow::Result<i32> {
+    apply::run(args).await
+}
+
+/// One object ready for passes.
+pub(crate) struct Object {
+    pub manifest: Manifest,
+    /// The record before this run (None: never applied).
+    pub previous: Option<ObjectState>,
+    /// The record for this run: previous plus the current spec (generation moved on a change).
+    pub record: ObjectState,
+    pub view: ObjectView,
+    pub secret: Option<ApiSecret>,
+}
+
+/// The API to talk to.
+pub(crate) struct Remote {
+    pub client: DynamicsClient,
+    /// Kept alive for the command's life with `--simulator`.
+    pub simulator: Option<SimHandle>,
+}
+
+/// What both commands need once the input is known to be valid.
+pub(crate) struct Prepared {
+    pub objects: Vec<Object>,
+    pub store: StateStore,
+    pub remote: Remote,
+}
+
+#[derive(PartialEq, Eq, Clone, Copy)]
+pub(crate) enum Mode {
+    Plan,
+    Apply,
+}
+
+/// Reads and validates everything, opens the state and the API. `Err(code)` when the command must
+/// stop before any remote call (what was wrong is already printed).
+pub(crate) async fn prepare(common: &CommonArgs, mode: Mode) -> anyhow::Result<Result<Prepared, i32>> {
+    let fail = |message: String| {
+        eprintln!("error: {message}");
+        Ok(Err(exit::ERROR))
+    };
+    if common.simulator && common.state.is_some() {
+        return fail("--state cannot be used with --simulator: the simulated API forgets everything when the command ends, so its state is kept in memory only".into());
+    }
+
+    let loaded = match manifests::load(&common.filename) {
+        Ok(loaded) => loaded,
+        Err(e) => return fail(format!("{e:#}")),
+    };
+    for skipped in &loaded.skipped {
+        eprintln!("note: skipped {}: {} (not an AgentDynamics)", skipped.source, skipped.what);
+    }
+
+    let store = if common.simulator {
+        StateStore::ephemeral()
+    } else {
+        let path = common.state.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_FILE));
+        let opened = match mode {
+            Mode::Plan => StateStore::read_only(&path),
+            Mode::Apply => StateStore::open_locked(&path),
+        };
+        match opened {
+            Ok(store) => store,
+            Err(e) => return fail(format!("{e:#}")),
+        }
+    };
+
+    // Every rule first, for every document: one bad manifest means nothing is sent for any.
+    let mut errors = loaded.errors.clone();
+    errors.extend(duplicates(&loaded.objects));
+    let now = jiff::Timestamp::now();
+    for manifest in &loaded.objects {
+        if let Some(previous) = store.get(&manifest.key()) {
+            // The agentId rule the API server applies on update, against the spec last applied.
+            for error in validate_update(&previous.spec, &manifest.object.spec) {
+                let error = FieldError {
+                    message: format!("{} (the state file has agent {})", error.message, previous.agent_id),
+                    ..error
+                };
+                errors.push(ManifestError { source: manifest.source.clone(), name: Some(manifest.key()), error });
+            }
+        }
+    }
+    if !errors.is_empty() {
+        for error in &errors {
+            eprintln!("{error}");
+        }
+        let documents = errors.iter().map(|e| (&e.source.file, e.source.document, e.source.item)).collect::<std::collections::BTreeSet<_>>().len();
+        eprintln!("error: {documents} invalid document(s); nothing was sent for any object");
+        return Ok(Err(exit::ERROR));
+    }
+    if loaded.objects.is_empty() {
+        eprintln!("note: no AgentDynamics found in the given manifests");
+    }
+
+    let mut operator = match secrets::operator_secret(common.api_secret_file.as_deref()) {
+        Ok(secret) => secret,
+        Err(e) => return fail(format!("{e:#}")),
+    };
+    if common.simulator && operator.is_none() {
+        // The simulated account's secret stands in for the operator's.
+        operator = Some(ApiSecret::new(SimConfig::default().secret));
+    }
+
+    let (remote, sim_secret) = if common.simulator {
+        let secret = operator.clone().unwrap_or_else(|| ApiSecret::new(SimConfig::default().secret));
+        let config = SimConfig {
+            secret: secret.expose().to_string(),
+            generation_time: Duration::from_millis(800),
+            ..SimConfig::default()
+        };
+        let handle = crate::sim::start(config).await?;
+        eprintln!(
+            "SIMULATED API: the built-in simulator runs at {}; nothing is sent to bitHuman and no real credits are spent.",
+            handle.url()
+        );
+        (Remote { client: client(&handle.url())?, simulator: Some(handle) }, Some(secret))
+    } else {
+        (Remote { client: client(&common.api_url)?, simulator: None }, None)
+    };
+
+    let manifest_keys: std::collections::BTreeSet<String> = loaded.objects.iter().map(Manifest::key).collect();
+    let unmanaged: Vec<String> = store.keys().filter(|k| !manifest_keys.contains(*k)).cloned().collect();
+
+    let mut owners: BTreeMap<String, String> = BTreeMap::new();
+    let mut objects = Vec::new();
+    for manifest in loaded.objects {
+        let key = manifest.key();
+        let spec = &manifest.object.spec;
+        // Two objects for one agent would fight (and pay twice): the first found keeps it.
+        let conflict = match owners.get(&spec.agent_id) {
+            Some(owner) => Some(Blocker::Conflict { owner: owner.clone() }),
+            None => {
+                owners.insert(spec.agent_id.clone(), key.clone());
+                None
+            }
+        };
+        let (secret, blocker) = match (conflict, secrets::resolve(&manifest, &loaded.secrets, operator.as_ref())) {
+            (Some(conflict), _) => (None, Some(conflict)),
+            (None, Ok(secret)) => (Some(secret), None),
+            (None, Err(blocker)) => match &sim_secret {
+                // The simulator has no real accounts: an object whose secret is missing still
+                // shows the rest of the flow, and says so.
+                Some(sim) if !spec.suspend => {
+                    if let Blocker::Secret { message, .. } = &blocker {
+                        eprintln!("note: {key}: {message}; --simulator uses the simulated account's secret instead");
+                    }
+                    (Some(sim.clone()), None)
+                }
+                _ => (None, Some(blocker)),
+            },
+        };
+        // Until the simulator accepts several secrets, every object uses its one account.
+        let secret = match (&sim_secret, secret) {
+            (Some(sim), Some(_)) => Some(sim.clone()),
+            (_, secret) => secret,
+        };
+        let previous = store.get(&key).cloned();
+        let record = store.admit(&key, spec, now);
+        let view = ObjectView {
+            key,
+            uid: record.uid.clone(),
+            spec: spec.clone(),
+            status: record.status.clone(),
+            generation: record.generation,
+            deleting: false,
+            requested_at: manifest
+                .object
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(RECONCILE_REQUESTED_AT))
+                .cloned(),
+            blocker,
+        };
+        objects.push(Object { manifest, previous, record, view, secret });
+    }
+    for key in &unmanaged {
+        eprintln!("note: {key} is in the state file but in none of the manifests; it is left alone");
+    }
+    Ok(Ok(Prepared { objects, store, remote }))
+}
+
+fn client(url: &str) -> anyhow::Result<DynamicsClient> {
+    DynamicsClient::new(ClientConfig { base_url: url.to_string(), ..ClientConfig::default() })
+        .map_err(|e| anyhow::anyhow!("--api-url {url:?}: {e}"))
+}
+
+/// Two documents for the same namespace/name: the API server would keep only the last; here it
+/// is refused, since it is almost always a copy-paste mistake.
+fn duplicates(objects: &[Manifest]) -> Vec<ManifestError> {
+    let mut seen: BTreeMap<String, &Manifest> = BTreeMap::new();
+    let mut errors = Vec::new();
+    for manifest in objects {
+        match seen.get(&manifest.key()) {
+            Some(first) => errors.push(ManifestError {
+                source: manifest.source.clone(),
+                name: Some(manifest.key()),
+                error: FieldError {
+                    field: "metadata.name".into(),
+                    message: format!("AgentDynamics {} is already defined in {}", manifest.key(), first.source),
+                },
+            }),
+            None => {
+                seen.insert(manifest.key(), manifest);
+            }
+        }
+    }
+    errors
+}

@@ -1,0 +1,216 @@
+//! `plan`: for each object, GET the remote state (nothing else is sent), combine it with the state
+//! file, and say what `apply` would do, why, and what it would cost.
+
+use futures::{stream, StreamExt};
+use serde::Serialize;
+
+use crate::api::RemoteStatus;
+use crate::executor::{Executor, Preview};
+use crate::reconcile::desired::{dynamics_hash, inputs_hash};
+use crate::reconcile::guard::GenerationGuard;
+use crate::reconcile::{Action, Health, Observation, Settings};
+use crate::resource::AgentDynamicsSpec;
+
+use super::output::{self, OutputFormat};
+use super::{exit, prepare, Mode, Object, PlanArgs, CREDITS_PER_GENERATION};
+
+/// GETs in flight at once: polite to the API, still quick for a large folder.
+const CONCURRENT_READS: usize = 8;
+
+/// What apply would do for one object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Step {
+    /// POST a generation (costs credits).
+    Generate,
+    /// PUT the dynamics block.
+    Update,
+    /// A generation is running (or its outcome is being confirmed): poll until it is ready.
+    Wait,
+    /// In sync (or suspended).
+    Nothing,
+    /// Cannot progress until something changes; apply would stop on it.
+    Stalled,
+    /// The remote could not be read; what apply would do is unknown.
+    Error,
+}
+
+/// One row of the plan.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PlannedObject {
+    pub namespace: String,
+    pub name: String,
+    pub agent_id: String,
+    pub action: Step,
+    /// Condition-style reason, e.g. Generating, Unauthorized.
+    pub reason: String,
+    /// Why, in words.
+    pub message: String,
+    /// Credits apply would spend on this object.
+    pub credits: u64,
+}
+
+/// `plan -o json|yaml`.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PlanDocument {
+    pub items: Vec<PlannedObject>,
+    pub credits: u64,
+    pub changes_pending: bool,
+    pub simulated: bool,
+}
+
+pub(super) async fn run(args: PlanArgs) -> anyhow::Result<i32> {
+    let common = &args.common;
+    let prepared = match prepare(common, Mode::Plan).await? {
+        Ok(p) => p,
+        Err(code) => return Ok(code),
+    };
+    let simulated = prepared.remote.simulator.is_some();
+    // Previews never start a generation; the guard is only there because the executor wants one.
+    let guard = std::sync::Arc::new(std::sync::Mutex::new(GenerationGuard::new(0, None)));
+    let executor = Executor::new(prepared.remote.client.clone(), guard, Settings::default());
+
+    let previews: Vec<Preview> = stream::iter(&prepared.objects)
+        .map(|object| executor.preview(&object.view, object.secret.as_ref()))
+        .buffered(CONCURRENT_READS)
+        .collect()
+        .await;
+    let items: Vec<PlannedObject> = prepared.objects.iter().zip(previews).map(|(object, preview)| describe(object, &preview)).collect();
+
+    let credits: u64 = items.iter().map(|i| i.credits).sum();
+    let errors = items.iter().filter(|i| matches!(i.action, Step::Stalled | Step::Error)).count();
+    let pending = items.iter().any(|i| matches!(i.action, Step::Generate | Step::Update | Step::Wait));
+    let document = PlanDocument { items, credits, changes_pending: pending, simulated };
+
+    if common.output == OutputFormat::Table {
+        print_table(&document);
+    } else {
+        print!("{}", output::render(common.output, &document)?);
+    }
+    Ok(if errors > 0 {
+        exit::ERROR
+    } else if pending {
+        exit::PENDING
+    } else {
+        exit::OK
+    })
+}
+
+fn print_table(plan: &PlanDocument) {
+    if plan.items.is_empty() {
+        println!("No AgentDynamics to plan.");
+        return;
+    }
+    let rows: Vec<Vec<String>> = plan
+        .items
+        .iter()
+        .map(|i| {
+            let credits = if i.credits > 0 { i.credits.to_string() } else { "-".into() };
+            let action = serde_json::to_value(i.action).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+            vec![i.namespace.clone(), i.name.clone(), i.agent_id.clone(), action, credits, format!("{}: {}", i.reason, i.message)]
+        })
+        .collect();
+    print!("{}", output::table(&["NAMESPACE", "NAME", "AGENT", "ACTION", "CREDITS", "WHY"], &rows));
+    let count = |step: Step| plan.items.iter().filter(|i| i.action == step).count();
+    println!(
+        "Plan: {} to generate, {} to update, {} to wait for, {} in sync, {} stalled, {} unreadable. Credits: {}.{}",
+        count(Step::Generate),
+        count(Step::Update),
+        count(Step::Wait),
+        count(Step::Nothing),
+        count(Step::Stalled),
+        count(Step::Error),
+        plan.credits,
+        if plan.simulated { " (SIMULATED API)" } else { "" }
+    );
+}
+
+/// Turns the executor's preview into a step with a reason a person can act on.
+fn describe(object: &Object, preview: &Preview) -> PlannedObject {
+    let spec = &object.view.spec;
+    let status = &object.view.status;
+    let remote = match &preview.remote {
+        Some(Observation::Found(state)) => Some(state),
+        _ => None,
+    };
+    let (action, reason, message, credits) = match &preview.action {
+        Action::Generate(generate) if generate.resend => (
+            Step::Generate,
+            "GenerationResent".to_string(),
+            "a generate call sent earlier left no trace remotely; apply would send it once more".to_string(),
+            CREDITS_PER_GENERATION,
+        ),
+        Action::Generate(_) => {
+            let why = if remote.is_some_and(|r| !r.has_dynamics()) && status.generate_hash.as_deref() == Some(inputs_hash(spec).as_str()) {
+                format!("the API has no dynamics for agent {}", spec.agent_id)
+            } else if object.previous.is_none() {
+                "new object: its dynamics were never generated by this state".to_string()
+            } else if status.generate_hash.is_none() {
+                "no generation was accepted for it yet".to_string()
+            } else {
+                match changed_inputs(object.previous.as_ref().map(|p| &p.spec), spec) {
+                    fields if fields.is_empty() => "the generate inputs differ from the last accepted generation".to_string(),
+                    fields => format!("{} changed", fields.join(", ")),
+                }
+            };
+            (Step::Generate, "GenerateInputsChanged".to_string(), why, CREDITS_PER_GENERATION)
+        }
+        Action::Update { .. } => {
+            let why = if status.dynamics_hash.as_deref() != Some(dynamics_hash(spec).as_str()) && status.dynamics_hash.is_some() {
+                "spec.dynamics changed: apply would PUT the new block".to_string()
+            } else {
+                format!("generation {} is ready and not switched on yet: apply would PUT spec.dynamics", status.generations.max(1))
+            };
+            (Step::Update, "DynamicsChanged".to_string(), why, 0)
+        }
+        Action::Report(report) => match &report.health {
+            Health::Ready { message } => (Step::Nothing, "Ready".to_string(), message.clone(), 0),
+            Health::Suspended => (Step::Nothing, "Suspended".to_string(), report.health.message().to_string(), 0),
+            Health::Stalled { reason, message } => (Step::Stalled, reason.clone(), message.clone(), 0),
+            Health::Progressing { reason, message } if report.transient => (Step::Error, reason.clone(), message.clone(), 0),
+            Health::Progressing { reason, message } => {
+                // An edit made while a generation runs is coalesced into one more generation.
+                let follow_up = remote.and_then(|r| r.status.as_ref()).is_some_and(RemoteStatus::is_in_progress)
+                    && report.adopt.is_none()
+                    && status.generate_hash.as_deref() != Some(inputs_hash(spec).as_str());
+                let credits = if follow_up { CREDITS_PER_GENERATION } else { 0 };
+                (Step::Wait, reason.clone(), message.clone(), credits)
+            }
+        },
+        // Not reachable for an object that is not being deleted; shown rather than hidden.
+        other => (Step::Error, "Unexpected".to_string(), format!("unexpected plan {other:?}"), 0),
+    };
+    PlannedObject {
+        namespace: object.manifest.namespace.clone(),
+        name: object.manifest.name.clone(),
+        agent_id: spec.agent_id.clone(),
+        action,
+        reason,
+        message,
+        credits,
+    }
+}
+
+/// The generate inputs that differ between the spec last applied and this one.
+fn changed_inputs(previous: Option<&AgentDynamicsSpec>, spec: &AgentDynamicsSpec) -> Vec<&'static str> {
+    let Some(p) = previous else { return Vec::new() };
+    let mut fields = Vec::new();
+    if p.image_url != spec.image_url {
+        fields.push("spec.imageUrl");
+    }
+    if p.duration != spec.duration {
+        fields.push("spec.duration");
+    }
+    if p.model != spec.model {
+        fields.push("spec.model");
+    }
+    if p.motion_prompts != spec.motion_prompts {
+        fields.push("spec.motionPrompts");
+    }
+    if p.regenerate != spec.regenerate {
+        fields.push("spec.regenerate");
+    }
+    fields
+}

@@ -1,0 +1,1102 @@
+//! The simulated service's state machine, free of HTTP and of real time: every
+//! entry point takes `now`, and generations advance lazily from it, so tests
+//! of this module are deterministic and the server needs no background task.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::time::{Instant, SystemTime};
+
+use rand::{rngs::StdRng, Rng, SeedableRng};
+use serde_json::{json, Map, Value};
+
+use super::config::{Faults, ReplyShape, ScriptedFault, SimConfig, UpdateReplyShape};
+use super::stats::{CallCount, SimAgent, SimStats};
+
+/// An HTTP answer, before it becomes one.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Reply {
+    pub status: u16,
+    pub body: Value,
+    pub retry_after: Option<u64>,
+    /// The agent the call was about, for stats and logs.
+    pub agent: Option<String>,
+}
+
+impl Reply {
+    fn ok(agent: &str, body: Value) -> Self {
+        Reply {
+            status: 200,
+            body,
+            retry_after: None,
+            agent: Some(agent.to_string()),
+        }
+    }
+
+    fn error(status: u16, agent: Option<&str>, error: &str, code: &str, details: String) -> Self {
+        Reply {
+            status,
+            body: json!({"error": error, "code": code, "details": details}),
+            retry_after: None,
+            agent: agent.map(String::from),
+        }
+    }
+
+    fn invalid(agent: Option<&str>, details: impl Into<String>) -> Self {
+        Reply::error(
+            400,
+            agent,
+            "Invalid request",
+            "INVALID_REQUEST",
+            details.into(),
+        )
+    }
+
+    fn not_found(agent: &str) -> Self {
+        Reply::error(
+            404,
+            Some(agent),
+            "Agent not found",
+            "AGENT_NOT_FOUND",
+            format!("no agent with id {agent} for this account"),
+        )
+    }
+}
+
+/// What the fault dice decided for one call.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct FaultPlan {
+    /// Answer with this instead of processing the call.
+    pub replace: Option<Reply>,
+    /// Close the connection after processing.
+    pub drop: bool,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+enum Outcome {
+    Ready,
+    Failed,
+}
+
+#[derive(Clone, Debug)]
+struct Job {
+    id: u64,
+    agent: String,
+    /// The agent's generation number, used in the model URL.
+    n: u64,
+    queued_at: Instant,
+    started_at: Instant,
+    fails: bool,
+    prompts: Vec<String>,
+}
+
+#[derive(Clone, Debug)]
+struct Agent {
+    known: bool,
+    generations: u64,
+    charged_generations: u64,
+    current_job: Option<u64>,
+    outcome: Option<Outcome>,
+    model_url: Option<String>,
+    error_message: Option<String>,
+    generated_gestures: BTreeMap<String, String>,
+    prompts: Vec<String>,
+    dynamics: Option<Map<String, Value>>,
+    toggle_enabled: Option<bool>,
+    last_generate_request: Option<Value>,
+    updated_at: Option<String>,
+    fail_next: bool,
+    refuse_next_regeneration: bool,
+}
+
+impl Agent {
+    fn new() -> Self {
+        Agent {
+            known: true,
+            generations: 0,
+            charged_generations: 0,
+            current_job: None,
+            outcome: None,
+            model_url: None,
+            error_message: None,
+            generated_gestures: BTreeMap::new(),
+            prompts: Vec::new(),
+            dynamics: None,
+            toggle_enabled: None,
+            last_generate_request: None,
+            updated_at: None,
+            fail_next: false,
+            refuse_next_regeneration: false,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+struct Counters {
+    calls: BTreeMap<(String, Option<String>, u16), u64>,
+    credits_charged: u64,
+    generations_started: u64,
+    regenerations_started: u64,
+    overlapping_generations: u64,
+    dropped_connections: u64,
+    idempotent_replays: u64,
+    injected_faults: u64,
+}
+
+pub(crate) struct Engine {
+    cfg: SimConfig,
+    rng: StdRng,
+    credits: u64,
+    agents: BTreeMap<String, Agent>,
+    /// Generations holding a worker.
+    running: Vec<Job>,
+    /// Generations waiting for a worker, first come first served.
+    queue: VecDeque<Job>,
+    next_job: u64,
+    idempotency: HashMap<String, Reply>,
+    counters: Counters,
+}
+
+const MODEL_HOST: &str = "https://sim.bithuman.local";
+
+impl Engine {
+    pub fn new(cfg: SimConfig) -> Self {
+        let rng = match cfg.seed {
+            Some(s) => StdRng::seed_from_u64(s),
+            None => StdRng::from_os_rng(),
+        };
+        Engine {
+            credits: cfg.credits,
+            cfg,
+            rng,
+            agents: BTreeMap::new(),
+            running: Vec::new(),
+            queue: VecDeque::new(),
+            next_job: 1,
+            idempotency: HashMap::new(),
+            counters: Counters::default(),
+        }
+    }
+
+    // ---- time ---------------------------------------------------------
+
+    /// Completes every generation that has finished by `now`, handing freed
+    /// workers to queued generations at the moment they were freed.
+    pub fn advance(&mut self, now: Instant) {
+        let gen_time = self.cfg.generation_time;
+        while let Some((idx, done_at)) = self
+            .running
+            .iter()
+            .enumerate()
+            .map(|(i, j)| (i, j.started_at + gen_time))
+            .min_by_key(|(_, t)| *t)
+        {
+            if done_at > now {
+                break;
+            }
+            let job = self.running.swap_remove(idx);
+            self.complete(job);
+            self.fill(done_at);
+        }
+    }
+
+    fn has_free_worker(&self) -> bool {
+        self.cfg.max_concurrent == 0 || self.running.len() < self.cfg.max_concurrent
+    }
+
+    fn fill(&mut self, at: Instant) {
+        while self.has_free_worker() {
+            let Some(mut job) = self.queue.pop_front() else {
+                break;
+            };
+            job.started_at = at.max(job.queued_at);
+            self.running.push(job);
+        }
+    }
+
+    fn complete(&mut self, job: Job) {
+        let Some(agent) = self.agents.get_mut(&job.agent) else {
+            return;
+        };
+        // A newer generation for the same agent superseded this one: it used
+        // a worker, but its result is discarded.
+        if agent.current_job != Some(job.id) {
+            return;
+        }
+        agent.current_job = None;
+        if job.fails {
+            agent.outcome = Some(Outcome::Failed);
+            agent.error_message = Some(format!("dynamics generation {} failed (simulated)", job.n));
+        } else {
+            agent.outcome = Some(Outcome::Ready);
+            agent.error_message = None;
+            agent.model_url = Some(format!("{MODEL_HOST}/models/{}/{}.bin", job.agent, job.n));
+            agent.generated_gestures = job
+                .prompts
+                .iter()
+                .map(|p| {
+                    let url = format!("{MODEL_HOST}/videos/{}/{}/{p}.mp4", job.agent, job.n);
+                    (p.clone(), url)
+                })
+                .collect();
+        }
+    }
+
+    /// Queues a generation for `agent`; returns whether one was already in
+    /// progress (which the stats count as overlapping).
+    fn start_generation(&mut self, agent_id: &str, now: Instant) -> bool {
+        let fail_rate = self.cfg.faults.fail_generation_rate;
+        let random_fail = fail_rate > 0.0 && self.rng.random::<f64>() < fail_rate;
+        let id = self.next_job;
+        self.next_job += 1;
+        let agent = self
+            .agents
+            .entry(agent_id.to_string())
+            .or_insert_with(Agent::new);
+        let overlapping = agent.current_job.is_some();
+        agent.generations += 1;
+        agent.current_job = Some(id);
+        let fails = std::mem::take(&mut agent.fail_next) || random_fail;
+        let prompts = if agent.prompts.is_empty() {
+            self.cfg.default_prompts.clone()
+        } else {
+            agent.prompts.clone()
+        };
+        let job = Job {
+            id,
+            agent: agent_id.to_string(),
+            n: agent.generations,
+            queued_at: now,
+            started_at: now,
+            fails,
+            prompts,
+        };
+        if overlapping {
+            self.counters.overlapping_generations += 1;
+        }
+        self.queue.push_back(job);
+        self.fill(now);
+        overlapping
+    }
+
+    fn status_of(&self, agent: &Agent) -> Option<&'static str> {
+        if let Some(id) = agent.current_job {
+            if self.queue.iter().any(|j| j.id == id) {
+                return Some("processing");
+            }
+            return Some("generating");
+        }
+        agent.outcome.as_ref().map(|o| match o {
+            Outcome::Ready => "ready",
+            Outcome::Failed => "failed",
+        })
+    }
+
+    // ---- faults -------------------------------------------------------
+
+    pub fn faults(&self) -> &Faults {
+        &self.cfg.faults
+    }
+
+    pub fn set_faults(&mut self, faults: Faults) {
+        self.cfg.faults = faults;
+    }
+
+    /// Rolls the fault dice for one `/v1` call; the script goes first.
+    pub fn plan_faults(&mut self, agent: Option<&str>) -> FaultPlan {
+        let retry = self.cfg.faults.retry_after_secs;
+        let injected = |status: u16| {
+            let (error, code, details) = match status {
+                500 => (
+                    "Internal server error",
+                    "INTERNAL_ERROR",
+                    "simulated failure",
+                ),
+                503 => (
+                    "Service unavailable",
+                    "SERVICE_UNAVAILABLE",
+                    "all dynamics workers are busy (simulated)",
+                ),
+                _ => (
+                    "Too many requests",
+                    "RATE_LIMITED",
+                    "rate limit exceeded (simulated)",
+                ),
+            };
+            let mut r = Reply::error(status, agent, error, code, details.to_string());
+            if status != 500 {
+                r.retry_after = Some(retry);
+            }
+            r
+        };
+        let mut plan = FaultPlan::default();
+        if let Some(f) = self.cfg.faults.script.pop_front() {
+            match f {
+                ScriptedFault::Internal => plan.replace = Some(injected(500)),
+                ScriptedFault::Unavailable => plan.replace = Some(injected(503)),
+                ScriptedFault::RateLimited => plan.replace = Some(injected(429)),
+                ScriptedFault::Drop => plan.drop = true,
+            }
+        } else {
+            let f = self.cfg.faults.clone();
+            if self.roll(f.fail_rate_500) {
+                plan.replace = Some(injected(500));
+            } else if self.roll(f.fail_rate_503) {
+                plan.replace = Some(injected(503));
+            } else if self.roll(f.rate_limit_rate) {
+                plan.replace = Some(injected(429));
+            }
+            plan.drop = self.roll(f.drop_rate);
+        }
+        if plan.replace.is_some() {
+            self.counters.injected_faults += 1;
+        }
+        if plan.drop {
+            self.counters.dropped_connections += 1;
+        }
+        plan
+    }
+
+    /// Only draws from the RNG for non-zero rates, so a seeded run stays
+    /// reproducible when unrelated knobs are off.
+    fn roll(&mut self, rate: f64) -> bool {
+        rate > 0.0 && self.rng.random::<f64>() < rate
+    }
+
+    // ---- the /v1 endpoints ----------------------------------------------
+
+    fn check_secret(&self, secret: Option<&str>, agent: Option<&str>) -> Result<(), Reply> {
+        let details = match secret {
+            None => "missing api-secret header",
+            Some(s) if s == self.cfg.secret => return Ok(()),
+            Some(_) => "invalid api-secret",
+        };
+        Err(Reply::error(
+            401,
+            agent,
+            "Unauthorized",
+            "UNAUTHORIZED",
+            details.to_string(),
+        ))
+    }
+
+    fn is_known(&self, agent: &str) -> bool {
+        self.agents.get(agent).is_none_or(|a| a.known)
+    }
+
+    pub fn record(&mut self, endpoint: &str, agent: Option<&str>, status: u16) {
+        let key = (endpoint.to_string(), agent.map(String::from), status);
+        *self.counters.calls.entry(key).or_default() += 1;
+    }
+
+    /// POST /v1/dynamics/generate
+    pub fn generate(
+        &mut self,
+        now: Instant,
+        secret: Option<&str>,
+        idempotency_key: Option<&str>,
+        body: &[u8],
+    ) -> Reply {
+        let hint = agent_hint(body);
+        if let Err(r) = self.check_secret(secret, hint.as_deref()) {
+            return r;
+        }
+        if let Some(cached) = idempotency_key.and_then(|k| self.idempotency.get(k)) {
+            self.counters.idempotent_replays += 1;
+            return cached.clone();
+        }
+        let req = match validate_generate(body) {
+            Ok(r) => r,
+            Err(details) => return Reply::invalid(hint.as_deref(), details),
+        };
+        let agent_id = req.agent_id.clone();
+        if !self.is_known(&agent_id) {
+            return Reply::not_found(&agent_id);
+        }
+        if self.credits < self.cfg.cost {
+            return Reply::error(
+                402,
+                Some(&agent_id),
+                "Insufficient credits",
+                "INSUFFICIENT_CREDITS",
+                format!(
+                    "dynamics generation costs {} credits; {} remaining",
+                    self.cfg.cost, self.credits
+                ),
+            );
+        }
+        self.advance(now);
+        self.credits -= self.cfg.cost;
+        self.counters.credits_charged += self.cfg.cost;
+        self.counters.generations_started += 1;
+        let agent = self
+            .agents
+            .entry(agent_id.clone())
+            .or_insert_with(Agent::new);
+        agent.charged_generations += 1;
+        agent.last_generate_request = Some(req.raw);
+        if let Some(p) = req.prompts {
+            agent.prompts = p;
+        }
+        self.start_generation(&agent_id, now);
+        let reply = Reply::ok(
+            &agent_id,
+            json!({
+                "success": true,
+                "message": "Dynamics generation started",
+                "agent_id": agent_id,
+                "status": "processing",
+            }),
+        );
+        if let Some(k) = idempotency_key {
+            self.idempotency.insert(k.to_string(), reply.clone());
+        }
+        reply
+    }
+
+    /// GET /v1/dynamics/{agent_id}
+    pub fn get(&mut self, now: Instant, secret: Option<&str>, agent_id: &str) -> Reply {
+        if let Err(r) = self.check_secret(secret, Some(agent_id)) {
+            return r;
+        }
+        if !self.is_known(agent_id) {
+            return Reply::not_found(agent_id);
+        }
+        self.advance(now);
+        let Some(agent) = self.agents.get(agent_id) else {
+            return Reply::ok(agent_id, self.empty_data(agent_id));
+        };
+        let Some(status) = self.status_of(agent) else {
+            return Reply::ok(agent_id, self.empty_data(agent_id));
+        };
+        let mut data = Map::new();
+        data.insert("agent_id".into(), json!(agent_id));
+        match self.cfg.reply_shape {
+            ReplyShape::Seed => {
+                data.insert("dynamics".into(), json!(agent.model_url));
+            }
+            ReplyShape::Newer => {
+                data.insert("url".into(), json!(agent.model_url));
+                data.insert("gestures".into(), json!(gestures_of(agent)));
+            }
+        }
+        data.insert("status".into(), json!(status));
+        if let Some(e) = &agent.error_message {
+            data.insert("error_message".into(), json!(e));
+        }
+        Reply::ok(agent_id, json!({"success": true, "data": data}))
+    }
+
+    /// A known agent that never had a generation: no status at all.
+    fn empty_data(&self, agent_id: &str) -> Value {
+        let key = match self.cfg.reply_shape {
+            ReplyShape::Seed => "dynamics",
+            ReplyShape::Newer => "url",
+        };
+        json!({"success": true, "data": {"agent_id": agent_id, key: null}})
+    }
+
+    /// PUT /v1/dynamics/{agent_id}
+    pub fn update(
+        &mut self,
+        now: Instant,
+        secret: Option<&str>,
+        agent_id: &str,
+        body: &[u8],
+    ) -> Reply {
+        if let Err(r) = self.check_secret(secret, Some(agent_id)) {
+            return r;
+        }
+        let (dynamics, toggle) = match validate_update(body) {
+            Ok(v) => v,
+            Err(details) => return Reply::invalid(Some(agent_id), details),
+        };
+        if !self.is_known(agent_id) {
+            return Reply::not_found(agent_id);
+        }
+        self.advance(now);
+        let updated_at = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+        let agent = self
+            .agents
+            .entry(agent_id.to_string())
+            .or_insert_with(Agent::new);
+        let stored = agent.dynamics.get_or_insert_with(Map::new);
+        let new_batch = dynamics.get("batch_results").filter(|v| !v.is_null());
+        let regenerate = new_batch.is_some() && new_batch != stored.get("batch_results");
+        // Keys sent replace stored ones; keys not sent are kept, so a PUT of
+        // just `enabled` does not wipe the rest of the block.
+        for (k, v) in dynamics {
+            if v.is_null() {
+                stored.remove(&k);
+            } else {
+                stored.insert(k, v);
+            }
+        }
+        if toggle.is_some() {
+            agent.toggle_enabled = toggle;
+        }
+        agent.updated_at = Some(updated_at.clone());
+        const UPDATED: &str = "Dynamics updated successfully";
+        if regenerate {
+            if std::mem::take(&mut agent.refuse_next_regeneration) {
+                return Reply::ok(
+                    agent_id,
+                    json!({
+                        "success": true,
+                        "message": format!("{UPDATED} but movements regeneration failed to start"),
+                        "agent_id": agent_id,
+                        "regeneration_status": "failed",
+                        "regeneration_error": "regeneration refused (simulated)",
+                    }),
+                );
+            }
+            self.counters.regenerations_started += 1;
+            self.start_generation(agent_id, now);
+            return Reply::ok(
+                agent_id,
+                json!({
+                    "success": true,
+                    "message": format!("{UPDATED} and movements regeneration started"),
+                    "agent_id": agent_id,
+                    "regeneration_status": "started",
+                }),
+            );
+        }
+        let body = match self.cfg.update_reply_shape {
+            UpdateReplyShape::Data => json!({
+                "success": true,
+                "message": UPDATED,
+                "data": {"agent_id": agent_id, "updated_at": updated_at},
+            }),
+            UpdateReplyShape::Regeneration => json!({
+                "success": true,
+                "message": UPDATED,
+                "agent_id": agent_id,
+                "updated_at": updated_at,
+            }),
+        };
+        Reply::ok(agent_id, body)
+    }
+
+    // ---- control --------------------------------------------------------
+
+    pub fn stats(&self) -> SimStats {
+        let c = &self.counters;
+        SimStats {
+            calls: c
+                .calls
+                .iter()
+                .map(|((endpoint, agent_id, status), count)| CallCount {
+                    endpoint: endpoint.clone(),
+                    agent_id: agent_id.clone(),
+                    status: *status,
+                    count: *count,
+                })
+                .collect(),
+            credits_charged: c.credits_charged,
+            credits_remaining: self.credits,
+            generations_started: c.generations_started,
+            regenerations_started: c.regenerations_started,
+            overlapping_generations: c.overlapping_generations,
+            dropped_connections: c.dropped_connections,
+            idempotent_replays: c.idempotent_replays,
+            injected_faults: c.injected_faults,
+        }
+    }
+
+    pub fn reset_stats(&mut self) {
+        self.counters = Counters::default();
+    }
+
+    pub fn set_credits(&mut self, credits: u64) {
+        self.credits = credits;
+    }
+
+    fn agent_mut(&mut self, id: &str) -> &mut Agent {
+        self.agents.entry(id.to_string()).or_insert_with(Agent::new)
+    }
+
+    pub fn set_known(&mut self, id: &str, known: bool) {
+        self.agent_mut(id).known = known;
+    }
+
+    pub fn fail_next(&mut self, id: &str) {
+        self.agent_mut(id).fail_next = true;
+    }
+
+    pub fn refuse_next_regeneration(&mut self, id: &str) {
+        self.agent_mut(id).refuse_next_regeneration = true;
+    }
+
+    pub fn agent(&mut self, now: Instant, id: &str) -> SimAgent {
+        self.advance(now);
+        let Some(a) = self.agents.get(id) else {
+            return SimAgent {
+                agent_id: id.to_string(),
+                known: true,
+                ..Default::default()
+            };
+        };
+        let enabled = a
+            .dynamics
+            .as_ref()
+            .and_then(|d| d.get("enabled"))
+            .and_then(Value::as_bool);
+        SimAgent {
+            agent_id: id.to_string(),
+            known: a.known,
+            status: self.status_of(a).map(String::from),
+            model_url: a.model_url.clone(),
+            error_message: a.error_message.clone(),
+            dynamics: a.dynamics.clone().map(Value::Object),
+            enabled,
+            toggle_enabled: a.toggle_enabled,
+            generations: a.generations,
+            charged_generations: a.charged_generations,
+            gestures: gestures_of(a),
+            last_generate_request: a.last_generate_request.clone(),
+            updated_at: a.updated_at.clone(),
+            fail_next: a.fail_next,
+            refuse_next_regeneration: a.refuse_next_regeneration,
+        }
+    }
+
+    pub fn agents(&mut self, now: Instant) -> Vec<SimAgent> {
+        let ids: BTreeSet<String> = self.agents.keys().cloned().collect();
+        ids.iter().map(|id| self.agent(now, id)).collect()
+    }
+}
+
+/// Generated gestures, overlaid with the stored batch_results' videos.
+fn gestures_of(agent: &Agent) -> BTreeMap<String, String> {
+    let mut g = agent.generated_gestures.clone();
+    let batch = agent
+        .dynamics
+        .as_ref()
+        .and_then(|d| d.get("batch_results"))
+        .and_then(Value::as_object);
+    for (name, r) in batch.into_iter().flatten() {
+        if let Some(url) = r.get("video_url").and_then(Value::as_str) {
+            g.insert(name.clone(), url.to_string());
+        }
+    }
+    g
+}
+
+/// The agent id of a generate body, if one can be read, for stats only.
+pub(crate) fn agent_hint(body: &[u8]) -> Option<String> {
+    let v: Value = serde_json::from_slice(body).ok()?;
+    Some(v.get("agent_id")?.as_str()?.to_string()).filter(|s| !s.is_empty())
+}
+
+struct GenerateParams {
+    agent_id: String,
+    prompts: Option<Vec<String>>,
+    raw: Value,
+}
+
+fn object(body: &[u8]) -> Result<Map<String, Value>, String> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(_) => Err("request body must be a JSON object".into()),
+        Err(e) => Err(format!("request body is not valid JSON: {e}")),
+    }
+}
+
+fn is_http_url(s: &str) -> bool {
+    let lower = s.to_ascii_lowercase();
+    ["http://", "https://"]
+        .iter()
+        .any(|p| lower.starts_with(p) && lower.len() > p.len())
+}
+
+fn validate_generate(body: &[u8]) -> Result<GenerateParams, String> {
+    let m = object(body)?;
+    let present = |k: &str| m.get(k).filter(|v| !v.is_null());
+    let agent_id = match present("agent_id") {
+        Some(Value::String(s)) if !s.trim().is_empty() => s.clone(),
+        Some(Value::String(_)) | None => return Err("agent_id is required".into()),
+        Some(_) => return Err("agent_id must be a string".into()),
+    };
+    if let Some(v) = present("image_url") {
+        if !v.as_str().is_some_and(is_http_url) {
+            return Err("image_url must be an http(s) URL".into());
+        }
+    }
+    if let Some(v) = present("duration") {
+        if !v.as_f64().is_some_and(|d| (1.0..=10.0).contains(&d)) {
+            return Err("duration must be a number of seconds between 1 and 10".into());
+        }
+    }
+    if let Some(v) = present("model") {
+        if v.as_str().is_none_or(|s| s.trim().is_empty()) {
+            return Err("model must be a non-empty string".into());
+        }
+    }
+    let prompts = match present("motion_prompts") {
+        None => None,
+        Some(Value::Array(items)) => {
+            let p: Option<Vec<String>> = items
+                .iter()
+                .map(|i| {
+                    i.as_str()
+                        .filter(|s| !s.trim().is_empty())
+                        .map(String::from)
+                })
+                .collect();
+            Some(p.ok_or("motion_prompts must be a list of non-empty strings")?)
+        }
+        Some(_) => return Err("motion_prompts must be a list of non-empty strings".into()),
+    };
+    Ok(GenerateParams {
+        agent_id,
+        prompts,
+        raw: Value::Object(m),
+    })
+}
+
+fn validate_update(body: &[u8]) -> Result<(Map<String, Value>, Option<bool>), String> {
+    let m = object(body)?;
+    let toggle = match m.get("toggle_enabled") {
+        None | Some(Value::Null) => None,
+        Some(Value::Bool(b)) => Some(*b),
+        Some(_) => return Err("toggle_enabled must be a boolean".into()),
+    };
+    let Some(Value::Object(d)) = m.get("dynamics") else {
+        return Err("dynamics must be an object".into());
+    };
+    if !matches!(
+        d.get("enabled"),
+        None | Some(Value::Null) | Some(Value::Bool(_))
+    ) {
+        return Err("dynamics.enabled must be a boolean".into());
+    }
+    match d.get("batch_results") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(items)) => {
+            for (name, r) in items {
+                let Some(r) = r.as_object() else {
+                    return Err(format!("dynamics.batch_results.{name} must be an object"));
+                };
+                if let Some(u) = r.get("video_url").filter(|v| !v.is_null()) {
+                    if !u.as_str().is_some_and(is_http_url) {
+                        return Err(format!(
+                            "dynamics.batch_results.{name}.video_url must be an http(s) URL"
+                        ));
+                    }
+                }
+            }
+        }
+        Some(_) => return Err("dynamics.batch_results must be an object".into()),
+    }
+    for key in ["result", "talking"] {
+        if !matches!(
+            d.get(key),
+            None | Some(Value::Null) | Some(Value::Object(_))
+        ) {
+            return Err(format!("dynamics.{key} must be an object"));
+        }
+    }
+    Ok((d.clone(), toggle))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    const S: Option<&str> = Some("sim-secret");
+
+    fn engine(gen_ms: u64, max: usize) -> Engine {
+        Engine::new(SimConfig {
+            generation_time: Duration::from_millis(gen_ms),
+            max_concurrent: max,
+            seed: Some(1),
+            ..SimConfig::default()
+        })
+    }
+
+    fn gen(e: &mut Engine, now: Instant, agent: &str) -> Reply {
+        e.generate(
+            now,
+            S,
+            None,
+            format!(r#"{{"agent_id":"{agent}"}}"#).as_bytes(),
+        )
+    }
+
+    fn status(e: &mut Engine, now: Instant, agent: &str) -> Option<String> {
+        let r = e.get(now, S, agent);
+        assert_eq!(r.status, 200);
+        r.body["data"]["status"].as_str().map(String::from)
+    }
+
+    #[test]
+    fn queue_respects_the_concurrency_limit_and_hands_over_workers() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut e = engine(100, 2);
+        for a in ["a", "b", "c"] {
+            assert_eq!(gen(&mut e, t0, a).status, 200);
+        }
+        assert_eq!(status(&mut e, t0, "a").as_deref(), Some("generating"));
+        assert_eq!(status(&mut e, t0, "b").as_deref(), Some("generating"));
+        assert_eq!(status(&mut e, t0, "c").as_deref(), Some("processing"));
+        // Observed late: c started when a and b finished (t0+100), so it is
+        // done at t0+200, not 100ms after we happened to look.
+        assert_eq!(
+            status(&mut e, t0 + ms(150), "c").as_deref(),
+            Some("generating")
+        );
+        assert_eq!(status(&mut e, t0 + ms(200), "c").as_deref(), Some("ready"));
+        assert_eq!(status(&mut e, t0 + ms(200), "a").as_deref(), Some("ready"));
+    }
+
+    #[test]
+    fn lazy_catch_up_over_a_long_gap() {
+        let t0 = Instant::now();
+        let mut e = engine(10, 1);
+        for a in ["a", "b", "c", "d"] {
+            gen(&mut e, t0, a);
+        }
+        let later = t0 + Duration::from_secs(5);
+        for a in ["a", "b", "c", "d"] {
+            assert_eq!(status(&mut e, later, a).as_deref(), Some("ready"), "{a}");
+        }
+    }
+
+    #[test]
+    fn unlimited_concurrency() {
+        let t0 = Instant::now();
+        let mut e = engine(100, 0);
+        for a in ["a", "b", "c", "d"] {
+            gen(&mut e, t0, a);
+        }
+        assert_eq!(status(&mut e, t0, "d").as_deref(), Some("generating"));
+    }
+
+    #[test]
+    fn model_url_changes_per_generation_and_overlap_is_counted() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut e = engine(100, 2);
+        gen(&mut e, t0, "a");
+        let r = e.get(t0 + ms(100), S, "a");
+        let first = r.body["data"]["dynamics"].as_str().unwrap().to_string();
+        assert!(first.ends_with("/a/1.bin"), "{first}");
+        gen(&mut e, t0 + ms(100), "a");
+        // While generating, the previous model is still what the agent has.
+        let r = e.get(t0 + ms(150), S, "a");
+        assert_eq!(r.body["data"]["dynamics"], json!(first));
+        gen(&mut e, t0 + ms(150), "a");
+        assert_eq!(e.stats().overlapping_generations, 1);
+        assert_eq!(e.stats().generations_started, 3);
+        assert_eq!(e.stats().credits_charged, 750);
+        // The superseded generation finishes first but is discarded.
+        assert_eq!(
+            status(&mut e, t0 + ms(200), "a").as_deref(),
+            Some("generating")
+        );
+        let r = e.get(t0 + ms(250), S, "a");
+        assert_eq!(r.body["data"]["status"], "ready");
+        assert!(r.body["data"]["dynamics"]
+            .as_str()
+            .unwrap()
+            .ends_with("/a/3.bin"));
+    }
+
+    #[test]
+    fn never_generated_agent_has_no_status() {
+        let mut e = engine(100, 2);
+        let r = e.get(Instant::now(), S, "new");
+        assert_eq!(
+            r.body,
+            json!({"success": true, "data": {"agent_id": "new", "dynamics": null}})
+        );
+    }
+
+    #[test]
+    fn validation_of_generate_bodies() {
+        let cases: &[(&str, u16)] = &[
+            ("not json", 400),
+            ("[]", 400),
+            ("{}", 400),
+            (r#"{"agent_id":""}"#, 400),
+            (r#"{"agent_id":5}"#, 400),
+            (r#"{"agent_id":"a","duration":"5"}"#, 400),
+            (r#"{"agent_id":"a","duration":0}"#, 400),
+            (r#"{"agent_id":"a","duration":11}"#, 400),
+            (r#"{"agent_id":"a","duration":2.5}"#, 200),
+            (r#"{"agent_id":"a","image_url":"ftp://x/y.jpg"}"#, 400),
+            (r#"{"agent_id":"a","image_url":"HTTPS://x/y.jpg"}"#, 200),
+            (r#"{"agent_id":"a","model":7}"#, 400),
+            (r#"{"agent_id":"a","model":"quality"}"#, 200),
+            (r#"{"agent_id":"a","motion_prompts":"wave"}"#, 400),
+            (r#"{"agent_id":"a","motion_prompts":["wave",""]}"#, 400),
+            (
+                r#"{"agent_id":"a","motion_prompts":["wave"],"extra":true}"#,
+                200,
+            ),
+        ];
+        let mut e = engine(100, 0);
+        for (body, want) in cases {
+            let r = e.generate(Instant::now(), S, None, body.as_bytes());
+            assert_eq!(r.status, *want, "{body}: {}", r.body);
+            if *want == 400 {
+                assert_eq!(r.body["code"], "INVALID_REQUEST");
+                assert!(r.body["details"].as_str().is_some());
+            }
+        }
+    }
+
+    #[test]
+    fn auth_then_known_then_credits() {
+        let now = Instant::now();
+        let mut e = engine(100, 2);
+        let body = br#"{"agent_id":"a"}"#;
+        assert_eq!(e.generate(now, None, None, body).status, 401);
+        assert_eq!(e.generate(now, Some("nope"), None, body).status, 401);
+        e.set_known("a", false);
+        assert_eq!(e.generate(now, S, None, body).status, 404);
+        assert_eq!(e.get(now, S, "a").status, 404);
+        assert_eq!(e.update(now, S, "a", br#"{"dynamics":{}}"#).status, 404);
+        e.set_known("a", true);
+        e.set_credits(249);
+        let r = e.generate(now, S, None, body);
+        assert_eq!(r.status, 402);
+        assert_eq!(r.body["code"], "INSUFFICIENT_CREDITS");
+        assert_eq!(e.stats().credits_remaining, 249);
+        assert_eq!(e.stats().generations_started, 0);
+    }
+
+    #[test]
+    fn idempotency_key_replays_without_charging() {
+        let now = Instant::now();
+        let mut e = engine(100, 2);
+        let body = br#"{"agent_id":"a"}"#;
+        let r1 = e.generate(now, S, Some("k1"), body);
+        let r2 = e.generate(now, S, Some("k1"), body);
+        assert_eq!(r1, r2);
+        assert_eq!(e.stats().credits_charged, 250);
+        assert_eq!(e.stats().idempotent_replays, 1);
+        e.generate(now, S, Some("k2"), body);
+        assert_eq!(e.stats().credits_charged, 500);
+    }
+
+    #[test]
+    fn put_merges_and_regenerates_only_on_batch_change() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut e = engine(100, 2);
+        let put = |e: &mut Engine, t, body: &str| e.update(t, S, "a", body.as_bytes());
+        let batch = r#"{"dynamics":{"enabled":true,"batch_results":{"wave":{"video_url":"https://v/w.mp4","status":"success"}}},"toggle_enabled":true}"#;
+        let r = put(&mut e, t0, batch);
+        assert_eq!(r.body["regeneration_status"], "started");
+        assert_eq!(e.stats().regenerations_started, 1);
+        assert_eq!(e.stats().credits_charged, 0);
+        assert_eq!(status(&mut e, t0, "a").as_deref(), Some("generating"));
+        let r = put(&mut e, t0 + ms(100), batch);
+        assert_eq!(r.body["data"]["agent_id"], "a");
+        assert!(r.body.get("regeneration_status").is_none());
+        // Disabling alone keeps the rest of the block.
+        put(
+            &mut e,
+            t0 + ms(100),
+            r#"{"dynamics":{"enabled":false},"toggle_enabled":true}"#,
+        );
+        let rec = e.agent(t0 + ms(100), "a");
+        assert_eq!(rec.enabled, Some(false));
+        assert_eq!(rec.toggle_enabled, Some(true));
+        assert!(rec.dynamics.unwrap()["batch_results"]["wave"].is_object());
+        assert_eq!(rec.gestures["wave"], "https://v/w.mp4");
+        assert_eq!(rec.status.as_deref(), Some("ready"));
+        assert_eq!(e.stats().regenerations_started, 1);
+    }
+
+    #[test]
+    fn put_validation() {
+        let mut e = engine(100, 2);
+        for body in [
+            "x",
+            "{}",
+            r#"{"dynamics":[]}"#,
+            r#"{"dynamics":{"enabled":"yes"}}"#,
+            r#"{"dynamics":{"batch_results":{"wave":"u"}}}"#,
+            r#"{"dynamics":{"batch_results":{"wave":{"video_url":"file:///x"}}}}"#,
+            r#"{"dynamics":{"result":"x"}}"#,
+            r#"{"dynamics":{},"toggle_enabled":1}"#,
+        ] {
+            assert_eq!(
+                e.update(Instant::now(), S, "a", body.as_bytes()).status,
+                400,
+                "{body}"
+            );
+        }
+    }
+
+    #[test]
+    fn fail_next_and_refused_regeneration() {
+        let t0 = Instant::now();
+        let mut e = engine(0, 2);
+        e.fail_next("a");
+        gen(&mut e, t0, "a");
+        let r = e.get(t0, S, "a");
+        assert_eq!(r.body["data"]["status"], "failed");
+        assert!(r.body["data"]["error_message"].as_str().is_some());
+        assert!(!e.agent(t0, "a").fail_next);
+        gen(&mut e, t0, "a");
+        assert_eq!(status(&mut e, t0, "a").as_deref(), Some("ready"));
+        e.refuse_next_regeneration("a");
+        let r = e.update(t0, S, "a", br#"{"dynamics":{"batch_results":{}}}"#);
+        assert_eq!(r.body["regeneration_status"], "failed");
+        assert!(r.body["regeneration_error"].is_string());
+        assert_eq!(e.stats().regenerations_started, 0);
+    }
+
+    #[test]
+    fn scripted_faults_come_first_then_rates() {
+        let mut e = engine(0, 2);
+        e.set_faults(Faults {
+            script: [ScriptedFault::RateLimited, ScriptedFault::Drop].into(),
+            retry_after_secs: 3,
+            ..Faults::default()
+        });
+        let p = e.plan_faults(Some("a"));
+        let r = p.replace.unwrap();
+        assert_eq!((r.status, r.retry_after), (429, Some(3)));
+        let p = e.plan_faults(Some("a"));
+        assert!(p.replace.is_none() && p.drop);
+        assert_eq!(e.plan_faults(None), FaultPlan::default());
+        e.set_faults(Faults {
+            fail_rate_503: 1.0,
+            ..Faults::default()
+        });
+        assert_eq!(e.plan_faults(None).replace.unwrap().status, 503);
+        assert_eq!(e.stats().injected_faults, 2);
+        assert_eq!(e.stats().dropped_connections, 1);
+    }
+
+    #[test]
+    fn newer_shape_reports_url_and_gestures() {
+        let t0 = Instant::now();
+        let mut e = Engine::new(SimConfig {
+            generation_time: Duration::ZERO,
+            reply_shape: ReplyShape::Newer,
+            ..SimConfig::default()
+        });
+        assert_eq!(
+            e.get(t0, S, "a").body,
+            json!({"success": true, "data": {"agent_id": "a", "url": null}})
+        );
+        e.generate(
+            t0,
+            S,
+            None,
+            br#"{"agent_id":"a","motion_prompts":["wave","idle"]}"#,
+        );
+        let d = e.get(t0, S, "a").body["data"].clone();
+        assert_eq!(d["status"], "ready");
+        assert!(d["url"].as_str().unwrap().ends_with("/a/1.bin"));
+        let g = d["gestures"].as_object().unwrap();
+        assert_eq!(g.keys().collect::<Vec<_>>(), ["idle", "wave"]);
+        assert!(d.get("dynamics").is_none());
+    }
+}

@@ -1,0 +1,63 @@
+//! The committed CRD is exactly what the Rust types generate, and it carries the rules users rely on.
+
+use dynamics_operator::resource::crd_yaml;
+
+#[test]
+fn committed_crd_matches_the_types() {
+    let committed = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/crds/agentdynamics.yaml"))
+        .expect("crds/agentdynamics.yaml exists");
+    assert!(
+        committed == crd_yaml(),
+        "crds/agentdynamics.yaml is out of date: run `cargo run -- crd > crds/agentdynamics.yaml` and commit it"
+    );
+}
+
+#[test]
+fn crd_carries_validation_and_printer_columns() {
+    let crd: serde_json::Value = serde_yaml::from_str(&crd_yaml()).unwrap();
+    let version = &crd["spec"]["versions"][0];
+    assert_eq!(crd["spec"]["names"]["shortNames"][0], "agdyn");
+    assert_eq!(version["subresources"]["status"], serde_json::json!({}));
+    let spec = &version["schema"]["openAPIV3Schema"]["properties"]["spec"];
+    assert_eq!(spec["required"], serde_json::json!(["agentId"]));
+    assert_eq!(spec["properties"]["agentId"]["x-kubernetes-validations"][0]["rule"], "self == oldSelf");
+    assert_eq!(spec["properties"]["duration"]["minimum"], 1.0);
+    assert_eq!(spec["properties"]["duration"]["maximum"], 10.0);
+    assert_eq!(spec["properties"]["deletionPolicy"]["enum"], serde_json::json!(["Disable", "Orphan"]));
+    assert_eq!(spec["properties"]["deletionPolicy"]["default"], "Disable");
+    assert_eq!(spec["properties"]["dynamics"]["properties"]["enabled"]["default"], true);
+    assert!(spec["properties"]["imageUrl"]["pattern"].as_str().unwrap().starts_with("^https?://"));
+    let columns: Vec<&str> = version["additionalPrinterColumns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(columns, ["Agent", "Model", "Remote", "Ready", "Reason", "Age"]);
+    // Every spec field has a description for `kubectl explain`.
+    for (name, field) in spec["properties"].as_object().unwrap() {
+        assert!(field["description"].as_str().is_some_and(|d| !d.is_empty()), "spec.{name} has no description");
+    }
+}
+
+#[test]
+fn every_example_is_a_valid_agent_dynamics() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/examples");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        for doc in serde_yaml::Deserializer::from_str(&text) {
+            let value: serde_json::Value = serde::Deserialize::deserialize(doc).unwrap();
+            if value["kind"] != "AgentDynamics" {
+                continue;
+            }
+            let obj = dynamics_operator::resource::validate::parse_agent_dynamics(value)
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            let errors = dynamics_operator::resource::validate::validate_spec(&obj.spec);
+            assert!(errors.is_empty(), "{}: {errors:?}", path.display());
+            seen += 1;
+        }
+    }
+    assert!(seen >= 5, "expected the five documented examples, found {seen}");
+}
