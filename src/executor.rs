@@ -142,8 +142,12 @@ impl Executor {
                     let secret = secret.expect("plan updates only when the secret resolved");
                     let outcome = self.client.update(secret, &obj.spec.agent_id, &request).await.map_err(|e| RemoteError::from(&e));
                     let (status, report) = after_update(&input, &dynamics_hash, outcome.as_ref());
-                    if outcome.is_ok() {
+                    if let Ok(reply) = &outcome {
                         sink.note(note(false, "DynamicsApplied", &format!("dynamics block applied to agent {}", obj.spec.agent_id)));
+                        if matches!(reply.regeneration, Some(crate::api::Regeneration::Started)) {
+                            // The agent is generating again: it holds a slot until a GET sees it finish.
+                            self.guard.lock().expect("guard lock").observe(&obj.key, true);
+                        }
                     }
                     return self.finish(obj, &input, status, report, sink).await;
                 }

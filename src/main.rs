@@ -2,11 +2,16 @@
 
 use clap::Parser;
 use dynamics_operator::cli::{Cli, Command};
+use dynamics_operator::telemetry;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    dynamics_operator::telemetry::init(cli.log_format);
+    let filter = match cli.command {
+        Command::Run(_) | Command::Sim(_) => telemetry::SERVICE_FILTER,
+        _ => telemetry::COMMAND_FILTER,
+    };
+    telemetry::init(cli.log_format, filter);
     match cli.command {
         Command::Run(args) => dynamics_operator::controller::run(args.into_config()?).await,
         Command::Sim(args) => dynamics_operator::sim::run_foreground(args).await,

@@ -3,6 +3,11 @@
 use clap::ValueEnum;
 use tracing_subscriber::EnvFilter;
 
+/// Logs of long-running commands (`run`, `sim`).
+pub const SERVICE_FILTER: &str = "info,kube=warn,hyper=warn,tower=warn";
+/// Logs of one-shot commands (`plan`, `apply`, `crd`), which print their own output.
+pub const COMMAND_FILTER: &str = "warn";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
 pub enum LogFormat {
     #[default]
@@ -10,9 +15,11 @@ pub enum LogFormat {
     Json,
 }
 
-/// Install the global subscriber once; a second call (tests) is a no-op.
-pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,kube=warn,hyper=warn,tower=warn"));
+/// Install the global subscriber once; a second call (tests) is a no-op. `default_filter`
+/// applies when RUST_LOG is unset: the controller and simulator log at info, the file mode
+/// prints its own progress and keeps logs to warnings.
+pub fn init(format: LogFormat, default_filter: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.try_init(),

@@ -49,8 +49,15 @@ pub(super) async fn run(args: ApplyArgs) -> anyhow::Result<i32> {
     };
     let simulated = prepared.remote.simulator.is_some();
     let settings = settings(simulated);
-    let guard = Arc::new(Mutex::new(GenerationGuard::new(args.max_concurrent_generations, args.generations_per_hour)));
-    let executor = Arc::new(Executor::new(prepared.remote.client.clone(), guard, settings));
+    let guard = Arc::new(Mutex::new(GenerationGuard::new(
+        args.max_concurrent_generations,
+        args.generations_per_hour,
+    )));
+    let executor = Arc::new(Executor::new(
+        prepared.remote.client.clone(),
+        guard,
+        settings,
+    ));
     let store = Arc::new(Mutex::new(prepared.store));
     let clock = Clock(Instant::now());
 
@@ -68,9 +75,19 @@ pub(super) async fn run(args: ApplyArgs) -> anyhow::Result<i32> {
     let mut tracked: Vec<Tracked> = prepared
         .objects
         .into_iter()
-        .map(|object| Tracked { object, progress: Progress::Pending, next_at: start, failures: 0, running: false, last_printed: None })
+        .map(|object| Tracked {
+            object,
+            progress: Progress::Pending,
+            next_at: start,
+            failures: 0,
+            running: false,
+            last_printed: None,
+        })
         .collect();
-    let initial_generations: Vec<i64> = tracked.iter().map(|t| t.object.record.status.generations).collect();
+    let initial_generations: Vec<i64> = tracked
+        .iter()
+        .map(|t| t.object.record.status.generations)
+        .collect();
 
     let mut running: JoinSet<(usize, Result<PassResult, PassError>, Vec<Note>)> = JoinSet::new();
     let mut stop: Option<i32> = None;
@@ -93,12 +110,22 @@ pub(super) async fn run(args: ApplyArgs) -> anyhow::Result<i32> {
                 let executor = executor.clone();
                 let view = t.object.view.clone();
                 let secret = t.object.secret.clone();
-                let sink = FileSink { store: store.clone(), key: view.key.clone(), read: view.status.clone(), notes: Vec::new() };
+                let sink = FileSink {
+                    store: store.clone(),
+                    key: view.key.clone(),
+                    read: view.status.clone(),
+                    notes: Vec::new(),
+                };
                 let failures = t.failures;
                 running.spawn(one_pass(executor, index, view, secret, failures, sink));
             }
         }
-        if running.is_empty() && (stop.is_some() || tracked.iter().all(|t| matches!(t.progress, Progress::Done(_)))) {
+        if running.is_empty()
+            && (stop.is_some()
+                || tracked
+                    .iter()
+                    .all(|t| matches!(t.progress, Progress::Done(_))))
+        {
             break;
         }
 
@@ -108,7 +135,11 @@ pub(super) async fn run(args: ApplyArgs) -> anyhow::Result<i32> {
             .map(|t| t.next_at)
             .min()
             .map_or(deadline, |at| at.min(deadline));
-        let wake = if stop.is_some() { deadline.max(now) + Duration::from_secs(3600) } else { next_due.min(last_heartbeat + HEARTBEAT) };
+        let wake = if stop.is_some() {
+            deadline.max(now) + Duration::from_secs(3600)
+        } else {
+            next_due.min(last_heartbeat + HEARTBEAT)
+        };
         tokio::select! {
             Some(joined) = running.join_next() => {
                 let (index, result, notes) = joined?;
@@ -186,32 +217,55 @@ pub(super) async fn run(args: ApplyArgs) -> anyhow::Result<i32> {
     let rows: Vec<Row> = tracked
         .iter()
         .map(|t| {
-            let status = store.get(&t.object.view.key).map(|r| r.status.clone()).unwrap_or_default();
+            let status = store
+                .get(&t.object.view.key)
+                .map(|r| r.status.clone())
+                .unwrap_or_default();
             Row { t, status }
         })
         .collect();
     print_result(common.output, &rows, &store, simulated)?;
 
-    let started: i64 = rows.iter().zip(&initial_generations).map(|(r, before)| (r.status.generations - before).max(0)).sum();
+    let started: i64 = rows
+        .iter()
+        .zip(&initial_generations)
+        .map(|(r, before)| (r.status.generations - before).max(0))
+        .sum();
     let mut counts: std::collections::BTreeMap<&str, usize> = Default::default();
     for row in &rows {
         *counts.entry(row.state()).or_default() += 1;
     }
-    let summary: Vec<String> = counts.iter().map(|(state, n)| format!("{n} {state}")).collect();
+    let summary: Vec<String> = counts
+        .iter()
+        .map(|(state, n)| format!("{n} {state}"))
+        .collect();
     let elapsed = humantime::format_duration(Duration::from_secs(start.elapsed().as_secs()));
     eprintln!(
         "apply: {} in {elapsed}; {started} generation(s) started ({} credits){}",
-        if summary.is_empty() { "nothing to do".into() } else { summary.join(", ") },
+        if summary.is_empty() {
+            "nothing to do".into()
+        } else {
+            summary.join(", ")
+        },
         started as u64 * CREDITS_PER_GENERATION,
-        if simulated { " on the SIMULATED API" } else { "" }
+        if simulated {
+            " on the SIMULATED API"
+        } else {
+            ""
+        }
     );
     if timed_out {
-        eprintln!("error: timed out after {} before every object was Ready; run apply again to continue", humantime::format_duration(args.timeout));
+        eprintln!(
+            "error: timed out after {} before every object was Ready; run apply again to continue",
+            humantime::format_duration(args.timeout)
+        );
     }
     if let Some(code) = stop.filter(|c| *c != exit::PENDING) {
         return Ok(code);
     }
-    let all_ready = rows.iter().all(|r| matches!(r.state(), "Ready" | "Suspended"));
+    let all_ready = rows
+        .iter()
+        .all(|r| matches!(r.state(), "Ready" | "Suspended"));
     Ok(if all_ready { exit::OK } else { exit::PENDING })
 }
 
@@ -223,7 +277,9 @@ async fn one_pass(
     failures: u32,
     mut sink: FileSink,
 ) -> (usize, Result<PassResult, PassError>, Vec<Note>) {
-    let result = executor.pass(&view, secret.as_ref(), failures, &mut sink).await;
+    let result = executor
+        .pass(&view, secret.as_ref(), failures, &mut sink)
+        .await;
     (index, result, sink.notes)
 }
 
@@ -232,8 +288,16 @@ async fn one_pass(
 fn settings(simulated: bool) -> Settings {
     let defaults = Settings::default();
     Settings {
-        poll_min: if simulated { Duration::from_millis(250) } else { defaults.poll_min },
-        poll_max: if simulated { Duration::from_secs(2) } else { Duration::from_secs(15) },
+        poll_min: if simulated {
+            Duration::from_millis(250)
+        } else {
+            defaults.poll_min
+        },
+        poll_max: if simulated {
+            Duration::from_secs(2)
+        } else {
+            Duration::from_secs(15)
+        },
         ..defaults
     }
 }
@@ -252,20 +316,28 @@ impl FileSink {
     fn save_now(&mut self, status: &AgentDynamicsStatus) -> Result<(), SaveError> {
         let mut store = lock(&self.store);
         let Some(mut record) = store.get(&self.key).cloned() else {
-            return Err(SaveError::Other(format!("{} is missing from the state", self.key)));
+            return Err(SaveError::Other(format!(
+                "{} is missing from the state",
+                self.key
+            )));
         };
         if record.status != self.read {
             return Err(SaveError::Conflict);
         }
         record.status = status.clone();
-        store.put(&self.key, record).map_err(|e| SaveError::Other(format!("{e:#}")))?;
+        store
+            .put(&self.key, record)
+            .map_err(|e| SaveError::Other(format!("{e:#}")))?;
         self.read = status.clone();
         Ok(())
     }
 }
 
 impl StatusSink for FileSink {
-    fn save(&mut self, status: &AgentDynamicsStatus) -> impl std::future::Future<Output = Result<(), SaveError>> + Send {
+    fn save(
+        &mut self,
+        status: &AgentDynamicsStatus,
+    ) -> impl std::future::Future<Output = Result<(), SaveError>> + Send {
         // The file is small and written at once; nothing to await.
         std::future::ready(self.save_now(status))
     }
@@ -305,16 +377,34 @@ impl Row<'_> {
     }
 }
 
-fn print_result(format: OutputFormat, rows: &[Row], store: &StateStore, simulated: bool) -> anyhow::Result<()> {
+fn print_result(
+    format: OutputFormat,
+    rows: &[Row],
+    store: &StateStore,
+    simulated: bool,
+) -> anyhow::Result<()> {
     if format != OutputFormat::Table {
         let items: Vec<_> = rows
             .iter()
-            .filter_map(|r| store.get(&r.t.object.view.key).map(|record| output::resource(&r.t.object.manifest, record)))
+            .filter_map(|r| {
+                store
+                    .get(&r.t.object.view.key)
+                    .map(|record| output::resource(&r.t.object.manifest, record))
+            })
             .collect();
         print!("{}", output::render(format, &output::list(&items))?);
         return Ok(());
     }
-    let header = ["NAMESPACE", "NAME", "AGENT", "MODEL", "REMOTE", "READY", "REASON", "GENERATIONS"];
+    let header = [
+        "NAMESPACE",
+        "NAME",
+        "AGENT",
+        "MODEL",
+        "REMOTE",
+        "READY",
+        "REASON",
+        "GENERATIONS",
+    ];
     let cells: Vec<Vec<String>> = rows
         .iter()
         .map(|r| {
@@ -340,11 +430,18 @@ fn print_result(format: OutputFormat, rows: &[Row], store: &StateStore, simulate
     let mut explained = BTreeSet::new();
     for row in rows {
         let health = match &row.t.progress {
-            Progress::Done(h @ Health::Stalled { .. }) | Progress::Working(h) | Progress::Done(h @ Health::Progressing { .. }) => h,
+            Progress::Done(h @ Health::Stalled { .. })
+            | Progress::Working(h)
+            | Progress::Done(h @ Health::Progressing { .. }) => h,
             _ => continue,
         };
         if explained.insert(row.t.object.view.key.clone()) {
-            println!("{}: {}: {}", row.t.object.view.key, health.reason(), health.message());
+            println!(
+                "{}: {}: {}",
+                row.t.object.view.key,
+                health.reason(),
+                health.message()
+            );
         }
     }
     if simulated {

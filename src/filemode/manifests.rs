@@ -35,7 +35,11 @@ pub struct Source {
 
 impl fmt::Display for Source {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let file = if self.file == "-" { "<stdin>" } else { &self.file };
+        let file = if self.file == "-" {
+            "<stdin>"
+        } else {
+            &self.file
+        };
         write!(f, "{file} (document {}", self.document)?;
         if let Some(item) = self.item {
             write!(f, ", item {item}")?;
@@ -131,8 +135,8 @@ pub fn load(paths: &[PathBuf]) -> anyhow::Result<Loaded> {
             load_text(&mut loaded, "-", &text, guess_json(&text));
             continue;
         }
-        let meta = std::fs::metadata(path)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let meta =
+            std::fs::metadata(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         if meta.is_dir() {
             let mut files = Vec::new();
             collect_dir(path, &mut files)?;
@@ -179,15 +183,20 @@ fn collect_dir(dir: &Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
 
 fn is_manifest_file(path: &Path) -> bool {
     matches!(
-        path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref(),
+        path.extension()
+            .and_then(|e| e.to_str())
+            .map(str::to_ascii_lowercase)
+            .as_deref(),
         Some("yaml" | "yml" | "json")
     )
 }
 
 fn load_file(loaded: &mut Loaded, path: &Path) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    let json = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("json"));
+    let text =
+        std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let json = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("json"));
     load_text(loaded, &path.display().to_string(), &text, json);
     Ok(())
 }
@@ -198,15 +207,23 @@ fn guess_json(text: &str) -> bool {
 
 /// Splits a file into documents and sorts each into objects, secrets, skipped or errors.
 pub fn load_text(loaded: &mut Loaded, file: &str, text: &str, json: bool) {
-    let source = |document| Source { file: file.to_string(), document, item: None };
-    let documents = if json { json_documents(text) } else { None }.unwrap_or_else(|| yaml_documents(text));
+    let source = |document| Source {
+        file: file.to_string(),
+        document,
+        item: None,
+    };
+    let documents =
+        if json { json_documents(text) } else { None }.unwrap_or_else(|| yaml_documents(text));
     for (index, document) in documents.into_iter().enumerate() {
         match document {
             Ok(value) => classify(loaded, source(index + 1), value),
             Err(message) => loaded.errors.push(ManifestError {
                 source: source(index + 1),
                 name: None,
-                error: FieldError { field: "(document)".into(), message },
+                error: FieldError {
+                    field: "(document)".into(),
+                    message,
+                },
             }),
         }
     }
@@ -245,32 +262,62 @@ fn classify(loaded: &mut Loaded, source: Source, value: Value) {
                 name: None,
                 error: FieldError {
                     field: "(document)".into(),
-                    message: "not a Kubernetes object (expected a mapping with apiVersion and kind)".into(),
+                    message:
+                        "not a Kubernetes object (expected a mapping with apiVersion and kind)"
+                            .into(),
                 },
             });
         }
         return;
     };
-    let text = |k: &str| map.get(k).and_then(Value::as_str).unwrap_or_default().to_string();
+    let text = |k: &str| {
+        map.get(k)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
     let (api_version, kind) = (text("apiVersion"), text("kind"));
     match kind.as_str() {
         "List" | "AgentDynamicsList" if source.item.is_none() => {
-            let items = map.get("items").and_then(Value::as_array).cloned().unwrap_or_default();
+            let items = map
+                .get("items")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
             for (i, item) in items.into_iter().enumerate() {
-                classify(loaded, Source { item: Some(i + 1), ..source.clone() }, item);
+                classify(
+                    loaded,
+                    Source {
+                        item: Some(i + 1),
+                        ..source.clone()
+                    },
+                    item,
+                );
             }
         }
-        KIND if api_version.starts_with("dynamics.bithuman.ai/") => agent_dynamics(loaded, source, &api_version, value),
+        KIND if api_version.starts_with("dynamics.bithuman.ai/") => {
+            agent_dynamics(loaded, source, &api_version, value)
+        }
         "Secret" if api_version == "v1" => secret(loaded, source, value),
-        "" => loaded.skipped.push(Skipped { source, what: "a document without kind".into() }),
+        "" => loaded.skipped.push(Skipped {
+            source,
+            what: "a document without kind".into(),
+        }),
         _ => {
             let name = map
                 .get("metadata")
                 .and_then(|m| m.get("name"))
                 .and_then(Value::as_str)
                 .unwrap_or("(unnamed)");
-            let what = if api_version.is_empty() { kind } else { format!("{kind} ({api_version})") };
-            loaded.skipped.push(Skipped { source, what: format!("{what} {name}") });
+            let what = if api_version.is_empty() {
+                kind
+            } else {
+                format!("{kind} ({api_version})")
+            };
+            loaded.skipped.push(Skipped {
+                source,
+                what: format!("{what} {name}"),
+            });
         }
     }
 }
@@ -278,7 +325,11 @@ fn classify(loaded: &mut Loaded, source: Source, value: Value) {
 /// metadata.name and metadata.namespace as the API server checks them (they make the key).
 fn metadata(value: &Value) -> (Option<String>, String, Vec<FieldError>) {
     let meta = value.get("metadata");
-    let get = |k: &str| meta.and_then(|m| m.get(k)).and_then(Value::as_str).map(str::to_string);
+    let get = |k: &str| {
+        meta.and_then(|m| m.get(k))
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    };
     let mut errors = Vec::new();
     let name = get("name").filter(|n| !n.is_empty());
     match &name {
@@ -294,7 +345,9 @@ fn metadata(value: &Value) -> (Option<String>, String, Vec<FieldError>) {
         }),
         Some(_) => {}
     }
-    let namespace = get("namespace").filter(|n| !n.is_empty()).unwrap_or_else(|| DEFAULT_NAMESPACE.to_string());
+    let namespace = get("namespace")
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| DEFAULT_NAMESPACE.to_string());
     if !is_dns_label(&namespace) {
         errors.push(FieldError {
             field: "metadata.namespace".into(),
@@ -320,7 +373,12 @@ fn agent_dynamics(loaded: &mut Loaded, source: Source, api_version: &str, value:
             errors.extend(validate_spec(&object.spec));
             if errors.is_empty() {
                 if let Some(name) = name {
-                    loaded.objects.push(Manifest { source, namespace, name, object });
+                    loaded.objects.push(Manifest {
+                        source,
+                        namespace,
+                        name,
+                        object,
+                    });
                 }
                 return;
             }
@@ -328,7 +386,11 @@ fn agent_dynamics(loaded: &mut Loaded, source: Source, api_version: &str, value:
         Err(e) => errors.push(e),
     }
     for error in errors {
-        loaded.errors.push(ManifestError { source: source.clone(), name: display.clone(), error });
+        loaded.errors.push(ManifestError {
+            source: source.clone(),
+            name: display.clone(),
+            error,
+        });
     }
 }
 
@@ -338,22 +400,45 @@ fn secret(loaded: &mut Loaded, source: Source, value: Value) {
     // k8s-openapi's Secret decodes `data` from base64, and names the field that is wrong.
     match serde_path_to_error::deserialize::<_, Secret>(value) {
         Ok(parsed) if errors.is_empty() => {
-            let mut data: BTreeMap<String, Vec<u8>> =
-                parsed.data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.0)).collect();
+            let mut data: BTreeMap<String, Vec<u8>> = parsed
+                .data
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, v)| (k, v.0))
+                .collect();
             // As the API server does: stringData is merged over data.
             for (k, v) in parsed.string_data.unwrap_or_default() {
                 data.insert(k, v.into_bytes());
             }
-            if let Some(name) = name {
-                loaded.secrets.insert((namespace, name), SecretDoc { source, data });
+            // metadata() found no errors, so the name is there.
+            let key = (namespace, name.unwrap_or_default());
+            match loaded.secrets.get(&key) {
+                // Two values for one Secret: refuse rather than pick one silently.
+                Some(first) => errors.push(FieldError {
+                    field: "metadata.name".into(),
+                    message: format!(
+                        "Secret {}/{} is already defined in {}",
+                        key.0, key.1, first.source
+                    ),
+                }),
+                None => {
+                    loaded.secrets.insert(key, SecretDoc { source, data });
+                    return;
+                }
             }
-            return;
         }
         Ok(_) => {}
-        Err(e) => errors.push(FieldError { field: e.path().to_string(), message: e.into_inner().to_string() }),
+        Err(e) => errors.push(FieldError {
+            field: e.path().to_string(),
+            message: e.into_inner().to_string(),
+        }),
     }
     for error in errors {
-        loaded.errors.push(ManifestError { source: source.clone(), name: display.clone(), error });
+        loaded.errors.push(ManifestError {
+            source: source.clone(),
+            name: display.clone(),
+            error,
+        });
     }
 }
 
@@ -411,7 +496,10 @@ metadata: {name: web}
         let secret = &loaded.secrets[&("default".to_string(), "team-b".to_string())];
         assert_eq!(secret.data["api-secret"], b"secret");
         assert_eq!(secret.data["other"], b"plain");
-        assert!(!format!("{secret:?}").contains("plain"), "values stay out of Debug");
+        assert!(
+            !format!("{secret:?}").contains("plain"),
+            "values stay out of Debug"
+        );
         assert_eq!(loaded.skipped.len(), 1);
         assert_eq!(loaded.skipped[0].what, "Deployment (apps/v1) web");
         assert_eq!(loaded.skipped[0].source.document, 3);
@@ -426,7 +514,10 @@ metadata: {name: web}
                {"apiVersion":"dynamics.bithuman.ai/v1alpha1","kind":"AgentDynamics","metadata":{"name":"c"},"spec":{"agentId":"C1"}}"#,
             true,
         );
-        assert_eq!(loaded.objects.iter().map(Manifest::key).collect::<Vec<_>>(), ["default/a", "default/c"]);
+        assert_eq!(
+            loaded.objects.iter().map(Manifest::key).collect::<Vec<_>>(),
+            ["default/a", "default/c"]
+        );
         assert_eq!(loaded.errors.len(), 1);
         assert_eq!(
             loaded.errors[0].to_string(),
@@ -462,10 +553,23 @@ spec: {agentId: A3}
         );
         let messages: Vec<String> = loaded.errors.iter().map(ToString::to_string).collect();
         assert_eq!(loaded.objects.len(), 1);
-        assert!(messages[0].starts_with("agents.yaml (document 2) default/bad: spec.dynamics.enabld: "), "{messages:?}");
-        assert!(messages[1].starts_with("agents.yaml (document 3) default/Bad_Name: metadata.name: "), "{messages:?}");
-        assert!(messages[2].starts_with("agents.yaml (document 3) default/Bad_Name: spec.agentId: required"), "{messages:?}");
-        assert!(messages[3].starts_with("agents.yaml (document 4) default/future: apiVersion: "), "{messages:?}");
+        assert!(
+            messages[0].starts_with("agents.yaml (document 2) default/bad: spec.dynamics.enabld: "),
+            "{messages:?}"
+        );
+        assert!(
+            messages[1].starts_with("agents.yaml (document 3) default/Bad_Name: metadata.name: "),
+            "{messages:?}"
+        );
+        assert!(
+            messages[2]
+                .starts_with("agents.yaml (document 3) default/Bad_Name: spec.agentId: required"),
+            "{messages:?}"
+        );
+        assert!(
+            messages[3].starts_with("agents.yaml (document 4) default/future: apiVersion: "),
+            "{messages:?}"
+        );
         assert_eq!(messages.len(), 4, "{messages:?}");
     }
 
@@ -483,7 +587,23 @@ spec: {agentId: A3}
             false,
         );
         assert_eq!(loaded.errors.len(), 1, "{:?}", loaded.errors);
-        assert!(loaded.errors[0].to_string().contains("default/s: data"), "{}", loaded.errors[0]);
+        assert!(
+            loaded.errors[0].to_string().contains("default/s: data"),
+            "{}",
+            loaded.errors[0]
+        );
+    }
+
+    #[test]
+    fn a_secret_defined_twice_is_refused() {
+        let doc =
+            "apiVersion: v1\nkind: Secret\nmetadata: {name: s}\nstringData: {api-secret: x}\n";
+        let loaded = load_str(&format!("{doc}---\n{doc}"), false);
+        assert_eq!(loaded.errors.len(), 1, "{:?}", loaded.errors);
+        assert_eq!(
+            loaded.errors[0].to_string(),
+            "agents.yaml (document 2) default/s: metadata.name: Secret default/s is already defined in agents.yaml (document 1)"
+        );
     }
 
     #[test]

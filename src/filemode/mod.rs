@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::api::{ApiSecret, ClientConfig, DynamicsClient, DEFAULT_BASE_URL};
+use crate::api::{ApiSecret, DynamicsClient};
 use crate::executor::ObjectView;
 use crate::reconcile::Blocker;
 use crate::resource::validate::{validate_update, FieldError};
@@ -57,21 +57,19 @@ pub struct CommonArgs {
     #[arg(short = 'f', long = "filename", value_name = "PATH", required = true)]
     pub filename: Vec<PathBuf>,
 
-    /// Base URL of the bitHuman Dynamics API.
-    #[arg(long, env = "BITHUMAN_API_URL", default_value = DEFAULT_BASE_URL)]
-    pub api_url: String,
+    /// Where the API is and the operator's secret (as for `run`; the secret itself comes from
+    /// --api-secret-file or BITHUMAN_API_SECRET, never a flag).
+    #[command(flatten)]
+    pub api: crate::cli::ApiArgs,
 
-    /// File holding the operator's api-secret (used by objects without spec.apiSecretRef).
-    /// Without it, the secret is read from BITHUMAN_API_SECRET.
-    #[arg(long, env = "BITHUMAN_API_SECRET_FILE", value_name = "FILE")]
-    pub api_secret_file: Option<PathBuf>,
-
-    /// State file holding each object's status between runs [default: .dynamics-state.json in the
-    /// current directory]. Not used with --simulator.
+    /// State file holding each object's status between runs; keep it, or the next apply generates
+    /// every object again [default: .dynamics-state.json in the current directory]. Refused with
+    /// --simulator (whose state lives in memory).
     #[arg(long, value_name = "FILE")]
     pub state: Option<PathBuf>,
 
-    /// Output format of the result: table, or json / yaml.
+    /// Output: table; or json / yaml (apply: a v1 List of the objects with status, as
+    /// `kubectl get -o json`; plan: the plan).
     #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Table)]
     pub output: OutputFormat,
 
@@ -150,7 +148,10 @@ pub(crate) enum Mode {
 
 /// Reads and validates everything, opens the state and the API. `Err(code)` when the command must
 /// stop before any remote call (what was wrong is already printed).
-pub(crate) async fn prepare(common: &CommonArgs, mode: Mode) -> anyhow::Result<Result<Prepared, i32>> {
+pub(crate) async fn prepare(
+    common: &CommonArgs,
+    mode: Mode,
+) -> anyhow::Result<Result<Prepared, i32>> {
     let fail = |message: String| {
         eprintln!("error: {message}");
         Ok(Err(exit::ERROR))
@@ -164,13 +165,19 @@ pub(crate) async fn prepare(common: &CommonArgs, mode: Mode) -> anyhow::Result<R
         Err(e) => return fail(format!("{e:#}")),
     };
     for skipped in &loaded.skipped {
-        eprintln!("note: skipped {}: {} (not an AgentDynamics)", skipped.source, skipped.what);
+        eprintln!(
+            "note: skipped {}: {} (not an AgentDynamics)",
+            skipped.source, skipped.what
+        );
     }
 
     let store = if common.simulator {
         StateStore::ephemeral()
     } else {
-        let path = common.state.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_FILE));
+        let path = common
+            .state
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_FILE));
         let opened = match mode {
             Mode::Plan => StateStore::read_only(&path),
             Mode::Apply => StateStore::open_locked(&path),
@@ -190,10 +197,17 @@ pub(crate) async fn prepare(common: &CommonArgs, mode: Mode) -> anyhow::Result<R
             // The agentId rule the API server applies on update, against the spec last applied.
             for error in validate_update(&previous.spec, &manifest.object.spec) {
                 let error = FieldError {
-                    message: format!("{} (the state file has agent {})", error.message, previous.agent_id),
+                    message: format!(
+                        "{} (the state file has agent {})",
+                        error.message, previous.agent_id
+                    ),
                     ..error
                 };
-                errors.push(ManifestError { source: manifest.source.clone(), name: Some(manifest.key()), error });
+                errors.push(ManifestError {
+                    source: manifest.source.clone(),
+                    name: Some(manifest.key()),
+                    error,
+                });
             }
         }
     }
@@ -201,7 +215,11 @@ pub(crate) async fn prepare(common: &CommonArgs, mode: Mode) -> anyhow::Result<R
         for error in &errors {
             eprintln!("{error}");
         }
-        let documents = errors.iter().map(|e| (&e.source.file, e.source.document, e.source.item)).collect::<std::collections::BTreeSet<_>>().len();
+        let documents = errors
+            .iter()
+            .map(|e| (&e.source.file, e.source.document, e.source.item))
+            .collect::<std::collections::BTreeSet<_>>()
+            .len();
         eprintln!("error: {documents} invalid document(s); nothing was sent for any object");
         return Ok(Err(exit::ERROR));
     }
@@ -209,7 +227,7 @@ pub(crate) async fn prepare(common: &CommonArgs, mode: Mode) -> anyhow::Result<R
         eprintln!("note: no AgentDynamics found in the given manifests");
     }
 
-    let mut operator = match secrets::operator_secret(common.api_secret_file.as_deref()) {
+    let mut operator = match common.api.secret() {
         Ok(secret) => secret,
         Err(e) => return fail(format!("{e:#}")),
     };
@@ -219,7 +237,9 @@ pub(crate) async fn prepare(common: &CommonArgs, mode: Mode) -> anyhow::Result<R
     }
 
     let (remote, sim_secret) = if common.simulator {
-        let secret = operator.clone().unwrap_or_else(|| ApiSecret::new(SimConfig::default().secret));
+        let secret = operator
+            .clone()
+            .unwrap_or_else(|| ApiSecret::new(SimConfig::default().secret));
         let config = SimConfig {
             secret: secret.expose().to_string(),
             generation_time: Duration::from_millis(800),
@@ -230,13 +250,30 @@ pub(crate) async fn prepare(common: &CommonArgs, mode: Mode) -> anyhow::Result<R
             "SIMULATED API: the built-in simulator runs at {}; nothing is sent to bitHuman and no real credits are spent.",
             handle.url()
         );
-        (Remote { client: client(&handle.url())?, simulator: Some(handle) }, Some(secret))
+        (
+            Remote {
+                client: client(&common.api, Some(&handle.url()))?,
+                simulator: Some(handle),
+            },
+            Some(secret),
+        )
     } else {
-        (Remote { client: client(&common.api_url)?, simulator: None }, None)
+        (
+            Remote {
+                client: client(&common.api, None)?,
+                simulator: None,
+            },
+            None,
+        )
     };
 
-    let manifest_keys: std::collections::BTreeSet<String> = loaded.objects.iter().map(Manifest::key).collect();
-    let unmanaged: Vec<String> = store.keys().filter(|k| !manifest_keys.contains(*k)).cloned().collect();
+    let manifest_keys: std::collections::BTreeSet<String> =
+        loaded.objects.iter().map(Manifest::key).collect();
+    let unmanaged: Vec<String> = store
+        .keys()
+        .filter(|k| !manifest_keys.contains(*k))
+        .cloned()
+        .collect();
 
     let mut owners: BTreeMap<String, String> = BTreeMap::new();
     let mut objects = Vec::new();
@@ -245,13 +282,18 @@ pub(crate) async fn prepare(common: &CommonArgs, mode: Mode) -> anyhow::Result<R
         let spec = &manifest.object.spec;
         // Two objects for one agent would fight (and pay twice): the first found keeps it.
         let conflict = match owners.get(&spec.agent_id) {
-            Some(owner) => Some(Blocker::Conflict { owner: owner.clone() }),
+            Some(owner) => Some(Blocker::Conflict {
+                owner: owner.clone(),
+            }),
             None => {
                 owners.insert(spec.agent_id.clone(), key.clone());
                 None
             }
         };
-        let (secret, blocker) = match (conflict, secrets::resolve(&manifest, &loaded.secrets, operator.as_ref())) {
+        let (secret, blocker) = match (
+            conflict,
+            secrets::resolve(&manifest, &loaded.secrets, operator.as_ref()),
+        ) {
             (Some(conflict), _) => (None, Some(conflict)),
             (None, Ok(secret)) => (Some(secret), None),
             (None, Err(blocker)) => match &sim_secret {
@@ -289,17 +331,37 @@ pub(crate) async fn prepare(common: &CommonArgs, mode: Mode) -> anyhow::Result<R
                 .cloned(),
             blocker,
         };
-        objects.push(Object { manifest, previous, record, view, secret });
+        objects.push(Object {
+            manifest,
+            previous,
+            record,
+            view,
+            secret,
+        });
     }
     for key in &unmanaged {
-        eprintln!("note: {key} is in the state file but in none of the manifests; it is left alone");
+        eprintln!(
+            "note: {key} is in the state file but in none of the manifests; it is left alone"
+        );
     }
-    Ok(Ok(Prepared { objects, store, remote }))
+    Ok(Ok(Prepared {
+        objects,
+        store,
+        remote,
+    }))
 }
 
-fn client(url: &str) -> anyhow::Result<DynamicsClient> {
-    DynamicsClient::new(ClientConfig { base_url: url.to_string(), ..ClientConfig::default() })
-        .map_err(|e| anyhow::anyhow!("--api-url {url:?}: {e}"))
+/// The API client as `run` builds it; `--simulator` only swaps the base URL.
+fn client(
+    api: &crate::cli::ApiArgs,
+    simulator_url: Option<&str>,
+) -> anyhow::Result<DynamicsClient> {
+    let mut config = api.client_config();
+    if let Some(url) = simulator_url {
+        config.base_url = url.to_string();
+    }
+    let url = config.base_url.clone();
+    DynamicsClient::new(config).map_err(|e| anyhow::anyhow!("--api-url {url:?}: {e}"))
 }
 
 /// Two documents for the same namespace/name: the API server would keep only the last; here it
@@ -314,7 +376,11 @@ fn duplicates(objects: &[Manifest]) -> Vec<ManifestError> {
                 name: Some(manifest.key()),
                 error: FieldError {
                     field: "metadata.name".into(),
-                    message: format!("AgentDynamics {} is already defined in {}", manifest.key(), first.source),
+                    message: format!(
+                        "AgentDynamics {} is already defined in {}",
+                        manifest.key(),
+                        first.source
+                    ),
                 },
             }),
             None => {
@@ -323,4 +389,43 @@ fn duplicates(objects: &[Manifest]) -> Vec<ManifestError> {
         }
     }
     errors
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resource::{AgentDynamics, AgentDynamicsSpec};
+
+    fn manifest(file: &str, name: &str) -> Manifest {
+        Manifest {
+            source: manifests::Source {
+                file: file.into(),
+                document: 1,
+                item: None,
+            },
+            namespace: "default".into(),
+            name: name.into(),
+            object: AgentDynamics::new(
+                name,
+                AgentDynamicsSpec {
+                    agent_id: "A1".into(),
+                    ..Default::default()
+                },
+            ),
+        }
+    }
+
+    #[test]
+    fn the_same_object_twice_is_refused_naming_both_places() {
+        let errors = duplicates(&[
+            manifest("a.yaml", "x"),
+            manifest("b.yaml", "y"),
+            manifest("c.yaml", "x"),
+        ]);
+        assert_eq!(errors.len(), 1);
+        assert_eq!(
+            errors[0].to_string(),
+            "c.yaml (document 1) default/x: metadata.name: AgentDynamics default/x is already defined in a.yaml (document 1)"
+        );
+    }
 }

@@ -117,17 +117,33 @@ mod tests {
 
     #[test]
     fn table_aligns_columns() {
-        let text = table(&["NAME", "READY"], &[vec!["long-name".into(), "True".into()], vec!["a".into(), "-".into()]]);
+        let text = table(
+            &["NAME", "READY"],
+            &[
+                vec!["long-name".into(), "True".into()],
+                vec!["a".into(), "-".into()],
+            ],
+        );
         assert_eq!(text, "NAME        READY\nlong-name   True\na           -\n");
     }
 
     #[test]
     fn list_reads_back_as_agent_dynamics() {
         let manifest = Manifest {
-            source: super::super::manifests::Source { file: "x.yaml".into(), document: 1, item: None },
+            source: super::super::manifests::Source {
+                file: "x.yaml".into(),
+                document: 1,
+                item: None,
+            },
             namespace: "agents".into(),
             name: "a".into(),
-            object: AgentDynamics::new("a", AgentDynamicsSpec { agent_id: "A1".into(), ..Default::default() }),
+            object: AgentDynamics::new(
+                "a",
+                AgentDynamicsSpec {
+                    agent_id: "A1".into(),
+                    ..Default::default()
+                },
+            ),
         };
         let record = ObjectState {
             uid: "u-1".into(),
@@ -135,18 +151,28 @@ mod tests {
             generation: 3,
             creation_timestamp: "2026-11-29T10:00:00Z".into(),
             spec: manifest.object.spec.clone(),
-            status: AgentDynamicsStatus { generations: 2, ..Default::default() },
+            status: AgentDynamicsStatus {
+                generations: 2,
+                ..Default::default()
+            },
         };
         let value = list(&[resource(&manifest, &record)]);
         for format in [OutputFormat::Json, OutputFormat::Yaml] {
             let text = render(format, &value).unwrap();
-            let back: Value = if format == OutputFormat::Json { serde_json::from_str(&text).unwrap() } else { serde_yaml::from_str(&text).unwrap() };
+            let back: Value = if format == OutputFormat::Json {
+                serde_json::from_str(&text).unwrap()
+            } else {
+                serde_yaml::from_str(&text).unwrap()
+            };
             assert_eq!(back["kind"], "List");
             let item: AgentDynamics = serde_json::from_value(back["items"][0].clone()).unwrap();
             assert_eq!(item.metadata.namespace.as_deref(), Some("agents"));
             assert_eq!(item.metadata.generation, Some(3));
             assert_eq!(item.status.unwrap().generations, 2);
-            assert_eq!(back["items"][0]["apiVersion"], "dynamics.bithuman.ai/v1alpha1");
+            assert_eq!(
+                back["items"][0]["apiVersion"],
+                "dynamics.bithuman.ai/v1alpha1"
+            );
         }
     }
 }

@@ -5,27 +5,13 @@
 //! before any remote call, with a message that says what to add.
 
 use std::collections::BTreeMap;
-use std::path::Path;
-
-use anyhow::Context as _;
 
 use crate::api::ApiSecret;
 use crate::reconcile::Blocker;
 
 use super::manifests::{Manifest, SecretDoc};
 
-pub const SECRET_ENV: &str = "BITHUMAN_API_SECRET";
-
-/// The operator's own secret: the file wins over the environment, as an explicit flag should.
-pub fn operator_secret(file: Option<&Path>) -> anyhow::Result<Option<ApiSecret>> {
-    let value = match file {
-        Some(path) => std::fs::read_to_string(path)
-            .with_context(|| format!("reading the api-secret file {}", path.display()))?,
-        None => std::env::var(SECRET_ENV).unwrap_or_default(),
-    };
-    let secret = ApiSecret::new(value.trim_start().to_string());
-    Ok((!secret.is_empty()).then_some(secret))
-}
+const SECRET_ENV: &str = "BITHUMAN_API_SECRET";
 
 /// The secret for one object, or why there is none.
 pub fn resolve(
@@ -33,7 +19,10 @@ pub fn resolve(
     secrets: &BTreeMap<(String, String), SecretDoc>,
     operator: Option<&ApiSecret>,
 ) -> Result<ApiSecret, Blocker> {
-    let blocked = |reason: &str, message: String| Blocker::Secret { reason: reason.into(), message };
+    let blocked = |reason: &str, message: String| Blocker::Secret {
+        reason: reason.into(),
+        message,
+    };
     let Some(reference) = &manifest.object.spec.api_secret_ref else {
         return operator.cloned().ok_or_else(|| {
             blocked(
@@ -58,15 +47,22 @@ pub fn resolve(
     let Some(bytes) = doc.data.get(&reference.key) else {
         return Err(blocked(
             "SecretKeyNotFound",
-            format!("Secret {name} ({}) has no key {:?}: set spec.apiSecretRef.key to one of its keys", doc.source, reference.key),
+            format!(
+                "Secret {name} ({}) has no key {:?}: set spec.apiSecretRef.key to one of its keys",
+                doc.source, reference.key
+            ),
         ));
     };
-    let Ok(text) = String::from_utf8(bytes.clone()) else {
-        return Err(blocked("SecretInvalid", format!("key {:?} of Secret {name} is not UTF-8 text", reference.key)));
-    };
-    let secret = ApiSecret::new(text.trim_start().to_string());
+    // As the controller reads it: lossy text, trailing newline dropped, empty means missing.
+    let secret = ApiSecret::new(String::from_utf8_lossy(bytes).into_owned());
     if secret.is_empty() {
-        return Err(blocked("SecretInvalid", format!("key {:?} of Secret {name} is empty", reference.key)));
+        return Err(blocked(
+            "SecretKeyNotFound",
+            format!(
+                "key {:?} of Secret {name} ({}) is empty",
+                reference.key, doc.source
+            ),
+        ));
     }
     Ok(secret)
 }
@@ -79,11 +75,18 @@ mod tests {
     fn manifest(reference: Option<(&str, &str)>) -> Manifest {
         let spec = AgentDynamicsSpec {
             agent_id: "A1".into(),
-            api_secret_ref: reference.map(|(name, key)| SecretKeyRef { name: name.into(), key: key.into() }),
+            api_secret_ref: reference.map(|(name, key)| SecretKeyRef {
+                name: name.into(),
+                key: key.into(),
+            }),
             ..Default::default()
         };
         Manifest {
-            source: super::super::manifests::Source { file: "a.yaml".into(), document: 1, item: None },
+            source: super::super::manifests::Source {
+                file: "a.yaml".into(),
+                document: 1,
+                item: None,
+            },
             namespace: "agents".into(),
             name: "a".into(),
             object: AgentDynamics::new("a", spec),
@@ -92,8 +95,16 @@ mod tests {
 
     fn secrets() -> BTreeMap<(String, String), SecretDoc> {
         let doc = SecretDoc {
-            source: super::super::manifests::Source { file: "s.yaml".into(), document: 1, item: None },
-            data: [("api-secret".to_string(), b"team-b\n".to_vec()), ("empty".to_string(), Vec::new())].into(),
+            source: super::super::manifests::Source {
+                file: "s.yaml".into(),
+                document: 1,
+                item: None,
+            },
+            data: [
+                ("api-secret".to_string(), b"team-b\n".to_vec()),
+                ("empty".to_string(), Vec::new()),
+            ]
+            .into(),
         };
         [(("agents".to_string(), "team-b".to_string()), doc)].into()
     }
@@ -110,11 +121,30 @@ mod tests {
     fn each_way_to_find_or_miss_a_secret() {
         let op = ApiSecret::new("operator");
         let s = secrets();
-        assert_eq!(reason(resolve(&manifest(None), &s, Some(&op))), "ok:operator");
+        assert_eq!(
+            reason(resolve(&manifest(None), &s, Some(&op))),
+            "ok:operator"
+        );
         assert_eq!(reason(resolve(&manifest(None), &s, None)), "NoApiSecret");
-        assert_eq!(reason(resolve(&manifest(Some(("team-b", "api-secret"))), &s, None)), "ok:team-b");
-        assert_eq!(reason(resolve(&manifest(Some(("team-c", "api-secret"))), &s, Some(&op))), "SecretNotFound");
-        assert_eq!(reason(resolve(&manifest(Some(("team-b", "other"))), &s, Some(&op))), "SecretKeyNotFound");
-        assert_eq!(reason(resolve(&manifest(Some(("team-b", "empty"))), &s, Some(&op))), "SecretInvalid");
+        assert_eq!(
+            reason(resolve(&manifest(Some(("team-b", "api-secret"))), &s, None)),
+            "ok:team-b"
+        );
+        assert_eq!(
+            reason(resolve(
+                &manifest(Some(("team-c", "api-secret"))),
+                &s,
+                Some(&op)
+            )),
+            "SecretNotFound"
+        );
+        assert_eq!(
+            reason(resolve(&manifest(Some(("team-b", "other"))), &s, Some(&op))),
+            "SecretKeyNotFound"
+        );
+        assert_eq!(
+            reason(resolve(&manifest(Some(("team-b", "empty"))), &s, Some(&op))),
+            "SecretKeyNotFound"
+        );
     }
 }

@@ -58,7 +58,11 @@ pub struct StateStore {
 impl StateStore {
     /// Reads the state for `plan`: no lock, never written.
     pub fn read_only(path: &Path) -> anyhow::Result<Self> {
-        Ok(StateStore { path: None, data: read(path)?, _lock: None })
+        Ok(StateStore {
+            path: None,
+            data: read(path)?,
+            _lock: None,
+        })
     }
 
     /// Opens the state for `apply`: takes `FILE.lock` (fails at once if another apply holds it).
@@ -81,13 +85,24 @@ impl StateStore {
                 return Err(e).with_context(|| format!("locking {}", lock_path.display()))
             }
         }
-        Ok(StateStore { path: Some(path.to_path_buf()), data: read(path)?, _lock: Some(lock) })
+        Ok(StateStore {
+            path: Some(path.to_path_buf()),
+            data: read(path)?,
+            _lock: Some(lock),
+        })
     }
 
     /// State kept in memory only (`--simulator`: the simulated API forgets everything when the
     /// command ends, so its outcome must never be mixed into a real state file).
     pub fn ephemeral() -> Self {
-        StateStore { path: None, data: StateData { version: FORMAT_VERSION, ..Default::default() }, _lock: None }
+        StateStore {
+            path: None,
+            data: StateData {
+                version: FORMAT_VERSION,
+                ..Default::default()
+            },
+            _lock: None,
+        }
     }
 
     pub fn path(&self) -> Option<&Path> {
@@ -119,7 +134,9 @@ impl StateStore {
                 uid: new_uid(),
                 agent_id: spec.agent_id.clone(),
                 generation: 1,
-                creation_timestamp: jiff::Timestamp::from_second(now.as_second()).unwrap_or(now).to_string(),
+                creation_timestamp: jiff::Timestamp::from_second(now.as_second())
+                    .unwrap_or(now)
+                    .to_string(),
                 spec: spec.clone(),
                 status: AgentDynamicsStatus::default(),
             },
@@ -136,10 +153,13 @@ impl StateStore {
     }
 
     fn flush(&self) -> anyhow::Result<()> {
-        let Some(path) = &self.path else { return Ok(()) };
+        let Some(path) = &self.path else {
+            return Ok(());
+        };
         let mut text = serde_json::to_string_pretty(&self.data).context("encoding the state")?;
         text.push('\n');
-        write_atomically(path, text.as_bytes()).with_context(|| format!("writing the state file {}", path.display()))
+        write_atomically(path, text.as_bytes())
+            .with_context(|| format!("writing the state file {}", path.display()))
     }
 }
 
@@ -147,9 +167,14 @@ fn read(path: &Path) -> anyhow::Result<StateData> {
     let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Ok(StateData { version: FORMAT_VERSION, ..Default::default() })
+            return Ok(StateData {
+                version: FORMAT_VERSION,
+                ..Default::default()
+            })
         }
-        Err(e) => return Err(e).with_context(|| format!("reading the state file {}", path.display())),
+        Err(e) => {
+            return Err(e).with_context(|| format!("reading the state file {}", path.display()))
+        }
     };
     let data: StateData = serde_json::from_str(&text).with_context(|| {
         format!("the state file {} is not readable; fix or move it (it holds the status of every applied object)", path.display())
@@ -160,11 +185,17 @@ fn read(path: &Path) -> anyhow::Result<StateData> {
         path.display(),
         data.version
     );
-    Ok(StateData { version: FORMAT_VERSION, ..data })
+    Ok(StateData {
+        version: FORMAT_VERSION,
+        ..data
+    })
 }
 
 fn lock_path(path: &Path) -> PathBuf {
-    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    let mut name = path
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
     name.push(".lock");
     path.with_file_name(name)
 }
@@ -176,7 +207,10 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let mut tmp_name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    let mut tmp_name = path
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
     tmp_name.push(format!(".tmp-{}", std::process::id()));
     let tmp = dir.join(tmp_name);
     let result = (|| {
@@ -202,7 +236,14 @@ fn new_uid() -> String {
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
     let h = hex::encode(b);
-    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
 }
 
 #[cfg(test)]
@@ -210,7 +251,11 @@ mod tests {
     use super::*;
 
     fn spec(duration: u32) -> AgentDynamicsSpec {
-        AgentDynamicsSpec { agent_id: "A1".into(), duration: Some(duration), ..Default::default() }
+        AgentDynamicsSpec {
+            agent_id: "A1".into(),
+            duration: Some(duration),
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -232,7 +277,10 @@ mod tests {
 
         let reread = StateStore::read_only(&path).unwrap();
         assert_eq!(reread.get("default/a"), Some(&first));
-        assert!(!dir.path().join(format!("state.json.tmp-{}", std::process::id())).exists());
+        assert!(!dir
+            .path()
+            .join(format!("state.json.tmp-{}", std::process::id()))
+            .exists());
     }
 
     #[test]

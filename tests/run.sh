@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The project's test command (README "Tests"; .ci/run calls it). It builds what the tests need
+# and runs all of them:
+#   1. a real Kubernetes control plane (etcd, kube-apiserver, kubectl) from upstream Go module
+#      source, once: a cold build takes about 10 minutes on 2 cores, later runs skip it;
+#   2. every Rust test: unit and table tests, API contract tests against the simulator, the
+#      file mode, and the end-to-end suite against the real API server.
+# Set DYNAMICS_E2E_KUBECONFIG to run the end-to-end suite against an existing cluster (kind).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ -z "${DYNAMICS_E2E_KUBECONFIG:-}" ]; then
+  echo "== control plane (tests/controlplane/build.sh)"
+  tests/controlplane/build.sh
+fi
+
+echo "== cargo test"
+cargo test --locked --all-targets
