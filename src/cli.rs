@@ -13,7 +13,11 @@ use crate::reconcile::Settings;
 use crate::telemetry::LogFormat;
 
 #[derive(Debug, Parser)]
-#[command(name = "dynamics-operator", version, about = "Converge bitHuman agents' dynamics from AgentDynamics resources")]
+#[command(
+    name = "dynamics-operator",
+    version,
+    about = "Converge bitHuman agents' dynamics from AgentDynamics resources"
+)]
 pub struct Cli {
     /// Log format on stderr.
     #[arg(long, global = true, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -52,18 +56,26 @@ pub struct ApiArgs {
 
 impl ApiArgs {
     pub fn client_config(&self) -> ClientConfig {
-        ClientConfig { base_url: self.api_url.clone(), request_timeout: self.api_timeout, ..ClientConfig::default() }
+        ClientConfig {
+            base_url: self.api_url.clone(),
+            request_timeout: self.api_timeout,
+            ..ClientConfig::default()
+        }
     }
 
     /// The operator's own secret: the file if given, else BITHUMAN_API_SECRET. Never a flag, so
     /// it does not show in `ps`.
     pub fn secret(&self) -> anyhow::Result<Option<ApiSecret>> {
         if let Some(path) = &self.api_secret_file {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| anyhow::anyhow!("cannot read --api-secret-file {}: {e}", path.display()))?;
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                anyhow::anyhow!("cannot read --api-secret-file {}: {e}", path.display())
+            })?;
             return Ok(Some(ApiSecret::new(text)).filter(|s| !s.is_empty()));
         }
-        Ok(std::env::var("BITHUMAN_API_SECRET").ok().map(ApiSecret::new).filter(|s| !s.is_empty()))
+        Ok(std::env::var("BITHUMAN_API_SECRET")
+            .ok()
+            .map(ApiSecret::new)
+            .filter(|s| !s.is_empty()))
     }
 }
 
@@ -120,7 +132,9 @@ pub struct RunArgs {
 impl RunArgs {
     pub fn into_config(self) -> anyhow::Result<RunConfig> {
         let identity = self.identity.unwrap_or_else(|| {
-            let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "dynamics-operator".into());
+            let host = std::fs::read_to_string("/etc/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_else(|_| "dynamics-operator".into());
             format!("{host}-{}", std::process::id())
         });
         Ok(RunConfig {

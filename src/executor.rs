@@ -12,7 +12,9 @@ use rand::Rng;
 
 use crate::api::{ApiSecret, DynamicsClient, RemoteStatus};
 use crate::reconcile::guard::GenerationGuard;
-use crate::reconcile::plan::{plan, Action, Blocker, GeneratePlan, Input, Observation, RemoteError, Report, Settings};
+use crate::reconcile::plan::{
+    plan, Action, Blocker, GeneratePlan, Input, Observation, RemoteError, Report, Settings,
+};
 use crate::reconcile::transitions::{after_generate, after_update, observe, settle, with_marker};
 use crate::reconcile::Health;
 use crate::resource::{AgentDynamicsSpec, AgentDynamicsStatus};
@@ -52,14 +54,21 @@ pub enum SaveError {
 /// Where a pass keeps status and sends notes.
 pub trait StatusSink: Send {
     /// Persist `status`; fail with `SaveError::Conflict` if the object changed since it was read.
-    fn save(&mut self, status: &AgentDynamicsStatus) -> impl Future<Output = Result<(), SaveError>> + Send;
+    fn save(
+        &mut self,
+        status: &AgentDynamicsStatus,
+    ) -> impl Future<Output = Result<(), SaveError>> + Send;
     fn note(&mut self, note: Note);
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum PassResult {
     /// Look again after `after` (jitter included). `transient`: count it towards backoff.
-    Requeue { after: Duration, health: Health, transient: bool },
+    Requeue {
+        after: Duration,
+        health: Health,
+        transient: bool,
+    },
     /// Nothing left to do remotely for a deleted object: drop the finalizer / forget it.
     Released,
 }
@@ -87,8 +96,16 @@ pub struct Executor {
 }
 
 impl Executor {
-    pub fn new(client: DynamicsClient, guard: Arc<Mutex<GenerationGuard>>, settings: Settings) -> Self {
-        Executor { client, guard, settings }
+    pub fn new(
+        client: DynamicsClient,
+        guard: Arc<Mutex<GenerationGuard>>,
+        settings: Settings,
+    ) -> Self {
+        Executor {
+            client,
+            guard,
+            settings,
+        }
     }
 
     pub fn settings(&self) -> &Settings {
@@ -136,41 +153,84 @@ impl Executor {
                 }
                 Action::Generate(generate) => {
                     let secret = secret.expect("plan generates only when the secret resolved");
-                    return self.generate(obj, &input, status.clone(), &generate, secret, sink).await;
+                    return self
+                        .generate(obj, &input, status.clone(), &generate, secret, sink)
+                        .await;
                 }
-                Action::Update { request, dynamics_hash } => {
+                Action::Update {
+                    request,
+                    dynamics_hash,
+                } => {
                     let secret = secret.expect("plan updates only when the secret resolved");
-                    let outcome = self.client.update(secret, &obj.spec.agent_id, &request).await.map_err(|e| RemoteError::from(&e));
+                    let outcome = self
+                        .client
+                        .update(secret, &obj.spec.agent_id, &request)
+                        .await
+                        .map_err(|e| RemoteError::from(&e));
                     let (status, report) = after_update(&input, &dynamics_hash, outcome.as_ref());
                     if let Ok(reply) = &outcome {
-                        sink.note(note(false, "DynamicsApplied", &format!("dynamics block applied to agent {}", obj.spec.agent_id)));
+                        sink.note(note(
+                            false,
+                            "DynamicsApplied",
+                            &format!("dynamics block applied to agent {}", obj.spec.agent_id),
+                        ));
                         if matches!(reply.regeneration, Some(crate::api::Regeneration::Started)) {
                             // The agent is generating again: it holds a slot until a GET sees it finish.
-                            self.guard.lock().expect("guard lock").observe(&obj.key, true);
+                            self.guard
+                                .lock()
+                                .expect("guard lock")
+                                .observe(&obj.key, true);
                         }
                     }
                     return self.finish(obj, &input, status, report, sink).await;
                 }
                 Action::Disable(request) => {
                     let secret = secret.expect("plan disables only when the secret resolved");
-                    return match self.client.update(secret, &obj.spec.agent_id, &request).await {
+                    return match self
+                        .client
+                        .update(secret, &obj.spec.agent_id, &request)
+                        .await
+                    {
                         Ok(_) => {
-                            sink.note(note(false, "DynamicsDisabled", &format!("dynamics of agent {} switched off before deletion", obj.spec.agent_id)));
+                            sink.note(note(
+                                false,
+                                "DynamicsDisabled",
+                                &format!(
+                                    "dynamics of agent {} switched off before deletion",
+                                    obj.spec.agent_id
+                                ),
+                            ));
                             self.forget(&obj.key);
                             Ok(PassResult::Released)
                         }
                         Err(err) if err.kind() == crate::api::ApiErrorKind::NotFound => {
-                            sink.note(note(false, "RemoteGone", &format!("agent {} no longer exists remotely; nothing to disable", obj.spec.agent_id)));
+                            sink.note(note(
+                                false,
+                                "RemoteGone",
+                                &format!(
+                                    "agent {} no longer exists remotely; nothing to disable",
+                                    obj.spec.agent_id
+                                ),
+                            ));
                             self.forget(&obj.key);
                             Ok(PassResult::Released)
                         }
                         Err(err) => {
-                            let report = crate::reconcile::plan::report_error(&RemoteError::from(&err), &input);
+                            let report = crate::reconcile::plan::report_error(
+                                &RemoteError::from(&err),
+                                &input,
+                            );
                             let message = format!("{}; or set spec.deletionPolicy: Orphan to delete without calling the API", report.health.message());
-                            let report = Report { health: Health::stalled(report.health.reason(), message.clone()), ..report };
+                            let report = Report {
+                                health: Health::stalled(report.health.reason(), message.clone()),
+                                ..report
+                            };
                             // Best effort: tell the user why deletion waits, then keep the finalizer.
                             let _ = self.finish(obj, &input, status.clone(), report, sink).await;
-                            Err(PassError::Cleanup { key: obj.key.clone(), message })
+                            Err(PassError::Cleanup {
+                                key: obj.key.clone(),
+                                message,
+                            })
                         }
                     };
                 }
@@ -228,8 +288,14 @@ impl Executor {
         let secret = secret.expect("plan observes only when the secret resolved");
         match self.client.get(secret, &obj.spec.agent_id).await {
             Ok(state) => {
-                let generating = state.status.as_ref().is_some_and(RemoteStatus::is_in_progress);
-                self.guard.lock().expect("guard lock").observe(&obj.key, generating);
+                let generating = state
+                    .status
+                    .as_ref()
+                    .is_some_and(RemoteStatus::is_in_progress);
+                self.guard
+                    .lock()
+                    .expect("guard lock")
+                    .observe(&obj.key, generating);
                 Observation::Found(state)
             }
             Err(err) => Observation::Failed(RemoteError::from(&err)),
@@ -246,9 +312,16 @@ impl Executor {
         secret: &ApiSecret,
         sink: &mut impl StatusSink,
     ) -> Result<PassResult, PassError> {
-        let started = self.guard.lock().expect("guard lock").try_start(&obj.key, input.now, self.settings.poll_min);
+        let started = self.guard.lock().expect("guard lock").try_start(
+            &obj.key,
+            input.now,
+            self.settings.poll_min,
+        );
         if let Err(refusal) = started {
-            let report = Report::new(Health::progressing(refusal.reason, refusal.message), refusal.retry_after);
+            let report = Report::new(
+                Health::progressing(refusal.reason, refusal.message),
+                refusal.retry_after,
+            );
             return self.finish(obj, input, status, report, sink).await;
         }
 
@@ -263,21 +336,40 @@ impl Executor {
             return Err(err.into());
         }
         if generate.resend {
-            sink.note(note(true, "GenerationResent", "a generate call sent earlier left no trace remotely; sending it once more"));
+            sink.note(note(
+                true,
+                "GenerationResent",
+                "a generate call sent earlier left no trace remotely; sending it once more",
+            ));
         }
 
         let key = format!("{}-{}", obj.uid, generate.idempotency_key);
-        let outcome = self.client.generate(secret, &generate.request, Some(&key)).await.map_err(|e| RemoteError::from(&e));
-        let marked_input = Input { status: &marked, ..input.clone() };
+        let outcome = self
+            .client
+            .generate(secret, &generate.request, Some(&key))
+            .await
+            .map_err(|e| RemoteError::from(&e));
+        let marked_input = Input {
+            status: &marked,
+            ..input.clone()
+        };
         let (status, report) = after_generate(&marked_input, generate, outcome.as_ref());
         match &outcome {
-            Ok(_) => sink.note(note(false, "GenerationStarted", &format!("generation {} started for agent {} (250 credits)", status.generations, obj.spec.agent_id))),
+            Ok(_) => sink.note(note(
+                false,
+                "GenerationStarted",
+                &format!(
+                    "generation {} started for agent {} (250 credits)",
+                    status.generations, obj.spec.agent_id
+                ),
+            )),
             Err(err) if crate::reconcile::plan::generate_refused(err.kind) => {
                 self.guard.lock().expect("guard lock").cancel(&obj.key);
             }
             Err(_) => {}
         }
-        self.finish_from(obj, &marked_input, &marked, status, report, sink).await
+        self.finish_from(obj, &marked_input, &marked, status, report, sink)
+            .await
     }
 
     async fn finish(
@@ -288,7 +380,8 @@ impl Executor {
         report: Report,
         sink: &mut impl StatusSink,
     ) -> Result<PassResult, PassError> {
-        self.finish_from(obj, input, &obj.status, status, report, sink).await
+        self.finish_from(obj, input, &obj.status, status, report, sink)
+            .await
     }
 
     /// Settle the status, save it only if it differs from `saved` (what the store holds now),
@@ -310,14 +403,20 @@ impl Executor {
             sink.save(&settled).await?;
         }
         tracing::debug!(object = %obj.key, reason = report.health.reason(), requeue_ms = report.requeue.as_millis() as u64, "pass finished");
-        Ok(PassResult::Requeue { after: jitter(report.requeue), health: report.health, transient: report.transient })
+        Ok(PassResult::Requeue {
+            after: jitter(report.requeue),
+            health: report.health,
+            transient: report.transient,
+        })
     }
 }
 
 /// A Warning note only when the object enters Stalled or changes its stalled reason, so a stuck
 /// object does not flood Events.
 fn newly_stalled(saved: &AgentDynamicsStatus, health: &Health) -> bool {
-    let Health::Stalled { reason, .. } = health else { return false };
+    let Health::Stalled { reason, .. } = health else {
+        return false;
+    };
     let before = saved.condition(crate::resource::status::CONDITION_STALLED);
     !before.is_some_and(|c| c.status == "True" && &c.reason == reason)
 }
@@ -329,5 +428,9 @@ fn jitter(after: Duration) -> Duration {
 }
 
 fn note(warning: bool, reason: &str, message: &str) -> Note {
-    Note { warning, reason: reason.to_string(), message: message.to_string() }
+    Note {
+        warning,
+        reason: reason.to_string(),
+        message: message.to_string(),
+    }
 }

@@ -19,7 +19,11 @@ async fn main() -> anyhow::Result<()> {
             print!("{}", dynamics_operator::resource::crd_yaml());
             Ok(())
         }
-        Command::Plan(args) => std::process::exit(dynamics_operator::filemode::run_plan(args).await?),
-        Command::Apply(args) => std::process::exit(dynamics_operator::filemode::run_apply(args).await?),
+        Command::Plan(args) => {
+            std::process::exit(dynamics_operator::filemode::run_plan(args).await?)
+        }
+        Command::Apply(args) => {
+            std::process::exit(dynamics_operator::filemode::run_apply(args).await?)
+        }
     }
 }

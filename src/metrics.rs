@@ -72,18 +72,47 @@ impl Metrics {
         let reconciles = Family::<ResultLabel, Counter>::default();
         let errors = Family::<ReasonLabel, Counter>::default();
         let remote_calls = Family::<CallLabels, Counter>::default();
-        let remote_latency =
-            Family::<EndpointLabel, Histogram>::new_with_constructor(|| Histogram::new(exponential_buckets(0.005, 2.0, 14)));
+        let remote_latency = Family::<EndpointLabel, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.005, 2.0, 14))
+        });
         let generations = Counter::default();
         let status_writes = Counter::default();
         let objects = Family::<ReadyLabel, Gauge>::default();
-        registry.register("reconciles", "Reconcile passes by result (ready, progressing, stalled, suspended, released, error)", reconciles.clone());
-        registry.register("errors", "Passes that ended in an error or a stall, by reason", errors.clone());
-        registry.register("remote_calls", "Calls to the bitHuman Dynamics API by endpoint and HTTP status code (none: no reply)", remote_calls.clone());
-        registry.register("remote_call_duration_seconds", "Latency of calls to the bitHuman Dynamics API", remote_latency.clone());
-        registry.register("generations", "Generate calls sent (each costs credits)", generations.clone());
-        registry.register("status_writes", "Status writes to the Kubernetes API", status_writes.clone());
-        registry.register("objects", "AgentDynamics objects by Ready condition", objects.clone());
+        registry.register(
+            "reconciles",
+            "Reconcile passes by result (ready, progressing, stalled, suspended, released, error)",
+            reconciles.clone(),
+        );
+        registry.register(
+            "errors",
+            "Passes that ended in an error or a stall, by reason",
+            errors.clone(),
+        );
+        registry.register(
+            "remote_calls",
+            "Calls to the bitHuman Dynamics API by endpoint and HTTP status code (none: no reply)",
+            remote_calls.clone(),
+        );
+        registry.register(
+            "remote_call_duration_seconds",
+            "Latency of calls to the bitHuman Dynamics API",
+            remote_latency.clone(),
+        );
+        registry.register(
+            "generations",
+            "Generate calls sent (each costs credits)",
+            generations.clone(),
+        );
+        registry.register(
+            "status_writes",
+            "Status writes to the Kubernetes API",
+            status_writes.clone(),
+        );
+        registry.register(
+            "objects",
+            "AgentDynamics objects by Ready condition",
+            objects.clone(),
+        );
         Metrics {
             registry,
             reconciles,
@@ -99,11 +128,19 @@ impl Metrics {
     }
 
     pub fn reconciled(&self, result: &str) {
-        self.reconciles.get_or_create(&ResultLabel { result: result.to_string() }).inc();
+        self.reconciles
+            .get_or_create(&ResultLabel {
+                result: result.to_string(),
+            })
+            .inc();
     }
 
     pub fn error(&self, reason: &str) {
-        self.errors.get_or_create(&ReasonLabel { reason: reason.to_string() }).inc();
+        self.errors
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_string(),
+            })
+            .inc();
     }
 
     pub fn generation_sent(&self) {
@@ -122,8 +159,16 @@ impl Metrics {
             None => map.remove(key),
         };
         let ready_count = map.values().filter(|r| **r).count() as i64;
-        self.objects.get_or_create(&ReadyLabel { ready: "true".into() }).set(ready_count);
-        self.objects.get_or_create(&ReadyLabel { ready: "false".into() }).set(map.len() as i64 - ready_count);
+        self.objects
+            .get_or_create(&ReadyLabel {
+                ready: "true".into(),
+            })
+            .set(ready_count);
+        self.objects
+            .get_or_create(&ReadyLabel {
+                ready: "false".into(),
+            })
+            .set(map.len() as i64 - ready_count);
     }
 
     /// `/readyz` answers 200 from now on.
@@ -133,7 +178,8 @@ impl Metrics {
 
     pub fn encode(&self) -> String {
         let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
         out
     }
 }
@@ -141,9 +187,16 @@ impl Metrics {
 impl CallObserver for Metrics {
     fn observe(&self, endpoint: Endpoint, status: Option<u16>, elapsed: Duration) {
         let code = status.map_or_else(|| "none".to_string(), |s| s.to_string());
-        self.remote_calls.get_or_create(&CallLabels { endpoint: endpoint.as_str().to_string(), code }).inc();
+        self.remote_calls
+            .get_or_create(&CallLabels {
+                endpoint: endpoint.as_str().to_string(),
+                code,
+            })
+            .inc();
         self.remote_latency
-            .get_or_create(&EndpointLabel { endpoint: endpoint.as_str().to_string() })
+            .get_or_create(&EndpointLabel {
+                endpoint: endpoint.as_str().to_string(),
+            })
             .observe(elapsed.as_secs_f64());
     }
 }
@@ -163,7 +216,10 @@ pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> anyhow::Result<()
 
 async fn metrics_handler(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         metrics.encode(),
     )
 }
@@ -190,10 +246,27 @@ mod tests {
         m.object_ready("a/y", Some(false));
         m.object_ready("a/y", None);
         let text = m.encode();
-        assert!(text.contains(r#"dynamics_operator_remote_calls_total{endpoint="generate",code="200"} 1"#), "{text}");
-        assert!(text.contains(r#"dynamics_operator_remote_calls_total{endpoint="get",code="none"} 1"#), "{text}");
-        assert!(text.contains("dynamics_operator_generations_total 1"), "{text}");
-        assert!(text.contains(r#"dynamics_operator_objects{ready="true"} 1"#), "{text}");
-        assert!(text.contains(r#"dynamics_operator_objects{ready="false"} 0"#), "{text}");
+        assert!(
+            text.contains(
+                r#"dynamics_operator_remote_calls_total{endpoint="generate",code="200"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"dynamics_operator_remote_calls_total{endpoint="get",code="none"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains("dynamics_operator_generations_total 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"dynamics_operator_objects{ready="true"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"dynamics_operator_objects{ready="false"} 0"#),
+            "{text}"
+        );
     }
 }

@@ -35,7 +35,12 @@ pub fn key_of(obj: &AgentDynamics) -> String {
 }
 
 impl Context {
-    pub fn new(client: Client, config: &RunConfig, metrics: Arc<Metrics>, store: Store<AgentDynamics>) -> Self {
+    pub fn new(
+        client: Client,
+        config: &RunConfig,
+        metrics: Arc<Metrics>,
+        store: Store<AgentDynamics>,
+    ) -> Self {
         let api = DynamicsClient::new(config.api.clone())
             .expect("the API client builds from a valid configuration")
             .with_observer(metrics.clone());
@@ -59,7 +64,12 @@ impl Context {
     }
 
     /// One pass for one object (apply or cleanup).
-    pub async fn pass(&self, api: &Api<AgentDynamics>, obj: Arc<AgentDynamics>, deleting: bool) -> Result<ControllerAction, Error> {
+    pub async fn pass(
+        &self,
+        api: &Api<AgentDynamics>,
+        obj: Arc<AgentDynamics>,
+        deleting: bool,
+    ) -> Result<ControllerAction, Error> {
         let key = key_of(&obj);
         let (secret, blocker) = if obj.spec.suspend {
             (None, None)
@@ -83,7 +93,10 @@ impl Context {
         };
         let failures = self.failures(&key);
         let mut sink = KubeStatusSink::new(api.clone(), (*obj).clone(), self.metrics.clone());
-        let result = self.executor.pass(&view, secret.as_ref(), failures, &mut sink).await;
+        let result = self
+            .executor
+            .pass(&view, secret.as_ref(), failures, &mut sink)
+            .await;
         sink.publish(&self.recorder).await;
         if sink.generated() {
             self.metrics.generation_sent();
@@ -95,7 +108,11 @@ impl Context {
                 self.failures.lock().expect("failures lock").remove(&key);
                 Ok(ControllerAction::await_change())
             }
-            PassResult::Requeue { after, health, transient } => {
+            PassResult::Requeue {
+                after,
+                health,
+                transient,
+            } => {
                 let result = match &health {
                     Health::Ready { .. } => "ready",
                     Health::Progressing { .. } => "progressing",
@@ -103,10 +120,15 @@ impl Context {
                     Health::Suspended => "suspended",
                 };
                 self.metrics.reconciled(result);
-                if !matches!(health, Health::Ready { .. } | Health::Progressing { .. } | Health::Suspended) || transient {
+                if !matches!(
+                    health,
+                    Health::Ready { .. } | Health::Progressing { .. } | Health::Suspended
+                ) || transient
+                {
                     self.metrics.error(health.reason());
                 }
-                self.metrics.object_ready(&key, Some(matches!(health, Health::Ready { .. })));
+                self.metrics
+                    .object_ready(&key, Some(matches!(health, Health::Ready { .. })));
                 let mut failures = self.failures.lock().expect("failures lock");
                 if transient {
                     *failures.entry(key).or_default() += 1;
@@ -119,7 +141,12 @@ impl Context {
     }
 
     fn failures(&self, key: &str) -> u32 {
-        self.failures.lock().expect("failures lock").get(key).copied().unwrap_or(0)
+        self.failures
+            .lock()
+            .expect("failures lock")
+            .get(key)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Backoff for an unexpected error: the same doubling as remote errors, with jitter.
@@ -128,7 +155,10 @@ impl Context {
         let n = failures.entry(key.to_string()).or_default();
         *n += 1;
         let settings = self.executor.settings();
-        let base = settings.backoff_base.saturating_mul(2u32.saturating_pow((*n - 1).min(16))).min(settings.backoff_max);
+        let base = settings
+            .backoff_base
+            .saturating_mul(2u32.saturating_pow((*n - 1).min(16)))
+            .min(settings.backoff_max);
         base + base.mul_f64(rand::random::<f64>() * 0.1)
     }
 }
@@ -153,7 +183,13 @@ mod tests {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
     fn obj(ns: &str, name: &str, agent: &str, created: i64) -> Arc<AgentDynamics> {
-        let mut o = AgentDynamics::new(name, crate::resource::AgentDynamicsSpec { agent_id: agent.into(), ..Default::default() });
+        let mut o = AgentDynamics::new(
+            name,
+            crate::resource::AgentDynamicsSpec {
+                agent_id: agent.into(),
+                ..Default::default()
+            },
+        );
         o.metadata.namespace = Some(ns.into());
         o.metadata.uid = Some(format!("{ns}-{name}"));
         o.metadata.creation_timestamp = Some(Time(jiff::Timestamp::from_second(created).unwrap()));

@@ -22,7 +22,12 @@ pub struct KubeStatusSink {
 
 impl KubeStatusSink {
     pub fn new(api: Api<AgentDynamics>, object: AgentDynamics, metrics: Arc<Metrics>) -> Self {
-        KubeStatusSink { api, object, metrics, notes: Vec::new() }
+        KubeStatusSink {
+            api,
+            object,
+            metrics,
+            notes: Vec::new(),
+        }
     }
 
     /// Whether this pass sent a generate call (for the generations metric).
@@ -36,7 +41,11 @@ impl KubeStatusSink {
         let reference = self.object.object_ref(&());
         for note in &self.notes {
             let event = Event {
-                type_: if note.warning { EventType::Warning } else { EventType::Normal },
+                type_: if note.warning {
+                    EventType::Warning
+                } else {
+                    EventType::Normal
+                },
                 reason: note.reason.clone(),
                 note: Some(note.message.clone()),
                 action: "Reconcile".into(),
@@ -54,7 +63,11 @@ impl StatusSink for KubeStatusSink {
         let mut next = self.object.clone();
         next.status = Some(status.clone());
         // Only the status subresource is written: spec and metadata stay as the user (or Argo CD) left them.
-        match self.api.replace_status(&self.object.name_any(), &PostParams::default(), &next).await {
+        match self
+            .api
+            .replace_status(&self.object.name_any(), &PostParams::default(), &next)
+            .await
+        {
             Ok(written) => {
                 self.metrics.status_written();
                 self.object = written;

@@ -23,7 +23,9 @@ pub struct LeaderConfig {
 
 pub struct Leadership {
     state: watch::Receiver<bool>,
-    task: tokio::task::JoinHandle<Result<kube_lease_manager::LeaseManager, kube_lease_manager::LeaseManagerError>>,
+    task: tokio::task::JoinHandle<
+        Result<kube_lease_manager::LeaseManager, kube_lease_manager::LeaseManagerError>,
+    >,
 }
 
 /// Wait until this replica holds the lease.
@@ -38,7 +40,9 @@ pub async fn acquire(client: Client, config: &LeaderConfig) -> anyhow::Result<Le
     let (mut state, task) = manager.watch().await;
     tracing::info!(lease = %config.lease_name, namespace = %config.lease_namespace, identity = %config.identity, "waiting for leadership");
     while !*state.borrow_and_update() {
-        state.changed().await.map_err(|_| anyhow::anyhow!("the lease manager stopped before this replica became leader"))?;
+        state.changed().await.map_err(|_| {
+            anyhow::anyhow!("the lease manager stopped before this replica became leader")
+        })?;
     }
     Ok(Leadership { state, task })
 }
@@ -61,7 +65,9 @@ impl Leadership {
         drop(self.state);
         match self.task.await {
             Ok(Ok(_)) => tracing::info!("lease released"),
-            Ok(Err(err)) => tracing::warn!(error = %err, "lease release failed; it expires on its own"),
+            Ok(Err(err)) => {
+                tracing::warn!(error = %err, "lease release failed; it expires on its own")
+            }
             Err(err) => tracing::warn!(error = %err, "lease task failed"),
         }
     }

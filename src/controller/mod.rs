@@ -13,10 +13,10 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action as ControllerAction, Controller};
 use kube::runtime::finalizer::{finalizer, Event as FinalizerEvent};
 use kube::runtime::reflector::{self, ObjectRef};
-use kube::core::PartialObjectMeta;
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client, ResourceExt};
 
@@ -56,9 +56,9 @@ pub enum Error {
 
 /// Run until SIGTERM/SIGINT (or, with leader election, until leadership is lost).
 pub async fn run(config: RunConfig) -> anyhow::Result<()> {
-    let client = Client::try_default()
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot reach Kubernetes (KUBECONFIG or in-cluster config): {e}"))?;
+    let client = Client::try_default().await.map_err(|e| {
+        anyhow::anyhow!("cannot reach Kubernetes (KUBECONFIG or in-cluster config): {e}")
+    })?;
     let metrics = Arc::new(Metrics::new());
     let server = tokio::spawn(crate::metrics::serve(config.metrics_addr, metrics.clone()));
 
@@ -74,7 +74,13 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
             Ok(())
         }
         None => {
-            run_controller(client, config.clone(), metrics.clone(), futures::future::pending()).await;
+            run_controller(
+                client,
+                config.clone(),
+                metrics.clone(),
+                futures::future::pending(),
+            )
+            .await;
             Ok(())
         }
     };
@@ -110,7 +116,12 @@ async fn run_controller(
         .default_backoff()
         .touched_objects();
 
-    let ctx = Arc::new(Context::new(client.clone(), &config, metrics.clone(), reader.clone()));
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        &config,
+        metrics.clone(),
+        reader.clone(),
+    ));
     let ready_store = reader.clone();
     let ready_metrics = metrics.clone();
     tokio::spawn(async move {
@@ -123,7 +134,11 @@ async fn run_controller(
     let secret_users = reader.clone();
     Controller::for_stream(changes, reader)
         .watches_stream(secret_changes, move |secret| {
-            secrets::objects_using(&secret_users, &secret.namespace().unwrap_or_default(), &secret.name_any())
+            secrets::objects_using(
+                &secret_users,
+                &secret.namespace().unwrap_or_default(),
+                &secret.name_any(),
+            )
         })
         .with_config(kube::runtime::controller::Config::default().concurrency(config.concurrency))
         .graceful_shutdown_on(shutdown_signal(stop))
@@ -143,9 +158,15 @@ fn relevant_change(obj: &AgentDynamics) -> Option<u64> {
     use std::hash::{Hash, Hasher};
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     obj.metadata.generation.hash(&mut hasher);
-    obj.metadata.deletion_timestamp.as_ref().map(|t| t.0.as_second()).hash(&mut hasher);
+    obj.metadata
+        .deletion_timestamp
+        .as_ref()
+        .map(|t| t.0.as_second())
+        .hash(&mut hasher);
     obj.finalizers().hash(&mut hasher);
-    obj.annotations().get(RECONCILE_REQUESTED_AT).hash(&mut hasher);
+    obj.annotations()
+        .get(RECONCILE_REQUESTED_AT)
+        .hash(&mut hasher);
     Some(hasher.finish())
 }
 
@@ -186,8 +207,10 @@ async fn reconcile(obj: Arc<AgentDynamics>, ctx: Arc<Context>) -> Result<Control
 /// per-object exponential backoff and jitter, never hot.
 fn error_policy(obj: Arc<AgentDynamics>, err: &Error, ctx: Arc<Context>) -> ControllerAction {
     let key = context::key_of(&obj);
-    let conflict = matches!(err, Error::Pass(PassError::Save(crate::executor::SaveError::Conflict)))
-        || matches!(err, Error::Finalizer(inner) if matches!(inner.as_ref(), kube::runtime::finalizer::Error::ApplyFailed(Error::Pass(PassError::Save(crate::executor::SaveError::Conflict)))));
+    let conflict = matches!(
+        err,
+        Error::Pass(PassError::Save(crate::executor::SaveError::Conflict))
+    ) || matches!(err, Error::Finalizer(inner) if matches!(inner.as_ref(), kube::runtime::finalizer::Error::ApplyFailed(Error::Pass(PassError::Save(crate::executor::SaveError::Conflict)))));
     ctx.metrics.reconciled("error");
     if conflict {
         // Another writer changed the object: look again soon with a fresh copy.

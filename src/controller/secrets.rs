@@ -10,7 +10,11 @@ use crate::api::ApiSecret;
 use crate::reconcile::Blocker;
 use crate::resource::AgentDynamics;
 
-pub async fn resolve(client: &Client, obj: &AgentDynamics, default: Option<&ApiSecret>) -> Result<ApiSecret, Blocker> {
+pub async fn resolve(
+    client: &Client,
+    obj: &AgentDynamics,
+    default: Option<&ApiSecret>,
+) -> Result<ApiSecret, Blocker> {
     let namespace = obj.namespace().unwrap_or_default();
     let Some(reference) = &obj.spec.api_secret_ref else {
         return default.cloned().ok_or_else(|| Blocker::Secret {
@@ -42,7 +46,13 @@ pub async fn resolve(client: &Client, obj: &AgentDynamics, default: Option<&ApiS
         .as_ref()
         .and_then(|data| data.get(&reference.key))
         .map(|bytes| String::from_utf8_lossy(&bytes.0).into_owned())
-        .or_else(|| secret.string_data.as_ref().and_then(|d| d.get(&reference.key)).cloned())
+        .or_else(|| {
+            secret
+                .string_data
+                .as_ref()
+                .and_then(|d| d.get(&reference.key))
+                .cloned()
+        })
         .map(ApiSecret::new)
         .filter(|s| !s.is_empty());
     value.ok_or_else(|| Blocker::Secret {
@@ -55,12 +65,21 @@ pub async fn resolve(client: &Client, obj: &AgentDynamics, default: Option<&ApiS
 }
 
 /// The objects that name this Secret, so that fixing a Secret retries them at once.
-pub fn objects_using(store: &Store<AgentDynamics>, namespace: &str, name: &str) -> Vec<ObjectRef<AgentDynamics>> {
+pub fn objects_using(
+    store: &Store<AgentDynamics>,
+    namespace: &str,
+    name: &str,
+) -> Vec<ObjectRef<AgentDynamics>> {
     store
         .state()
         .iter()
         .filter(|o| o.namespace().as_deref() == Some(namespace))
-        .filter(|o| o.spec.api_secret_ref.as_ref().is_some_and(|r| r.name == name))
+        .filter(|o| {
+            o.spec
+                .api_secret_ref
+                .as_ref()
+                .is_some_and(|r| r.name == name)
+        })
         .map(|o| super::object_ref(o))
         .collect()
 }

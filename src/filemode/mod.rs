@@ -240,9 +240,18 @@ pub(crate) async fn prepare(
         let secret = operator
             .clone()
             .unwrap_or_else(|| ApiSecret::new(SimConfig::default().secret));
+        // Each Secret document is another key to the same simulated account.
+        let extra_secrets = loaded
+            .secrets
+            .values()
+            .flat_map(|doc| doc.data.values())
+            .map(|bytes| String::from_utf8_lossy(bytes).trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect();
         let config = SimConfig {
             secret: secret.expose().to_string(),
             generation_time: Duration::from_millis(800),
+            extra_secrets,
             ..SimConfig::default()
         };
         let handle = crate::sim::start(config).await?;
@@ -307,11 +316,6 @@ pub(crate) async fn prepare(
                 }
                 _ => (None, Some(blocker)),
             },
-        };
-        // Until the simulator accepts several secrets, every object uses its one account.
-        let secret = match (&sim_secret, secret) {
-            (Some(sim), Some(_)) => Some(sim.clone()),
-            (_, secret) => secret,
         };
         let previous = store.get(&key).cloned();
         let record = store.admit(&key, spec, now);

@@ -22,11 +22,17 @@ pub enum Health {
 
 impl Health {
     pub fn progressing(reason: &str, message: impl Into<String>) -> Self {
-        Health::Progressing { reason: reason.into(), message: message.into() }
+        Health::Progressing {
+            reason: reason.into(),
+            message: message.into(),
+        }
     }
 
     pub fn stalled(reason: &str, message: impl Into<String>) -> Self {
-        Health::Stalled { reason: reason.into(), message: message.into() }
+        Health::Stalled {
+            reason: reason.into(),
+            message: message.into(),
+        }
     }
 
     pub fn reason(&self) -> &str {
@@ -64,7 +70,12 @@ impl Health {
 
 /// The conditions for `health` at `generation`, keeping the transition times of those whose status
 /// did not change. `now` is truncated to seconds, as the API server stores it.
-pub fn conditions(existing: &[Condition], health: &Health, generation: i64, now: Timestamp) -> Vec<Condition> {
+pub fn conditions(
+    existing: &[Condition],
+    health: &Health,
+    generation: i64,
+    now: Timestamp,
+) -> Vec<Condition> {
     let now = Timestamp::from_second(now.as_second()).expect("whole seconds are in range");
     health
         .statuses()
@@ -103,9 +114,20 @@ mod tests {
     #[test]
     fn each_health_sets_kstatus_conditions() {
         let cases = [
-            (Health::Ready { message: "ok".into() }, ["True", "False", "False"]),
-            (Health::progressing("Generating", "g"), ["False", "True", "False"]),
-            (Health::stalled("Unauthorized", "u"), ["False", "False", "True"]),
+            (
+                Health::Ready {
+                    message: "ok".into(),
+                },
+                ["True", "False", "False"],
+            ),
+            (
+                Health::progressing("Generating", "g"),
+                ["False", "True", "False"],
+            ),
+            (
+                Health::stalled("Unauthorized", "u"),
+                ["False", "False", "True"],
+            ),
             (Health::Suspended, ["False", "False", "False"]),
         ];
         for (health, want) in cases {
@@ -116,7 +138,9 @@ mod tests {
                 status_of(&conds, "Stalled"),
             ];
             assert_eq!(got, want, "{health:?}");
-            assert!(conds.iter().all(|c| c.observed_generation == Some(3) && c.reason == health.reason()));
+            assert!(conds
+                .iter()
+                .all(|c| c.observed_generation == Some(3) && c.reason == health.reason()));
         }
     }
 
@@ -124,9 +148,19 @@ mod tests {
     fn transition_time_moves_only_when_status_flips() {
         let first = conditions(&[], &Health::progressing("Generating", "a"), 1, at(100));
         let again = conditions(&first, &Health::progressing("Generating", "a"), 1, at(200));
-        assert_eq!(first, again, "an unchanged pass must produce identical conditions");
+        assert_eq!(
+            first, again,
+            "an unchanged pass must produce identical conditions"
+        );
 
-        let ready = conditions(&again, &Health::Ready { message: "ok".into() }, 1, at(300));
+        let ready = conditions(
+            &again,
+            &Health::Ready {
+                message: "ok".into(),
+            },
+            1,
+            at(300),
+        );
         let ready_cond = ready.iter().find(|c| c.type_ == "Ready").unwrap();
         assert_eq!(ready_cond.last_transition_time, Time(at(300)));
         // Stalled stayed False: its time is kept.

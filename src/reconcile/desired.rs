@@ -96,18 +96,36 @@ mod tests {
     fn inputs_hash_follows_each_generate_input_and_nothing_else() {
         let base = inputs_hash(&spec());
         let changed: Vec<AgentDynamicsSpec> = vec![
-            AgentDynamicsSpec { duration: Some(3), ..spec() },
-            AgentDynamicsSpec { model: Some("kling".into()), ..spec() },
-            AgentDynamicsSpec { image_url: Some("https://x/y.jpg".into()), ..spec() },
-            AgentDynamicsSpec { motion_prompts: Some(vec!["wave".into()]), ..spec() },
-            AgentDynamicsSpec { regenerate: Some("2026-11-29".into()), ..spec() },
+            AgentDynamicsSpec {
+                duration: Some(3),
+                ..spec()
+            },
+            AgentDynamicsSpec {
+                model: Some("kling".into()),
+                ..spec()
+            },
+            AgentDynamicsSpec {
+                image_url: Some("https://x/y.jpg".into()),
+                ..spec()
+            },
+            AgentDynamicsSpec {
+                motion_prompts: Some(vec!["wave".into()]),
+                ..spec()
+            },
+            AgentDynamicsSpec {
+                regenerate: Some("2026-11-29".into()),
+                ..spec()
+            },
         ];
         for s in &changed {
             assert_ne!(inputs_hash(s), base, "{s:?}");
         }
         let unrelated = AgentDynamicsSpec {
             suspend: true,
-            dynamics: Some(DynamicsBlock { enabled: false, ..Default::default() }),
+            dynamics: Some(DynamicsBlock {
+                enabled: false,
+                ..Default::default()
+            }),
             ..spec()
         };
         assert_eq!(inputs_hash(&unrelated), base);
@@ -121,7 +139,10 @@ mod tests {
             ..spec()
         });
         let disabled = dynamics_hash(&AgentDynamicsSpec {
-            dynamics: Some(DynamicsBlock { enabled: false, ..Default::default() }),
+            dynamics: Some(DynamicsBlock {
+                enabled: false,
+                ..Default::default()
+            }),
             ..spec()
         });
         assert_eq!(omitted, explicit);
@@ -141,7 +162,10 @@ mod tests {
         let block = DynamicsBlock {
             enabled: true,
             batch_results: Some(results),
-            result: Some(ModelRefSpec { model_path: Some("https://x/m.bin".into()), model_hash: Some("abc".into()) }),
+            result: Some(ModelRefSpec {
+                model_path: Some("https://x/m.bin".into()),
+                model_hash: Some("abc".into()),
+            }),
             talking: None,
         };
         let wire = serde_json::to_value(update_request(&block)).unwrap();

@@ -29,7 +29,12 @@ const HOUR: Duration = Duration::from_secs(3600);
 impl GenerationGuard {
     /// `max_in_flight` 0 means no limit.
     pub fn new(max_in_flight: usize, per_hour: Option<usize>) -> Self {
-        GenerationGuard { max_in_flight, per_hour, in_flight: BTreeSet::new(), started: VecDeque::new() }
+        GenerationGuard {
+            max_in_flight,
+            per_hour,
+            in_flight: BTreeSet::new(),
+            started: VecDeque::new(),
+        }
     }
 
     /// Ask to start a generation for `key` (namespace/name). On success the slot is held until
@@ -37,7 +42,8 @@ impl GenerationGuard {
     pub fn try_start(&mut self, key: &str, now: Timestamp, poll: Duration) -> Result<(), Refusal> {
         self.expire(now);
         let already_holding = self.in_flight.contains(key);
-        if !already_holding && self.max_in_flight > 0 && self.in_flight.len() >= self.max_in_flight {
+        if !already_holding && self.max_in_flight > 0 && self.in_flight.len() >= self.max_in_flight
+        {
             return Err(Refusal {
                 reason: "WaitingForGenerationSlot",
                 message: format!(
@@ -51,7 +57,8 @@ impl GenerationGuard {
         if let Some(limit) = self.per_hour {
             if self.started.len() >= limit {
                 let oldest = self.started.front().copied().unwrap_or(now);
-                let free_at = Duration::try_from(now.duration_since(oldest)).map_or(HOUR, |age| HOUR.saturating_sub(age));
+                let free_at = Duration::try_from(now.duration_since(oldest))
+                    .map_or(HOUR, |age| HOUR.saturating_sub(age));
                 return Err(Refusal {
                     reason: "GenerationBudgetExhausted",
                     message: format!(

@@ -13,7 +13,9 @@ pub mod plan;
 pub mod transitions;
 
 pub use conditions::Health;
-pub use plan::{plan, Action, Blocker, GeneratePlan, Input, Observation, RemoteError, Report, Settings};
+pub use plan::{
+    plan, Action, Blocker, GeneratePlan, Input, Observation, RemoteError, Report, Settings,
+};
 
 #[cfg(test)]
 mod plan_tests;

@@ -11,7 +11,9 @@ use crate::api::{ApiErrorKind, DynamicsState, GenerateRequest, RemoteStatus, Upd
 use crate::resource::{AgentDynamicsSpec, AgentDynamicsStatus, DeletionPolicy};
 
 use super::conditions::Health;
-use super::desired::{disable_request, dynamics_hash, generate_request, inputs_hash, update_request};
+use super::desired::{
+    disable_request, dynamics_hash, generate_request, inputs_hash, update_request,
+};
 
 /// Timings that shape requeues. Defaults suit production; tests shorten them.
 #[derive(Debug, Clone)]
@@ -106,7 +108,10 @@ pub enum Action {
     /// Write the pending marker, then POST once.
     Generate(GeneratePlan),
     /// PUT the dynamics block.
-    Update { request: UpdateRequest, dynamics_hash: String },
+    Update {
+        request: UpdateRequest,
+        dynamics_hash: String,
+    },
     /// Deletion with `Disable`: PUT enabled=false, then release.
     Disable(UpdateRequest),
     /// Remove the finalizer: nothing (more) to do remotely.
@@ -138,13 +143,23 @@ pub struct Report {
 
 impl Report {
     pub fn new(health: Health, requeue: Duration) -> Self {
-        Report { health, requeue, adopt: None, transient: false }
+        Report {
+            health,
+            requeue,
+            adopt: None,
+            transient: false,
+        }
     }
 }
 
 /// Decide the next step. Pure: same inputs, same answer.
 pub fn plan(input: &Input) -> Action {
-    let Input { spec, status, settings, .. } = input;
+    let Input {
+        spec,
+        status,
+        settings,
+        ..
+    } = input;
 
     if input.deleting {
         return plan_deletion(input);
@@ -158,10 +173,16 @@ pub fn plan(input: &Input) -> Action {
                 "agent {} is already managed by AgentDynamics {owner}; delete one of the two (nothing is sent for this one)",
                 spec.agent_id
             );
-            return Action::Report(Report::new(Health::stalled("Conflict", message), settings.stalled_retry));
+            return Action::Report(Report::new(
+                Health::stalled("Conflict", message),
+                settings.stalled_retry,
+            ));
         }
         Some(Blocker::Secret { reason, message }) => {
-            return Action::Report(Report::new(Health::stalled(reason, message.clone()), settings.stalled_retry));
+            return Action::Report(Report::new(
+                Health::stalled(reason, message.clone()),
+                settings.stalled_retry,
+            ));
         }
         None => {}
     }
@@ -175,9 +196,19 @@ pub fn plan(input: &Input) -> Action {
 
     // Crash safety: a marker we did not clear means a generate call whose outcome we never saw.
     if let Some(pending) = &status.pending_generation {
-        let before = (pending.previous_remote_status.as_deref(), pending.previous_model_url.as_deref());
-        let now_seen = (remote.status.as_ref().map(RemoteStatus::as_str), remote.model_url.as_deref());
-        let landed = remote.status.as_ref().is_some_and(RemoteStatus::is_in_progress) || now_seen != before;
+        let before = (
+            pending.previous_remote_status.as_deref(),
+            pending.previous_model_url.as_deref(),
+        );
+        let now_seen = (
+            remote.status.as_ref().map(RemoteStatus::as_str),
+            remote.model_url.as_deref(),
+        );
+        let landed = remote
+            .status
+            .as_ref()
+            .is_some_and(RemoteStatus::is_in_progress)
+            || now_seen != before;
         if landed {
             let mut report = Report::new(
                 Health::progressing("GenerationAdopted", "a generate call sent before a restart or timeout did land; following it instead of sending another"),
@@ -192,7 +223,10 @@ pub fn plan(input: &Input) -> Action {
                 "a generate call was sent {}s ago and the API does not show it yet; waiting before deciding to send it again",
                 age.as_secs()
             );
-            return Action::Report(Report::new(Health::progressing("GenerationPending", message), settings.pending_grace - age));
+            return Action::Report(Report::new(
+                Health::progressing("GenerationPending", message),
+                settings.pending_grace - age,
+            ));
         }
         return Action::Generate(generate_plan(input, hash, true));
     }
@@ -201,9 +235,13 @@ pub fn plan(input: &Input) -> Action {
         Some(s) if s.is_in_progress() => {
             let mut message = format!("the API reports {}", s.as_str());
             if status.generate_hash.as_deref() != Some(hash.as_str()) {
-                message.push_str("; the spec changed meanwhile: one more generation follows this one");
+                message
+                    .push_str("; the spec changed meanwhile: one more generation follows this one");
             }
-            return Action::Report(Report::new(Health::progressing("Generating", message), poll_interval(input)));
+            return Action::Report(Report::new(
+                Health::progressing("Generating", message),
+                poll_interval(input),
+            ));
         }
         _ => {}
     }
@@ -218,21 +256,33 @@ pub fn plan(input: &Input) -> Action {
             let message = format!(
                 "the generation failed remotely ({detail}); change spec.regenerate (or another generate input) to try again"
             );
-            Action::Report(Report::new(Health::stalled("GenerationFailed", message), settings.stalled_retry))
+            Action::Report(Report::new(
+                Health::stalled("GenerationFailed", message),
+                settings.stalled_retry,
+            ))
         }
         Some(RemoteStatus::Unknown(other)) => {
             let message = format!("the API reports status {other:?}, which this operator does not know; treating it as not ready");
-            Action::Report(Report::new(Health::progressing("RemoteStatusUnknown", message), backoff(input)))
+            Action::Report(Report::new(
+                Health::progressing("RemoteStatusUnknown", message),
+                backoff(input),
+            ))
         }
         _ => {
             let dynamics = dynamics_hash(spec);
             let applied = status.dynamics_hash.as_deref() == Some(dynamics.as_str())
                 && status.applied_for_generation == Some(status.generations);
             if applied {
-                let message = format!("dynamics of agent {} are generated and applied", spec.agent_id);
+                let message = format!(
+                    "dynamics of agent {} are generated and applied",
+                    spec.agent_id
+                );
                 Action::Report(Report::new(Health::Ready { message }, settings.resync))
             } else {
-                Action::Update { request: update_request(&spec.dynamics_or_default()), dynamics_hash: dynamics }
+                Action::Update {
+                    request: update_request(&spec.dynamics_or_default()),
+                    dynamics_hash: dynamics,
+                }
             }
         }
     }
@@ -241,14 +291,22 @@ pub fn plan(input: &Input) -> Action {
 fn plan_deletion(input: &Input) -> Action {
     let Input { spec, status, .. } = input;
     // Nothing of ours is out there to switch off: never touched, suspended, orphaned, or owned by another object.
-    let never_applied = status.dynamics_hash.is_none() && status.generations == 0 && status.pending_generation.is_none();
+    let never_applied = status.dynamics_hash.is_none()
+        && status.generations == 0
+        && status.pending_generation.is_none();
     let conflicted = matches!(input.blocker, Some(Blocker::Conflict { .. }));
-    if spec.deletion_policy == DeletionPolicy::Orphan || spec.suspend || never_applied || conflicted {
+    if spec.deletion_policy == DeletionPolicy::Orphan || spec.suspend || never_applied || conflicted
+    {
         return Action::Release;
     }
     if let Some(Blocker::Secret { reason, message }) = &input.blocker {
-        let message = format!("{message}; or set spec.deletionPolicy: Orphan to delete without calling the API");
-        return Action::Report(Report::new(Health::stalled(reason, message), input.settings.stalled_retry));
+        let message = format!(
+            "{message}; or set spec.deletionPolicy: Orphan to delete without calling the API"
+        );
+        return Action::Report(Report::new(
+            Health::stalled(reason, message),
+            input.settings.stalled_retry,
+        ));
     }
     Action::Disable(disable_request(spec))
 }
@@ -269,10 +327,18 @@ pub fn report_error(err: &RemoteError, input: &Input) -> Report {
         ApiErrorKind::InvalidRequest
         | ApiErrorKind::Unauthorized
         | ApiErrorKind::InsufficientCredits
-        | ApiErrorKind::NotFound => Report::new(Health::stalled(err.kind.reason(), err.message.clone()), settings.stalled_retry),
+        | ApiErrorKind::NotFound => Report::new(
+            Health::stalled(err.kind.reason(), err.message.clone()),
+            settings.stalled_retry,
+        ),
         _ => {
-            let wait = err.retry_after.map_or_else(|| backoff(input), |after| after.max(settings.backoff_base));
-            let mut report = Report::new(Health::progressing(err.kind.reason(), err.message.clone()), wait);
+            let wait = err
+                .retry_after
+                .map_or_else(|| backoff(input), |after| after.max(settings.backoff_base));
+            let mut report = Report::new(
+                Health::progressing(err.kind.reason(), err.message.clone()),
+                wait,
+            );
             report.transient = true;
             report
         }
@@ -295,7 +361,11 @@ pub fn generate_refused(kind: ApiErrorKind) -> bool {
 /// Poll sooner at the start of a generation and slower as it runs long: a quarter of the time
 /// it has taken so far, within the configured bounds.
 pub(crate) fn poll_interval(input: &Input) -> Duration {
-    let elapsed = input.status.last_generation_time.as_deref().map_or(Duration::ZERO, |t| since(t, input.now));
+    let elapsed = input
+        .status
+        .last_generation_time
+        .as_deref()
+        .map_or(Duration::ZERO, |t| since(t, input.now));
     (elapsed / 4).clamp(input.settings.poll_min, input.settings.poll_max)
 }
 

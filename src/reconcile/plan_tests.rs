@@ -9,8 +9,12 @@ use super::desired::{dynamics_hash, inputs_hash};
 use super::plan::*;
 use super::transitions::{after_generate, after_update, settle, with_marker};
 use super::Health;
-use crate::api::{ApiErrorKind, DynamicsState, GenerateReply, Regeneration, RemoteStatus, UpdateReply};
-use crate::resource::{AgentDynamicsSpec, AgentDynamicsStatus, DeletionPolicy, DynamicsBlock, PendingGeneration};
+use crate::api::{
+    ApiErrorKind, DynamicsState, GenerateReply, Regeneration, RemoteStatus, UpdateReply,
+};
+use crate::resource::{
+    AgentDynamicsSpec, AgentDynamicsStatus, DeletionPolicy, DynamicsBlock, PendingGeneration,
+};
 
 const NOW: i64 = 1_800_000_000;
 
@@ -23,7 +27,12 @@ fn ago(secs: i64) -> String {
 }
 
 fn spec() -> AgentDynamicsSpec {
-    AgentDynamicsSpec { agent_id: "A91XMB7113".into(), duration: Some(5), model: Some("seedance".into()), ..Default::default() }
+    AgentDynamicsSpec {
+        agent_id: "A91XMB7113".into(),
+        duration: Some(5),
+        model: Some("seedance".into()),
+        ..Default::default()
+    }
 }
 
 fn remote(status: Option<RemoteStatus>, url: Option<&str>) -> Observation {
@@ -41,7 +50,11 @@ fn ready(url: &str) -> Observation {
 }
 
 fn failed(kind: ApiErrorKind, retry_after: Option<u64>) -> Observation {
-    Observation::Failed(RemoteError { kind, message: format!("{kind:?}"), retry_after: retry_after.map(Duration::from_secs) })
+    Observation::Failed(RemoteError {
+        kind,
+        message: format!("{kind:?}"),
+        retry_after: retry_after.map(Duration::from_secs),
+    })
 }
 
 /// Status of an object whose current spec was generated once and applied.
@@ -57,10 +70,19 @@ fn converged(spec: &AgentDynamicsSpec) -> AgentDynamicsStatus {
 }
 
 fn generated_not_applied(spec: &AgentDynamicsSpec) -> AgentDynamicsStatus {
-    AgentDynamicsStatus { dynamics_hash: None, applied_for_generation: None, ..converged(spec) }
+    AgentDynamicsStatus {
+        dynamics_hash: None,
+        applied_for_generation: None,
+        ..converged(spec)
+    }
 }
 
-fn marker(spec: &AgentDynamicsSpec, age: i64, prev_status: Option<&str>, prev_url: Option<&str>) -> AgentDynamicsStatus {
+fn marker(
+    spec: &AgentDynamicsSpec,
+    age: i64,
+    prev_status: Option<&str>,
+    prev_url: Option<&str>,
+) -> AgentDynamicsStatus {
     AgentDynamicsStatus {
         pending_generation: Some(PendingGeneration {
             inputs_hash: inputs_hash(spec),
@@ -82,8 +104,22 @@ struct Row {
     want: &'static str,
 }
 
-fn row(name: &'static str, spec: AgentDynamicsSpec, status: AgentDynamicsStatus, remote: Option<Observation>, want: &'static str) -> Row {
-    Row { name, spec, status, remote, deleting: false, blocker: None, want }
+fn row(
+    name: &'static str,
+    spec: AgentDynamicsSpec,
+    status: AgentDynamicsStatus,
+    remote: Option<Observation>,
+    want: &'static str,
+) -> Row {
+    Row {
+        name,
+        spec,
+        status,
+        remote,
+        deleting: false,
+        blocker: None,
+        want,
+    }
 }
 
 /// A short, readable name for an action.
@@ -127,9 +163,21 @@ fn decide(r: &Row) -> Action {
 #[test]
 fn every_rule() {
     let s = spec();
-    let edited = AgentDynamicsSpec { duration: Some(3), ..spec() };
-    let disabled = AgentDynamicsSpec { dynamics: Some(DynamicsBlock { enabled: false, ..Default::default() }), ..spec() };
-    let regen = AgentDynamicsSpec { regenerate: Some("again".into()), ..spec() };
+    let edited = AgentDynamicsSpec {
+        duration: Some(3),
+        ..spec()
+    };
+    let disabled = AgentDynamicsSpec {
+        dynamics: Some(DynamicsBlock {
+            enabled: false,
+            ..Default::default()
+        }),
+        ..spec()
+    };
+    let regen = AgentDynamicsSpec {
+        regenerate: Some("again".into()),
+        ..spec()
+    };
     let new_object = AgentDynamicsStatus::default();
     let url = "https://m/1.bin";
     let generating = || remote(Some(RemoteStatus::Generating), Some(url));
@@ -206,10 +254,19 @@ fn every_rule() {
             failures.push(format!("{}: want {}, got {got}", r.name, r.want));
         }
     }
-    assert!(failures.is_empty(), "rules broken:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "rules broken:\n{}",
+        failures.join("\n")
+    );
 }
 
-fn input<'a>(spec: &'a AgentDynamicsSpec, status: &'a AgentDynamicsStatus, remote: Option<&'a Observation>, settings: &'a Settings) -> Input<'a> {
+fn input<'a>(
+    spec: &'a AgentDynamicsSpec,
+    status: &'a AgentDynamicsStatus,
+    remote: Option<&'a Observation>,
+    settings: &'a Settings,
+) -> Input<'a> {
     Input {
         spec,
         status,
@@ -237,26 +294,54 @@ fn requeues_follow_the_rules() {
     let s = spec();
     let st = converged(&s);
     let ready_obs = ready("https://m/1.bin");
-    assert_eq!(requeue_of(plan(&input(&s, &st, Some(&ready_obs), &settings))), settings.resync, "converged: drift resync only");
+    assert_eq!(
+        requeue_of(plan(&input(&s, &st, Some(&ready_obs), &settings))),
+        settings.resync,
+        "converged: drift resync only"
+    );
 
     let rate_limited = failed(ApiErrorKind::RateLimited, Some(42));
-    assert_eq!(requeue_of(plan(&input(&s, &st, Some(&rate_limited), &settings))), Duration::from_secs(42), "429 honours Retry-After");
+    assert_eq!(
+        requeue_of(plan(&input(&s, &st, Some(&rate_limited), &settings))),
+        Duration::from_secs(42),
+        "429 honours Retry-After"
+    );
 
     let unauthorized = failed(ApiErrorKind::Unauthorized, None);
-    assert_eq!(requeue_of(plan(&input(&s, &st, Some(&unauthorized), &settings))), settings.stalled_retry, "stalled retries slowly");
+    assert_eq!(
+        requeue_of(plan(&input(&s, &st, Some(&unauthorized), &settings))),
+        settings.stalled_retry,
+        "stalled retries slowly"
+    );
 
     // Transient errors back off exponentially, bounded.
     let server = failed(ApiErrorKind::Server, None);
     let waits: Vec<Duration> = [0, 1, 2, 30]
         .into_iter()
-        .map(|failures| requeue_of(plan(&Input { failures, ..input(&s, &st, Some(&server), &settings) })))
+        .map(|failures| {
+            requeue_of(plan(&Input {
+                failures,
+                ..input(&s, &st, Some(&server), &settings)
+            }))
+        })
         .collect();
-    assert_eq!(waits, vec![Duration::from_secs(1), Duration::from_secs(2), Duration::from_secs(4), settings.backoff_max]);
+    assert_eq!(
+        waits,
+        vec![
+            Duration::from_secs(1),
+            Duration::from_secs(2),
+            Duration::from_secs(4),
+            settings.backoff_max
+        ]
+    );
 
     // Polling slows as a generation runs long, within bounds.
     let generating = remote(Some(RemoteStatus::Generating), None);
     let poll_after = |started_ago: i64| {
-        let st = AgentDynamicsStatus { last_generation_time: Some(ago(started_ago)), ..converged(&s) };
+        let st = AgentDynamicsStatus {
+            last_generation_time: Some(ago(started_ago)),
+            ..converged(&s)
+        };
         requeue_of(plan(&input(&s, &st, Some(&generating), &settings)))
     };
     assert_eq!(poll_after(0), settings.poll_min);
@@ -266,7 +351,10 @@ fn requeues_follow_the_rules() {
     // A young marker waits out exactly the rest of the grace period.
     let young = marker(&s, 20, None, None);
     let nothing = remote(None, None);
-    assert_eq!(requeue_of(plan(&input(&s, &young, Some(&nothing), &settings))), Duration::from_secs(40));
+    assert_eq!(
+        requeue_of(plan(&input(&s, &young, Some(&nothing), &settings))),
+        Duration::from_secs(40)
+    );
 }
 
 #[test]
@@ -289,7 +377,10 @@ fn no_error_path_loops_hot() {
         // Even a Retry-After of zero must not requeue at once.
         let obs = failed(kind, Some(0));
         let wait = requeue_of(plan(&input(&s, &st, Some(&obs), &settings)));
-        assert!(wait >= settings.backoff_base, "{kind:?} requeues after {wait:?}");
+        assert!(
+            wait >= settings.backoff_base,
+            "{kind:?} requeues after {wait:?}"
+        );
     }
 }
 
@@ -299,18 +390,29 @@ fn generate_lifecycle_marks_then_records_or_keeps_the_marker() {
     let s = spec();
     let base = AgentDynamicsStatus::default();
     let obs = remote(None, None);
-    let Observation::Found(state) = &obs else { unreachable!() };
+    let Observation::Found(state) = &obs else {
+        unreachable!()
+    };
     let inp = input(&s, &base, Some(&obs), &settings);
-    let Action::Generate(gp) = plan(&inp) else { panic!("expected generate") };
+    let Action::Generate(gp) = plan(&inp) else {
+        panic!("expected generate")
+    };
 
     let marked = with_marker(&base, &gp, Some(state), now());
-    let pending = marked.pending_generation.as_ref().expect("marker written before the call");
+    let pending = marked
+        .pending_generation
+        .as_ref()
+        .expect("marker written before the call");
     assert_eq!(pending.inputs_hash, inputs_hash(&s));
     assert_eq!(pending.since, now().to_string());
 
     let with_mark = input(&s, &marked, Some(&obs), &settings);
     // Accepted: hash recorded, marker cleared, one generation counted.
-    let reply = GenerateReply { message: None, agent_id: None, status: Some(RemoteStatus::Processing) };
+    let reply = GenerateReply {
+        message: None,
+        agent_id: None,
+        status: Some(RemoteStatus::Processing),
+    };
     let (accepted, report) = after_generate(&with_mark, &gp, Ok(&reply));
     assert_eq!(accepted.generate_hash, Some(inputs_hash(&s)));
     assert_eq!(accepted.pending_generation, None);
@@ -319,7 +421,11 @@ fn generate_lifecycle_marks_then_records_or_keeps_the_marker() {
     assert_eq!(report.health.reason(), "GenerationStarted");
 
     // Outcome unknown (dropped connection): the marker stays, nothing counted.
-    let lost = RemoteError { kind: ApiErrorKind::Transport, message: "connection closed".into(), retry_after: None };
+    let lost = RemoteError {
+        kind: ApiErrorKind::Transport,
+        message: "connection closed".into(),
+        retry_after: None,
+    };
     let (unknown, report) = after_generate(&with_mark, &gp, Err(&lost));
     assert!(unknown.pending_generation.is_some());
     assert_eq!(unknown.generations, 0);
@@ -327,7 +433,11 @@ fn generate_lifecycle_marks_then_records_or_keeps_the_marker() {
     assert!(report.transient);
 
     // Refused (402): nothing ran, marker cleared, stalled.
-    let broke = RemoteError { kind: ApiErrorKind::InsufficientCredits, message: "add credits".into(), retry_after: None };
+    let broke = RemoteError {
+        kind: ApiErrorKind::InsufficientCredits,
+        message: "add credits".into(),
+        retry_after: None,
+    };
     let (refused, report) = after_generate(&with_mark, &gp, Err(&broke));
     assert_eq!(refused.pending_generation, None);
     assert_eq!(refused.generations, 0);
@@ -341,9 +451,19 @@ fn update_outcomes() {
     let st = generated_not_applied(&s);
     let obs = ready("https://m/1.bin");
     let inp = input(&s, &st, Some(&obs), &settings);
-    let Action::Update { dynamics_hash: dh, .. } = plan(&inp) else { panic!("expected update") };
+    let Action::Update {
+        dynamics_hash: dh, ..
+    } = plan(&inp)
+    else {
+        panic!("expected update")
+    };
 
-    let plain = UpdateReply { message: None, agent_id: None, updated_at: Some("2025-01-15T10:30:00Z".into()), regeneration: None };
+    let plain = UpdateReply {
+        message: None,
+        agent_id: None,
+        updated_at: Some("2025-01-15T10:30:00Z".into()),
+        regeneration: None,
+    };
     let (applied, report) = after_update(&inp, &dh, Ok(&plain));
     assert_eq!(applied.dynamics_hash.as_deref(), Some(dh.as_str()));
     assert_eq!(applied.applied_for_generation, Some(1));
@@ -352,7 +472,10 @@ fn update_outcomes() {
     let next = input(&s, &applied, Some(&obs), &settings);
     assert_eq!(describe(&plan(&next)), "ready:Ready");
 
-    let regen = UpdateReply { regeneration: Some(Regeneration::Started), ..plain.clone() };
+    let regen = UpdateReply {
+        regeneration: Some(Regeneration::Started),
+        ..plain.clone()
+    };
     let (regenerating, report) = after_update(&inp, &dh, Ok(&regen));
     assert_eq!(regenerating.remote_status.as_deref(), Some("generating"));
     assert_eq!(report.health.reason(), "Regenerating");
@@ -360,9 +483,16 @@ fn update_outcomes() {
     let after = input(&s, &regenerating, Some(&obs), &settings);
     assert_eq!(describe(&plan(&after)), "ready:Ready");
 
-    let err = RemoteError { kind: ApiErrorKind::Unauthorized, message: "check the api-secret".into(), retry_after: None };
+    let err = RemoteError {
+        kind: ApiErrorKind::Unauthorized,
+        message: "check the api-secret".into(),
+        retry_after: None,
+    };
     let (unchanged, report) = after_update(&inp, &dh, Err(&err));
-    assert_eq!(unchanged.dynamics_hash, None, "a refused PUT is not recorded as applied");
+    assert_eq!(
+        unchanged.dynamics_hash, None,
+        "a refused PUT is not recorded as applied"
+    );
     assert_eq!(report.health.reason(), "Unauthorized");
 }
 
@@ -373,22 +503,38 @@ fn settle_adopts_echoes_and_is_idempotent() {
     let st = marker(&s, 30, None, None);
     let obs = remote(Some(RemoteStatus::Generating), None);
     let inp = input(&s, &st, Some(&obs), &settings);
-    let Action::Report(report) = plan(&inp) else { panic!("expected a report") };
+    let Action::Report(report) = plan(&inp) else {
+        panic!("expected a report")
+    };
     let settled = settle(&inp, st.clone(), &report);
     assert_eq!(settled.generate_hash, Some(inputs_hash(&s)));
     assert_eq!(settled.generations, 1);
     assert_eq!(settled.pending_generation, None);
-    assert_eq!(settled.last_generation_time, Some(ago(30)), "polling paces from when the call was sent");
+    assert_eq!(
+        settled.last_generation_time,
+        Some(ago(30)),
+        "polling paces from when the call was sent"
+    );
     assert_eq!(settled.observed_generation, Some(4));
-    assert_eq!(settled.last_handled_reconcile_at.as_deref(), Some("2026-11-29T10:00:00Z"));
+    assert_eq!(
+        settled.last_handled_reconcile_at.as_deref(),
+        Some("2026-11-29T10:00:00Z")
+    );
 
     // A converged object settles to exactly the status it has: no write.
     let conv = converged(&s);
     let ready_obs = ready("https://m/1.bin");
     let inp = input(&s, &conv, Some(&ready_obs), &settings);
-    let Action::Report(report) = plan(&inp) else { panic!() };
+    let Action::Report(report) = plan(&inp) else {
+        panic!()
+    };
     let once = settle(&inp, conv.clone(), &report);
-    let later = Input { now: Timestamp::from_second(NOW + 600).unwrap(), ..input(&s, &once, Some(&ready_obs), &settings) };
-    let Action::Report(report) = plan(&later) else { panic!() };
+    let later = Input {
+        now: Timestamp::from_second(NOW + 600).unwrap(),
+        ..input(&s, &once, Some(&ready_obs), &settings)
+    };
+    let Action::Report(report) = plan(&later) else {
+        panic!()
+    };
     assert_eq!(settle(&later, once.clone(), &report), once);
 }

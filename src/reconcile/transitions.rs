@@ -8,7 +8,9 @@ use crate::api::{DynamicsState, GenerateReply, Regeneration, RemoteStatus, Updat
 use crate::resource::{AgentDynamicsStatus, PendingGeneration};
 
 use super::conditions::{conditions, Health};
-use super::plan::{backoff, generate_refused, report_error, GeneratePlan, Input, RemoteError, Report};
+use super::plan::{
+    backoff, generate_refused, report_error, GeneratePlan, Input, RemoteError, Report,
+};
 
 /// Copy what GET reported into the status (only fields that describe the remote).
 pub fn observe(status: &AgentDynamicsStatus, remote: &DynamicsState) -> AgentDynamicsStatus {
@@ -30,7 +32,9 @@ pub fn with_marker(
     status.pending_generation = Some(PendingGeneration {
         inputs_hash: plan.inputs_hash.clone(),
         since: whole_seconds(now).to_string(),
-        previous_remote_status: remote.and_then(|r| r.status.as_ref()).map(|s| s.as_str().to_string()),
+        previous_remote_status: remote
+            .and_then(|r| r.status.as_ref())
+            .map(|s| s.as_str().to_string()),
         previous_model_url: remote.and_then(|r| r.model_url.clone()),
     });
     status
@@ -48,7 +52,12 @@ pub fn settle(input: &Input, status: AgentDynamicsStatus, report: &Report) -> Ag
             .unwrap_or(input.now);
         accept_generation(&mut status, hash, sent_at);
     }
-    status.conditions = conditions(&status.conditions, &report.health, input.generation, input.now);
+    status.conditions = conditions(
+        &status.conditions,
+        &report.health,
+        input.generation,
+        input.now,
+    );
     status.observed_generation = Some(input.generation);
     status.last_handled_reconcile_at = input.requested_at.map(str::to_string);
     status
@@ -65,9 +74,18 @@ pub fn after_generate(
     match outcome {
         Ok(reply) => {
             accept_generation(&mut status, &plan.inputs_hash, input.now);
-            status.remote_status = Some(reply.status.as_ref().map_or("processing", RemoteStatus::as_str).to_string());
+            status.remote_status = Some(
+                reply
+                    .status
+                    .as_ref()
+                    .map_or("processing", RemoteStatus::as_str)
+                    .to_string(),
+            );
             let report = Report::new(
-                Health::progressing("GenerationStarted", format!("generation {} started (250 credits)", status.generations)),
+                Health::progressing(
+                    "GenerationStarted",
+                    format!("generation {} started (250 credits)", status.generations),
+                ),
                 input.settings.poll_min,
             );
             (status, report)
@@ -78,7 +96,10 @@ pub fn after_generate(
         }
         Err(err) => {
             let message = format!("the generate call's outcome is unknown ({}); the API will be checked before anything is sent again", err.message);
-            let mut report = Report::new(Health::progressing("GenerationOutcomeUnknown", message), backoff(input));
+            let mut report = Report::new(
+                Health::progressing("GenerationOutcomeUnknown", message),
+                backoff(input),
+            );
             report.transient = true;
             (status, report)
         }
@@ -102,12 +123,20 @@ pub fn after_update(
         Some(Regeneration::Started) => {
             status.remote_status = Some(RemoteStatus::Generating.as_str().to_string());
             Report::new(
-                Health::progressing("Regenerating", "dynamics applied; the API is regenerating the movements"),
+                Health::progressing(
+                    "Regenerating",
+                    "dynamics applied; the API is regenerating the movements",
+                ),
                 input.settings.poll_min,
             )
         }
         _ => Report::new(
-            Health::Ready { message: format!("dynamics of agent {} are generated and applied", input.spec.agent_id) },
+            Health::Ready {
+                message: format!(
+                    "dynamics of agent {} are generated and applied",
+                    input.spec.agent_id
+                ),
+            },
             input.settings.resync,
         ),
     };
@@ -121,7 +150,6 @@ pub fn accept_generation(status: &mut AgentDynamicsStatus, inputs_hash: &str, at
     status.pending_generation = None;
     status.last_generation_time = Some(whole_seconds(at).to_string());
 }
-
 
 fn whole_seconds(t: Timestamp) -> Timestamp {
     Timestamp::from_second(t.as_second()).unwrap_or(t)

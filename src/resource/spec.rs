@@ -38,7 +38,10 @@ pub const MAX_URL_LEN: u32 = 2048;
 pub struct AgentDynamicsSpec {
     /// The bitHuman agent whose dynamics this object manages, e.g. A91XMB7113. Letters, digits,
     /// '-' and '_', at most 64 characters. Immutable: to manage another agent, create another object.
-    #[schemars(length(min = 1, max = 64), regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"))]
+    #[schemars(
+        length(min = 1, max = 64),
+        regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+    )]
     #[x_kube(validation = Rule::new("self == oldSelf").message("agentId is immutable; create a new AgentDynamics for another agent"))]
     pub agent_id: String,
 
@@ -55,7 +58,10 @@ pub struct AgentDynamicsSpec {
     /// Generation model, e.g. seedance, kling, auto (newer API: quality, speed). Lower-case name;
     /// the set is not closed so that new models need no operator upgrade.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9][a-z0-9._-]{0,62}$"))]
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9][a-z0-9._-]{0,62}$")
+    )]
     pub model: Option<String>,
 
     /// Motions to generate, e.g. [wave, nod, smile]. Known motions: wave, nod, smile, idle, talking.

@@ -24,7 +24,11 @@ impl fmt::Display for FieldError {
 pub fn parse_agent_dynamics(value: serde_json::Value) -> Result<AgentDynamics, FieldError> {
     serde_path_to_error::deserialize(value).map_err(|err| {
         let path = err.path().to_string();
-        let field = if path == "." { "(document)".to_string() } else { path };
+        let field = if path == "." {
+            "(document)".to_string()
+        } else {
+            path
+        };
         FieldError {
             field,
             message: err.into_inner().to_string(),
@@ -43,7 +47,10 @@ pub fn validate_spec(spec: &AgentDynamicsSpec) -> Vec<FieldError> {
     };
 
     if spec.agent_id.is_empty() {
-        fail("spec.agentId", "required: set it to the bitHuman agent id, e.g. A91XMB7113".into());
+        fail(
+            "spec.agentId",
+            "required: set it to the bitHuman agent id, e.g. A91XMB7113".into(),
+        );
     } else if !is_agent_id(&spec.agent_id) {
         fail(
             "spec.agentId",
@@ -88,7 +95,11 @@ pub fn validate_spec(spec: &AgentDynamicsSpec) -> Vec<FieldError> {
     if let Some(dynamics) = &spec.dynamics {
         for (name, result) in dynamics.batch_results.iter().flatten() {
             if let Some(url) = &result.video_url {
-                check_url(&format!("spec.dynamics.batchResults.{name}.videoUrl"), url, &mut fail);
+                check_url(
+                    &format!("spec.dynamics.batchResults.{name}.videoUrl"),
+                    url,
+                    &mut fail,
+                );
             }
         }
         for (field, model) in [("result", &dynamics.result), ("talking", &dynamics.talking)] {
@@ -99,10 +110,16 @@ pub fn validate_spec(spec: &AgentDynamicsSpec) -> Vec<FieldError> {
     }
     if let Some(secret) = &spec.api_secret_ref {
         if secret.name.is_empty() {
-            fail("spec.apiSecretRef.name", "required: the name of a Secret in this namespace".into());
+            fail(
+                "spec.apiSecretRef.name",
+                "required: the name of a Secret in this namespace".into(),
+            );
         }
         if secret.key.is_empty() {
-            fail("spec.apiSecretRef.key", "must not be empty (default: api-secret)".into());
+            fail(
+                "spec.apiSecretRef.key",
+                "must not be empty (default: api-secret)".into(),
+            );
         }
     }
     errors
@@ -121,9 +138,14 @@ pub fn validate_update(old: &AgentDynamicsSpec, new: &AgentDynamicsSpec) -> Vec<
 
 fn check_url(field: &str, url: &str, fail: &mut impl FnMut(&str, String)) {
     let scheme_ok = url.starts_with("http://") || url.starts_with("https://");
-    let rest_ok = url.split_once("://").is_some_and(|(_, rest)| !rest.is_empty());
+    let rest_ok = url
+        .split_once("://")
+        .is_some_and(|(_, rest)| !rest.is_empty());
     if !scheme_ok || !rest_ok || url.chars().any(char::is_whitespace) {
-        fail(field, format!("{url:?} is not an http(s) URL: use https://..."));
+        fail(
+            field,
+            format!("{url:?} is not an http(s) URL: use https://..."),
+        );
     } else if url.len() > MAX_URL_LEN as usize {
         fail(field, format!("longer than {MAX_URL_LEN} characters"));
     }
@@ -166,45 +188,73 @@ mod tests {
             ("valid minimal", spec("A91XMB7113"), vec![]),
             ("empty agent", spec(""), vec!["spec.agentId"]),
             ("malformed agent", spec("bad id!"), vec!["spec.agentId"]),
-            ("agent too long", spec(&"a".repeat(65)), vec!["spec.agentId"]),
+            (
+                "agent too long",
+                spec(&"a".repeat(65)),
+                vec!["spec.agentId"],
+            ),
             (
                 "duration zero",
-                AgentDynamicsSpec { duration: Some(0), ..spec("A1") },
+                AgentDynamicsSpec {
+                    duration: Some(0),
+                    ..spec("A1")
+                },
                 vec!["spec.duration"],
             ),
             (
                 "duration eleven",
-                AgentDynamicsSpec { duration: Some(11), ..spec("A1") },
+                AgentDynamicsSpec {
+                    duration: Some(11),
+                    ..spec("A1")
+                },
                 vec!["spec.duration"],
             ),
             (
                 "duration ten ok",
-                AgentDynamicsSpec { duration: Some(10), ..spec("A1") },
+                AgentDynamicsSpec {
+                    duration: Some(10),
+                    ..spec("A1")
+                },
                 vec![],
             ),
             (
                 "ftp image",
-                AgentDynamicsSpec { image_url: Some("ftp://x/y.jpg".into()), ..spec("A1") },
+                AgentDynamicsSpec {
+                    image_url: Some("ftp://x/y.jpg".into()),
+                    ..spec("A1")
+                },
                 vec!["spec.imageUrl"],
             ),
             (
                 "scheme only",
-                AgentDynamicsSpec { image_url: Some("https://".into()), ..spec("A1") },
+                AgentDynamicsSpec {
+                    image_url: Some("https://".into()),
+                    ..spec("A1")
+                },
                 vec!["spec.imageUrl"],
             ),
             (
                 "upper-case model",
-                AgentDynamicsSpec { model: Some("Seedance".into()), ..spec("A1") },
+                AgentDynamicsSpec {
+                    model: Some("Seedance".into()),
+                    ..spec("A1")
+                },
                 vec!["spec.model"],
             ),
             (
                 "open model set",
-                AgentDynamicsSpec { model: Some("quality".into()), ..spec("A1") },
+                AgentDynamicsSpec {
+                    model: Some("quality".into()),
+                    ..spec("A1")
+                },
                 vec![],
             ),
             (
                 "empty motion",
-                AgentDynamicsSpec { motion_prompts: Some(vec!["wave".into(), "".into()]), ..spec("A1") },
+                AgentDynamicsSpec {
+                    motion_prompts: Some(vec!["wave".into(), "".into()]),
+                    ..spec("A1")
+                },
                 vec!["spec.motionPrompts[1]"],
             ),
         ];
@@ -224,7 +274,10 @@ dynamics:
         let spec: AgentDynamicsSpec = serde_yaml::from_str(yaml).unwrap();
         assert_eq!(
             fields(&spec),
-            vec!["spec.dynamics.batchResults.wave.videoUrl", "spec.dynamics.result.modelPath"]
+            vec![
+                "spec.dynamics.batchResults.wave.videoUrl",
+                "spec.dynamics.result.modelPath"
+            ]
         );
     }
 
@@ -256,6 +309,9 @@ dynamics:
     #[test]
     fn agent_id_is_immutable() {
         assert!(validate_update(&spec("A1"), &spec("A1")).is_empty());
-        assert_eq!(validate_update(&spec("A1"), &spec("A2"))[0].field, "spec.agentId");
+        assert_eq!(
+            validate_update(&spec("A1"), &spec("A2"))[0].field,
+            "spec.agentId"
+        );
     }
 }

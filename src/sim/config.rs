@@ -40,6 +40,9 @@ pub enum ScriptedFault {
     /// Process the call, then close the connection without a reply.
     #[serde(rename = "drop")]
     Drop,
+    /// No fault: lets one call through, so later entries hit later calls.
+    #[serde(rename = "pass")]
+    Pass,
 }
 
 /// Fault knobs; apply to `/v1` routes only. Rates are probabilities in 0..=1.
@@ -59,7 +62,8 @@ pub struct Faults {
     pub drop_rate: f64,
     /// Share of generations that end `failed`.
     pub fail_generation_rate: f64,
-    /// Deterministic faults for tests, taken in order by the next `/v1` calls.
+    /// Deterministic faults for tests, taken in order by the next `/v1` calls
+    /// (JSON: "500", "503", "429", "drop", "pass").
     pub script: VecDeque<ScriptedFault>,
 }
 
@@ -98,6 +102,9 @@ pub struct SimConfig {
     pub seed: Option<u64>,
     /// Gestures generated when a request names no `motion_prompts`.
     pub default_prompts: Vec<String>,
+    /// Further api-secrets accepted for the same account (file mode's `--simulator`, where
+    /// objects carry the secrets of their Secret documents).
+    pub extra_secrets: Vec<String>,
 }
 
 impl Default for SimConfig {
@@ -113,6 +120,7 @@ impl Default for SimConfig {
             faults: Faults::default(),
             seed: None,
             default_prompts: ["wave", "nod", "smile"].map(String::from).to_vec(),
+            extra_secrets: Vec::new(),
         }
     }
 }
@@ -262,12 +270,17 @@ mod tests {
     #[test]
     fn faults_json_defaults_missing_fields() {
         let f: Faults =
-            serde_json::from_str(r#"{"fail_rate_500": 1, "script": ["503", "drop"]}"#).unwrap();
+            serde_json::from_str(r#"{"fail_rate_500": 1, "script": ["503", "drop", "pass"]}"#)
+                .unwrap();
         assert_eq!(f.fail_rate_500, 1.0);
         assert_eq!(f.retry_after_secs, 1);
         assert_eq!(
             f.script,
-            VecDeque::from([ScriptedFault::Unavailable, ScriptedFault::Drop])
+            VecDeque::from([
+                ScriptedFault::Unavailable,
+                ScriptedFault::Drop,
+                ScriptedFault::Pass
+            ])
         );
     }
 }

@@ -334,6 +334,7 @@ impl Engine {
                 ScriptedFault::Unavailable => plan.replace = Some(injected(503)),
                 ScriptedFault::RateLimited => plan.replace = Some(injected(429)),
                 ScriptedFault::Drop => plan.drop = true,
+                ScriptedFault::Pass => {}
             }
         } else {
             let f = self.cfg.faults.clone();
@@ -366,7 +367,9 @@ impl Engine {
     fn check_secret(&self, secret: Option<&str>, agent: Option<&str>) -> Result<(), Reply> {
         let details = match secret {
             None => "missing api-secret header",
-            Some(s) if s == self.cfg.secret => return Ok(()),
+            Some(s) if s == self.cfg.secret || self.cfg.extra_secrets.iter().any(|x| x == s) => {
+                return Ok(())
+            }
             Some(_) => "invalid api-secret",
         };
         Err(Reply::error(
@@ -1055,15 +1058,24 @@ mod tests {
     fn scripted_faults_come_first_then_rates() {
         let mut e = engine(0, 2);
         e.set_faults(Faults {
-            script: [ScriptedFault::RateLimited, ScriptedFault::Drop].into(),
+            script: [
+                ScriptedFault::RateLimited,
+                ScriptedFault::Pass,
+                ScriptedFault::Drop,
+            ]
+            .into(),
             retry_after_secs: 3,
+            // A pass entry also shields its call from the random faults.
+            fail_rate_500: 1.0,
             ..Faults::default()
         });
         let p = e.plan_faults(Some("a"));
         let r = p.replace.unwrap();
         assert_eq!((r.status, r.retry_after), (429, Some(3)));
+        assert_eq!(e.plan_faults(Some("a")), FaultPlan::default());
         let p = e.plan_faults(Some("a"));
         assert!(p.replace.is_none() && p.drop);
+        e.set_faults(Faults::default());
         assert_eq!(e.plan_faults(None), FaultPlan::default());
         e.set_faults(Faults {
             fail_rate_503: 1.0,
