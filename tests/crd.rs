@@ -4,8 +4,11 @@ use dynamics_operator::resource::crd_yaml;
 
 #[test]
 fn committed_crd_matches_the_types() {
-    let committed = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/crds/agentdynamics.yaml"))
-        .expect("crds/agentdynamics.yaml exists");
+    let committed = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/crds/agentdynamics.yaml"
+    ))
+    .expect("crds/agentdynamics.yaml exists");
     assert!(
         committed == crd_yaml(),
         "crds/agentdynamics.yaml is out of date: run `cargo run -- crd > crds/agentdynamics.yaml` and commit it"
@@ -20,23 +23,41 @@ fn crd_carries_validation_and_printer_columns() {
     assert_eq!(version["subresources"]["status"], serde_json::json!({}));
     let spec = &version["schema"]["openAPIV3Schema"]["properties"]["spec"];
     assert_eq!(spec["required"], serde_json::json!(["agentId"]));
-    assert_eq!(spec["properties"]["agentId"]["x-kubernetes-validations"][0]["rule"], "self == oldSelf");
+    assert_eq!(
+        spec["properties"]["agentId"]["x-kubernetes-validations"][0]["rule"],
+        "self == oldSelf"
+    );
     assert_eq!(spec["properties"]["duration"]["minimum"], 1.0);
     assert_eq!(spec["properties"]["duration"]["maximum"], 10.0);
-    assert_eq!(spec["properties"]["deletionPolicy"]["enum"], serde_json::json!(["Disable", "Orphan"]));
+    assert_eq!(
+        spec["properties"]["deletionPolicy"]["enum"],
+        serde_json::json!(["Disable", "Orphan"])
+    );
     assert_eq!(spec["properties"]["deletionPolicy"]["default"], "Disable");
-    assert_eq!(spec["properties"]["dynamics"]["properties"]["enabled"]["default"], true);
-    assert!(spec["properties"]["imageUrl"]["pattern"].as_str().unwrap().starts_with("^https?://"));
+    assert_eq!(
+        spec["properties"]["dynamics"]["properties"]["enabled"]["default"],
+        true
+    );
+    assert!(spec["properties"]["imageUrl"]["pattern"]
+        .as_str()
+        .unwrap()
+        .starts_with("^https?://"));
     let columns: Vec<&str> = version["additionalPrinterColumns"]
         .as_array()
         .unwrap()
         .iter()
         .map(|c| c["name"].as_str().unwrap())
         .collect();
-    assert_eq!(columns, ["Agent", "Model", "Remote", "Ready", "Reason", "Age"]);
+    assert_eq!(
+        columns,
+        ["Agent", "Model", "Remote", "Ready", "Reason", "Age"]
+    );
     // Every spec field has a description for `kubectl explain`.
     for (name, field) in spec["properties"].as_object().unwrap() {
-        assert!(field["description"].as_str().is_some_and(|d| !d.is_empty()), "spec.{name} has no description");
+        assert!(
+            field["description"].as_str().is_some_and(|d| !d.is_empty()),
+            "spec.{name} has no description"
+        );
     }
 }
 
@@ -59,5 +80,8 @@ fn every_example_is_a_valid_agent_dynamics() {
             seen += 1;
         }
     }
-    assert!(seen >= 5, "expected the five documented examples, found {seen}");
+    assert!(
+        seen >= 5,
+        "expected the five documented examples, found {seen}"
+    );
 }

@@ -33,10 +33,21 @@ struct Env {
 
 async fn control_plane() -> &'static ControlPlane {
     static CRD_INSTALLED: OnceLock<()> = OnceLock::new();
-    let cp = ControlPlane::shared().await.expect("the control plane must start (see tests/controlplane/build.sh)");
+    let cp = ControlPlane::shared()
+        .await
+        .expect("the control plane must start (see tests/controlplane/build.sh)");
     if CRD_INSTALLED.get().is_none() {
-        cp.apply_file(concat!(env!("CARGO_MANIFEST_DIR"), "/crds/agentdynamics.yaml")).expect("install the CRD");
-        cp.wait_crd_established("agentdynamics.dynamics.bithuman.ai", Duration::from_secs(30)).await.expect("CRD established");
+        cp.apply_file(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/crds/agentdynamics.yaml"
+        ))
+        .expect("install the CRD");
+        cp.wait_crd_established(
+            "agentdynamics.dynamics.bithuman.ai",
+            Duration::from_secs(30),
+        )
+        .await
+        .expect("CRD established");
         let _ = CRD_INSTALLED.set(());
     }
     cp
@@ -46,10 +57,22 @@ impl Env {
     async fn start(prefix: &str, sim_config: SimConfig) -> Env {
         let cp = control_plane().await;
         let ns = cp.create_namespace(prefix).await.expect("namespace");
-        let sim = sim::start(SimConfig { secret: SECRET.into(), ..sim_config }).await.expect("simulator");
+        let sim = sim::start(SimConfig {
+            secret: SECRET.into(),
+            ..sim_config
+        })
+        .await
+        .expect("simulator");
         let api = Api::namespaced(cp.kube_client().await.expect("client"), &ns);
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut env = Env { cp, ns, sim, api, dir, operators: Vec::new() };
+        let mut env = Env {
+            cp,
+            ns,
+            sim,
+            api,
+            dir,
+            operators: Vec::new(),
+        };
         env.start_operator(&[]);
         env
     }
@@ -99,14 +122,21 @@ impl Env {
     }
 
     fn logs(&self) -> String {
-        self.operators.iter().map(|o| format!("--- {} ---\n{}", o.name, o.log_tail(6000))).collect()
+        self.operators
+            .iter()
+            .map(|o| format!("--- {} ---\n{}", o.name, o.log_tail(6000)))
+            .collect()
     }
 
     fn apply(&self, yaml: &str) {
         self.cp
             .kubectl_stdin(["apply", "-n", &self.ns, "-f", "-"], yaml.as_bytes())
             .and_then(|out| {
-                anyhow::ensure!(out.status.success(), "kubectl apply failed: {}", String::from_utf8_lossy(&out.stderr));
+                anyhow::ensure!(
+                    out.status.success(),
+                    "kubectl apply failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
                 Ok(())
             })
             .expect("kubectl apply");
@@ -145,13 +175,20 @@ impl Env {
     }
 
     async fn wait_gone(&self, name: &str) {
-        let result = wait_for(&format!("{name} deleted"), TIMEOUT, || async { Ok(self.api.get_opt(name).await?.is_none().then_some(())) }).await;
+        let result = wait_for(&format!("{name} deleted"), TIMEOUT, || async {
+            Ok(self.api.get_opt(name).await?.is_none().then_some(()))
+        })
+        .await;
         result.unwrap_or_else(|e| panic!("{e}\n{}", self.logs()));
     }
 
     async fn patch_spec(&self, name: &str, spec: serde_json::Value) {
         self.api
-            .patch(name, &PatchParams::default(), &Patch::Merge(serde_json::json!({ "spec": spec })))
+            .patch(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(serde_json::json!({ "spec": spec })),
+            )
             .await
             .expect("patch spec");
     }
@@ -172,20 +209,34 @@ fn manifest(name: &str, agent: &str, extra: &str) -> String {
 }
 
 fn fast_sim() -> SimConfig {
-    SimConfig { generation_time: Duration::from_millis(500), ..SimConfig::default() }
+    SimConfig {
+        generation_time: Duration::from_millis(500),
+        ..SimConfig::default()
+    }
 }
 
 // 1. Create: Ready with exactly one generate and one PUT; kubectl sees it as users would.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn create_becomes_ready_with_one_generate_and_one_put() {
     let env = Env::start("create", fast_sim()).await;
-    let full = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/full.yaml")).unwrap();
+    let full = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/full.yaml"))
+        .unwrap();
     env.apply(&full);
 
-    let out = env
-        .cp
-        .kubectl(["wait", "-n", &env.ns, "--for=condition=Ready", "agentdynamics/support-agent", "--timeout=90s"]);
-    assert!(out.status.success(), "kubectl wait failed: {}\n{}", String::from_utf8_lossy(&out.stderr), env.logs());
+    let out = env.cp.kubectl([
+        "wait",
+        "-n",
+        &env.ns,
+        "--for=condition=Ready",
+        "agentdynamics/support-agent",
+        "--timeout=90s",
+    ]);
+    assert!(
+        out.status.success(),
+        "kubectl wait failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        env.logs()
+    );
 
     let obj = env.wait_ready("support-agent").await;
     let agent = "B72KQP4410";
@@ -195,22 +246,40 @@ async fn create_becomes_ready_with_one_generate_and_one_put() {
     assert_eq!(status.generations, 1);
     assert_eq!(status.remote_status.as_deref(), Some("ready"));
     assert!(status.model_url.is_some());
-    assert!(obj.metadata.finalizers.unwrap_or_default().contains(&dynamics_operator::resource::FINALIZER.to_string()));
+    assert!(obj
+        .metadata
+        .finalizers
+        .unwrap_or_default()
+        .contains(&dynamics_operator::resource::FINALIZER.to_string()));
     // What the simulator received is what the spec says.
     let remote = env.sim.agent(agent);
     assert_eq!(remote.enabled, Some(true));
-    let sent = remote.last_generate_request.expect("generate body recorded");
+    let sent = remote
+        .last_generate_request
+        .expect("generate body recorded");
     assert_eq!(sent["duration"], 3);
     assert_eq!(sent["model"], "seedance");
-    assert_eq!(sent["motion_prompts"], serde_json::json!(["wave", "nod", "smile"]));
+    assert_eq!(
+        sent["motion_prompts"],
+        serde_json::json!(["wave", "nod", "smile"])
+    );
 
     let table = env.cp.kubectl_ok(["get", "agdyn", "-n", &env.ns]).unwrap();
     for column in ["NAME", "AGENT", "MODEL", "REMOTE", "READY", "REASON", "AGE"] {
-        assert!(table.contains(column), "printer column {column} missing:\n{table}");
+        assert!(
+            table.contains(column),
+            "printer column {column} missing:\n{table}"
+        );
     }
-    assert!(table.contains("B72KQP4410") && table.contains("ready") && table.contains("True"), "{table}");
+    assert!(
+        table.contains("B72KQP4410") && table.contains("ready") && table.contains("True"),
+        "{table}"
+    );
 
-    let explain = env.cp.kubectl_ok(["explain", "agentdynamics.spec.duration"]).unwrap();
+    let explain = env
+        .cp
+        .kubectl_ok(["explain", "agentdynamics.spec.duration"])
+        .unwrap();
     assert!(explain.contains("Seconds per motion"), "{explain}");
 }
 
@@ -218,36 +287,81 @@ async fn create_becomes_ready_with_one_generate_and_one_put() {
 //    while a generation runs → one further generation.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn edits_send_exactly_the_calls_they_need() {
-    let env = Env::start("edit", SimConfig { generation_time: Duration::from_secs(2), ..SimConfig::default() }).await;
+    let env = Env::start(
+        "edit",
+        SimConfig {
+            generation_time: Duration::from_secs(2),
+            ..SimConfig::default()
+        },
+    )
+    .await;
     let agent = "EDIT000001";
     env.apply(&manifest("edited", agent, "  duration: 5\n"));
     env.wait_ready("edited").await;
-    assert_eq!((env.calls("generate", agent), env.calls("update", agent)), (1, 1));
+    assert_eq!(
+        (env.calls("generate", agent), env.calls("update", agent)),
+        (1, 1)
+    );
 
-    env.patch_spec("edited", serde_json::json!({"duration": 3})).await;
+    env.patch_spec("edited", serde_json::json!({"duration": 3}))
+        .await;
     env.wait_ready("edited").await;
-    assert_eq!(env.calls("generate", agent), 2, "a duration edit costs exactly one generation");
-    assert_eq!(env.calls("update", agent), 2, "the new generation is switched on with one PUT");
+    assert_eq!(
+        env.calls("generate", agent),
+        2,
+        "a duration edit costs exactly one generation"
+    );
+    assert_eq!(
+        env.calls("update", agent),
+        2,
+        "the new generation is switched on with one PUT"
+    );
 
-    env.patch_spec("edited", serde_json::json!({"dynamics": {"enabled": false}})).await;
+    env.patch_spec(
+        "edited",
+        serde_json::json!({"dynamics": {"enabled": false}}),
+    )
+    .await;
     env.wait_ready("edited").await;
-    assert_eq!(env.calls("generate", agent), 2, "a dynamics-only edit generates nothing");
-    assert_eq!(env.calls("update", agent), 3, "a dynamics-only edit is one PUT");
+    assert_eq!(
+        env.calls("generate", agent),
+        2,
+        "a dynamics-only edit generates nothing"
+    );
+    assert_eq!(
+        env.calls("update", agent),
+        3,
+        "a dynamics-only edit is one PUT"
+    );
     assert_eq!(env.sim.agent(agent).enabled, Some(false));
 
     // Two edits while a generation runs: coalesced into one more generation for the newest spec.
-    env.patch_spec("edited", serde_json::json!({"duration": 4})).await;
+    env.patch_spec("edited", serde_json::json!({"duration": 4}))
+        .await;
     wait_for("remote generating", TIMEOUT, || async {
         Ok((env.sim.agent(agent).status.as_deref() == Some("generating")).then_some(()))
     })
     .await
     .unwrap();
-    env.patch_spec("edited", serde_json::json!({"duration": 6})).await;
-    env.patch_spec("edited", serde_json::json!({"duration": 7})).await;
+    env.patch_spec("edited", serde_json::json!({"duration": 6}))
+        .await;
+    env.patch_spec("edited", serde_json::json!({"duration": 7}))
+        .await;
     let obj = env.wait_ready("edited").await;
-    assert_eq!(env.calls("generate", agent), 4, "duration 4, then one generation for 6 and 7 together");
-    assert_eq!(env.sim.agent(agent).last_generate_request.unwrap()["duration"], 7);
-    assert_eq!(env.sim.stats().overlapping_generations, 0, "never a POST while the agent was generating");
+    assert_eq!(
+        env.calls("generate", agent),
+        4,
+        "duration 4, then one generation for 6 and 7 together"
+    );
+    assert_eq!(
+        env.sim.agent(agent).last_generate_request.unwrap()["duration"],
+        7
+    );
+    assert_eq!(
+        env.sim.stats().overlapping_generations,
+        0,
+        "never a POST while the agent was generating"
+    );
     assert_eq!(obj.status.unwrap().generations, 4);
 }
 
@@ -257,28 +371,49 @@ async fn edits_send_exactly_the_calls_they_need() {
 async fn delete_disables_orphans_or_releases() {
     let env = Env::start("delete", fast_sim()).await;
     env.apply(&manifest("disable-me", "DEL0000001", ""));
-    env.apply(&manifest("orphan-me", "DEL0000002", "  deletionPolicy: Orphan\n"));
+    env.apply(&manifest(
+        "orphan-me",
+        "DEL0000002",
+        "  deletionPolicy: Orphan\n",
+    ));
     env.apply(&manifest("gone-remote", "DEL0000003", ""));
     for name in ["disable-me", "orphan-me", "gone-remote"] {
         env.wait_ready(name).await;
     }
 
-    env.api.delete("disable-me", &DeleteParams::default()).await.unwrap();
+    env.api
+        .delete("disable-me", &DeleteParams::default())
+        .await
+        .unwrap();
     env.wait_gone("disable-me").await;
-    assert_eq!(env.calls("update", "DEL0000001"), 2, "one PUT to apply, one to disable");
+    assert_eq!(
+        env.calls("update", "DEL0000001"),
+        2,
+        "one PUT to apply, one to disable"
+    );
     assert_eq!(env.sim.agent("DEL0000001").enabled, Some(false));
 
     let before = env.sim.stats();
-    env.api.delete("orphan-me", &DeleteParams::default()).await.unwrap();
+    env.api
+        .delete("orphan-me", &DeleteParams::default())
+        .await
+        .unwrap();
     env.wait_gone("orphan-me").await;
     let after = env.sim.stats();
     for endpoint in ["generate", "get", "update"] {
-        assert_eq!(after.count(endpoint, Some("DEL0000002"), None), before.count(endpoint, Some("DEL0000002"), None), "Orphan: no {endpoint}");
+        assert_eq!(
+            after.count(endpoint, Some("DEL0000002"), None),
+            before.count(endpoint, Some("DEL0000002"), None),
+            "Orphan: no {endpoint}"
+        );
     }
     assert_eq!(env.sim.agent("DEL0000002").enabled, Some(true));
 
     env.sim.mark_unknown("DEL0000003");
-    env.api.delete("gone-remote", &DeleteParams::default()).await.unwrap();
+    env.api
+        .delete("gone-remote", &DeleteParams::default())
+        .await
+        .unwrap();
     env.wait_gone("gone-remote").await;
 }
 
@@ -292,7 +427,11 @@ async fn remote_errors_stall_without_a_retry_storm_and_a_fixed_secret_recovers()
     let obj = env.wait_reason("unknown-agent", "AgentNotFound").await;
     let stalled = obj.status.unwrap().condition("Stalled").cloned().unwrap();
     assert_eq!(stalled.status, "True");
-    assert!(stalled.message.contains("agentId"), "the message says what to fix: {}", stalled.message);
+    assert!(
+        stalled.message.contains("agentId"),
+        "the message says what to fix: {}",
+        stalled.message
+    );
 
     // Wrong secret in a referenced Secret.
     env.apply(&format!(
@@ -300,8 +439,17 @@ async fn remote_errors_stall_without_a_retry_storm_and_a_fixed_secret_recovers()
         manifest("wrong-secret", "ERR0000401", "  apiSecretRef:\n    name: team-secret\n")
     ));
     let obj = env.wait_reason("wrong-secret", "Unauthorized").await;
-    let message = obj.status.unwrap().condition("Ready").unwrap().message.clone();
-    assert!(!message.contains("not-the-right-one"), "no secret in status: {message}");
+    let message = obj
+        .status
+        .unwrap()
+        .condition("Ready")
+        .unwrap()
+        .message
+        .clone();
+    assert!(
+        !message.contains("not-the-right-one"),
+        "no secret in status: {message}"
+    );
 
     // No calls beyond the first few while stalled.
     let window = Duration::from_secs(10);
@@ -309,24 +457,47 @@ async fn remote_errors_stall_without_a_retry_storm_and_a_fixed_secret_recovers()
     tokio::time::sleep(window).await;
     let after = env.sim.stats();
     let delta = |agent: &str| -> u64 {
-        ["generate", "get", "update"].iter().map(|e| after.count(e, Some(agent), None) - before.count(e, Some(agent), None)).sum()
+        ["generate", "get", "update"]
+            .iter()
+            .map(|e| after.count(e, Some(agent), None) - before.count(e, Some(agent), None))
+            .sum()
     };
-    assert!(delta("ERR0000404") <= 2, "404 object made {} calls in {window:?}", delta("ERR0000404"));
-    assert!(delta("ERR0000401") <= 2, "401 object made {} calls in {window:?}", delta("ERR0000401"));
+    assert!(
+        delta("ERR0000404") <= 2,
+        "404 object made {} calls in {window:?}",
+        delta("ERR0000404")
+    );
+    assert!(
+        delta("ERR0000401") <= 2,
+        "401 object made {} calls in {window:?}",
+        delta("ERR0000401")
+    );
 
     // Fix the Secret only: the object recovers without being touched.
     let generation = env.get("wrong-secret").await.metadata.generation;
     env.apply(&format!("apiVersion: v1\nkind: Secret\nmetadata:\n  name: team-secret\nstringData:\n  api-secret: {SECRET}\n"));
     let obj = env.wait_ready("wrong-secret").await;
-    assert_eq!(obj.metadata.generation, generation, "the object itself was not edited");
+    assert_eq!(
+        obj.metadata.generation, generation,
+        "the object itself was not edited"
+    );
 
     // No credits left.
     env.sim.set_credits(0);
     env.apply(&manifest("no-credits", "ERR0000402", ""));
     let obj = env.wait_reason("no-credits", "InsufficientCredits").await;
-    let message = obj.status.unwrap().condition("Stalled").unwrap().message.clone();
+    let message = obj
+        .status
+        .unwrap()
+        .condition("Stalled")
+        .unwrap()
+        .message
+        .clone();
     assert!(message.to_lowercase().contains("credits"), "{message}");
-    assert!(!env.logs().contains(SECRET), "the operator's secret never appears in its logs");
+    assert!(
+        !env.logs().contains(SECRET),
+        "the operator's secret never appears in its logs"
+    );
 }
 
 // 5. suspend: true — no remote calls at all.
@@ -337,10 +508,15 @@ async fn suspended_objects_make_no_remote_calls() {
     env.wait_reason("paused", "Suspended").await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let stats = env.sim.stats();
-    assert_eq!(stats.total("generate") + stats.total("get") + stats.total("update"), 0, "suspended: nothing sent");
+    assert_eq!(
+        stats.total("generate") + stats.total("get") + stats.total("update"),
+        0,
+        "suspended: nothing sent"
+    );
 
     // Unsuspending converges it.
-    env.patch_spec("paused", serde_json::json!({"suspend": false})).await;
+    env.patch_spec("paused", serde_json::json!({"suspend": false}))
+        .await;
     env.wait_ready("paused").await;
     assert_eq!(env.calls("generate", "SUS0000001"), 1);
 }
@@ -366,35 +542,69 @@ async fn invalid_manifests_are_refused_with_the_field_named() {
         ),
     ];
     for (what, yaml, field) in &cases {
-        let out = env.cp.kubectl_stdin(["apply", "-n", &env.ns, "-f", "-"], yaml.as_bytes()).unwrap();
+        let out = env
+            .cp
+            .kubectl_stdin(["apply", "-n", &env.ns, "-f", "-"], yaml.as_bytes())
+            .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{what}: accepted");
-        assert!(stderr.contains(field), "{what}: error does not name {field}: {stderr}");
+        assert!(
+            stderr.contains(field),
+            "{what}: error does not name {field}: {stderr}"
+        );
     }
 
     // agentId is immutable.
     env.sim.mark_unknown("IMMUTABLE1"); // keep it from generating; only admission matters here
     env.apply(&manifest("fixed-agent", "IMMUTABLE1", "  suspend: true\n"));
-    let out = env.cp.kubectl_stdin(["apply", "-n", &env.ns, "-f", "-"], manifest("fixed-agent", "IMMUTABLE2", "  suspend: true\n").as_bytes()).unwrap();
+    let out = env
+        .cp
+        .kubectl_stdin(
+            ["apply", "-n", &env.ns, "-f", "-"],
+            manifest("fixed-agent", "IMMUTABLE2", "  suspend: true\n").as_bytes(),
+        )
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && stderr.contains("immutable"), "agentId change accepted: {stderr}");
+    assert!(
+        !out.status.success() && stderr.contains("immutable"),
+        "agentId change accepted: {stderr}"
+    );
 
     tokio::time::sleep(Duration::from_secs(2)).await;
     let stats = env.sim.stats();
-    assert_eq!(stats.total("generate") + stats.total("get") + stats.total("update"), 0, "nothing reached the remote");
+    assert_eq!(
+        stats.total("generate") + stats.total("get") + stats.total("update"),
+        0,
+        "nothing reached the remote"
+    );
 }
 
 // 7. SIGKILL while a generation is in flight, then a restart: no second generate.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_operator_restarts_without_a_second_generate() {
-    let mut env = Env::start("crash", SimConfig { generation_time: Duration::from_secs(3), ..SimConfig::default() }).await;
+    let mut env = Env::start(
+        "crash",
+        SimConfig {
+            generation_time: Duration::from_secs(3),
+            ..SimConfig::default()
+        },
+    )
+    .await;
     let agent = "CRASH00001";
     env.apply(&manifest("crashy", agent, ""));
-    wait_for("generation in flight", TIMEOUT, || async { Ok((env.calls("generate", agent) == 1).then_some(())) }).await.unwrap();
+    wait_for("generation in flight", TIMEOUT, || async {
+        Ok((env.calls("generate", agent) == 1).then_some(()))
+    })
+    .await
+    .unwrap();
     env.operators[0].kill_now();
     env.start_operator(&[]);
     env.wait_ready("crashy").await;
-    assert_eq!(env.calls("generate", agent), 1, "the restarted operator followed the running generation");
+    assert_eq!(
+        env.calls("generate", agent),
+        1,
+        "the restarted operator followed the running generation"
+    );
 
     // Harder: the reply to the POST is lost (connection dropped after the API processed it) and
     // the operator is killed right after. The marker makes the next one look first.
@@ -402,14 +612,27 @@ async fn killed_operator_restarts_without_a_second_generate() {
     env.apply(&manifest("lost-reply", agent, "  suspend: true\n"));
     env.wait_reason("lost-reply", "Suspended").await;
     // Unsuspended, the object's first call is a GET (let it pass), its second the POST (drop it).
-    env.sim.set_faults(Faults { script: [ScriptedFault::Pass, ScriptedFault::Drop].into(), ..Faults::default() });
-    env.patch_spec("lost-reply", serde_json::json!({"suspend": false})).await;
-    wait_for("generate processed", TIMEOUT, || async { Ok((env.calls("generate", agent) == 1).then_some(())) }).await.unwrap();
+    env.sim.set_faults(Faults {
+        script: [ScriptedFault::Pass, ScriptedFault::Drop].into(),
+        ..Faults::default()
+    });
+    env.patch_spec("lost-reply", serde_json::json!({"suspend": false}))
+        .await;
+    wait_for("generate processed", TIMEOUT, || async {
+        Ok((env.calls("generate", agent) == 1).then_some(()))
+    })
+    .await
+    .unwrap();
     env.operators[1].kill_now();
     env.sim.set_faults(Faults::default());
     env.start_operator(&[]);
     let obj = env.wait_ready("lost-reply").await;
-    assert_eq!(env.calls("generate", agent), 1, "a lost reply is adopted, not sent again:\n{}", env.logs());
+    assert_eq!(
+        env.calls("generate", agent),
+        1,
+        "a lost reply is adopted, not sent again:\n{}",
+        env.logs()
+    );
     assert_eq!(obj.status.unwrap().generations, 1);
 }
 
@@ -419,7 +642,11 @@ async fn converged_objects_cause_no_writes_when_idle() {
     let env = Env::start("idle", fast_sim()).await;
     let names: Vec<String> = (0..3).map(|i| format!("idle-{i}")).collect();
     for (i, name) in names.iter().enumerate() {
-        env.apply(&manifest(name, &format!("IDLE00000{i}"), "  model: kling\n"));
+        env.apply(&manifest(
+            name,
+            &format!("IDLE00000{i}"),
+            "  model: kling\n",
+        ));
     }
     let mut versions = BTreeMap::new();
     for name in &names {
@@ -431,10 +658,22 @@ async fn converged_objects_cause_no_writes_when_idle() {
     let before = env.sim.stats();
     tokio::time::sleep(Duration::from_secs(30)).await;
     let after = env.sim.stats();
-    assert_eq!(after.total("generate"), before.total("generate"), "no POST while idle");
-    assert_eq!(after.total("update"), before.total("update"), "no PUT while idle");
+    assert_eq!(
+        after.total("generate"),
+        before.total("generate"),
+        "no POST while idle"
+    );
+    assert_eq!(
+        after.total("update"),
+        before.total("update"),
+        "no PUT while idle"
+    );
     for name in &names {
-        assert_eq!(env.get(name).await.metadata.resource_version, versions[name], "{name} was rewritten while idle");
+        assert_eq!(
+            env.get(name).await.metadata.resource_version,
+            versions[name],
+            "{name} was rewritten while idle"
+        );
     }
 }
 
@@ -445,11 +684,23 @@ async fn leader_election_hands_over_and_still_generates_once() {
     // Env::start started a plain operator; replace it with two electing ones.
     env.operators[0].kill_now();
     let ns = env.ns.clone();
-    let election = ["--leader-elect", "--lease-namespace", ns.as_str(), "--lease-name", "dynamics-e2e", "--lease-duration", "4"];
+    let election = [
+        "--leader-elect",
+        "--lease-namespace",
+        ns.as_str(),
+        "--lease-name",
+        "dynamics-e2e",
+        "--lease-duration",
+        "4",
+    ];
     let first = env.start_operator(&election);
-    let leases: Api<k8s_openapi::api::coordination::v1::Lease> = Api::namespaced(env.cp.kube_client().await.unwrap(), &ns);
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(env.cp.kube_client().await.unwrap(), &ns);
     let holder = wait_for("a leader", TIMEOUT, || async {
-        Ok(leases.get_opt("dynamics-e2e").await?.and_then(|l| l.spec?.holder_identity))
+        Ok(leases
+            .get_opt("dynamics-e2e")
+            .await?
+            .and_then(|l| l.spec?.holder_identity))
     })
     .await
     .unwrap();
@@ -458,14 +709,33 @@ async fn leader_election_hands_over_and_still_generates_once() {
     env.apply(&manifest("led-1", "LEAD000001", ""));
     env.wait_ready("led-1").await;
     assert_eq!(env.calls("generate", "LEAD000001"), 1);
-    let reconciled_by = |i: usize| env.operators[i].log_tail(1_000_000).contains("GenerationStarted") || env.operators[i].log_tail(1_000_000).contains("generation 1 started");
-    assert!(reconciled_by(first), "the leader reconciled:\n{}", env.logs());
-    assert!(!reconciled_by(second), "the follower stayed idle:\n{}", env.logs());
+    let reconciled_by = |i: usize| {
+        env.operators[i]
+            .log_tail(1_000_000)
+            .contains("GenerationStarted")
+            || env.operators[i]
+                .log_tail(1_000_000)
+                .contains("generation 1 started")
+    };
+    assert!(
+        reconciled_by(first),
+        "the leader reconciled:\n{}",
+        env.logs()
+    );
+    assert!(
+        !reconciled_by(second),
+        "the follower stayed idle:\n{}",
+        env.logs()
+    );
 
     env.operators[first].kill_now();
     let started = Instant::now();
     let new_holder = wait_for("a new leader", TIMEOUT, || async {
-        Ok(leases.get_opt("dynamics-e2e").await?.and_then(|l| l.spec?.holder_identity).filter(|h| *h != holder))
+        Ok(leases
+            .get_opt("dynamics-e2e")
+            .await?
+            .and_then(|l| l.spec?.holder_identity)
+            .filter(|h| *h != holder))
     })
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", env.logs()));
@@ -473,7 +743,11 @@ async fn leader_election_hands_over_and_still_generates_once() {
     env.apply(&manifest("led-2", "LEAD000002", ""));
     env.wait_ready("led-2").await;
     eprintln!("takeover and convergence took {:?}", started.elapsed());
-    assert_eq!(env.calls("generate", "LEAD000001"), 1, "the first object was not generated again");
+    assert_eq!(
+        env.calls("generate", "LEAD000001"),
+        1,
+        "the first object was not generated again"
+    );
     assert_eq!(env.calls("generate", "LEAD000002"), 1);
 }
 
