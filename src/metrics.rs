@@ -209,6 +209,8 @@ pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> anyhow::Result<()
         .route("/readyz", get(ready_handler))
         .with_state(metrics);
     let listener = tokio::net::TcpListener::bind(addr).await?;
+    // The bound address, not the requested one: with port 0 this is how tests find it.
+    let addr = listener.local_addr()?;
     tracing::info!(%addr, "serving /metrics, /healthz, /readyz");
     axum::serve(listener, app).await?;
     Ok(())

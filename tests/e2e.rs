@@ -121,6 +121,21 @@ impl Env {
         index
     }
 
+    /// Where operator `index` serves /metrics (it binds port 0 and logs the address).
+    fn metrics_url(&self, index: usize) -> String {
+        let log = std::fs::read_to_string(&self.operators[index].log).unwrap_or_default();
+        let line = log
+            .lines()
+            .find(|l| l.contains("serving /metrics"))
+            .unwrap_or_else(|| panic!("no metrics address logged:\n{log}"));
+        let addr = line
+            .split("addr=")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .expect("addr=HOST:PORT");
+        format!("http://{addr}")
+    }
+
     fn logs(&self) -> String {
         self.operators
             .iter()
@@ -275,6 +290,35 @@ async fn create_becomes_ready_with_one_generate_and_one_put() {
         table.contains("B72KQP4410") && table.contains("ready") && table.contains("True"),
         "{table}"
     );
+
+    // The operator's own view: health endpoints and metrics.
+    let metrics_url = env.metrics_url(0);
+    let http = reqwest::Client::new();
+    for path in ["/healthz", "/readyz"] {
+        let reply = http
+            .get(format!("{metrics_url}{path}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(reply.status(), 200, "{path}\n{}", env.logs());
+    }
+    let metrics = http
+        .get(format!("{metrics_url}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "dynamics_operator_generations_total 1",
+        r#"dynamics_operator_remote_calls_total{endpoint="generate",code="200"} 1"#,
+        r#"dynamics_operator_remote_calls_total{endpoint="update",code="200"} 1"#,
+        r#"dynamics_operator_objects{ready="true"} 1"#,
+        r#"dynamics_operator_reconciles_total{result="ready"}"#,
+    ] {
+        assert!(metrics.contains(line), "metrics lack {line}:\n{metrics}");
+    }
 
     let explain = env
         .cp

@@ -120,11 +120,7 @@ impl Context {
                     Health::Suspended => "suspended",
                 };
                 self.metrics.reconciled(result);
-                if !matches!(
-                    health,
-                    Health::Ready { .. } | Health::Progressing { .. } | Health::Suspended
-                ) || transient
-                {
+                if matches!(health, Health::Stalled { .. }) || transient {
                     self.metrics.error(health.reason());
                 }
                 self.metrics

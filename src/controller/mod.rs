@@ -16,7 +16,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action as ControllerAction, Controller};
 use kube::runtime::finalizer::{finalizer, Event as FinalizerEvent};
-use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::reflector;
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client, ResourceExt};
 
@@ -52,6 +52,23 @@ pub enum Error {
     Kube(#[from] kube::Error),
     #[error("finalizer: {0}")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+}
+
+impl Error {
+    /// Another writer changed the object between our read and our status write.
+    fn is_write_conflict(&self) -> bool {
+        use kube::runtime::finalizer::Error as FinalizerError;
+        let pass = match self {
+            Error::Pass(pass) => pass,
+            Error::Finalizer(inner) => match inner.as_ref() {
+                FinalizerError::ApplyFailed(Error::Pass(pass))
+                | FinalizerError::CleanupFailed(Error::Pass(pass)) => pass,
+                _ => return false,
+            },
+            Error::Kube(_) => return false,
+        };
+        matches!(pass, PassError::Save(crate::executor::SaveError::Conflict))
+    }
 }
 
 /// Run until SIGTERM/SIGINT (or, with leader election, until leadership is lost).
@@ -126,8 +143,19 @@ async fn run_controller(
     let ready_metrics = metrics.clone();
     tokio::spawn(async move {
         // Ready once the first list is in the cache: before that, passes would see no conflicts.
-        if ready_store.wait_until_ready().await.is_ok() {
-            ready_metrics.set_ready(true);
+        // The store's readiness wakes only its latest waiter (the controller also waits on it),
+        // so ask again each second instead of waiting once.
+        loop {
+            match tokio::time::timeout(Duration::from_secs(1), ready_store.wait_until_ready()).await
+            {
+                Ok(Ok(())) => {
+                    tracing::info!("object cache synced; ready");
+                    ready_metrics.set_ready(true);
+                    return;
+                }
+                Ok(Err(err)) => return tracing::warn!(error = %err, "object cache never synced"),
+                Err(_elapsed) => continue,
+            }
         }
     });
 
@@ -207,10 +235,7 @@ async fn reconcile(obj: Arc<AgentDynamics>, ctx: Arc<Context>) -> Result<Control
 /// per-object exponential backoff and jitter, never hot.
 fn error_policy(obj: Arc<AgentDynamics>, err: &Error, ctx: Arc<Context>) -> ControllerAction {
     let key = context::key_of(&obj);
-    let conflict = matches!(
-        err,
-        Error::Pass(PassError::Save(crate::executor::SaveError::Conflict))
-    ) || matches!(err, Error::Finalizer(inner) if matches!(inner.as_ref(), kube::runtime::finalizer::Error::ApplyFailed(Error::Pass(PassError::Save(crate::executor::SaveError::Conflict)))));
+    let conflict = err.is_write_conflict();
     ctx.metrics.reconciled("error");
     if conflict {
         // Another writer changed the object: look again soon with a fresh copy.
@@ -221,9 +246,4 @@ fn error_policy(obj: Arc<AgentDynamics>, err: &Error, ctx: Arc<Context>) -> Cont
     let delay = ctx.backoff_after_error(&key);
     tracing::warn!(object = %key, error = %err, retry_in_ms = delay.as_millis() as u64, "reconcile failed");
     ControllerAction::requeue(delay)
-}
-
-/// The object a Secret event maps to.
-pub(crate) fn object_ref(obj: &AgentDynamics) -> ObjectRef<AgentDynamics> {
-    ObjectRef::from(obj)
 }

@@ -80,6 +80,6 @@ pub fn objects_using(
                 .as_ref()
                 .is_some_and(|r| r.name == name)
         })
-        .map(|o| super::object_ref(o))
+        .map(|o| ObjectRef::from(o.as_ref()))
         .collect()
 }
