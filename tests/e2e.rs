@@ -806,3 +806,118 @@ impl KillNow for ManagedChild {
         self.reap_by(Instant::now() + Duration::from_secs(5));
     }
 }
+
+// The generation guard: with room for one generation, objects queue with a reason and the
+// account never runs two at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generation_guard_queues_objects_with_a_reason() {
+    let mut env = Env::start(
+        "guard",
+        SimConfig {
+            generation_time: Duration::from_millis(1500),
+            max_concurrent: 0,
+            ..SimConfig::default()
+        },
+    )
+    .await;
+    env.operators[0].kill_now();
+    env.start_operator(&["--max-concurrent-generations", "1"]);
+    let agents = ["GUARD00001", "GUARD00002", "GUARD00003"];
+    for (i, agent) in agents.iter().enumerate() {
+        env.apply(&manifest(&format!("queued-{i}"), agent, ""));
+    }
+    let mut saw_waiting = false;
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let generating = agents
+            .iter()
+            .filter(|a| env.sim.agent(a).status.as_deref() == Some("generating"))
+            .count();
+        assert!(
+            generating <= 1,
+            "{generating} generations at once with --max-concurrent-generations 1"
+        );
+        let objects = env.api.list(&Default::default()).await.unwrap();
+        saw_waiting |= objects.items.iter().any(|o| {
+            o.status
+                .as_ref()
+                .and_then(|s| s.condition("Reconciling"))
+                .is_some_and(|c| c.reason == "WaitingForGenerationSlot")
+        });
+        let ready = objects
+            .items
+            .iter()
+            .filter(|o| o.status.as_ref().is_some_and(|s| s.is_ready()))
+            .count();
+        if ready == agents.len() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not all Ready in time\n{}",
+            env.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(saw_waiting, "a queued object said why it waits");
+    for agent in agents {
+        assert_eq!(env.calls("generate", agent), 1);
+    }
+}
+
+// Two objects naming one agent: the later one is Stalled with reason Conflict and costs nothing.
+// Also: the reconcile-requested-at annotation triggers a pass and is echoed in status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn second_object_for_an_agent_is_a_conflict_and_refresh_is_echoed() {
+    let env = Env::start("conflict", fast_sim()).await;
+    env.apply(&manifest("owner", "CONFLICT01", ""));
+    env.wait_ready("owner").await;
+    env.apply(&manifest("intruder", "CONFLICT01", "  duration: 2\n"));
+    let obj = env.wait_reason("intruder", "Conflict").await;
+    let message = obj
+        .status
+        .unwrap()
+        .condition("Stalled")
+        .unwrap()
+        .message
+        .clone();
+    assert!(
+        message.contains("owner"),
+        "the message names the owner: {message}"
+    );
+    assert_eq!(
+        env.calls("generate", "CONFLICT01"),
+        1,
+        "nothing was generated for the intruder"
+    );
+    assert!(env
+        .sim
+        .agent("CONFLICT01")
+        .last_generate_request
+        .unwrap()
+        .get("duration")
+        .is_none());
+
+    let gets_before = env.calls("get", "CONFLICT01");
+    let annotation = serde_json::json!({"metadata": {"annotations": {dynamics_operator::resource::RECONCILE_REQUESTED_AT: "2026-11-29T10:00:00Z"}}});
+    env.api
+        .patch("owner", &PatchParams::default(), &Patch::Merge(annotation))
+        .await
+        .unwrap();
+    wait_for("refresh echoed", TIMEOUT, || async {
+        let obj = env.api.get("owner").await?;
+        let echoed = obj.status.and_then(|s| s.last_handled_reconcile_at);
+        Ok((echoed.as_deref() == Some("2026-11-29T10:00:00Z")).then_some(()))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", env.logs()));
+    assert!(
+        env.calls("get", "CONFLICT01") > gets_before,
+        "the refresh looked at the remote again"
+    );
+    assert_eq!(
+        env.calls("generate", "CONFLICT01"),
+        1,
+        "a refresh is not a regeneration"
+    );
+}
