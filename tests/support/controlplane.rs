@@ -30,6 +30,10 @@
 //!   `user_token()` are `None`.
 //! * Logs and data live in a temp dir (`dir()`), deleted on drop unless
 //!   `DYNAMICS_CONTROLPLANE_KEEP=1`.
+//! * kube-controller-manager runs [`DEFAULT_CONTROLLERS`] (namespace deletion,
+//!   garbage collection, service accounts); no scheduler, no kubelet.
+//! * Kubeconfigs use token auth and the per-run CA (`certificate-authority`).
+//! * `kubectl*`/`apply_*` helpers are blocking (except `kubectl_async`).
 //! * Children are spawned with `PR_SET_PDEATHSIG=SIGKILL` from a long-lived
 //!   thread, so they die with the test process even if it is SIGKILLed; `Drop`
 //!   sends SIGTERM, waits up to 5 s, SIGKILLs and reaps them.
@@ -204,8 +208,9 @@ fn env_flag(name: &str) -> bool {
     )
 }
 
-/// Kubeconfig of an existing cluster to use instead of starting one.
-fn existing_kubeconfig() -> Option<PathBuf> {
+/// Kubeconfig of an existing cluster to use instead of starting one
+/// (`DYNAMICS_E2E_KUBECONFIG`, or `KUBECONFIG` with `DYNAMICS_E2E_EXISTING=1`).
+pub fn existing_kubeconfig() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("DYNAMICS_E2E_KUBECONFIG").filter(|p| !p.is_empty()) {
         return Some(PathBuf::from(p));
     }
