@@ -5,14 +5,15 @@
 #      source, once: a cold build takes about 10 minutes on 2 cores, later runs skip it;
 #   2. every Rust test: unit and table tests, API contract tests against the simulator, the
 #      file mode, and the end-to-end suite against the real API server.
+#   3. the deploy checks (least-privilege RBAC, server dry-run, managed fields) and the Argo CD
+#      health check in Lua 5.1.
 # Set DYNAMICS_E2E_KUBECONFIG to run the end-to-end suite against an existing cluster (kind).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if [ -z "${DYNAMICS_E2E_KUBECONFIG:-}" ]; then
-  echo "== control plane (tests/controlplane/build.sh)"
-  tests/controlplane/build.sh
-fi
+# Built even with DYNAMICS_E2E_KUBECONFIG: the RBAC and dry-run tests always use their own.
+echo "== control plane (tests/controlplane/build.sh)"
+tests/controlplane/build.sh
 
 echo "== cargo test"
 cargo test --locked --all-targets

@@ -52,7 +52,7 @@ impl KubeStatusSink {
                 secondary: None,
             };
             if let Err(err) = recorder.publish(&event, &reference).await {
-                tracing::debug!(object = %self.object.name_any(), error = %err, "could not publish an Event");
+                tracing::warn!(object = %self.object.name_any(), reason = %note.reason, error = %err, "could not publish an Event");
             }
         }
     }

@@ -73,9 +73,18 @@ impl Error {
 
 /// Run until SIGTERM/SIGINT (or, with leader election, until leadership is lost).
 pub async fn run(config: RunConfig) -> anyhow::Result<()> {
-    let client = Client::try_default().await.map_err(|e| {
+    let mut kube_config = kube::Config::infer().await.map_err(|e| {
         anyhow::anyhow!("cannot reach Kubernetes (KUBECONFIG or in-cluster config): {e}")
     })?;
+    // Names the operator in managedFields and audit logs (else "unknown").
+    kube_config.headers.push((
+        reqwest::header::USER_AGENT,
+        reqwest::header::HeaderValue::from_static(concat!(
+            "dynamics-operator/",
+            env!("CARGO_PKG_VERSION")
+        )),
+    ));
+    let client = Client::try_from(kube_config)?;
     let metrics = Arc::new(Metrics::new());
     let server = tokio::spawn(crate::metrics::serve(config.metrics_addr, metrics.clone()));
 
