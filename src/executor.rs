@@ -10,10 +10,13 @@ use std::time::Duration;
 use jiff::Timestamp;
 use rand::Rng;
 
-use crate::api::{ApiSecret, DynamicsClient, RemoteStatus};
+use crate::api::{
+    ApiErrorKind, ApiSecret, DynamicsClient, Regeneration, RemoteStatus, UpdateRequest,
+};
 use crate::reconcile::guard::GenerationGuard;
 use crate::reconcile::plan::{
-    plan, Action, Blocker, GeneratePlan, Input, Observation, RemoteError, Report, Settings,
+    generate_refused, plan, report_error, Action, Blocker, GeneratePlan, Input, Observation,
+    RemoteError, Report, Settings,
 };
 use crate::reconcile::transitions::{after_generate, after_update, observe, settle, with_marker};
 use crate::reconcile::Health;
@@ -130,135 +133,67 @@ impl Executor {
         sink: &mut impl StatusSink,
     ) -> Result<PassResult, PassError> {
         let now = Timestamp::now();
-        let mut remote: Option<Observation> = None;
-        let mut status = obj.status.clone();
-        loop {
-            let input = self.input(obj, &status, remote.as_ref(), failures, now);
-            match plan(&input) {
-                Action::Observe => {
-                    let observation = self.observe(obj, secret).await;
-                    if let Observation::Found(state) = &observation {
-                        status = observe(&status, state);
-                    }
-                    remote = Some(observation);
+        let (action, remote, status) = self.decide(obj, secret, failures, now).await;
+        let input = self.input(obj, &status, remote.as_ref(), failures, now);
+        // `plan` asks for a remote call only once the secret resolved.
+        let secret = || secret.expect("plan calls the API only with a secret");
+        match action {
+            Action::Observe => unreachable!("decide observes before it returns"),
+            Action::Report(report) => {
+                if report.adopt.is_some() {
+                    sink.note(note(false, "GenerationAdopted", "found the marker of a generate call whose reply was lost; the API shows it landed, so it is followed instead of sent again"));
                 }
-                Action::Report(report) => {
-                    if report.adopt.is_some() {
-                        sink.note(note(false, "GenerationAdopted", "found the marker of a generate call whose reply was lost; the API shows it landed, so it is followed instead of sent again"));
-                    }
-                    if matches!(report.health, Health::Suspended) {
-                        self.forget(&obj.key);
-                    }
-                    return self.finish(obj, &input, status.clone(), report, sink).await;
-                }
-                Action::Generate(generate) => {
-                    let secret = secret.expect("plan generates only when the secret resolved");
-                    return self
-                        .generate(obj, &input, status.clone(), &generate, secret, sink)
-                        .await;
-                }
-                Action::Update {
-                    request,
-                    dynamics_hash,
-                } => {
-                    let secret = secret.expect("plan updates only when the secret resolved");
-                    let outcome = self
-                        .client
-                        .update(secret, &obj.spec.agent_id, &request)
-                        .await
-                        .map_err(|e| RemoteError::from(&e));
-                    let (status, report) = after_update(&input, &dynamics_hash, outcome.as_ref());
-                    if let Ok(reply) = &outcome {
-                        sink.note(note(
-                            false,
-                            "DynamicsApplied",
-                            &format!("dynamics block applied to agent {}", obj.spec.agent_id),
-                        ));
-                        if matches!(reply.regeneration, Some(crate::api::Regeneration::Started)) {
-                            // The agent is generating again: it holds a slot until a GET sees it finish.
-                            self.guard
-                                .lock()
-                                .expect("guard lock")
-                                .observe(&obj.key, true);
-                        }
-                    }
-                    return self.finish(obj, &input, status, report, sink).await;
-                }
-                Action::Disable(request) => {
-                    let secret = secret.expect("plan disables only when the secret resolved");
-                    return match self
-                        .client
-                        .update(secret, &obj.spec.agent_id, &request)
-                        .await
-                    {
-                        Ok(_) => {
-                            sink.note(note(
-                                false,
-                                "DynamicsDisabled",
-                                &format!(
-                                    "dynamics of agent {} switched off before deletion",
-                                    obj.spec.agent_id
-                                ),
-                            ));
-                            self.forget(&obj.key);
-                            Ok(PassResult::Released)
-                        }
-                        Err(err) if err.kind() == crate::api::ApiErrorKind::NotFound => {
-                            sink.note(note(
-                                false,
-                                "RemoteGone",
-                                &format!(
-                                    "agent {} no longer exists remotely; nothing to disable",
-                                    obj.spec.agent_id
-                                ),
-                            ));
-                            self.forget(&obj.key);
-                            Ok(PassResult::Released)
-                        }
-                        Err(err) => {
-                            let report = crate::reconcile::plan::report_error(
-                                &RemoteError::from(&err),
-                                &input,
-                            );
-                            let message = format!("{}; or set spec.deletionPolicy: Orphan to delete without calling the API", report.health.message());
-                            let report = Report {
-                                health: Health::stalled(report.health.reason(), message.clone()),
-                                ..report
-                            };
-                            // Best effort: tell the user why deletion waits, then keep the finalizer.
-                            let _ = self.finish(obj, &input, status.clone(), report, sink).await;
-                            Err(PassError::Cleanup {
-                                key: obj.key.clone(),
-                                message,
-                            })
-                        }
-                    };
-                }
-                Action::Release => {
+                if matches!(report.health, Health::Suspended) {
                     self.forget(&obj.key);
-                    return Ok(PassResult::Released);
                 }
+                self.finish(obj, &input, status.clone(), report, sink).await
+            }
+            Action::Generate(generate) => {
+                self.generate(obj, &input, status.clone(), &generate, secret(), sink)
+                    .await
+            }
+            Action::Update {
+                request,
+                dynamics_hash,
+            } => {
+                self.update(obj, &input, &request, &dynamics_hash, secret(), sink)
+                    .await
+            }
+            Action::Disable(request) => self.disable(obj, &input, &request, secret(), sink).await,
+            Action::Release => {
+                self.forget(&obj.key);
+                Ok(PassResult::Released)
             }
         }
     }
 
     /// GET and plan only: no POST, no PUT, no status write.
     pub async fn preview(&self, obj: &ObjectView, secret: Option<&ApiSecret>) -> Preview {
-        let now = Timestamp::now();
+        let (action, remote, _) = self.decide(obj, secret, 0, Timestamp::now()).await;
+        Preview { action, remote }
+    }
+
+    /// Ask `plan`, doing the GET it asks for first. Returns the action, what GET said, and the
+    /// status updated with it.
+    async fn decide(
+        &self,
+        obj: &ObjectView,
+        secret: Option<&ApiSecret>,
+        failures: u32,
+        now: Timestamp,
+    ) -> (Action, Option<Observation>, AgentDynamicsStatus) {
         let mut remote = None;
         let mut status = obj.status.clone();
         loop {
-            let input = self.input(obj, &status, remote.as_ref(), 0, now);
-            match plan(&input) {
-                Action::Observe => {
-                    let observation = self.observe(obj, secret).await;
-                    if let Observation::Found(state) = &observation {
-                        status = observe(&status, state);
-                    }
-                    remote = Some(observation);
-                }
-                action => return Preview { action, remote },
+            let action = plan(&self.input(obj, &status, remote.as_ref(), failures, now));
+            if action != Action::Observe {
+                return (action, remote, status);
             }
+            let observation = self.observe(obj, secret).await;
+            if let Observation::Found(state) = &observation {
+                status = observe(&status, state);
+            }
+            remote = Some(observation);
         }
     }
 
@@ -300,6 +235,86 @@ impl Executor {
             }
             Err(err) => Observation::Failed(RemoteError::from(&err)),
         }
+    }
+
+    /// PUT the dynamics block.
+    async fn update(
+        &self,
+        obj: &ObjectView,
+        input: &Input<'_>,
+        request: &UpdateRequest,
+        dynamics_hash: &str,
+        secret: &ApiSecret,
+        sink: &mut impl StatusSink,
+    ) -> Result<PassResult, PassError> {
+        let outcome = self
+            .client
+            .update(secret, &obj.spec.agent_id, request)
+            .await
+            .map_err(|e| RemoteError::from(&e));
+        let (status, report) = after_update(input, dynamics_hash, outcome.as_ref());
+        if let Ok(reply) = &outcome {
+            let message = format!("dynamics block applied to agent {}", obj.spec.agent_id);
+            sink.note(note(false, "DynamicsApplied", &message));
+            if matches!(reply.regeneration, Some(Regeneration::Started)) {
+                // The agent is generating again: it holds a slot until a GET sees it finish.
+                self.guard
+                    .lock()
+                    .expect("guard lock")
+                    .observe(&obj.key, true);
+            }
+        }
+        self.finish(obj, input, status, report, sink).await
+    }
+
+    /// Deletion with `Disable`: one PUT with enabled=false. An agent that is gone remotely has
+    /// nothing to disable; any other refusal keeps the finalizer and says how to let go.
+    async fn disable(
+        &self,
+        obj: &ObjectView,
+        input: &Input<'_>,
+        request: &UpdateRequest,
+        secret: &ApiSecret,
+        sink: &mut impl StatusSink,
+    ) -> Result<PassResult, PassError> {
+        let agent = &obj.spec.agent_id;
+        let released = match self.client.update(secret, agent, request).await {
+            Ok(_) => note(
+                false,
+                "DynamicsDisabled",
+                &format!("dynamics of agent {agent} switched off before deletion"),
+            ),
+            Err(err) if err.kind() == ApiErrorKind::NotFound => note(
+                false,
+                "RemoteGone",
+                &format!("agent {agent} no longer exists remotely; nothing to disable"),
+            ),
+            Err(err) => {
+                let report = report_error(&RemoteError::from(&err), input);
+                let message = format!(
+                    "{}; or set spec.deletionPolicy: Orphan to delete without calling the API",
+                    report.health.message()
+                );
+                let health = Health::stalled(report.health.reason(), message.clone());
+                // Tell the user why deletion waits (best effort), then keep the finalizer.
+                let _ = self
+                    .finish(
+                        obj,
+                        input,
+                        input.status.clone(),
+                        Report { health, ..report },
+                        sink,
+                    )
+                    .await;
+                return Err(PassError::Cleanup {
+                    key: obj.key.clone(),
+                    message,
+                });
+            }
+        };
+        sink.note(released);
+        self.forget(&obj.key);
+        Ok(PassResult::Released)
     }
 
     /// Marker first (conditional write), then exactly one POST.
@@ -363,7 +378,7 @@ impl Executor {
                     status.generations, obj.spec.agent_id
                 ),
             )),
-            Err(err) if crate::reconcile::plan::generate_refused(err.kind) => {
+            Err(err) if generate_refused(err.kind) => {
                 self.guard.lock().expect("guard lock").cancel(&obj.key);
             }
             Err(_) => {}

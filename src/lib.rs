@@ -12,5 +12,6 @@ pub mod filemode;
 pub mod metrics;
 pub mod reconcile;
 pub mod resource;
+pub mod shutdown;
 pub mod sim;
 pub mod telemetry;

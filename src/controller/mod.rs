@@ -208,21 +208,8 @@ fn relevant_change(obj: &AgentDynamics) -> Option<u64> {
 }
 
 async fn shutdown_signal(stop: impl std::future::Future<Output = ()>) {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut sig) => {
-                sig.recv().await;
-            }
-            Err(_) => futures::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = futures::future::pending::<()>();
     tokio::select! {
-        _ = ctrl_c => tracing::info!("interrupted; shutting down"),
-        _ = term => tracing::info!("SIGTERM; shutting down"),
+        signal = crate::shutdown::signal() => tracing::info!(signal, "shutting down"),
         _ = stop => tracing::warn!("leadership lost; shutting down"),
     }
 }

@@ -84,32 +84,13 @@ pub async fn run_foreground(args: SimArgs) -> anyhow::Result<()> {
         "Dynamics API simulator listening (controls under /_sim/)"
     );
     let shared: Shared = Arc::new(Mutex::new(Engine::new(config)));
-    serve(listener, shared, shutdown_signal())
-        .await
-        .context("serving the simulator")?;
+    serve(listener, shared, async {
+        crate::shutdown::signal().await;
+    })
+    .await
+    .context("serving the simulator")?;
     info!("simulator stopped");
     Ok(())
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
-    }
 }
 
 /// A running in-process simulator. Controls act directly on its state (no
