@@ -1506,7 +1506,10 @@ async fn operator_writes_only_status_and_its_finalizer() {
         if manager == "argocd-controller" || manager == "argocd-server" {
             continue;
         }
-        assert_eq!(manager, "dynamics-operator", "the operator names itself: {entry}");
+        assert_eq!(
+            manager, "dynamics-operator",
+            "the operator names itself: {entry}"
+        );
         let fields = entry["fieldsV1"].as_object().unwrap();
         let keys: BTreeSet<&str> = fields.keys().map(String::as_str).collect();
         if entry["subresource"] == "status" {
