@@ -159,10 +159,18 @@ impl Context {
     }
 }
 
-/// Two objects naming one agent: the oldest (by creation time, then namespace/name) owns it and
-/// every later one is in conflict. Objects being deleted do not own anything.
+/// Two objects naming one agent: one owns it and every other is in conflict. The owner is the
+/// one that has already sent something for the agent (its status shows a generation or a
+/// pending one), else the oldest by creation time, else the first by namespace/name: creation
+/// times have one-second resolution, so a newer object must never win a tie against one that
+/// is already at work. Objects being deleted own nothing.
 pub fn conflict_owner(obj: &AgentDynamics, all: &[Arc<AgentDynamics>]) -> Option<String> {
-    let rank = |o: &AgentDynamics| (o.creation_timestamp().map(|t| t.0), key_of(o));
+    let rank = |o: &AgentDynamics| {
+        let acted = o.status.as_ref().is_some_and(|s| {
+            s.generations > 0 || s.generate_hash.is_some() || s.pending_generation.is_some()
+        });
+        (!acted, o.creation_timestamp().map(|t| t.0), key_of(o))
+    };
     let mine = rank(obj);
     all.iter()
         .filter(|o| o.spec.agent_id == obj.spec.agent_id && o.uid() != obj.uid())
@@ -170,7 +178,7 @@ pub fn conflict_owner(obj: &AgentDynamics, all: &[Arc<AgentDynamics>]) -> Option
         .map(|o| rank(o))
         .filter(|r| *r < mine)
         .min()
-        .map(|(_, key)| key)
+        .map(|(_, _, key)| key)
 }
 
 #[cfg(test)]
@@ -201,6 +209,21 @@ mod tests {
         assert_eq!(conflict_owner(&first, &all), None);
         assert_eq!(conflict_owner(&second, &all), Some("a/first".to_string()));
         assert_eq!(conflict_owner(&other, &all), None);
+    }
+
+    #[test]
+    fn an_object_at_work_keeps_its_agent_against_a_newer_one_of_the_same_second() {
+        let mut owner = (*obj("a", "owner", "A1", 100)).clone();
+        owner.status = Some(crate::resource::AgentDynamicsStatus {
+            generations: 1,
+            ..Default::default()
+        });
+        let owner = Arc::new(owner);
+        // Sorts first by name, created in the same second, has done nothing yet.
+        let intruder = obj("a", "intruder", "A1", 100);
+        let all = vec![owner.clone(), intruder.clone()];
+        assert_eq!(conflict_owner(&owner, &all), None);
+        assert_eq!(conflict_owner(&intruder, &all), Some("a/owner".to_string()));
     }
 
     #[test]
