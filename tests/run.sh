@@ -16,4 +16,4 @@ echo "== control plane (tests/controlplane/build.sh)"
 tests/controlplane/build.sh
 
 echo "== cargo test"
-cargo test --locked --all-targets
+cargo test --locked --all-targets --no-fail-fast
