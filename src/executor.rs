@@ -96,6 +96,9 @@ pub struct Executor {
     client: DynamicsClient,
     guard: Arc<Mutex<GenerationGuard>>,
     settings: Settings,
+    /// Where to send the keys of waiting objects whose turn for a generation slot has come.
+    /// Without it (the file mode) a waiting object simply asks again at the next poll.
+    wake: Option<tokio::sync::mpsc::UnboundedSender<String>>,
 }
 
 impl Executor {
@@ -108,7 +111,14 @@ impl Executor {
             client,
             guard,
             settings,
+            wake: None,
         }
+    }
+
+    /// Wake waiting objects through `wake` when slots free, instead of having them poll.
+    pub fn with_wake(mut self, wake: tokio::sync::mpsc::UnboundedSender<String>) -> Self {
+        self.wake = Some(wake);
+        self
     }
 
     pub fn settings(&self) -> &Settings {
@@ -121,7 +131,19 @@ impl Executor {
 
     /// Forget an object that is gone or suspended (frees its generation slot).
     pub fn forget(&self, key: &str) {
-        self.guard.lock().expect("guard lock").forget(key);
+        self.with_guard(|guard| guard.forget(key));
+    }
+
+    /// Change the guard, then wake the waiters whose turn that may have brought.
+    fn with_guard<R>(&self, change: impl FnOnce(&mut GenerationGuard) -> R) -> R {
+        let mut guard = self.guard.lock().expect("guard lock");
+        let result = change(&mut guard);
+        if let Some(wake) = &self.wake {
+            for key in guard.take_woken() {
+                let _ = wake.send(key);
+            }
+        }
+        result
     }
 
     /// One pass. `failures` counts this object's consecutive transient failures.
@@ -227,10 +249,7 @@ impl Executor {
                     .status
                     .as_ref()
                     .is_some_and(RemoteStatus::is_in_progress);
-                self.guard
-                    .lock()
-                    .expect("guard lock")
-                    .observe(&obj.key, generating);
+                self.with_guard(|guard| guard.observe(&obj.key, generating));
                 Observation::Found(state)
             }
             Err(err) => Observation::Failed(RemoteError::from(&err)),
@@ -258,10 +277,7 @@ impl Executor {
             sink.note(note(false, "DynamicsApplied", &message));
             if matches!(reply.regeneration, Some(Regeneration::Started)) {
                 // The agent is generating again: it holds a slot until a GET sees it finish.
-                self.guard
-                    .lock()
-                    .expect("guard lock")
-                    .observe(&obj.key, true);
+                self.with_guard(|guard| guard.observe(&obj.key, true));
             }
         }
         self.finish(obj, input, status, report, sink).await
@@ -327,11 +343,13 @@ impl Executor {
         secret: &ApiSecret,
         sink: &mut impl StatusSink,
     ) -> Result<PassResult, PassError> {
-        let started = self.guard.lock().expect("guard lock").try_start(
-            &obj.key,
-            input.now,
-            self.settings.poll_min,
-        );
+        // A woken waiter comes back at once; the long fallback only covers a lost wake-up.
+        let retry = if self.wake.is_some() {
+            self.settings.stalled_retry
+        } else {
+            self.settings.poll_min
+        };
+        let started = self.with_guard(|guard| guard.try_start(&obj.key, input.now, retry));
         if let Err(refusal) = started {
             let report = Report::new(
                 Health::progressing(refusal.reason, refusal.message),
@@ -347,7 +365,7 @@ impl Executor {
         let marked = with_marker(&status, generate, before, input.now);
         if let Err(err) = sink.save(&marked).await {
             // Someone else wrote first; they own this change. Nothing was sent.
-            self.guard.lock().expect("guard lock").cancel(&obj.key);
+            self.with_guard(|guard| guard.cancel(&obj.key));
             return Err(err.into());
         }
         if generate.resend {
@@ -379,7 +397,7 @@ impl Executor {
                 ),
             )),
             Err(err) if generate_refused(err.kind) => {
-                self.guard.lock().expect("guard lock").cancel(&obj.key);
+                self.with_guard(|guard| guard.cancel(&obj.key));
             }
             Err(_) => {}
         }

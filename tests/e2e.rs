@@ -827,7 +827,8 @@ async fn generation_guard_queues_objects_with_a_reason() {
         env.apply(&manifest(&format!("queued-{i}"), agent, ""));
     }
     let mut saw_waiting = false;
-    let deadline = Instant::now() + TIMEOUT;
+    let started = Instant::now();
+    let deadline = started + TIMEOUT;
     loop {
         let generating = agents
             .iter()
@@ -860,6 +861,14 @@ async fn generation_guard_queues_objects_with_a_reason() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(saw_waiting, "a queued object said why it waits");
+    // Waiters are woken when a slot frees, not by their 20 s fallback (--stalled-retry): three
+    // 1.5 s generations in a row end well before the fallback would even fire once.
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed < Duration::from_secs(18),
+        "took {elapsed:?}: waiting objects were not woken\n{}",
+        env.logs()
+    );
     for agent in agents {
         assert_eq!(env.calls("generate", agent), 1);
     }

@@ -40,6 +40,7 @@ impl Context {
         config: &RunConfig,
         metrics: Arc<Metrics>,
         store: Store<AgentDynamics>,
+        wake: tokio::sync::mpsc::UnboundedSender<String>,
     ) -> Self {
         let api = DynamicsClient::new(config.api.clone())
             .expect("the API client builds from a valid configuration")
@@ -56,7 +57,7 @@ impl Context {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             metrics,
-            executor: Executor::new(api, guard, config.settings.clone()),
+            executor: Executor::new(api, guard, config.settings.clone()).with_wake(wake),
             store,
             default_secret: config.default_secret.clone(),
             failures: Mutex::new(HashMap::new()),

@@ -16,7 +16,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action as ControllerAction, Controller};
 use kube::runtime::finalizer::{finalizer, Event as FinalizerEvent};
-use kube::runtime::reflector;
+use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client, ResourceExt};
 
@@ -142,12 +142,23 @@ async fn run_controller(
         .default_backoff()
         .touched_objects();
 
+    // Objects waiting for a generation slot are reconciled when their turn comes.
+    let (wake, woken) = tokio::sync::mpsc::unbounded_channel::<String>();
     let ctx = Arc::new(Context::new(
         client.clone(),
         &config,
         metrics.clone(),
         reader.clone(),
+        wake,
     ));
+    let woken = futures::stream::unfold(woken, |mut rx| async move {
+        let key = rx.recv().await?;
+        Some((key, rx))
+    })
+    .filter_map(|key: String| async move {
+        let (namespace, name) = key.split_once('/')?;
+        Some(ObjectRef::<AgentDynamics>::new(name).within(namespace))
+    });
     let ready_store = reader.clone();
     let ready_metrics = metrics.clone();
     tokio::spawn(async move {
@@ -177,6 +188,7 @@ async fn run_controller(
                 &secret.name_any(),
             )
         })
+        .reconcile_on(woken)
         .with_config(kube::runtime::controller::Config::default().concurrency(config.concurrency))
         .graceful_shutdown_on(shutdown_signal(stop))
         .run(reconcile, error_policy, ctx)

@@ -1,6 +1,8 @@
 //! The operator-wide generation guard: at most `max_in_flight` generations running at once (the
 //! account runs two; more would only queue remotely while looking "started" here) and at most
 //! `per_hour` new ones in any hour. Beyond either, objects wait with a reason; nothing fails.
+//! Objects refused a slot queue in arrival order, and `take_woken` names those to look at again
+//! when slots free up, so a waiting object need not poll the API until its turn.
 //! Plain data with the time passed in; the caller shares it behind a mutex.
 
 use std::collections::{BTreeSet, VecDeque};
@@ -14,6 +16,8 @@ pub struct GenerationGuard {
     per_hour: Option<usize>,
     in_flight: BTreeSet<String>,
     started: VecDeque<Timestamp>,
+    /// Objects refused a slot, oldest first.
+    waiting: VecDeque<String>,
 }
 
 /// Why a generation has to wait, and for how long at most before asking again.
@@ -34,24 +38,35 @@ impl GenerationGuard {
             per_hour,
             in_flight: BTreeSet::new(),
             started: VecDeque::new(),
+            waiting: VecDeque::new(),
         }
     }
 
     /// Ask to start a generation for `key` (namespace/name). On success the slot is held until
-    /// `observe` sees the remote finish or `forget` is called.
-    pub fn try_start(&mut self, key: &str, now: Timestamp, poll: Duration) -> Result<(), Refusal> {
+    /// `observe` sees the remote finish or `forget` is called. Refused for want of a slot, the
+    /// object joins the queue and is named by `take_woken` when its turn may have come;
+    /// `retry` is how long it waits at most meanwhile.
+    pub fn try_start(&mut self, key: &str, now: Timestamp, retry: Duration) -> Result<(), Refusal> {
         self.expire(now);
         let already_holding = self.in_flight.contains(key);
         if !already_holding && self.max_in_flight > 0 && self.in_flight.len() >= self.max_in_flight
         {
+            if !self.waiting.iter().any(|k| k == key) {
+                self.waiting.push_back(key.to_string());
+            }
+            let position = self
+                .waiting
+                .iter()
+                .position(|k| k == key)
+                .map_or(0, |p| p + 1);
             return Err(Refusal {
                 reason: "WaitingForGenerationSlot",
                 message: format!(
-                    "{} generations are running (limit {}, --max-concurrent-generations); this one starts when one finishes",
+                    "{} generations are running (limit {}, --max-concurrent-generations); this one is number {position} in line",
                     self.in_flight.len(),
                     self.max_in_flight
                 ),
-                retry_after: poll,
+                retry_after: retry,
             });
         }
         if let Some(limit) = self.per_hour {
@@ -69,6 +84,7 @@ impl GenerationGuard {
                 });
             }
         }
+        self.waiting.retain(|k| k != key);
         self.in_flight.insert(key.to_string());
         self.started.push_back(now);
         Ok(())
@@ -94,6 +110,18 @@ impl GenerationGuard {
     /// The object is gone or suspended.
     pub fn forget(&mut self, key: &str) {
         self.in_flight.remove(key);
+        self.waiting.retain(|k| k != key);
+    }
+
+    /// The waiting objects that free slots could serve now, oldest first; they leave the queue
+    /// (and rejoin it at the back if refused again).
+    pub fn take_woken(&mut self) -> Vec<String> {
+        let free = match self.max_in_flight {
+            0 => self.waiting.len(),
+            max => max.saturating_sub(self.in_flight.len()),
+        };
+        let n = free.min(self.waiting.len());
+        self.waiting.drain(..n).collect()
     }
 
     pub fn in_flight(&self) -> usize {
@@ -134,6 +162,26 @@ mod tests {
         g.observe("a", false);
         assert!(g.try_start("c", t(2), POLL).is_ok());
         assert_eq!(g.in_flight(), 2);
+    }
+
+    #[test]
+    fn waiters_are_woken_in_arrival_order_as_slots_free() {
+        let mut g = GenerationGuard::new(1, None);
+        assert!(g.try_start("a", t(0), POLL).is_ok());
+        for key in ["b", "c", "b"] {
+            assert!(g.try_start(key, t(0), POLL).is_err());
+        }
+        assert!(g.take_woken().is_empty(), "no slot free yet");
+        g.observe("a", false);
+        assert_eq!(
+            g.take_woken(),
+            vec!["b".to_string()],
+            "one slot: the oldest waiter"
+        );
+        assert!(g.try_start("b", t(1), POLL).is_ok());
+        g.forget("c");
+        g.observe("b", false);
+        assert!(g.take_woken().is_empty(), "a forgotten waiter is not woken");
     }
 
     #[test]
