@@ -54,16 +54,11 @@ impl GenerationGuard {
             if !self.waiting.iter().any(|k| k == key) {
                 self.waiting.push_back(key.to_string());
             }
-            let position = self
-                .waiting
-                .iter()
-                .position(|k| k == key)
-                .map_or(0, |p| p + 1);
+            // Nothing in the message that changes while it waits: each change is a status write.
             return Err(Refusal {
                 reason: "WaitingForGenerationSlot",
                 message: format!(
-                    "{} generations are running (limit {}, --max-concurrent-generations); this one is number {position} in line",
-                    self.in_flight.len(),
+                    "the limit of {} generations at once is reached (--max-concurrent-generations); this one starts when a slot frees, in arrival order",
                     self.max_in_flight
                 ),
                 retry_after: retry,
