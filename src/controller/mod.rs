@@ -135,6 +135,9 @@ async fn run_controller(
     // operator's own writes do not wake it up again.
     let changes = watcher(objects.clone(), watcher::Config::default().any_semantic())
         .default_backoff()
+        // managedFields are most of an object's size and the operator never reads them; left
+        // out (None), a status replace also leaves them as the API server has them.
+        .modify(|obj: &mut AgentDynamics| obj.metadata.managed_fields = None)
         .reflect(writer)
         .applied_objects()
         .predicate_filter(relevant_change, Default::default());
