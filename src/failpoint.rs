@@ -55,7 +55,12 @@ pub fn hit(name: &str) {
     let Some((_, p)) = points.armed.iter().find(|(n, _)| n == name) else {
         return;
     };
-    let fire = *p >= 1.0 || points.rng.lock().map(|mut r| r.random_bool(p.clamp(0.0, 1.0))).unwrap_or(true);
+    let fire = *p >= 1.0
+        || points
+            .rng
+            .lock()
+            .map(|mut r| r.random_bool(p.clamp(0.0, 1.0)))
+            .unwrap_or(true);
     if fire {
         eprintln!("failpoint {name} hit");
         std::process::exit(EXIT_CODE);

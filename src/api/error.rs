@@ -490,15 +490,31 @@ mod tests {
         }
         // Only a refusal or a connection that never opened proves a generate call bought nothing.
         let refused: Vec<_> = [
-            InvalidRequest, Unauthorized, InsufficientCredits, NotFound, RateLimited, Unavailable,
-            Server, Timeout, Connect, Transport, Decode,
+            InvalidRequest,
+            Unauthorized,
+            InsufficientCredits,
+            NotFound,
+            RateLimited,
+            Unavailable,
+            Server,
+            Timeout,
+            Connect,
+            Transport,
+            Decode,
         ]
         .into_iter()
         .filter(ApiErrorKind::refused_before_processing)
         .collect();
         assert_eq!(
             refused,
-            vec![InvalidRequest, Unauthorized, InsufficientCredits, NotFound, RateLimited, Connect]
+            vec![
+                InvalidRequest,
+                Unauthorized,
+                InsufficientCredits,
+                NotFound,
+                RateLimited,
+                Connect
+            ]
         );
         assert_eq!(ApiErrorKind::from_http_status(422), InvalidRequest);
     }
