@@ -124,9 +124,11 @@ pub struct RunArgs {
     /// Retry of a Stalled object (a spec or Secret change retries at once).
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
     pub stalled_retry: Duration,
-    /// How long an unexplained pending generate call is given before it is sent again.
-    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
-    pub pending_grace: Duration,
+    /// How long a generate call that was accepted (or got no definite answer) may stay invisible
+    /// in GET before the object is Stalled. Nothing is ever sent again for it automatically.
+    /// At least --api-timeout plus --poll-max.
+    #[arg(long, env = "VISIBILITY_WINDOW", default_value = "15m", value_parser = humantime::parse_duration)]
+    pub visibility_window: Duration,
 }
 
 impl RunArgs {
@@ -137,19 +139,29 @@ impl RunArgs {
                 .unwrap_or_else(|_| "dynamics-operator".into());
             format!("{host}-{}", std::process::id())
         });
+        let settings = Settings {
+            resync: self.resync,
+            poll_min: self.poll_min,
+            poll_max: self.poll_max,
+            stalled_retry: self.stalled_retry,
+            visibility_window: self.visibility_window,
+            ..Settings::default()
+        };
+        settings
+            .validate(self.api.api_timeout)
+            .map_err(|e| anyhow::anyhow!("refusing to start: {e}"))?;
+        if self.concurrency == 0 {
+            anyhow::bail!("refusing to start: --concurrency must be at least 1");
+        }
+        if self.lease_duration < 2 {
+            anyhow::bail!("refusing to start: --lease-duration must be at least 2 seconds");
+        }
         Ok(RunConfig {
             default_secret: self.api.secret()?,
             api: self.api.client_config(),
             namespace: self.namespace,
             concurrency: self.concurrency,
-            settings: Settings {
-                resync: self.resync,
-                poll_min: self.poll_min,
-                poll_max: self.poll_max,
-                stalled_retry: self.stalled_retry,
-                pending_grace: self.pending_grace,
-                ..Settings::default()
-            },
+            settings,
             max_concurrent_generations: self.max_concurrent_generations,
             generations_per_hour: self.generations_per_hour,
             metrics_addr: self.metrics_addr,

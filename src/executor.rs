@@ -10,15 +10,17 @@ use std::time::Duration;
 use jiff::Timestamp;
 use rand::Rng;
 
-use crate::api::{
-    ApiErrorKind, ApiSecret, DynamicsClient, Regeneration, RemoteStatus, UpdateRequest,
-};
+use crate::api::{ApiErrorKind, ApiSecret, DynamicsClient, UpdateRequest};
+use crate::failpoint;
 use crate::reconcile::guard::GenerationGuard;
 use crate::reconcile::plan::{
-    generate_refused, plan, report_error, Action, Blocker, GeneratePlan, Input, Observation,
-    RemoteError, Report, Settings,
+    holds_generation_slot, plan, report_error, Action, Blocker, GeneratePlan, Input, Observation,
+    RemoteError, Report, Settings, CREDITS_PER_GENERATION, MAX_REMOTE_WAIT,
 };
-use crate::reconcile::transitions::{after_generate, after_update, observe, settle, with_marker};
+use crate::reconcile::reasons;
+use crate::reconcile::transitions::{
+    after_generate, after_update, observe, record_generate_outcome, settle, with_marker,
+};
 use crate::reconcile::Health;
 use crate::resource::{AgentDynamicsSpec, AgentDynamicsStatus};
 
@@ -54,6 +56,24 @@ pub enum SaveError {
     Other(String),
 }
 
+/// How a generate call ended, for counting (every call that may have been charged is counted).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GenerateCall {
+    Accepted,
+    Refused,
+    Unknown,
+}
+
+impl GenerateCall {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            GenerateCall::Accepted => "accepted",
+            GenerateCall::Refused => "refused",
+            GenerateCall::Unknown => "unknown",
+        }
+    }
+}
+
 /// Where a pass keeps status and sends notes.
 pub trait StatusSink: Send {
     /// Persist `status`; fail with `SaveError::Conflict` if the object changed since it was read.
@@ -61,8 +81,16 @@ pub trait StatusSink: Send {
         &mut self,
         status: &AgentDynamicsStatus,
     ) -> impl Future<Output = Result<(), SaveError>> + Send;
+    /// Read the stored status again (after a conflict), so the next `save` is based on it.
+    fn reload(&mut self) -> impl Future<Output = Result<AgentDynamicsStatus, SaveError>> + Send;
     fn note(&mut self, note: Note);
+    /// A generate call was sent and ended this way.
+    fn generate_called(&mut self, outcome: GenerateCall);
 }
+
+/// How often a status that records a generate call's outcome is re-read and written again
+/// after conflicts before the pass gives up (the marker then keeps the call from repeating).
+const OUTCOME_SAVE_ATTEMPTS: usize = 5;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum PassResult {
@@ -83,6 +111,16 @@ pub enum PassError {
     /// Deletion could not finish (the remote refused the disabling PUT); the object keeps its finalizer.
     #[error("cleanup of {key} is not finished: {message}")]
     Cleanup { key: String, message: String },
+}
+
+/// `plan`'s answer with the GET it needed.
+struct Decided {
+    action: Action,
+    remote: Option<Observation>,
+    /// The stored status with what GET showed (and the marker settled against it).
+    status: AgentDynamicsStatus,
+    /// A generate call of unknown outcome was found to have landed.
+    adopted: bool,
 }
 
 /// What `plan` would do for an object, without doing it (for `dynamics-operator plan`).
@@ -155,16 +193,21 @@ impl Executor {
         sink: &mut impl StatusSink,
     ) -> Result<PassResult, PassError> {
         let now = Timestamp::now();
-        let (action, remote, status) = self.decide(obj, secret, failures, now).await;
+        let decided = self.decide(obj, secret, failures, now).await;
+        let (action, remote, status) = (decided.action, decided.remote, decided.status);
         let input = self.input(obj, &status, remote.as_ref(), failures, now);
+        if decided.adopted {
+            sink.note(note(false, reasons::GENERATION_ADOPTED, "a generate call whose reply was lost did land (the API shows its job); it is followed, not sent again"));
+        }
+        if remote.is_some() {
+            let holding = holds_generation_slot(&input);
+            self.with_guard(|guard| guard.observe(&obj.key, holding));
+        }
         // `plan` asks for a remote call only once the secret resolved.
         let secret = || secret.expect("plan calls the API only with a secret");
         match action {
             Action::Observe => unreachable!("decide observes before it returns"),
             Action::Report(report) => {
-                if report.adopt.is_some() {
-                    sink.note(note(false, "GenerationAdopted", "found the marker of a generate call whose reply was lost; the API shows it landed, so it is followed instead of sent again"));
-                }
                 if matches!(report.health, Health::Suspended) {
                     self.forget(&obj.key);
                 }
@@ -191,29 +234,39 @@ impl Executor {
 
     /// GET and plan only: no POST, no PUT, no status write.
     pub async fn preview(&self, obj: &ObjectView, secret: Option<&ApiSecret>) -> Preview {
-        let (action, remote, _) = self.decide(obj, secret, 0, Timestamp::now()).await;
-        Preview { action, remote }
+        let decided = self.decide(obj, secret, 0, Timestamp::now()).await;
+        Preview {
+            action: decided.action,
+            remote: decided.remote,
+        }
     }
 
-    /// Ask `plan`, doing the GET it asks for first. Returns the action, what GET said, and the
-    /// status updated with it.
+    /// Ask `plan`, doing the GET it asks for first.
     async fn decide(
         &self,
         obj: &ObjectView,
         secret: Option<&ApiSecret>,
         failures: u32,
         now: Timestamp,
-    ) -> (Action, Option<Observation>, AgentDynamicsStatus) {
+    ) -> Decided {
         let mut remote = None;
         let mut status = obj.status.clone();
+        let mut adopted = false;
         loop {
             let action = plan(&self.input(obj, &status, remote.as_ref(), failures, now));
             if action != Action::Observe {
-                return (action, remote, status);
+                return Decided {
+                    action,
+                    remote,
+                    status,
+                    adopted,
+                };
             }
             let observation = self.observe(obj, secret).await;
             if let Observation::Found(state) = &observation {
-                status = observe(&status, state);
+                let observed = observe(&status, state);
+                status = observed.status;
+                adopted = observed.adopted;
             }
             remote = Some(observation);
         }
@@ -244,14 +297,7 @@ impl Executor {
     async fn observe(&self, obj: &ObjectView, secret: Option<&ApiSecret>) -> Observation {
         let secret = secret.expect("plan observes only when the secret resolved");
         match self.client.get(secret, &obj.spec.agent_id).await {
-            Ok(state) => {
-                let generating = state
-                    .status
-                    .as_ref()
-                    .is_some_and(RemoteStatus::is_in_progress);
-                self.with_guard(|guard| guard.observe(&obj.key, generating));
-                Observation::Found(state)
-            }
+            Ok(state) => Observation::Found(state),
             Err(err) => Observation::Failed(RemoteError::from(&err)),
         }
     }
@@ -272,13 +318,9 @@ impl Executor {
             .await
             .map_err(|e| RemoteError::from(&e));
         let (status, report) = after_update(input, dynamics_hash, outcome.as_ref());
-        if let Ok(reply) = &outcome {
+        if outcome.is_ok() {
             let message = format!("dynamics block applied to agent {}", obj.spec.agent_id);
             sink.note(note(false, "DynamicsApplied", &message));
-            if matches!(reply.regeneration, Some(Regeneration::Started)) {
-                // The agent is generating again: it holds a slot until a GET sees it finish.
-                self.with_guard(|guard| guard.observe(&obj.key, true));
-            }
         }
         self.finish(obj, input, status, report, sink).await
     }
@@ -333,7 +375,7 @@ impl Executor {
         Ok(PassResult::Released)
     }
 
-    /// Marker first (conditional write), then exactly one POST.
+    /// Marker first (conditional write), then exactly one POST, then its outcome recorded for good.
     async fn generate(
         &self,
         obj: &ObjectView,
@@ -368,13 +410,7 @@ impl Executor {
             self.with_guard(|guard| guard.cancel(&obj.key));
             return Err(err.into());
         }
-        if generate.resend {
-            sink.note(note(
-                true,
-                "GenerationResent",
-                "a generate call sent earlier left no trace remotely; sending it once more",
-            ));
-        }
+        failpoint::hit(failpoint::AFTER_MARKER_SAVED);
 
         let key = format!("{}-{}", obj.uid, generate.idempotency_key);
         let outcome = self
@@ -382,27 +418,77 @@ impl Executor {
             .generate(secret, &generate.request, Some(&key))
             .await
             .map_err(|e| RemoteError::from(&e));
+        failpoint::hit(failpoint::AFTER_GENERATE_REPLY);
         let marked_input = Input {
             status: &marked,
             ..input.clone()
         };
         let (status, report) = after_generate(&marked_input, generate, outcome.as_ref());
-        match &outcome {
-            Ok(_) => sink.note(note(
-                false,
-                "GenerationStarted",
-                &format!(
-                    "generation {} started for agent {} (250 credits)",
-                    status.generations, obj.spec.agent_id
-                ),
-            )),
-            Err(err) if generate_refused(err.kind) => {
-                self.with_guard(|guard| guard.cancel(&obj.key));
+        let agent = &obj.spec.agent_id;
+        let call = match &outcome {
+            Ok(_) => {
+                sink.note(note(
+                    false,
+                    reasons::GENERATION_STARTED,
+                    &format!(
+                        "generation {} started for agent {agent} ({CREDITS_PER_GENERATION} credits)",
+                        status.generations
+                    ),
+                ));
+                GenerateCall::Accepted
             }
-            Err(_) => {}
+            Err(err) if err.kind.refused_before_processing() => {
+                self.with_guard(|guard| guard.cancel(&obj.key));
+                GenerateCall::Refused
+            }
+            Err(err) => {
+                sink.note(note(
+                    true,
+                    reasons::GENERATION_OUTCOME_PENDING,
+                    &format!(
+                        "the generate call for agent {agent} got no definite answer ({}); it may have been charged ({CREDITS_PER_GENERATION} credits) and is never sent again automatically",
+                        err.message
+                    ),
+                ));
+                GenerateCall::Unknown
+            }
+        };
+        sink.generate_called(call);
+        self.save_outcome(obj, &marked_input, &marked, status, report, sink, |fresh| {
+            record_generate_outcome(fresh, generate, outcome.as_ref(), input.now)
+        })
+        .await
+    }
+
+    /// Like `finish`, but a conflicting write re-reads the status and re-applies `record` to it:
+    /// the outcome of a generate call must reach the store even when someone else wrote meanwhile.
+    #[allow(clippy::too_many_arguments)]
+    async fn save_outcome(
+        &self,
+        obj: &ObjectView,
+        input: &Input<'_>,
+        saved: &AgentDynamicsStatus,
+        status: AgentDynamicsStatus,
+        report: Report,
+        sink: &mut impl StatusSink,
+        record: impl Fn(&AgentDynamicsStatus) -> AgentDynamicsStatus,
+    ) -> Result<PassResult, PassError> {
+        let mut status = status;
+        let mut saved = saved.clone();
+        for attempt in 1.. {
+            match self
+                .finish_from(obj, input, &saved, status, report.clone(), sink)
+                .await
+            {
+                Err(PassError::Save(SaveError::Conflict)) if attempt < OUTCOME_SAVE_ATTEMPTS => {
+                    tracing::debug!(object = %obj.key, attempt, "conflict while recording a generate call; re-reading");
+                    saved = sink.reload().await?;
+                    status = record(&saved);
+                }
+                result => return result,
+            }
         }
-        self.finish_from(obj, &marked_input, &marked, status, report, sink)
-            .await
+        unreachable!("the loop returns by its last attempt")
     }
 
     async fn finish(
@@ -454,10 +540,12 @@ fn newly_stalled(saved: &AgentDynamicsStatus, health: &Health) -> bool {
     !before.is_some_and(|c| c.status == "True" && &c.reason == reason)
 }
 
-/// Up to +10%, so objects created together do not poll together.
+/// Up to +10%, so objects created together do not poll together. Capped first, so no wait the
+/// API can name overflows or panics.
 fn jitter(after: Duration) -> Duration {
+    let after = after.min(MAX_REMOTE_WAIT);
     let extra = rand::rng().random_range(0.0..0.1);
-    after + after.mul_f64(extra)
+    after.saturating_add(after.mul_f64(extra))
 }
 
 fn note(warning: bool, reason: &str, message: &str) -> Note {

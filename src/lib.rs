@@ -8,6 +8,7 @@ pub mod api;
 pub mod cli;
 pub mod controller;
 pub mod executor;
+pub mod failpoint;
 pub mod filemode;
 pub mod metrics;
 pub mod reconcile;

@@ -42,6 +42,11 @@ struct EndpointLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReadyLabel {
     ready: String,
 }
@@ -54,6 +59,7 @@ pub struct Metrics {
     remote_calls: Family<CallLabels, Counter>,
     remote_latency: Family<EndpointLabel, Histogram>,
     generations: Counter,
+    generate_calls: Family<OutcomeLabel, Counter>,
     status_writes: Counter,
     objects: Family<ReadyLabel, Gauge>,
     readiness: Mutex<HashMap<String, bool>>,
@@ -76,6 +82,7 @@ impl Metrics {
             Histogram::new(exponential_buckets(0.005, 2.0, 14))
         });
         let generations = Counter::default();
+        let generate_calls = Family::<OutcomeLabel, Counter>::default();
         let status_writes = Counter::default();
         let objects = Family::<ReadyLabel, Gauge>::default();
         registry.register(
@@ -100,8 +107,13 @@ impl Metrics {
         );
         registry.register(
             "generations",
-            "Generate calls sent (each costs credits)",
+            "Generate calls that may have been charged (accepted, or with an unknown outcome); 250 credits each",
             generations.clone(),
+        );
+        registry.register(
+            "generate_calls",
+            "Generate calls sent, by outcome (accepted, refused, unknown)",
+            generate_calls.clone(),
         );
         registry.register(
             "status_writes",
@@ -120,6 +132,7 @@ impl Metrics {
             remote_calls,
             remote_latency,
             generations,
+            generate_calls,
             status_writes,
             objects,
             readiness: Mutex::new(HashMap::new()),
@@ -143,8 +156,16 @@ impl Metrics {
             .inc();
     }
 
-    pub fn generation_sent(&self) {
-        self.generations.inc();
+    /// A generate call ended with `outcome` (accepted, refused or unknown).
+    pub fn generate_call(&self, outcome: &str) {
+        self.generate_calls
+            .get_or_create(&OutcomeLabel {
+                outcome: outcome.to_string(),
+            })
+            .inc();
+        if outcome != "refused" {
+            self.generations.inc();
+        }
     }
 
     pub fn status_written(&self) {
@@ -243,7 +264,8 @@ mod tests {
         let m = Metrics::new();
         m.observe(Endpoint::Generate, Some(200), Duration::from_millis(12));
         m.observe(Endpoint::Get, None, Duration::from_millis(3));
-        m.generation_sent();
+        m.generate_call("accepted");
+        m.generate_call("refused");
         m.object_ready("a/x", Some(true));
         m.object_ready("a/y", Some(false));
         m.object_ready("a/y", None);

@@ -1108,7 +1108,7 @@ async fn unknown_remote_status_is_kept_and_not_ready() {
     let s = stub_client(url, 0).get(&secret(), "A").await.unwrap();
     let status = s.status.unwrap();
     assert_eq!(status, RemoteStatus::Unknown("Queued_v2".into()));
-    assert!(!status.is_terminal() && !status.is_in_progress());
+    assert!(!status.is_terminal() && status.is_in_progress());
     assert_eq!(serde_json::to_string(&status).unwrap(), "\"Queued_v2\"");
 }
 

@@ -95,8 +95,8 @@ impl Env {
             "1s",
             "--stalled-retry",
             "20s",
-            "--pending-grace",
-            "3s",
+            "--visibility-window",
+            "8s",
             "--api-timeout",
             "5s",
         ]

@@ -268,6 +268,9 @@ impl DynamicsClient {
         let outcome = match rb.send().await {
             Err(e) => Err(transport_error(e, call.endpoint)),
             Ok(resp) => {
+                if call.endpoint == Endpoint::Generate {
+                    crate::failpoint::hit(crate::failpoint::AFTER_GENERATE_SENT);
+                }
                 let status = resp.status().as_u16();
                 let retry_after = resp
                     .headers()
@@ -348,6 +351,8 @@ fn secret_header(secret: &ApiSecret, call: &Call<'_>) -> Result<HeaderValue, Api
 fn transport_error(e: reqwest::Error, endpoint: Endpoint) -> ApiError {
     let kind = if e.is_timeout() {
         ApiErrorKind::Timeout
+    } else if e.is_connect() {
+        ApiErrorKind::Connect
     } else {
         ApiErrorKind::Transport
     };

@@ -60,7 +60,9 @@ pub enum ApiErrorKind {
     Server,
     /// Connect or request timeout.
     Timeout,
-    /// Connection refused, reset or closed before a reply.
+    /// The connection never opened (refused, DNS, TLS handshake): nothing was sent.
+    Connect,
+    /// Connection reset or closed before a reply: the request may have been processed.
     Transport,
     /// A reply that could not be understood.
     Decode,
@@ -78,6 +80,7 @@ impl ApiErrorKind {
             ApiErrorKind::Unavailable => "RemoteUnavailable",
             ApiErrorKind::Server => "RemoteError",
             ApiErrorKind::Timeout => "Timeout",
+            ApiErrorKind::Connect => "ConnectFailed",
             ApiErrorKind::Transport => "TransportError",
             ApiErrorKind::Decode => "BadReply",
         }
@@ -93,14 +96,41 @@ impl ApiErrorKind {
                 | ApiErrorKind::Unavailable
                 | ApiErrorKind::Server
                 | ApiErrorKind::Timeout
+                | ApiErrorKind::Connect
                 | ApiErrorKind::Transport
+        )
+    }
+
+    /// Whether a failed generate call certainly bought nothing: the API refused it (400, 401,
+    /// 402, 404, 422, 429) or the connection never opened. Anything else (a timeout, a dropped
+    /// connection, a 5xx, a reply we cannot read) may have been processed and charged.
+    pub fn refused_before_processing(&self) -> bool {
+        matches!(
+            self,
+            ApiErrorKind::InvalidRequest
+                | ApiErrorKind::Unauthorized
+                | ApiErrorKind::InsufficientCredits
+                | ApiErrorKind::NotFound
+                | ApiErrorKind::RateLimited
+                | ApiErrorKind::Connect
+        )
+    }
+
+    /// Whether the user must change something (spec, Secret, account) before a retry can succeed.
+    pub fn needs_user_action(&self) -> bool {
+        matches!(
+            self,
+            ApiErrorKind::InvalidRequest
+                | ApiErrorKind::Unauthorized
+                | ApiErrorKind::InsufficientCredits
+                | ApiErrorKind::NotFound
         )
     }
 
     /// Classifies a non-2xx HTTP status.
     pub fn from_http_status(status: u16) -> Self {
         match status {
-            400 => ApiErrorKind::InvalidRequest,
+            400 | 422 => ApiErrorKind::InvalidRequest,
             401 | 403 => ApiErrorKind::Unauthorized,
             402 => ApiErrorKind::InsufficientCredits,
             404 => ApiErrorKind::NotFound,
@@ -396,6 +426,9 @@ impl ApiError {
             ApiErrorKind::Timeout => format!(
                 "the {ep} call for agent {agent} timed out{remote_sfx}; retrying with backoff{unsure_generate}"
             ),
+            ApiErrorKind::Connect => format!(
+                "could not connect to the Dynamics API for the {ep} call for agent {agent}{remote_sfx}; nothing was sent: check the network path to the API and its base URL"
+            ),
             ApiErrorKind::Transport => format!(
                 "could not complete the {ep} call for agent {agent}{remote_sfx}; check the network path to the Dynamics API and its base URL{unsure_generate}"
             ),
@@ -447,6 +480,7 @@ mod tests {
             (Unavailable, "RemoteUnavailable", true),
             (Server, "RemoteError", true),
             (Timeout, "Timeout", true),
+            (Connect, "ConnectFailed", true),
             (Transport, "TransportError", true),
             (Decode, "BadReply", false),
         ];
@@ -454,6 +488,35 @@ mod tests {
             assert_eq!(k.reason(), reason);
             assert_eq!(k.is_retryable(), retry, "{reason}");
         }
+        // Only a refusal or a connection that never opened proves a generate call bought nothing.
+        let refused: Vec<_> = [
+            InvalidRequest,
+            Unauthorized,
+            InsufficientCredits,
+            NotFound,
+            RateLimited,
+            Unavailable,
+            Server,
+            Timeout,
+            Connect,
+            Transport,
+            Decode,
+        ]
+        .into_iter()
+        .filter(ApiErrorKind::refused_before_processing)
+        .collect();
+        assert_eq!(
+            refused,
+            vec![
+                InvalidRequest,
+                Unauthorized,
+                InsufficientCredits,
+                NotFound,
+                RateLimited,
+                Connect
+            ]
+        );
+        assert_eq!(ApiErrorKind::from_http_status(422), InvalidRequest);
     }
 
     #[test]

@@ -49,11 +49,10 @@ impl RemoteStatus {
         matches!(self, RemoteStatus::Ready | RemoteStatus::Failed)
     }
 
+    /// Everything that is not terminal, unknown values included: a status this client does not
+    /// know (`queued`, ...) is treated as work under way, never as "nothing there".
     pub fn is_in_progress(&self) -> bool {
-        matches!(
-            self,
-            RemoteStatus::Processing | RemoteStatus::Generating | RemoteStatus::Completed
-        )
+        !self.is_terminal()
     }
 }
 
@@ -111,7 +110,10 @@ mod tests {
         assert_eq!(s, RemoteStatus::Unknown("Queued-ish".into()));
         assert_eq!(s.as_str(), "Queued-ish");
         assert!(!s.is_terminal());
-        assert!(!s.is_in_progress());
+        assert!(
+            s.is_in_progress(),
+            "an unknown status counts as work under way"
+        );
     }
 
     #[test]

@@ -99,9 +99,6 @@ impl Context {
             .pass(&view, secret.as_ref(), failures, &mut sink)
             .await;
         sink.publish(&self.recorder).await;
-        if sink.generated() {
-            self.metrics.generation_sent();
-        }
         match result? {
             PassResult::Released => {
                 self.metrics.reconciled("released");

@@ -8,7 +8,7 @@ use kube::api::PostParams;
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Api, Resource, ResourceExt};
 
-use crate::executor::{Note, SaveError, StatusSink};
+use crate::executor::{GenerateCall, Note, SaveError, StatusSink};
 use crate::metrics::Metrics;
 use crate::resource::{AgentDynamics, AgentDynamicsStatus};
 
@@ -28,11 +28,6 @@ impl KubeStatusSink {
             metrics,
             notes: Vec::new(),
         }
-    }
-
-    /// Whether this pass sent a generate call (for the generations metric).
-    pub fn generated(&self) -> bool {
-        self.notes.iter().any(|n| n.reason == "GenerationStarted")
     }
 
     /// Send the pass's notes as Events. An Event that cannot be written is logged, not retried:
@@ -76,6 +71,20 @@ impl StatusSink for KubeStatusSink {
             Err(kube::Error::Api(status)) if status.is_conflict() => Err(SaveError::Conflict),
             Err(err) => Err(SaveError::Other(err.to_string())),
         }
+    }
+
+    async fn reload(&mut self) -> Result<AgentDynamicsStatus, SaveError> {
+        match self.api.get_status(&self.object.name_any()).await {
+            Ok(fresh) => {
+                self.object = fresh;
+                Ok(self.object.status.clone().unwrap_or_default())
+            }
+            Err(err) => Err(SaveError::Other(err.to_string())),
+        }
+    }
+
+    fn generate_called(&mut self, outcome: GenerateCall) {
+        self.metrics.generate_call(outcome.as_str());
     }
 
     fn note(&mut self, note: Note) {

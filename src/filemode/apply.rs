@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
 
 use crate::api::ApiSecret;
-use crate::executor::{Executor, Note, ObjectView, PassError, PassResult, SaveError, StatusSink};
+use crate::executor::{
+    Executor, GenerateCall, Note, ObjectView, PassError, PassResult, SaveError, StatusSink,
+};
 use crate::reconcile::guard::GenerationGuard;
 use crate::reconcile::{Health, Settings};
 use crate::resource::AgentDynamicsStatus;
@@ -42,6 +44,9 @@ struct Tracked {
 }
 
 pub(super) async fn run(args: ApplyArgs) -> anyhow::Result<i32> {
+    if args.timeout.is_zero() {
+        anyhow::bail!("--timeout must be greater than 0");
+    }
     let common = &args.common;
     let prepared = match prepare(common, Mode::Apply).await? {
         Ok(p) => p,
@@ -342,9 +347,30 @@ impl StatusSink for FileSink {
         std::future::ready(self.save_now(status))
     }
 
+    fn reload(
+        &mut self,
+    ) -> impl std::future::Future<Output = Result<AgentDynamicsStatus, SaveError>> + Send {
+        let stored = lock(&self.store).get(&self.key).map(|r| r.status.clone());
+        let result = match stored {
+            Some(status) => {
+                self.read = status.clone();
+                Ok(status)
+            }
+            None => Err(SaveError::Other(format!(
+                "{} is missing from the state",
+                self.key
+            ))),
+        };
+        std::future::ready(result)
+    }
+
     fn note(&mut self, note: Note) {
         self.notes.push(note);
     }
+
+    /// The run's summary counts from the status (`generations`), which records every call that
+    /// may have been charged.
+    fn generate_called(&mut self, _outcome: GenerateCall) {}
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -33,7 +33,7 @@ pub use output::OutputFormat;
 use state::{ObjectState, StateStore, DEFAULT_STATE_FILE};
 
 /// Credits one generation costs (bitHuman's price; shown by `plan` and `apply`).
-pub const CREDITS_PER_GENERATION: u64 = 250;
+pub const CREDITS_PER_GENERATION: u64 = crate::reconcile::CREDITS_PER_GENERATION as u64;
 
 /// Exit codes shared by both commands.
 pub mod exit {

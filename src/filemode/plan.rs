@@ -6,10 +6,9 @@ use serde::Serialize;
 
 use crate::api::RemoteStatus;
 use crate::executor::{Executor, Preview};
-use crate::reconcile::desired::{dynamics_hash, inputs_hash};
+use crate::reconcile::desired::{changed_inputs, dynamics_hash, inputs_hash};
 use crate::reconcile::guard::GenerationGuard;
-use crate::reconcile::{Action, Health, Observation, Settings};
-use crate::resource::AgentDynamicsSpec;
+use crate::reconcile::{Action, GenerateCause, Health, Observation, Settings};
 
 use super::output::{self, OutputFormat};
 use super::{exit, prepare, Mode, Object, PlanArgs, CREDITS_PER_GENERATION};
@@ -171,40 +170,34 @@ fn describe(object: &Object, preview: &Preview) -> PlannedObject {
         _ => None,
     };
     let (action, reason, message, credits) = match &preview.action {
-        Action::Generate(generate) if generate.resend => (
-            Step::Generate,
-            "GenerationResent".to_string(),
-            "a generate call sent earlier left no trace remotely; apply would send it once more"
-                .to_string(),
-            CREDITS_PER_GENERATION,
-        ),
-        Action::Generate(_) => {
-            let (reason, why) = if remote.is_some_and(|r| !r.has_dynamics())
-                && status.generate_hash.as_deref() == Some(inputs_hash(spec).as_str())
-            {
-                (
-                    "RemoteHasNoDynamics",
-                    format!("the API has no dynamics for agent {}", spec.agent_id),
-                )
-            } else if object.previous.is_none() {
-                (
+        Action::Generate(generate) => {
+            let (reason, why) = match generate.cause {
+                _ if object.previous.is_none() => (
                     "NotGeneratedYet",
                     "not in the state file yet: apply would generate its dynamics".to_string(),
-                )
-            } else if status.generate_hash.is_none() {
-                (
+                ),
+                GenerateCause::FirstGeneration => (
                     "NotGeneratedYet",
-                    "no generation was accepted for it yet".to_string(),
-                )
-            } else {
-                let why = match changed_inputs(object.previous.as_ref().map(|p| &p.spec), spec) {
-                    fields if fields.is_empty() => {
-                        "the generate inputs differ from those of the last accepted generation"
+                    "no generation was bought for it yet".to_string(),
+                ),
+                GenerateCause::ReplacesStalledCall => (
+                    "GenerateInputsChanged",
+                    "the generate inputs changed after an earlier call was given up on".to_string(),
+                ),
+                GenerateCause::InputsChanged => {
+                    let changed = object
+                        .previous
+                        .as_ref()
+                        .map(|p| changed_inputs(&p.spec, spec))
+                        .unwrap_or_default();
+                    let why = if changed.is_empty() {
+                        "the generate inputs differ from those of the last generation bought"
                             .to_string()
-                    }
-                    fields => format!("{} changed", fields.join(", ")),
-                };
-                ("GenerateInputsChanged", why)
+                    } else {
+                        format!("{} changed", changed.join(", "))
+                    };
+                    ("GenerateInputsChanged", why)
+                }
             };
             (
                 Step::Generate,
@@ -245,7 +238,6 @@ fn describe(object: &Object, preview: &Preview) -> PlannedObject {
                 let follow_up = remote
                     .and_then(|r| r.status.as_ref())
                     .is_some_and(RemoteStatus::is_in_progress)
-                    && report.adopt.is_none()
                     && status.generate_hash.as_deref() != Some(inputs_hash(spec).as_str());
                 let credits = if follow_up { CREDITS_PER_GENERATION } else { 0 };
                 (Step::Wait, reason.clone(), message.clone(), credits)
@@ -268,29 +260,4 @@ fn describe(object: &Object, preview: &Preview) -> PlannedObject {
         message,
         credits,
     }
-}
-
-/// The generate inputs that differ between the spec last applied and this one.
-fn changed_inputs(
-    previous: Option<&AgentDynamicsSpec>,
-    spec: &AgentDynamicsSpec,
-) -> Vec<&'static str> {
-    let Some(p) = previous else { return Vec::new() };
-    let mut fields = Vec::new();
-    if p.image_url != spec.image_url {
-        fields.push("spec.imageUrl");
-    }
-    if p.duration != spec.duration {
-        fields.push("spec.duration");
-    }
-    if p.model != spec.model {
-        fields.push("spec.model");
-    }
-    if p.motion_prompts != spec.motion_prompts {
-        fields.push("spec.motionPrompts");
-    }
-    if p.regenerate != spec.regenerate {
-        fields.push("spec.regenerate");
-    }
-    fields
 }

@@ -78,6 +78,7 @@ mod tests {
             api_secret_ref: reference.map(|(name, key)| SecretKeyRef {
                 name: name.into(),
                 key: key.into(),
+                unknown_fields: Default::default(),
             }),
             ..Default::default()
         };

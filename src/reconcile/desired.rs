@@ -54,16 +54,45 @@ pub fn disable_request(spec: &AgentDynamicsSpec) -> UpdateRequest {
     update_request(&block)
 }
 
+/// The generate inputs, each under its field path, as the hash sees them: empty values (an empty
+/// string, an empty list) count as absent, so adding `regenerate: ""` is not a paid change.
+/// The one list behind both the hash and the diff that `plan -f` shows.
+pub fn generate_inputs(spec: &AgentDynamicsSpec) -> [(&'static str, serde_json::Value); 5] {
+    use serde_json::{json, Value};
+    let text = |v: &Option<String>| match v.as_deref() {
+        None | Some("") => Value::Null,
+        Some(s) => json!(s),
+    };
+    let prompts = match spec.motion_prompts.as_deref() {
+        None | Some([]) => Value::Null,
+        Some(p) => json!(p),
+    };
+    [
+        ("spec.imageUrl", text(&spec.image_url)),
+        ("spec.duration", json!(spec.duration)),
+        ("spec.model", text(&spec.model)),
+        ("spec.motionPrompts", prompts),
+        ("spec.regenerate", text(&spec.regenerate)),
+    ]
+}
+
 /// Identifies the generate inputs: a change to any of them (or to `regenerate`) means one new generation.
 pub fn inputs_hash(spec: &AgentDynamicsSpec) -> String {
-    let inputs = serde_json::json!({
-        "imageUrl": spec.image_url,
-        "duration": spec.duration,
-        "model": spec.model,
-        "motionPrompts": spec.motion_prompts,
-        "regenerate": spec.regenerate,
-    });
-    short_hash(&inputs)
+    let inputs: serde_json::Map<String, serde_json::Value> = generate_inputs(spec)
+        .into_iter()
+        .map(|(path, value)| (path.trim_start_matches("spec.").to_string(), value))
+        .collect();
+    short_hash(&serde_json::Value::Object(inputs))
+}
+
+/// The generate inputs that differ between two specs, by field path.
+pub fn changed_inputs(before: &AgentDynamicsSpec, after: &AgentDynamicsSpec) -> Vec<&'static str> {
+    generate_inputs(before)
+        .into_iter()
+        .zip(generate_inputs(after))
+        .filter(|((_, a), (_, b))| a != b)
+        .map(|((path, _), _)| path)
+        .collect()
 }
 
 /// Identifies the dynamics block to apply (defaults filled in, so omitting it equals `enabled: true`).
@@ -132,6 +161,32 @@ mod tests {
     }
 
     #[test]
+    fn empty_values_count_as_absent() {
+        let base = inputs_hash(&spec());
+        let empty = AgentDynamicsSpec {
+            regenerate: Some(String::new()),
+            image_url: Some(String::new()),
+            motion_prompts: Some(vec![]),
+            ..spec()
+        };
+        assert_eq!(
+            inputs_hash(&empty),
+            base,
+            "adding empty values is not a paid change"
+        );
+        assert!(changed_inputs(&spec(), &empty).is_empty());
+        let edited = AgentDynamicsSpec {
+            regenerate: Some("1".into()),
+            model: Some("kling".into()),
+            ..spec()
+        };
+        assert_eq!(
+            changed_inputs(&spec(), &edited),
+            vec!["spec.model", "spec.regenerate"]
+        );
+    }
+
+    #[test]
     fn dynamics_hash_treats_omitted_block_as_enabled() {
         let omitted = dynamics_hash(&spec());
         let explicit = dynamics_hash(&AgentDynamicsSpec {
@@ -157,6 +212,7 @@ mod tests {
             crate::resource::BatchResultSpec {
                 video_url: Some("https://x/wave.mp4".into()),
                 status: Some("success".into()),
+                ..Default::default()
             },
         );
         let block = DynamicsBlock {
@@ -165,8 +221,10 @@ mod tests {
             result: Some(ModelRefSpec {
                 model_path: Some("https://x/m.bin".into()),
                 model_hash: Some("abc".into()),
+                ..Default::default()
             }),
             talking: None,
+            ..Default::default()
         };
         let wire = serde_json::to_value(update_request(&block)).unwrap();
         assert_eq!(

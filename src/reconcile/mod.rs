@@ -10,11 +10,13 @@ pub mod conditions;
 pub mod desired;
 pub mod guard;
 pub mod plan;
+pub mod reasons;
 pub mod transitions;
 
 pub use conditions::Health;
 pub use plan::{
-    plan, Action, Blocker, GeneratePlan, Input, Observation, RemoteError, Report, Settings,
+    plan, Action, Blocker, GenerateCause, GeneratePlan, Input, Observation, RemoteError, Report,
+    Settings, CREDITS_PER_GENERATION, MAX_REMOTE_WAIT,
 };
 
 #[cfg(test)]

@@ -1,16 +1,24 @@
 //! `plan`: the one function that decides what to do next for an `AgentDynamics`. No I/O: the
 //! controller and the file mode gather the inputs, call it, perform the action it names and feed
-//! the outcome back through `after_generate` / `after_update`. Every rule of the design notes
-//! (sections 4 and 5) is a branch here and a row in `tests`.
+//! the outcome back through `after_generate` / `after_update`. Every rule of docs/design.md is a
+//! branch here and a row in `plan_tests`.
 
 use std::time::Duration;
 
 use jiff::Timestamp;
 
 use crate::api::{ApiErrorKind, DynamicsState, GenerateRequest, RemoteStatus, UpdateRequest};
-use crate::resource::{AgentDynamicsSpec, AgentDynamicsStatus, DeletionPolicy};
+use crate::resource::{
+    AgentDynamicsSpec, AgentDynamicsStatus, DeletionPolicy, GenerateOutcome, PendingGeneration,
+};
 
 use super::conditions::Health;
+use super::reasons;
+
+/// What one generation costs the account.
+pub const CREDITS_PER_GENERATION: u32 = 250;
+/// The longest wait any answer of the API (Retry-After) can impose.
+pub const MAX_REMOTE_WAIT: Duration = Duration::from_secs(3600);
 use super::desired::{
     disable_request, dynamics_hash, generate_request, inputs_hash, update_request,
 };
@@ -28,9 +36,9 @@ pub struct Settings {
     /// Transient errors back off from `backoff_base` doubling up to `backoff_max`.
     pub backoff_base: Duration,
     pub backoff_max: Duration,
-    /// How long a pending marker may be unexplained before the generate call is sent again: longer
-    /// than a generate request can take, so a slow call is never doubled.
-    pub pending_grace: Duration,
+    /// How long a generate call (accepted, or with an unknown outcome) may stay invisible in GET
+    /// before the object is Stalled. Nothing is ever sent again for it automatically.
+    pub visibility_window: Duration,
 }
 
 impl Default for Settings {
@@ -42,8 +50,47 @@ impl Default for Settings {
             stalled_retry: Duration::from_secs(300),
             backoff_base: Duration::from_secs(1),
             backoff_max: Duration::from_secs(300),
-            pending_grace: Duration::from_secs(60),
+            visibility_window: Duration::from_secs(15 * 60),
         }
+    }
+}
+
+impl Settings {
+    /// Refuse settings that would loop hot, panic, or give up on a generate call before its
+    /// reply could even arrive. `api_timeout` is the timeout of one API request.
+    pub fn validate(&self, api_timeout: Duration) -> Result<(), String> {
+        let positive = [
+            ("--resync", self.resync),
+            ("--poll-min", self.poll_min),
+            ("--stalled-retry", self.stalled_retry),
+            ("--api-timeout", api_timeout),
+        ];
+        for (flag, value) in positive {
+            if value.is_zero() {
+                return Err(format!("{flag} must be greater than 0 (it would loop hot)"));
+            }
+        }
+        if self.poll_min > self.poll_max {
+            return Err(format!(
+                "--poll-min ({}) must not exceed --poll-max ({})",
+                humantime::format_duration(self.poll_min),
+                humantime::format_duration(self.poll_max)
+            ));
+        }
+        if self.backoff_base.is_zero() || self.backoff_base > self.backoff_max {
+            return Err(
+                "backoff base must be greater than 0 and at most the backoff maximum".into(),
+            );
+        }
+        let floor = api_timeout.saturating_add(self.poll_max);
+        if self.visibility_window < floor {
+            return Err(format!(
+                "--visibility-window ({}) must be at least --api-timeout plus --poll-max ({}): a shorter window gives up on generate calls whose job could not have shown yet",
+                humantime::format_duration(self.visibility_window),
+                humantime::format_duration(floor)
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -124,10 +171,20 @@ pub enum Action {
 pub struct GeneratePlan {
     pub request: GenerateRequest,
     pub inputs_hash: String,
-    /// Same key for a resend of the same generation, so an API that honours it charges once.
+    /// The purchase's key (with the object's uid), for an API that honours Idempotency-Key.
     pub idempotency_key: String,
-    /// True when a marker was found and the earlier call evidently did not land.
-    pub resend: bool,
+    pub cause: GenerateCause,
+}
+
+/// Why a generation is bought: always a user's change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GenerateCause {
+    /// The object has never bought one.
+    FirstGeneration,
+    /// Generate inputs (or `regenerate`) differ from those of the last purchase.
+    InputsChanged,
+    /// The user changed the inputs after an earlier call was given up on (Stalled).
+    ReplacesStalledCall,
 }
 
 /// A status to write and when to look again.
@@ -135,8 +192,6 @@ pub struct GeneratePlan {
 pub struct Report {
     pub health: Health,
     pub requeue: Duration,
-    /// A marker was found and the remote shows the call landed: record it as accepted.
-    pub adopt: Option<String>,
     /// The error was transient: the caller counts it for the next backoff.
     pub transient: bool,
 }
@@ -146,7 +201,6 @@ impl Report {
         Report {
             health,
             requeue,
-            adopt: None,
             transient: false,
         }
     }
@@ -174,7 +228,7 @@ pub fn plan(input: &Input) -> Action {
                 spec.agent_id
             );
             return Action::Report(Report::new(
-                Health::stalled("Conflict", message),
+                Health::stalled(reasons::CONFLICT, message),
                 settings.stalled_retry,
             ));
         }
@@ -186,106 +240,214 @@ pub fn plan(input: &Input) -> Action {
         }
         None => {}
     }
+    let unknown = spec.unknown_field_paths();
+    if !unknown.is_empty() {
+        let message = format!(
+            "{} {} not known to this operator (written for a newer version?); upgrade the operator or remove {}; nothing is sent meanwhile",
+            unknown.join(", "),
+            if unknown.len() == 1 { "is" } else { "are" },
+            if unknown.len() == 1 { "it" } else { "them" },
+        );
+        return Action::Report(Report::new(
+            Health::stalled(reasons::UNKNOWN_SPEC_FIELD, message),
+            settings.stalled_retry,
+        ));
+    }
 
-    let remote = match input.remote {
+    let observation = match input.remote {
         None => return Action::Observe,
-        Some(Observation::Failed(err)) => return Action::Report(report_error(err, input)),
-        Some(Observation::Found(remote)) => remote,
+        Some(observation) => observation,
     };
     let hash = inputs_hash(spec);
+    let remote = match observation {
+        Observation::Found(remote) => Some(remote),
+        // Right after a purchase, an API that lags may not know the job (or the agent's
+        // dynamics) yet: that is "nothing to see", not a reason to stall.
+        Observation::Failed(err)
+            if err.kind == ApiErrorKind::NotFound && status.pending_generation.is_some() =>
+        {
+            None
+        }
+        Observation::Failed(err) => {
+            if err.kind == ApiErrorKind::NotFound && status.generate_hash.as_deref() == Some(&hash)
+            {
+                return Action::Report(remote_missing(input, "answers 404 for it"));
+            }
+            return Action::Report(report_error(err, input));
+        }
+    };
+    let in_progress = remote
+        .and_then(|r| r.status.as_ref())
+        .is_some_and(RemoteStatus::is_in_progress);
 
-    // Crash safety: a marker we did not clear means a generate call whose outcome we never saw.
+    // A generate call was sent and GET has not shown its job yet: nothing is sent for it again.
     if let Some(pending) = &status.pending_generation {
-        let before = (
-            pending.previous_remote_status.as_deref(),
-            pending.previous_model_url.as_deref(),
+        if let Some(action) = plan_pending(input, pending, remote, &hash) {
+            return action;
+        }
+    }
+
+    if in_progress {
+        let state = remote
+            .and_then(|r| r.status.as_ref())
+            .map_or("", RemoteStatus::as_str);
+        let mut message = format!("the API reports {state}");
+        if status.generate_hash.as_deref() != Some(hash.as_str()) {
+            message.push_str("; the spec changed meanwhile: one more generation follows this one");
+        }
+        return Action::Report(Report::new(
+            Health::progressing(reasons::GENERATING, message),
+            poll_interval(input),
+        ));
+    }
+
+    // Only a user's change buys: a spec never generated, or generate inputs that differ from
+    // those of the last purchase. Never what GET shows.
+    if status.generate_hash.as_deref() != Some(hash.as_str()) {
+        return Action::Generate(generate_plan(input, hash));
+    }
+    let Some(remote) = remote.filter(|r| r.has_dynamics()) else {
+        return Action::Report(remote_missing(input, "shows no dynamics for it"));
+    };
+
+    if remote.status == Some(RemoteStatus::Failed) {
+        let detail = remote.error_message.as_deref().unwrap_or("no reason given");
+        let message = format!(
+            "the generation failed remotely ({detail}); {}",
+            buy_again_hint()
         );
-        let now_seen = (
-            remote.status.as_ref().map(RemoteStatus::as_str),
-            remote.model_url.as_deref(),
-        );
-        let landed = remote
-            .status
-            .as_ref()
-            .is_some_and(RemoteStatus::is_in_progress)
-            || now_seen != before;
-        if landed {
-            let mut report = Report::new(
-                Health::progressing("GenerationAdopted", "a generate call sent before a restart or timeout did land; following it instead of sending another"),
-                poll_interval(input),
-            );
-            report.adopt = Some(pending.inputs_hash.clone());
-            return Action::Report(report);
-        }
-        let age = since(&pending.since, input.now);
-        if age < settings.pending_grace {
-            let message = format!(
-                "a generate call was sent {}s ago and the API does not show it yet; waiting before deciding to send it again",
-                age.as_secs()
-            );
-            return Action::Report(Report::new(
-                Health::progressing("GenerationPending", message),
-                settings.pending_grace - age,
-            ));
-        }
-        return Action::Generate(generate_plan(input, hash, true));
+        return Action::Report(Report::new(
+            Health::stalled(reasons::GENERATION_FAILED, message),
+            settings.stalled_retry,
+        ));
     }
+    let dynamics = dynamics_hash(spec);
+    let applied = status.dynamics_hash.as_deref() == Some(dynamics.as_str())
+        && status.applied_for_generation == Some(status.generations);
+    if applied {
+        Action::Report(Report::new(
+            Health::Ready {
+                message: ready_message(spec),
+            },
+            settings.resync,
+        ))
+    } else {
+        Action::Update {
+            request: update_request(&spec.dynamics_or_default()),
+            dynamics_hash: dynamics,
+        }
+    }
+}
 
-    match &remote.status {
-        Some(s) if s.is_in_progress() => {
-            let mut message = format!("the API reports {}", s.as_str());
-            if status.generate_hash.as_deref() != Some(hash.as_str()) {
-                message
-                    .push_str("; the spec changed meanwhile: one more generation follows this one");
-            }
-            return Action::Report(Report::new(
-                Health::progressing("Generating", message),
-                poll_interval(input),
-            ));
-        }
-        _ => {}
+/// The rules while a marker is set. `None`: the marker no longer holds anything back (its job
+/// showed up, or it is stale and the user asked for different inputs) and the usual rules apply.
+fn plan_pending(
+    input: &Input,
+    pending: &PendingGeneration,
+    remote: Option<&DynamicsState>,
+    hash: &str,
+) -> Option<Action> {
+    let settings = input.settings;
+    if job_visible(pending, remote) {
+        // `observe` clears such a marker before `plan` runs; this only keeps `plan` safe alone.
+        return None;
     }
+    let age = since(&pending.since, input.now);
+    let expired = age >= settings.visibility_window;
+    if expired && pending.inputs_hash != hash {
+        // Stalled on an invisible job, and the user asked for something else: their new change buys.
+        return None;
+    }
+    let waited =
+        humantime::format_duration(Duration::from_secs(age.as_secs().min(u32::MAX as u64)));
+    let health = match (pending.outcome, expired) {
+        (Some(GenerateOutcome::Accepted), false) => Health::progressing(
+            reasons::AWAITING_GENERATION,
+            format!("the API accepted the generate call {waited} ago and does not show the job yet; waiting for it (nothing more is sent)"),
+        ),
+        (Some(GenerateOutcome::Accepted), true) => Health::stalled(
+            reasons::GENERATION_NOT_VISIBLE,
+            format!("the API accepted a generate call (250 credits) {waited} ago but never showed the job; nothing more is sent automatically. {}", buy_again_hint()),
+        ),
+        (_, false) => Health::progressing(
+            reasons::GENERATION_OUTCOME_PENDING,
+            format!("a generate call sent {waited} ago got no definite answer; waiting for the API to show whether it landed (nothing is sent again)"),
+        ),
+        (_, true) => Health::stalled(
+            reasons::GENERATION_OUTCOME_UNKNOWN,
+            format!("a generate call sent {waited} ago got no definite answer and the API shows no sign of it; it may have been charged, so nothing is sent automatically. {}", buy_again_hint()),
+        ),
+    };
+    let requeue = if expired {
+        settings.stalled_retry
+    } else {
+        poll_interval(input).min(settings.visibility_window - age)
+    };
+    Some(Action::Report(Report::new(health, requeue)))
+}
 
-    if status.generate_hash.as_deref() != Some(hash.as_str()) || !remote.has_dynamics() {
-        return Action::Generate(generate_plan(input, hash, false));
+/// Whether GET shows the job of the generate call `pending` stands for: work under way (any
+/// status that is not terminal), or a result that differs from what was there before the call.
+/// Nothing at all (no status, no model) is never evidence.
+pub fn job_visible(pending: &PendingGeneration, remote: Option<&DynamicsState>) -> bool {
+    let Some(remote) = remote.filter(|r| r.has_dynamics()) else {
+        return false;
+    };
+    if remote
+        .status
+        .as_ref()
+        .is_some_and(RemoteStatus::is_in_progress)
+    {
+        return true;
     }
+    let gestures: Vec<&String> = remote.gestures.keys().collect();
+    let before: Vec<&String> = pending.previous_gestures.iter().collect();
+    remote.status.as_ref().map(RemoteStatus::as_str) != pending.previous_remote_status.as_deref()
+        || remote.model_url != pending.previous_model_url
+        || gestures != before
+}
 
-    match &remote.status {
-        Some(RemoteStatus::Failed) => {
-            let detail = remote.error_message.as_deref().unwrap_or("no reason given");
-            let message = format!(
-                "the generation failed remotely ({detail}); change spec.regenerate (or another generate input) to try again"
-            );
-            Action::Report(Report::new(
-                Health::stalled("GenerationFailed", message),
-                settings.stalled_retry,
-            ))
-        }
-        Some(RemoteStatus::Unknown(other)) => {
-            let message = format!("the API reports status {other:?}, which this operator does not know; treating it as not ready");
-            Action::Report(Report::new(
-                Health::progressing("RemoteStatusUnknown", message),
-                backoff(input),
-            ))
-        }
-        _ => {
-            let dynamics = dynamics_hash(spec);
-            let applied = status.dynamics_hash.as_deref() == Some(dynamics.as_str())
-                && status.applied_for_generation == Some(status.generations);
-            if applied {
-                let message = format!(
-                    "dynamics of agent {} are generated and applied",
-                    spec.agent_id
-                );
-                Action::Report(Report::new(Health::Ready { message }, settings.resync))
-            } else {
-                Action::Update {
-                    request: update_request(&spec.dynamics_or_default()),
-                    dynamics_hash: dynamics,
-                }
-            }
-        }
+/// A remote that lost what this object bought: never bought again on the operator's initiative.
+fn remote_missing(input: &Input, what: &str) -> Report {
+    let message = format!(
+        "the API {what} although agent {} had dynamics generated for this spec; nothing is bought automatically. {}",
+        input.spec.agent_id,
+        buy_again_hint()
+    );
+    Report::new(
+        Health::stalled(reasons::REMOTE_DYNAMICS_MISSING, message),
+        input.settings.stalled_retry,
+    )
+}
+
+/// The one way to buy again on purpose.
+pub fn buy_again_hint() -> String {
+    format!("To generate again on purpose, set spec.regenerate to a new value ({CREDITS_PER_GENERATION} credits)")
+}
+
+pub fn ready_message(spec: &AgentDynamicsSpec) -> String {
+    format!(
+        "dynamics of agent {} are generated and applied",
+        spec.agent_id
+    )
+}
+
+/// Whether this object occupies one of the account's generation slots: its job runs remotely,
+/// or a call of its own is not yet seen and not yet given up on.
+pub fn holds_generation_slot(input: &Input) -> bool {
+    let remote = match input.remote {
+        Some(Observation::Found(r)) => Some(r),
+        _ => None,
+    };
+    if remote
+        .and_then(|r| r.status.as_ref())
+        .is_some_and(RemoteStatus::is_in_progress)
+    {
+        return true;
     }
+    input.status.pending_generation.as_ref().is_some_and(|p| {
+        !job_visible(p, remote) && since(&p.since, input.now) < input.settings.visibility_window
+    })
 }
 
 fn plan_deletion(input: &Input) -> Action {
@@ -311,12 +473,20 @@ fn plan_deletion(input: &Input) -> Action {
     Action::Disable(disable_request(spec))
 }
 
-fn generate_plan(input: &Input, inputs_hash: String, resend: bool) -> GeneratePlan {
+fn generate_plan(input: &Input, inputs_hash: String) -> GeneratePlan {
+    let status = input.status;
+    let cause = if status.pending_generation.is_some() {
+        GenerateCause::ReplacesStalledCall
+    } else if status.generate_hash.is_none() {
+        GenerateCause::FirstGeneration
+    } else {
+        GenerateCause::InputsChanged
+    };
     GeneratePlan {
         request: generate_request(input.spec),
-        idempotency_key: format!("{inputs_hash}-{}", input.status.generations + 1),
+        idempotency_key: inputs_hash.clone(),
         inputs_hash,
-        resend,
+        cause,
     }
 }
 
@@ -324,17 +494,15 @@ fn generate_plan(input: &Input, inputs_hash: String, resend: bool) -> GeneratePl
 pub fn report_error(err: &RemoteError, input: &Input) -> Report {
     let settings = input.settings;
     match err.kind {
-        ApiErrorKind::InvalidRequest
-        | ApiErrorKind::Unauthorized
-        | ApiErrorKind::InsufficientCredits
-        | ApiErrorKind::NotFound => Report::new(
+        kind if kind.needs_user_action() => Report::new(
             Health::stalled(err.kind.reason(), err.message.clone()),
             settings.stalled_retry,
         ),
         _ => {
-            let wait = err
-                .retry_after
-                .map_or_else(|| backoff(input), |after| after.max(settings.backoff_base));
+            let wait = err.retry_after.map_or_else(
+                || backoff(input),
+                |after| after.clamp(settings.backoff_base, MAX_REMOTE_WAIT),
+            );
             let mut report = Report::new(
                 Health::progressing(err.kind.reason(), err.message.clone()),
                 wait,
@@ -343,19 +511,6 @@ pub fn report_error(err: &RemoteError, input: &Input) -> Report {
             report
         }
     }
-}
-
-/// Did the server answer in a way that proves the generate call was not accepted?
-pub fn generate_refused(kind: ApiErrorKind) -> bool {
-    matches!(
-        kind,
-        ApiErrorKind::InvalidRequest
-            | ApiErrorKind::Unauthorized
-            | ApiErrorKind::InsufficientCredits
-            | ApiErrorKind::NotFound
-            | ApiErrorKind::RateLimited
-            | ApiErrorKind::Unavailable
-    )
 }
 
 /// Poll sooner at the start of a generation and slower as it runs long: a quarter of the time
@@ -375,11 +530,11 @@ pub fn backoff(input: &Input) -> Duration {
     (input.settings.backoff_base.saturating_mul(factor)).min(input.settings.backoff_max)
 }
 
-/// Time from an RFC 3339 stamp to now; an unreadable stamp counts as long ago.
+/// Time from an RFC 3339 stamp to now, saturating: a stamp from the future (clock skew between
+/// replicas, a restored backup) is fresh; an unreadable one is long ago (which only ever stalls).
 pub(crate) fn since(stamp: &str, now: Timestamp) -> Duration {
-    stamp
-        .parse::<Timestamp>()
-        .ok()
-        .and_then(|t| Duration::try_from(now.duration_since(t)).ok())
-        .unwrap_or(Duration::MAX)
+    match stamp.parse::<Timestamp>() {
+        Ok(t) => Duration::try_from(now.duration_since(t)).unwrap_or(Duration::ZERO),
+        Err(_) => Duration::MAX,
+    }
 }

@@ -1,4 +1,4 @@
-//! One row per reconcile rule (design notes sections 4 and 5), named after it.
+//! One row per reconcile rule (docs/design.md, "Reconcile" and "Credit safety"), named after it.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -7,13 +7,14 @@ use jiff::Timestamp;
 
 use super::desired::{dynamics_hash, inputs_hash};
 use super::plan::*;
-use super::transitions::{after_generate, after_update, settle, with_marker};
+use super::transitions::{after_generate, after_update, observe, settle, with_marker};
 use super::Health;
 use crate::api::{
     ApiErrorKind, DynamicsState, GenerateReply, Regeneration, RemoteStatus, UpdateReply,
 };
 use crate::resource::{
-    AgentDynamicsSpec, AgentDynamicsStatus, DeletionPolicy, DynamicsBlock, PendingGeneration,
+    AgentDynamicsSpec, AgentDynamicsStatus, DeletionPolicy, DynamicsBlock, GenerateOutcome,
+    PendingGeneration,
 };
 
 const NOW: i64 = 1_800_000_000;
@@ -77,22 +78,52 @@ fn generated_not_applied(spec: &AgentDynamicsSpec) -> AgentDynamicsStatus {
     }
 }
 
+/// A status whose generate call for `spec` was sent `age` seconds ago with `outcome`, when GET
+/// showed `prev_status` / `prev_url` before it.
 fn marker(
     spec: &AgentDynamicsSpec,
     age: i64,
+    outcome: Option<GenerateOutcome>,
     prev_status: Option<&str>,
     prev_url: Option<&str>,
 ) -> AgentDynamicsStatus {
+    let accepted = outcome == Some(GenerateOutcome::Accepted);
     AgentDynamicsStatus {
         pending_generation: Some(PendingGeneration {
             inputs_hash: inputs_hash(spec),
             since: ago(age),
+            outcome,
             previous_remote_status: prev_status.map(str::to_string),
             previous_model_url: prev_url.map(str::to_string),
+            previous_gestures: vec![],
         }),
+        generate_hash: accepted.then(|| inputs_hash(spec)),
+        generations: i64::from(outcome.is_some()),
         ..Default::default()
     }
 }
+
+/// An earlier purchase converged, then a new call for `spec` is pending on top of it.
+fn marker_over(
+    old: &AgentDynamicsSpec,
+    spec: &AgentDynamicsSpec,
+    age: i64,
+    outcome: Option<GenerateOutcome>,
+    prev_url: &str,
+) -> AgentDynamicsStatus {
+    let pending = marker(spec, age, outcome, Some("ready"), Some(prev_url));
+    let mut status = converged(old);
+    status.pending_generation = pending.pending_generation;
+    if outcome == Some(GenerateOutcome::Accepted) {
+        status.generate_hash = Some(inputs_hash(spec));
+    }
+    status
+}
+
+const ACCEPTED: Option<GenerateOutcome> = Some(GenerateOutcome::Accepted);
+const UNKNOWN: Option<GenerateOutcome> = Some(GenerateOutcome::Unknown);
+/// The default visibility window, in seconds.
+const WINDOW: i64 = 15 * 60;
 
 struct Row {
     name: &'static str,
@@ -126,7 +157,6 @@ fn row(
 fn describe(action: &Action) -> String {
     match action {
         Action::Observe => "observe".into(),
-        Action::Generate(p) if p.resend => "resend".into(),
         Action::Generate(_) => "generate".into(),
         Action::Update { .. } => "update".into(),
         Action::Disable(_) => "disable".into(),
@@ -138,8 +168,7 @@ fn describe(action: &Action) -> String {
                 Health::Stalled { .. } => "stalled",
                 Health::Suspended => "suspended",
             };
-            let adopt = if r.adopt.is_some() { "+adopt" } else { "" };
-            format!("{kind}:{}{adopt}", r.health.reason())
+            format!("{kind}:{}", r.health.reason())
         }
     }
 }
@@ -158,6 +187,14 @@ fn decide(r: &Row) -> Action {
         now: now(),
         settings: &settings,
     })
+}
+
+/// The spec of an earlier generation (before a regenerate), for rows that start from it.
+fn regen_base() -> AgentDynamicsSpec {
+    AgentDynamicsSpec {
+        regenerate: Some("before".into()),
+        ..spec()
+    }
 }
 
 #[test]
@@ -182,68 +219,449 @@ fn every_rule() {
     let url = "https://m/1.bin";
     let generating = || remote(Some(RemoteStatus::Generating), Some(url));
 
+    let old_url = "https://m/0.bin";
+    let queued = || remote(Some(RemoteStatus::Unknown("queued".into())), None);
+    let nothing = || remote(None, None);
+    let stalled_old_marker = marker(&s, WINDOW + 60, UNKNOWN, None, None);
     let rows = vec![
-        row("first pass observes before deciding", s.clone(), new_object.clone(), None, "observe"),
-        row("no dynamics remotely: generate", s.clone(), new_object.clone(), Some(remote(None, None)), "generate"),
-        row("remote has dynamics we never generated: generate (inputs differ from the last accepted)", s.clone(), new_object.clone(), Some(ready(url)), "generate"),
-        row("generate input edited: generate once more", edited.clone(), converged(&s), Some(ready(url)), "generate"),
-        row("regenerate changed: generate with the same inputs", regen, converged(&s), Some(ready(url)), "generate"),
-        row("remote lost its dynamics: generate", s.clone(), converged(&s), Some(remote(None, None)), "generate"),
-        row("remote processing: wait and poll, never POST", s.clone(), converged(&s), Some(remote(Some(RemoteStatus::Processing), None)), "progressing:Generating"),
-        row("remote generating: wait and poll", s.clone(), converged(&s), Some(generating()), "progressing:Generating"),
-        row("remote completed (transitional): wait", s.clone(), converged(&s), Some(remote(Some(RemoteStatus::Completed), Some(url))), "progressing:Generating"),
-        row("edit during a generation is coalesced: wait, not POST", edited.clone(), converged(&s), Some(generating()), "progressing:Generating"),
-        row("ready and not applied: PUT the dynamics block", s.clone(), generated_not_applied(&s), Some(ready(url)), "update"),
-        row("dynamics block edited: PUT, no generate", disabled.clone(), converged(&s), Some(ready(url)), "update"),
         row(
-            "new generation ready: PUT again to switch it on",
+            "first pass observes before deciding",
             s.clone(),
-            AgentDynamicsStatus { generations: 2, ..converged(&s) },
+            new_object.clone(),
+            None,
+            "observe",
+        ),
+        row(
+            "no dynamics remotely, never bought: generate",
+            s.clone(),
+            new_object.clone(),
+            Some(nothing()),
+            "generate",
+        ),
+        row(
+            "remote has dynamics we never generated: generate (creating the object is the change)",
+            s.clone(),
+            new_object.clone(),
+            Some(ready(url)),
+            "generate",
+        ),
+        row(
+            "generate input edited: generate once more",
+            edited.clone(),
+            converged(&s),
+            Some(ready(url)),
+            "generate",
+        ),
+        row(
+            "regenerate changed: generate with the same inputs",
+            regen,
+            converged(&s),
+            Some(ready(url)),
+            "generate",
+        ),
+        row(
+            "regenerate: \"\" added is no change",
+            AgentDynamicsSpec {
+                regenerate: Some(String::new()),
+                ..spec()
+            },
+            converged(&s),
+            Some(ready(url)),
+            "ready:Ready",
+        ),
+        row(
+            "remote processing: wait and poll, never POST",
+            s.clone(),
+            converged(&s),
+            Some(remote(Some(RemoteStatus::Processing), None)),
+            "progressing:Generating",
+        ),
+        row(
+            "remote generating: wait and poll",
+            s.clone(),
+            converged(&s),
+            Some(generating()),
+            "progressing:Generating",
+        ),
+        row(
+            "remote completed (transitional): wait",
+            s.clone(),
+            converged(&s),
+            Some(remote(Some(RemoteStatus::Completed), Some(url))),
+            "progressing:Generating",
+        ),
+        row(
+            "unknown remote status (queued) is work under way: wait",
+            s.clone(),
+            converged(&s),
+            Some(queued()),
+            "progressing:Generating",
+        ),
+        row(
+            "edit during a generation is coalesced: wait, not POST",
+            edited.clone(),
+            converged(&s),
+            Some(generating()),
+            "progressing:Generating",
+        ),
+        row(
+            "edit while the API reports an unknown status: wait, not POST",
+            edited.clone(),
+            converged(&s),
+            Some(queued()),
+            "progressing:Generating",
+        ),
+        row(
+            "ready and not applied: PUT the dynamics block",
+            s.clone(),
+            generated_not_applied(&s),
             Some(ready(url)),
             "update",
         ),
-        row("ready and applied: Ready, resync only", s.clone(), converged(&s), Some(ready(url)), "ready:Ready"),
-        row("remote generation failed: stalled until the spec changes", s.clone(), converged(&s), Some(remote(Some(RemoteStatus::Failed), None)), "stalled:GenerationFailed"),
-        row("failed, then a generate input edited: generate", edited.clone(), converged(&s), Some(remote(Some(RemoteStatus::Failed), None)), "generate"),
-        row("unknown remote status: not ready, keep polling", s.clone(), converged(&s), Some(remote(Some(RemoteStatus::Unknown("queued_v2".into())), Some(url))), "progressing:RemoteStatusUnknown"),
-        row("400 stalls", s.clone(), converged(&s), Some(failed(ApiErrorKind::InvalidRequest, None)), "stalled:InvalidRequest"),
-        row("401 stalls", s.clone(), converged(&s), Some(failed(ApiErrorKind::Unauthorized, None)), "stalled:Unauthorized"),
-        row("402 stalls", s.clone(), converged(&s), Some(failed(ApiErrorKind::InsufficientCredits, None)), "stalled:InsufficientCredits"),
-        row("404 stalls", s.clone(), converged(&s), Some(failed(ApiErrorKind::NotFound, None)), "stalled:AgentNotFound"),
-        row("429 backs off", s.clone(), converged(&s), Some(failed(ApiErrorKind::RateLimited, Some(7))), "progressing:RateLimited"),
-        row("503 backs off", s.clone(), converged(&s), Some(failed(ApiErrorKind::Unavailable, Some(7))), "progressing:RemoteUnavailable"),
-        row("500 backs off", s.clone(), converged(&s), Some(failed(ApiErrorKind::Server, None)), "progressing:RemoteError"),
-        row("timeout backs off", s.clone(), converged(&s), Some(failed(ApiErrorKind::Timeout, None)), "progressing:Timeout"),
-        row("unparseable reply backs off", s.clone(), converged(&s), Some(failed(ApiErrorKind::Decode, None)), "progressing:BadReply"),
-        row("suspended: nothing read or sent", AgentDynamicsSpec { suspend: true, ..spec() }, converged(&s), None, "suspended:Suspended"),
-        Row { blocker: Some(Blocker::Conflict { owner: "agents/first".into() }), ..row("same agentId as an older object: Conflict", s.clone(), new_object.clone(), None, "stalled:Conflict") },
+        row(
+            "dynamics block edited: PUT, no generate",
+            disabled.clone(),
+            converged(&s),
+            Some(ready(url)),
+            "update",
+        ),
+        row(
+            "new generation ready: PUT again to switch it on",
+            s.clone(),
+            AgentDynamicsStatus {
+                generations: 2,
+                ..converged(&s)
+            },
+            Some(ready(url)),
+            "update",
+        ),
+        row(
+            "ready and applied: Ready, resync only",
+            s.clone(),
+            converged(&s),
+            Some(ready(url)),
+            "ready:Ready",
+        ),
+        row(
+            "remote generation failed: stalled until the spec changes",
+            s.clone(),
+            converged(&s),
+            Some(remote(Some(RemoteStatus::Failed), None)),
+            "stalled:GenerationFailed",
+        ),
+        row(
+            "failed, then a generate input edited: generate",
+            edited.clone(),
+            converged(&s),
+            Some(remote(Some(RemoteStatus::Failed), None)),
+            "generate",
+        ),
+        // The remote lost what was bought: never bought again on the operator's initiative.
+        row(
+            "converged, remote answers data: null: stalled, not bought",
+            s.clone(),
+            converged(&s),
+            Some(nothing()),
+            "stalled:RemoteDynamicsMissing",
+        ),
+        row(
+            "converged, remote answers 404: stalled, not bought",
+            s.clone(),
+            converged(&s),
+            Some(failed(ApiErrorKind::NotFound, None)),
+            "stalled:RemoteDynamicsMissing",
+        ),
+        row(
+            "never bought, GET 404: the agent does not exist",
+            s.clone(),
+            new_object.clone(),
+            Some(failed(ApiErrorKind::NotFound, None)),
+            "stalled:AgentNotFound",
+        ),
+        row(
+            "400 stalls",
+            s.clone(),
+            converged(&s),
+            Some(failed(ApiErrorKind::InvalidRequest, None)),
+            "stalled:InvalidRequest",
+        ),
+        row(
+            "401 stalls",
+            s.clone(),
+            converged(&s),
+            Some(failed(ApiErrorKind::Unauthorized, None)),
+            "stalled:Unauthorized",
+        ),
+        row(
+            "402 stalls",
+            s.clone(),
+            converged(&s),
+            Some(failed(ApiErrorKind::InsufficientCredits, None)),
+            "stalled:InsufficientCredits",
+        ),
+        row(
+            "429 backs off",
+            s.clone(),
+            converged(&s),
+            Some(failed(ApiErrorKind::RateLimited, Some(7))),
+            "progressing:RateLimited",
+        ),
+        row(
+            "503 backs off",
+            s.clone(),
+            converged(&s),
+            Some(failed(ApiErrorKind::Unavailable, Some(7))),
+            "progressing:RemoteUnavailable",
+        ),
+        row(
+            "500 backs off",
+            s.clone(),
+            converged(&s),
+            Some(failed(ApiErrorKind::Server, None)),
+            "progressing:RemoteError",
+        ),
+        row(
+            "timeout backs off",
+            s.clone(),
+            converged(&s),
+            Some(failed(ApiErrorKind::Timeout, None)),
+            "progressing:Timeout",
+        ),
+        row(
+            "unparseable reply backs off",
+            s.clone(),
+            converged(&s),
+            Some(failed(ApiErrorKind::Decode, None)),
+            "progressing:BadReply",
+        ),
+        row(
+            "suspended: nothing read or sent",
+            AgentDynamicsSpec {
+                suspend: true,
+                ..spec()
+            },
+            converged(&s),
+            None,
+            "suspended:Suspended",
+        ),
         Row {
-            blocker: Some(Blocker::Secret { reason: "SecretNotFound".into(), message: "Secret agents/x not found".into() }),
-            ..row("missing Secret: stalled before any call", s.clone(), new_object.clone(), None, "stalled:SecretNotFound")
+            blocker: Some(Blocker::Conflict {
+                owner: "agents/first".into(),
+            }),
+            ..row(
+                "same agentId as an older object: Conflict",
+                s.clone(),
+                new_object.clone(),
+                None,
+                "stalled:Conflict",
+            )
         },
-        // Crash safety (section 5).
-        row("marker, remote now generating: the POST landed, adopt", s.clone(), marker(&s, 5, None, None), Some(generating()), "progressing:GenerationAdopted+adopt"),
-        row("marker, remote ready with a new model: adopt", s.clone(), marker(&s, 300, Some("ready"), Some("https://m/0.bin")), Some(ready(url)), "progressing:GenerationAdopted+adopt"),
-        row("marker, nothing there yet, young: wait", s.clone(), marker(&s, 5, None, None), Some(remote(None, None)), "progressing:GenerationPending"),
-        row("marker, nothing there, older than the grace: send again", s.clone(), marker(&s, 300, None, None), Some(remote(None, None)), "resend"),
-        row("marker, remote unchanged since before the call: send again", s.clone(), marker(&s, 300, Some("ready"), Some(url)), Some(ready(url)), "resend"),
+        Row {
+            blocker: Some(Blocker::Secret {
+                reason: "SecretNotFound".into(),
+                message: "Secret agents/x not found".into(),
+            }),
+            ..row(
+                "missing Secret: stalled before any call",
+                s.clone(),
+                new_object.clone(),
+                None,
+                "stalled:SecretNotFound",
+            )
+        },
+        row(
+            "a spec field this operator does not know: stalled, naming it",
+            AgentDynamicsSpec {
+                unknown_fields: [("newField".to_string(), serde_json::json!(1))].into(),
+                ..spec()
+            },
+            new_object.clone(),
+            None,
+            "stalled:UnknownSpecField",
+        ),
+        // Credit safety: a bought or pending key is never bought again, whatever GET shows.
+        row(
+            "accepted, GET shows nothing yet: wait, never buy again",
+            s.clone(),
+            marker(&s, 3, ACCEPTED, None, None),
+            Some(nothing()),
+            "progressing:AwaitingGeneration",
+        ),
+        row(
+            "accepted, GET still shows the old ready model: wait",
+            s.clone(),
+            marker_over(&regen_base(), &s, 3, ACCEPTED, old_url),
+            Some(ready(old_url)),
+            "progressing:AwaitingGeneration",
+        ),
+        row(
+            "accepted, GET answers 404 (lagging): wait",
+            s.clone(),
+            marker(&s, 3, ACCEPTED, None, None),
+            Some(failed(ApiErrorKind::NotFound, None)),
+            "progressing:AwaitingGeneration",
+        ),
+        row(
+            "accepted, invisible past the window: stalled, nothing sent",
+            s.clone(),
+            marker(&s, WINDOW + 1, ACCEPTED, None, None),
+            Some(nothing()),
+            "stalled:GenerationNotVisible",
+        ),
+        row(
+            "accepted, edited meanwhile: coalesced, wait",
+            edited.clone(),
+            marker(&s, 3, ACCEPTED, None, None),
+            Some(nothing()),
+            "progressing:AwaitingGeneration",
+        ),
+        row(
+            "outcome unknown, GET unchanged, young: wait",
+            s.clone(),
+            marker(&s, 5, UNKNOWN, Some("ready"), Some(url)),
+            Some(ready(url)),
+            "progressing:GenerationOutcomePending",
+        ),
+        row(
+            "outcome unknown, fixed URL, past the window: stalled, never resent",
+            s.clone(),
+            marker(&s, WINDOW + 1, UNKNOWN, Some("ready"), Some(url)),
+            Some(ready(url)),
+            "stalled:GenerationOutcomeUnknown",
+        ),
+        row(
+            "crash between marker and reply (no outcome), nothing shown: wait",
+            s.clone(),
+            marker(&s, 5, None, None, None),
+            Some(nothing()),
+            "progressing:GenerationOutcomePending",
+        ),
+        row(
+            "crash between marker and reply, long ago: stalled, never resent",
+            s.clone(),
+            marker(&s, WINDOW * 10, None, None, None),
+            Some(nothing()),
+            "stalled:GenerationOutcomeUnknown",
+        ),
+        row(
+            "marker from the future (clock skew) is fresh: wait",
+            s.clone(),
+            marker(&s, -3600, UNKNOWN, None, None),
+            Some(nothing()),
+            "progressing:GenerationOutcomePending",
+        ),
+        row(
+            "marker with an unreadable time: stalled, never resent",
+            s.clone(),
+            AgentDynamicsStatus {
+                pending_generation: Some(PendingGeneration {
+                    since: "yesterday".into(),
+                    ..marker(&s, 0, UNKNOWN, None, None)
+                        .pending_generation
+                        .unwrap()
+                }),
+                ..Default::default()
+            },
+            Some(nothing()),
+            "stalled:GenerationOutcomeUnknown",
+        ),
+        row(
+            "stalled unknown outcome, user sets a new regenerate: that change buys",
+            edited.clone(),
+            stalled_old_marker.clone(),
+            Some(nothing()),
+            "generate",
+        ),
+        row(
+            "stalled unknown outcome, a job in progress shows up: wait for it",
+            edited.clone(),
+            stalled_old_marker,
+            Some(generating()),
+            "progressing:Generating",
+        ),
         // Deletion.
-        Row { deleting: true, ..row("delete with Disable: PUT enabled=false", s.clone(), converged(&s), None, "disable") },
         Row {
             deleting: true,
-            ..row("delete with Orphan: release, no call", AgentDynamicsSpec { deletion_policy: DeletionPolicy::Orphan, ..spec() }, converged(&s), None, "release")
-        },
-        Row { deleting: true, ..row("delete before anything was sent: release", s.clone(), new_object.clone(), None, "release") },
-        Row { deleting: true, ..row("delete while suspended: release, no call", AgentDynamicsSpec { suspend: true, ..spec() }, converged(&s), None, "release") },
-        Row {
-            deleting: true,
-            blocker: Some(Blocker::Conflict { owner: "agents/first".into() }),
-            ..row("delete of the conflicting object: release, the owner keeps the agent", s.clone(), converged(&s), None, "release")
+            ..row(
+                "delete with Disable: PUT enabled=false",
+                s.clone(),
+                converged(&s),
+                None,
+                "disable",
+            )
         },
         Row {
             deleting: true,
-            blocker: Some(Blocker::Secret { reason: "SecretNotFound".into(), message: "Secret agents/x not found".into() }),
-            ..row("delete without a Secret: stalled, says how to orphan", s.clone(), converged(&s), None, "stalled:SecretNotFound")
+            ..row(
+                "delete with Orphan: release, no call",
+                AgentDynamicsSpec {
+                    deletion_policy: DeletionPolicy::Orphan,
+                    ..spec()
+                },
+                converged(&s),
+                None,
+                "release",
+            )
+        },
+        Row {
+            deleting: true,
+            ..row(
+                "delete before anything was sent: release",
+                s.clone(),
+                new_object.clone(),
+                None,
+                "release",
+            )
+        },
+        Row {
+            deleting: true,
+            ..row(
+                "delete with a call pending: Disable",
+                s.clone(),
+                marker(&s, 5, None, None, None),
+                None,
+                "disable",
+            )
+        },
+        Row {
+            deleting: true,
+            ..row(
+                "delete while suspended: release, no call",
+                AgentDynamicsSpec {
+                    suspend: true,
+                    ..spec()
+                },
+                converged(&s),
+                None,
+                "release",
+            )
+        },
+        Row {
+            deleting: true,
+            blocker: Some(Blocker::Conflict {
+                owner: "agents/first".into(),
+            }),
+            ..row(
+                "delete of the conflicting object: release, the owner keeps the agent",
+                s.clone(),
+                converged(&s),
+                None,
+                "release",
+            )
+        },
+        Row {
+            deleting: true,
+            blocker: Some(Blocker::Secret {
+                reason: "SecretNotFound".into(),
+                message: "Secret agents/x not found".into(),
+            }),
+            ..row(
+                "delete without a Secret: stalled, says how to orphan, finalizer kept",
+                s.clone(),
+                converged(&s),
+                None,
+                "stalled:SecretNotFound",
+            )
         },
     ];
 
@@ -348,12 +766,31 @@ fn requeues_follow_the_rules() {
     assert_eq!(poll_after(40), Duration::from_secs(10));
     assert_eq!(poll_after(3600), settings.poll_max);
 
-    // A young marker waits out exactly the rest of the grace period.
-    let young = marker(&s, 20, None, None);
+    // A pending call is polled like a generation, and never beyond the end of its window.
     let nothing = remote(None, None);
+    let young = marker(&s, 0, ACCEPTED, None, None);
     assert_eq!(
         requeue_of(plan(&input(&s, &young, Some(&nothing), &settings))),
-        Duration::from_secs(40)
+        settings.poll_min
+    );
+    let near_end = AgentDynamicsStatus {
+        last_generation_time: Some(ago(WINDOW - 2)),
+        ..marker(&s, WINDOW - 2, ACCEPTED, None, None)
+    };
+    assert_eq!(
+        requeue_of(plan(&input(&s, &near_end, Some(&nothing), &settings))),
+        Duration::from_secs(2)
+    );
+
+    // Retry-After is honoured but capped: no answer of the API parks an object for days.
+    let hostile = Observation::Failed(RemoteError {
+        kind: ApiErrorKind::RateLimited,
+        message: "slow down".into(),
+        retry_after: Some(Duration::MAX),
+    });
+    assert_eq!(
+        requeue_of(plan(&input(&s, &st, Some(&hostile), &settings))),
+        MAX_REMOTE_WAIT
     );
 }
 
@@ -371,6 +808,7 @@ fn no_error_path_loops_hot() {
         ApiErrorKind::Unavailable,
         ApiErrorKind::Server,
         ApiErrorKind::Timeout,
+        ApiErrorKind::Connect,
         ApiErrorKind::Transport,
         ApiErrorKind::Decode,
     ] {
@@ -385,7 +823,7 @@ fn no_error_path_loops_hot() {
 }
 
 #[test]
-fn generate_lifecycle_marks_then_records_or_keeps_the_marker() {
+fn generate_lifecycle_marks_then_records_and_keeps_the_marker_until_seen() {
     let settings = Settings::default();
     let s = spec();
     let base = AgentDynamicsStatus::default();
@@ -397,6 +835,7 @@ fn generate_lifecycle_marks_then_records_or_keeps_the_marker() {
     let Action::Generate(gp) = plan(&inp) else {
         panic!("expected generate")
     };
+    assert_eq!(gp.cause, GenerateCause::FirstGeneration);
 
     let marked = with_marker(&base, &gp, Some(state), now());
     let pending = marked
@@ -405,9 +844,10 @@ fn generate_lifecycle_marks_then_records_or_keeps_the_marker() {
         .expect("marker written before the call");
     assert_eq!(pending.inputs_hash, inputs_hash(&s));
     assert_eq!(pending.since, now().to_string());
+    assert_eq!(pending.outcome, None);
 
     let with_mark = input(&s, &marked, Some(&obs), &settings);
-    // Accepted: hash recorded, marker cleared, one generation counted.
+    // Accepted: bought and counted, but the marker stays until GET shows the job.
     let reply = GenerateReply {
         message: None,
         agent_id: None,
@@ -415,33 +855,98 @@ fn generate_lifecycle_marks_then_records_or_keeps_the_marker() {
     };
     let (accepted, report) = after_generate(&with_mark, &gp, Ok(&reply));
     assert_eq!(accepted.generate_hash, Some(inputs_hash(&s)));
-    assert_eq!(accepted.pending_generation, None);
     assert_eq!(accepted.generations, 1);
-    assert_eq!(accepted.remote_status.as_deref(), Some("processing"));
+    assert_eq!(
+        accepted.pending_generation.as_ref().and_then(|p| p.outcome),
+        ACCEPTED
+    );
     assert_eq!(report.health.reason(), "GenerationStarted");
+    // The API lags: the next GET shows nothing. Nothing is bought again.
+    let lagging = observe(&accepted, state);
+    assert!(!lagging.adopted);
+    let next = input(&s, &lagging.status, Some(&obs), &settings);
+    assert_eq!(describe(&plan(&next)), "progressing:AwaitingGeneration");
+    // Recording the same reply twice (a retried status write) does not count twice.
+    assert_eq!(
+        super::transitions::record_generate_outcome(&accepted, &gp, Ok(&reply), now()),
+        accepted
+    );
+    // GET then shows the job: the marker is cleared, nothing adopted (it was known bought).
+    let seen = observe(
+        &accepted,
+        &DynamicsState {
+            status: Some(RemoteStatus::Generating),
+            ..state.clone()
+        },
+    );
+    assert_eq!(seen.status.pending_generation, None);
+    assert_eq!(seen.status.generations, 1);
+    assert!(!seen.adopted);
 
-    // Outcome unknown (dropped connection): the marker stays, nothing counted.
+    // Outcome unknown (dropped connection): the marker stays and the call is counted.
     let lost = RemoteError {
         kind: ApiErrorKind::Transport,
         message: "connection closed".into(),
         retry_after: None,
     };
     let (unknown, report) = after_generate(&with_mark, &gp, Err(&lost));
-    assert!(unknown.pending_generation.is_some());
-    assert_eq!(unknown.generations, 0);
-    assert_eq!(report.health.reason(), "GenerationOutcomeUnknown");
+    assert_eq!(
+        unknown.pending_generation.as_ref().and_then(|p| p.outcome),
+        UNKNOWN
+    );
+    assert_eq!(
+        unknown.generations, 1,
+        "a call that may have been charged is counted"
+    );
+    assert_eq!(unknown.generate_hash, None);
+    assert_eq!(report.health.reason(), "GenerationOutcomePending");
     assert!(report.transient);
+    // Evidence (a new model) adopts it: bought, not counted twice.
+    let adopted = observe(
+        &unknown,
+        &DynamicsState {
+            status: Some(RemoteStatus::Ready),
+            model_url: Some("https://m/new.bin".into()),
+            ..state.clone()
+        },
+    );
+    assert!(adopted.adopted);
+    assert_eq!(adopted.status.generate_hash, Some(inputs_hash(&s)));
+    assert_eq!(adopted.status.generations, 1);
+    assert_eq!(adopted.status.pending_generation, None);
 
-    // Refused (402): nothing ran, marker cleared, stalled.
-    let broke = RemoteError {
-        kind: ApiErrorKind::InsufficientCredits,
-        message: "add credits".into(),
-        retry_after: None,
+    // A 5xx is not a refusal: unknown too.
+    let server = RemoteError {
+        kind: ApiErrorKind::Unavailable,
+        ..lost.clone()
     };
-    let (refused, report) = after_generate(&with_mark, &gp, Err(&broke));
-    assert_eq!(refused.pending_generation, None);
-    assert_eq!(refused.generations, 0);
-    assert_eq!(report.health.reason(), "InsufficientCredits");
+    let (unknown, _) = after_generate(&with_mark, &gp, Err(&server));
+    assert_eq!(unknown.pending_generation.and_then(|p| p.outcome), UNKNOWN);
+
+    // Refused (402, or a connection that never opened): nothing ran, marker cleared, not counted.
+    for kind in [ApiErrorKind::InsufficientCredits, ApiErrorKind::Connect] {
+        let refusal = RemoteError {
+            kind,
+            message: "refused".into(),
+            retry_after: None,
+        };
+        let (refused, _) = after_generate(&with_mark, &gp, Err(&refusal));
+        assert_eq!(refused.pending_generation, None, "{kind:?}");
+        assert_eq!(refused.generations, 0, "{kind:?}");
+    }
+
+    // A crash between marker and reply: the next pass counts the call as unknown, once.
+    let found = observe(&marked, state);
+    assert_eq!(found.status.generations, 1);
+    assert_eq!(
+        found
+            .status
+            .pending_generation
+            .as_ref()
+            .and_then(|p| p.outcome),
+        UNKNOWN
+    );
+    assert_eq!(observe(&found.status, state).status.generations, 1);
 }
 
 #[test]
@@ -497,24 +1002,17 @@ fn update_outcomes() {
 }
 
 #[test]
-fn settle_adopts_echoes_and_is_idempotent() {
+fn settle_echoes_and_is_idempotent() {
     let settings = Settings::default();
     let s = spec();
-    let st = marker(&s, 30, None, None);
-    let obs = remote(Some(RemoteStatus::Generating), None);
+    let st = marker(&s, 30, ACCEPTED, None, None);
+    let obs = remote(None, None);
     let inp = input(&s, &st, Some(&obs), &settings);
     let Action::Report(report) = plan(&inp) else {
         panic!("expected a report")
     };
     let settled = settle(&inp, st.clone(), &report);
-    assert_eq!(settled.generate_hash, Some(inputs_hash(&s)));
-    assert_eq!(settled.generations, 1);
-    assert_eq!(settled.pending_generation, None);
-    assert_eq!(
-        settled.last_generation_time,
-        Some(ago(30)),
-        "polling paces from when the call was sent"
-    );
+    assert_eq!(settled.pending_generation, st.pending_generation);
     assert_eq!(settled.observed_generation, Some(4));
     assert_eq!(
         settled.last_handled_reconcile_at.as_deref(),
@@ -537,4 +1035,44 @@ fn settle_adopts_echoes_and_is_idempotent() {
         panic!()
     };
     assert_eq!(settle(&later, once.clone(), &report), once);
+}
+
+#[test]
+fn settings_that_would_loop_hot_or_give_up_early_are_refused() {
+    let ok = Settings::default();
+    assert_eq!(ok.validate(Duration::from_secs(30)), Ok(()));
+    let cases = [
+        (
+            Settings {
+                poll_min: Duration::from_secs(60),
+                ..ok.clone()
+            },
+            "--poll-min",
+        ),
+        (
+            Settings {
+                resync: Duration::ZERO,
+                ..ok.clone()
+            },
+            "--resync",
+        ),
+        (
+            Settings {
+                stalled_retry: Duration::ZERO,
+                ..ok.clone()
+            },
+            "--stalled-retry",
+        ),
+        (
+            Settings {
+                visibility_window: Duration::from_secs(40),
+                ..ok.clone()
+            },
+            "--visibility-window",
+        ),
+    ];
+    for (settings, flag) in cases {
+        let err = settings.validate(Duration::from_secs(30)).unwrap_err();
+        assert!(err.starts_with(flag), "{flag}: {err}");
+    }
 }

@@ -5,20 +5,48 @@
 use jiff::Timestamp;
 
 use crate::api::{DynamicsState, GenerateReply, Regeneration, RemoteStatus, UpdateReply};
-use crate::resource::{AgentDynamicsStatus, PendingGeneration};
+use crate::resource::{AgentDynamicsStatus, GenerateOutcome, PendingGeneration};
 
 use super::conditions::{conditions, Health};
 use super::plan::{
-    backoff, generate_refused, report_error, GeneratePlan, Input, RemoteError, Report,
+    backoff, job_visible, ready_message, report_error, GeneratePlan, Input, RemoteError, Report,
+    CREDITS_PER_GENERATION,
 };
+use super::reasons;
 
-/// Copy what GET reported into the status (only fields that describe the remote).
-pub fn observe(status: &AgentDynamicsStatus, remote: &DynamicsState) -> AgentDynamicsStatus {
+/// Copy what GET reported into the status (only fields that describe the remote), and settle
+/// the pending marker against it:
+/// - a marker whose outcome was never recorded (the pass that wrote it died, or could not save
+///   the reply) becomes an unknown outcome, counted as a generation that may have been charged;
+/// - a marker whose job GET now shows is cleared, and a call of unknown outcome is adopted as
+///   bought (its inputs recorded, never sent again).
+pub fn observe(status: &AgentDynamicsStatus, remote: &DynamicsState) -> Observed {
     let mut status = status.clone();
+    let mut adopted = false;
+    if let Some(pending) = &mut status.pending_generation {
+        if pending.outcome.is_none() {
+            pending.outcome = Some(GenerateOutcome::Unknown);
+            status.generations += 1;
+        }
+    }
+    if let Some(pending) = status.pending_generation.clone() {
+        if job_visible(&pending, Some(remote)) {
+            adopted = pending.outcome == Some(GenerateOutcome::Unknown);
+            status.generate_hash = Some(pending.inputs_hash);
+            status.pending_generation = None;
+        }
+    }
     status.remote_status = remote.status.as_ref().map(|s| s.as_str().to_string());
     status.model_url = remote.model_url.clone();
     status.gestures = remote.gestures.keys().cloned().collect();
-    status
+    Observed { status, adopted }
+}
+
+/// The status after a GET, and whether a generate call of unknown outcome was found to have landed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Observed {
+    pub status: AgentDynamicsStatus,
+    pub adopted: bool,
 }
 
 /// The status to write (with the resourceVersion just read) before a generate call.
@@ -32,26 +60,22 @@ pub fn with_marker(
     status.pending_generation = Some(PendingGeneration {
         inputs_hash: plan.inputs_hash.clone(),
         since: whole_seconds(now).to_string(),
+        outcome: None,
         previous_remote_status: remote
             .and_then(|r| r.status.as_ref())
             .map(|s| s.as_str().to_string()),
         previous_model_url: remote.and_then(|r| r.model_url.clone()),
+        previous_gestures: remote
+            .map(|r| r.gestures.keys().cloned().collect())
+            .unwrap_or_default(),
     });
     status
 }
 
-/// The end of every pass: adopt a landed generation, conditions, observedGeneration, the echo of
-/// the reconcile-requested-at annotation.
+/// The end of every pass: conditions, observedGeneration, the echo of the
+/// reconcile-requested-at annotation.
 pub fn settle(input: &Input, status: AgentDynamicsStatus, report: &Report) -> AgentDynamicsStatus {
     let mut status = status;
-    if let Some(hash) = &report.adopt {
-        let sent_at = status
-            .pending_generation
-            .as_ref()
-            .and_then(|p| p.since.parse::<Timestamp>().ok())
-            .unwrap_or(input.now);
-        accept_generation(&mut status, hash, sent_at);
-    }
     status.conditions = conditions(
         &status.conditions,
         &report.health,
@@ -63,47 +87,81 @@ pub fn settle(input: &Input, status: AgentDynamicsStatus, report: &Report) -> Ag
     status
 }
 
-/// After a generate call: the status to write and the report. The marker stays when the outcome
-/// is unknown (timeout, dropped connection, 500), so the next pass looks before sending again.
+/// What a generate call's outcome does to a status that carries its marker. Kept apart from
+/// the report so that a status write that conflicts can re-apply it to a fresh copy: a
+/// purchase is never forgotten.
+pub fn record_generate_outcome(
+    status: &AgentDynamicsStatus,
+    plan: &GeneratePlan,
+    outcome: Result<&GenerateReply, &RemoteError>,
+    now: Timestamp,
+) -> AgentDynamicsStatus {
+    let mut status = status.clone();
+    let ours = status
+        .pending_generation
+        .as_ref()
+        .is_some_and(|p| p.inputs_hash == plan.inputs_hash && p.outcome.is_none());
+    if !ours {
+        // Already recorded (or the marker is another call's): recording twice would double-count.
+        return status;
+    }
+    match outcome {
+        Err(err) if err.kind.refused_before_processing() => {
+            status.pending_generation = None;
+        }
+        Ok(reply) => {
+            status.generations += 1;
+            status.generate_hash = Some(plan.inputs_hash.clone());
+            status.last_generation_time = Some(whole_seconds(now).to_string());
+            if let Some(p) = &mut status.pending_generation {
+                p.outcome = Some(GenerateOutcome::Accepted);
+            }
+            if let Some(s) = &reply.status {
+                status.remote_status = Some(s.as_str().to_string());
+            }
+        }
+        Err(_) => {
+            status.generations += 1;
+            status.last_generation_time = Some(whole_seconds(now).to_string());
+            if let Some(p) = &mut status.pending_generation {
+                p.outcome = Some(GenerateOutcome::Unknown);
+            }
+        }
+    }
+    status
+}
+
+/// After a generate call: the status to write and the report. Accepted or not, the marker
+/// stays until GET shows the job; only a definite refusal clears it.
 pub fn after_generate(
     input: &Input,
     plan: &GeneratePlan,
     outcome: Result<&GenerateReply, &RemoteError>,
 ) -> (AgentDynamicsStatus, Report) {
-    let mut status = input.status.clone();
-    match outcome {
-        Ok(reply) => {
-            accept_generation(&mut status, &plan.inputs_hash, input.now);
-            status.remote_status = Some(
-                reply
-                    .status
-                    .as_ref()
-                    .map_or("processing", RemoteStatus::as_str)
-                    .to_string(),
-            );
-            let report = Report::new(
-                Health::progressing(
-                    "GenerationStarted",
-                    format!("generation {} started (250 credits)", status.generations),
+    let status = record_generate_outcome(input.status, plan, outcome, input.now);
+    let report = match outcome {
+        Ok(_) => Report::new(
+            Health::progressing(
+                reasons::GENERATION_STARTED,
+                format!(
+                    "generation {} started ({CREDITS_PER_GENERATION} credits)",
+                    status.generations
                 ),
-                input.settings.poll_min,
-            );
-            (status, report)
-        }
-        Err(err) if generate_refused(err.kind) => {
-            status.pending_generation = None;
-            (status, report_error(err, input))
-        }
+            ),
+            input.settings.poll_min,
+        ),
+        Err(err) if err.kind.refused_before_processing() => report_error(err, input),
         Err(err) => {
-            let message = format!("the generate call's outcome is unknown ({}); the API will be checked before anything is sent again", err.message);
+            let message = format!("the generate call's outcome is unknown ({}); nothing is sent again: the API is watched for a sign that it landed", err.message);
             let mut report = Report::new(
-                Health::progressing("GenerationOutcomeUnknown", message),
-                backoff(input),
+                Health::progressing(reasons::GENERATION_OUTCOME_PENDING, message),
+                backoff(input).min(input.settings.poll_max),
             );
             report.transient = true;
-            (status, report)
+            report
         }
-    }
+    };
+    (status, report)
 }
 
 /// After a PUT of the dynamics block.
@@ -124,7 +182,7 @@ pub fn after_update(
             status.remote_status = Some(RemoteStatus::Generating.as_str().to_string());
             Report::new(
                 Health::progressing(
-                    "Regenerating",
+                    reasons::REGENERATING,
                     "dynamics applied; the API is regenerating the movements",
                 ),
                 input.settings.poll_min,
@@ -132,23 +190,12 @@ pub fn after_update(
         }
         _ => Report::new(
             Health::Ready {
-                message: format!(
-                    "dynamics of agent {} are generated and applied",
-                    input.spec.agent_id
-                ),
+                message: ready_message(input.spec),
             },
             input.settings.resync,
         ),
     };
     (status, report)
-}
-
-/// Record a generation the API accepted (or that a marker proves it accepted).
-pub fn accept_generation(status: &mut AgentDynamicsStatus, inputs_hash: &str, at: Timestamp) {
-    status.generate_hash = Some(inputs_hash.to_string());
-    status.generations += 1;
-    status.pending_generation = None;
-    status.last_generation_time = Some(whole_seconds(at).to_string());
 }
 
 fn whole_seconds(t: Timestamp) -> Timestamp {

@@ -9,7 +9,7 @@ pub use spec::{
     AgentDynamics, AgentDynamicsSpec, BatchResultSpec, DeletionPolicy, DynamicsBlock, ModelRefSpec,
     SecretKeyRef,
 };
-pub use status::{AgentDynamicsStatus, PendingGeneration};
+pub use status::{AgentDynamicsStatus, GenerateOutcome, PendingGeneration};
 
 use kube::CustomResourceExt;
 

@@ -34,7 +34,7 @@ pub const MAX_URL_LEN: u32 = 2048;
     printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct AgentDynamicsSpec {
     /// The bitHuman agent whose dynamics this object manages, e.g. A91XMB7113. Letters, digits,
     /// '-' and '_', at most 64 characters. Immutable: to manage another agent, create another object.
@@ -90,11 +90,16 @@ pub struct AgentDynamicsSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 253))]
     pub regenerate: Option<String>,
+    /// Fields this version does not know (written with a newer CRD): kept so that one such object
+    /// is reported on its own instead of failing the whole watch. Never part of the schema.
+    #[serde(flatten, default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(skip)]
+    pub unknown_fields: BTreeMap<String, serde_json::Value>,
 }
 
 /// The API's "dynamics" object, in camelCase.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct DynamicsBlock {
     /// Whether the agent uses its dynamics. Default true: generate, then switch on.
     #[serde(default = "default_true")]
@@ -111,6 +116,11 @@ pub struct DynamicsBlock {
     /// The talking model to use.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub talking: Option<ModelRefSpec>,
+    /// Fields this version does not know (written with a newer CRD): kept so that one such object
+    /// is reported on its own instead of failing the whole watch. Never part of the schema.
+    #[serde(flatten, default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(skip)]
+    pub unknown_fields: BTreeMap<String, serde_json::Value>,
 }
 
 impl Default for DynamicsBlock {
@@ -120,6 +130,7 @@ impl Default for DynamicsBlock {
             batch_results: None,
             result: None,
             talking: None,
+            unknown_fields: BTreeMap::new(),
         }
     }
 }
@@ -129,8 +140,8 @@ fn default_true() -> bool {
 }
 
 /// One motion's video.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
 pub struct BatchResultSpec {
     /// Video of the motion (http or https URL).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -140,11 +151,16 @@ pub struct BatchResultSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 64))]
     pub status: Option<String>,
+    /// Fields this version does not know (written with a newer CRD): kept so that one such object
+    /// is reported on its own instead of failing the whole watch. Never part of the schema.
+    #[serde(flatten, default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(skip)]
+    pub unknown_fields: BTreeMap<String, serde_json::Value>,
 }
 
 /// A model file and its hash.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
 pub struct ModelRefSpec {
     /// Where the model file is (http or https URL).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -154,11 +170,16 @@ pub struct ModelRefSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 256))]
     pub model_hash: Option<String>,
+    /// Fields this version does not know (written with a newer CRD): kept so that one such object
+    /// is reported on its own instead of failing the whole watch. Never part of the schema.
+    #[serde(flatten, default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(skip)]
+    pub unknown_fields: BTreeMap<String, serde_json::Value>,
 }
 
 /// A key of a Secret in the object's namespace.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct SecretKeyRef {
     /// Name of the Secret.
     #[schemars(length(min = 1, max = 253))]
@@ -167,6 +188,11 @@ pub struct SecretKeyRef {
     #[serde(default = "default_secret_key")]
     #[schemars(length(min = 1, max = 253))]
     pub key: String,
+    /// Fields this version does not know (written with a newer CRD): kept so that one such object
+    /// is reported on its own instead of failing the whole watch. Never part of the schema.
+    #[serde(flatten, default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(skip)]
+    pub unknown_fields: BTreeMap<String, serde_json::Value>,
 }
 
 pub fn default_secret_key() -> String {
@@ -187,5 +213,33 @@ impl AgentDynamicsSpec {
     /// The dynamics block to PUT once a generation is ready.
     pub fn dynamics_or_default(&self) -> DynamicsBlock {
         self.dynamics.clone().unwrap_or_default()
+    }
+
+    /// Paths (`spec.x.y`) of the fields this operator does not know, sorted.
+    pub fn unknown_field_paths(&self) -> Vec<String> {
+        let mut paths = Vec::new();
+        let mut add = |prefix: &str, fields: &BTreeMap<String, serde_json::Value>| {
+            paths.extend(fields.keys().map(|k| format!("{prefix}.{k}")));
+        };
+        add("spec", &self.unknown_fields);
+        if let Some(r) = &self.api_secret_ref {
+            add("spec.apiSecretRef", &r.unknown_fields);
+        }
+        if let Some(d) = &self.dynamics {
+            add("spec.dynamics", &d.unknown_fields);
+            for (name, m) in [("result", &d.result), ("talking", &d.talking)] {
+                if let Some(m) = m {
+                    add(&format!("spec.dynamics.{name}"), &m.unknown_fields);
+                }
+            }
+            for (motion, r) in d.batch_results.iter().flatten() {
+                add(
+                    &format!("spec.dynamics.batchResults.{motion}"),
+                    &r.unknown_fields,
+                );
+            }
+        }
+        paths.sort();
+        paths
     }
 }

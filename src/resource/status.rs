@@ -44,8 +44,8 @@ pub struct AgentDynamicsStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub applied_for_generation: Option<i64>,
 
-    /// Set before a generate call and cleared once its outcome is known. Found set after a crash,
-    /// it makes the operator look before it sends again (credit safety).
+    /// Written before a generate call and kept until GET shows the job (or the user buys again on
+    /// purpose). While it is set nothing is sent for its inputs again, whatever GET shows.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending_generation: Option<PendingGeneration>,
 
@@ -53,7 +53,8 @@ pub struct AgentDynamicsStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_generation_time: Option<String>,
 
-    /// Generations this object has caused (each costs credits).
+    /// Generate calls this object sent that may have been charged (accepted, or with an unknown
+    /// outcome); each costs 250 credits. Refused calls are not counted.
     #[serde(default)]
     pub generations: i64,
 
@@ -62,19 +63,35 @@ pub struct AgentDynamicsStatus {
     pub last_handled_reconcile_at: Option<String>,
 }
 
-/// The crash-safety marker written before a generate call.
+/// The crash-safety marker written before a generate call, with the resourceVersion read, so
+/// that of two racing writers only one goes on to call.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct PendingGeneration {
-    /// Hash of the generate inputs being sent.
+    /// Hash of the generate inputs being sent (with the object's uid, the key of the purchase).
     pub inputs_hash: String,
     /// When the marker was written (RFC 3339).
     pub since: String,
-    /// What the API reported just before the call, to tell afterwards whether the call landed.
+    /// What the call's reply said: absent while the call is (or was, before a crash) in flight.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<GenerateOutcome>,
+    /// What the API reported just before the call: a GET that differs afterwards is evidence
+    /// that the job exists.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous_remote_status: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous_model_url: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub previous_gestures: Vec<String>,
+}
+
+/// What a generate call's reply proved.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GenerateOutcome {
+    /// 2xx: bought. Waiting for GET to show the job.
+    Accepted,
+    /// No definite answer (timeout, dropped connection, 5xx, a crash): it may have been bought.
+    Unknown,
 }
 
 pub const CONDITION_READY: &str = "Ready";

@@ -22,7 +22,7 @@ impl fmt::Display for FieldError {
 /// Parse an `AgentDynamics` from a JSON value, naming the offending field on failure (unknown
 /// fields, wrong types) the way `kubectl apply` would.
 pub fn parse_agent_dynamics(value: serde_json::Value) -> Result<AgentDynamics, FieldError> {
-    serde_path_to_error::deserialize(value).map_err(|err| {
+    let parsed: AgentDynamics = serde_path_to_error::deserialize(value).map_err(|err| {
         let path = err.path().to_string();
         let field = if path == "." {
             "(document)".to_string()
@@ -33,7 +33,17 @@ pub fn parse_agent_dynamics(value: serde_json::Value) -> Result<AgentDynamics, F
             field,
             message: err.into_inner().to_string(),
         }
-    })
+    })?;
+    // The types keep unknown fields (so the controller can report one object instead of failing
+    // its watch); a manifest is refused for them, as `kubectl apply` refuses it.
+    if let Some(path) = parsed.spec.unknown_field_paths().into_iter().next() {
+        let name = path.rsplit('.').next().unwrap_or(&path).to_string();
+        return Err(FieldError {
+            field: path,
+            message: format!("unknown field {name:?}: check its spelling (`kubectl explain agentdynamics.spec` lists the fields) or remove it"),
+        });
+    }
+    Ok(parsed)
 }
 
 /// Every rule the CRD enforces on a new object's spec.

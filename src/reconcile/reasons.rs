@@ -1,0 +1,21 @@
+//! Condition reasons the core decides, spelled once. Remote errors carry their own reasons
+//! (`ApiErrorKind::reason`), and the generation guard its waiting reasons.
+
+pub const READY: &str = "Ready";
+pub const SUSPENDED: &str = "Suspended";
+pub const GENERATING: &str = "Generating";
+pub const GENERATION_STARTED: &str = "GenerationStarted";
+pub const REGENERATING: &str = "Regenerating";
+/// Accepted; GET does not show the job yet.
+pub const AWAITING_GENERATION: &str = "AwaitingGeneration";
+/// No definite answer to a generate call yet; GET is watched for evidence.
+pub const GENERATION_OUTCOME_PENDING: &str = "GenerationOutcomePending";
+/// A generate call of unknown outcome that GET since showed: followed, not sent again.
+pub const GENERATION_ADOPTED: &str = "GenerationAdopted";
+pub const CONFLICT: &str = "Conflict";
+pub const UNKNOWN_SPEC_FIELD: &str = "UnknownSpecField";
+pub const GENERATION_FAILED: &str = "GenerationFailed";
+pub const GENERATION_NOT_VISIBLE: &str = "GenerationNotVisible";
+pub const GENERATION_OUTCOME_UNKNOWN: &str = "GenerationOutcomeUnknown";
+pub const REMOTE_DYNAMICS_MISSING: &str = "RemoteDynamicsMissing";
+pub const SECRET_NOT_FOUND: &str = "SecretNotFound";
