@@ -21,7 +21,10 @@ async fn chaos_campaign_short() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(20261202);
-    let cp = ControlPlane::start()
+    // Its own control plane: the campaign restarts kube-apiserver.
+    let cp = ControlPlane::builder()
+        .allow_existing(false)
+        .start()
         .await
         .expect("the control plane must start (see tests/controlplane/build.sh)");
     let cfg = CampaignConfig::short(seed, debug_operator_binary());

@@ -40,17 +40,22 @@ pub const FAILPOINTS: [&str; 3] = [
     "after-generate-sent",
     "after-generate-reply",
 ];
-/// Stalled reasons the operator documents: what a campaign may end with.
+/// Stalled reasons the operator documents: what a campaign may end with. The generation's own
+/// (`reconcile::reasons`) and the refusals of the API (`ApiErrorKind::reason` of the errors that
+/// are not retried).
 pub const DOCUMENTED_STALLED: &[&str] = &[
     "GenerationNotVisible",
     "GenerationOutcomeUnknown",
     "RemoteDynamicsMissing",
     "GenerationFailed",
+    "Conflict",
+    "SecretNotFound",
+    "UnknownSpecField",
     "InvalidRequest",
     "Unauthorized",
     "InsufficientCredits",
-    "NotFound",
-    "Conflict",
+    "AgentNotFound",
+    "BadReply",
 ];
 
 // ---------------------------------------------------------------------------------------------
