@@ -43,7 +43,7 @@ struct Args {
     #[arg(long)]
     apiserver_restarts: Option<usize>,
     /// Probability of each failpoint per crossing.
-    #[arg(long, default_value_t = 0.05)]
+    #[arg(long, default_value_t = 0.2)]
     failpoint_rate: f64,
     /// Share of simulator calls with a fault.
     #[arg(long, default_value_t = 0.3)]

@@ -305,7 +305,7 @@ impl CampaignConfig {
             kill_interval: (Duration::from_millis(600), Duration::from_millis(2400)),
             edit_interval: (Duration::from_millis(300), Duration::from_millis(1500)),
             apiserver_restarts: 1,
-            failpoint_rate: 0.05,
+            failpoint_rate: 0.2,
             fault_rate: 0.3,
             idle: Duration::from_secs(15),
             converge_timeout: Duration::from_secs(120),
@@ -496,7 +496,11 @@ struct Campaign<'a> {
     leases: Api<Lease>,
     spec: OperatorSpec,
     log_dir: PathBuf,
-    rng: StdRng,
+    /// Separate streams, so that timing (which process exits when) does not shift the
+    /// schedule of kills or of user actions: kill times and victims, user actions, processes.
+    kill_rng: StdRng,
+    action_rng: StdRng,
+    process_rng: StdRng,
     slots: Vec<Slot>,
     objects: Vec<Obj>,
     tags: usize,
@@ -554,7 +558,7 @@ impl<'a> Campaign<'a> {
                 .map(|f| format!("{f}@{p}"))
                 .collect::<Vec<_>>()
                 .join(",");
-            (list, self.rng.random::<u64>())
+            (list, self.process_rng.random::<u64>())
         } else {
             (String::new(), 0)
         };
@@ -601,7 +605,13 @@ impl<'a> Campaign<'a> {
                         self.figures.clean_exits += 1;
                     }
                     _ => {
-                        let line = text.lines().rev().find(|l| !l.trim().is_empty());
+                        // The error the process ended with (anyhow prints "Error: ..."), else
+                        // its last line.
+                        let line = text
+                            .lines()
+                            .rev()
+                            .find(|l| l.starts_with("Error:"))
+                            .or_else(|| text.lines().rev().find(|l| !l.trim().is_empty()));
                         self.say(format!("{identity} exited with {status}"));
                         self.figures.other_exits.push(format!(
                             "{identity}: {status}: {}",
@@ -610,7 +620,7 @@ impl<'a> Campaign<'a> {
                     }
                 }
                 let delay = uniform(
-                    &mut self.rng,
+                    &mut self.process_rng,
                     (Duration::from_millis(200), Duration::from_millis(1000)),
                 );
                 self.slots[i].restart_at = Some(now + delay);
@@ -630,7 +640,7 @@ impl<'a> Campaign<'a> {
         if alive.is_empty() {
             return;
         }
-        let i = alive[self.rng.random_range(0..alive.len())];
+        let i = alive[self.kill_rng.random_range(0..alive.len())];
         let identity = self.slots[i].identity.clone();
         let leader = self.holder.as_deref() == Some(identity.as_str());
         if let Some(child) = self.slots[i].child.as_mut() {
@@ -642,7 +652,7 @@ impl<'a> Campaign<'a> {
             self.figures.kills_of_leader += 1;
         }
         let delay = uniform(
-            &mut self.rng,
+            &mut self.process_rng,
             (Duration::from_millis(200), Duration::from_millis(1000)),
         );
         self.slots[i].restart_at = Some(Instant::now() + delay);
@@ -673,7 +683,7 @@ impl<'a> Campaign<'a> {
 
     async fn create(&mut self, i: usize) -> anyhow::Result<()> {
         let tag = self.next_tag();
-        let orphan = self.rng.random_bool(0.25);
+        let orphan = self.action_rng.random_bool(0.25);
         let obj = object(&self.objects[i].name, &self.objects[i].agent, &tag, orphan)?;
         tokio::time::timeout(
             Duration::from_secs(5),
@@ -687,13 +697,13 @@ impl<'a> Campaign<'a> {
 
     /// One user action on a random object: mostly an edit, sometimes a deletion.
     async fn user_action(&mut self) {
-        let i = self.rng.random_range(0..self.objects.len());
+        let i = self.action_rng.random_range(0..self.objects.len());
         if self.objects[i].recreate {
             return;
         }
         let name = self.objects[i].name.clone();
         let agent = self.objects[i].agent.clone();
-        if self.rng.random_bool(0.15) {
+        if self.action_rng.random_bool(0.15) {
             let deleted = tokio::time::timeout(
                 Duration::from_secs(5),
                 self.api.delete(&name, &DeleteParams::default()),
@@ -773,8 +783,9 @@ impl<'a> Campaign<'a> {
             .map(|k| k * self.cfg.kills / (restarts + 1))
             .collect();
         let mut restarted = 0;
-        let mut next_kill = Instant::now() + uniform(&mut self.rng, self.cfg.kill_interval);
-        let mut next_action = Instant::now() + uniform(&mut self.rng, self.cfg.edit_interval);
+        let mut next_kill = Instant::now() + uniform(&mut self.kill_rng, self.cfg.kill_interval);
+        let mut next_action =
+            Instant::now() + uniform(&mut self.action_rng, self.cfg.edit_interval);
         let mut next_lease = Instant::now();
         let mut next_recreate = Instant::now();
         while self.figures.kills < self.cfg.kills {
@@ -786,7 +797,7 @@ impl<'a> Campaign<'a> {
             }
             if now >= next_kill {
                 self.kill_one();
-                next_kill = now + uniform(&mut self.rng, self.cfg.kill_interval);
+                next_kill = now + uniform(&mut self.kill_rng, self.cfg.kill_interval);
                 if restarted < restart_after.len() && self.figures.kills >= restart_after[restarted]
                 {
                     restarted += 1;
@@ -795,7 +806,8 @@ impl<'a> Campaign<'a> {
             }
             if now >= next_action {
                 self.user_action().await;
-                next_action = Instant::now() + uniform(&mut self.rng, self.cfg.edit_interval);
+                next_action =
+                    Instant::now() + uniform(&mut self.action_rng, self.cfg.edit_interval);
             }
             if now >= next_recreate {
                 self.recreate_gone().await;
@@ -1005,7 +1017,9 @@ pub async fn run_campaign(cp: &ControlPlane, cfg: &CampaignConfig) -> anyhow::Re
             args: cfg.operator_args(&ns),
         },
         log_dir: log_dir.clone(),
-        rng: StdRng::seed_from_u64(cfg.seed),
+        kill_rng: StdRng::seed_from_u64(cfg.seed),
+        action_rng: StdRng::seed_from_u64(cfg.seed.wrapping_add(1)),
+        process_rng: StdRng::seed_from_u64(cfg.seed.wrapping_add(2)),
         slots: ["replica-a", "replica-b"]
             .into_iter()
             .map(|name| Slot {
