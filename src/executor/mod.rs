@@ -576,3 +576,6 @@ fn note(warning: bool, reason: &str, message: &str) -> Note {
         message: message.to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests;
