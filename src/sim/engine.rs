@@ -3,22 +3,28 @@
 //! of this module are deterministic and the server needs no background task.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use serde_json::{json, Map, Value};
 
-use super::config::{Faults, ReplyShape, ScriptedFault, SimConfig, UpdateReplyShape};
-use super::stats::{CallCount, SimAgent, SimStats};
+use super::config::{
+    ConvergedReply, Faults, Modes, ReplyShape, ScriptedFault, SimConfig, UpdateReplyShape,
+    FIXED_MODEL_URL,
+};
+use super::stats::{CallCount, GenerationRecord, GenerationReply, SimAgent, SimStats};
 
 /// An HTTP answer, before it becomes one.
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct Reply {
     pub status: u16,
     pub body: Value,
-    pub retry_after: Option<u64>,
+    /// The Retry-After header value, verbatim.
+    pub retry_after: Option<String>,
     /// The agent the call was about, for stats and logs.
     pub agent: Option<String>,
+    /// The `GenerationRecord` this call added, if it was an accepted generate.
+    pub generation_seq: Option<u64>,
 }
 
 impl Reply {
@@ -28,6 +34,7 @@ impl Reply {
             body,
             retry_after: None,
             agent: Some(agent.to_string()),
+            generation_seq: None,
         }
     }
 
@@ -37,6 +44,7 @@ impl Reply {
             body: json!({"error": error, "code": code, "details": details}),
             retry_after: None,
             agent: agent.map(String::from),
+            generation_seq: None,
         }
     }
 
@@ -82,6 +90,8 @@ struct Job {
     agent: String,
     /// The agent's generation number, used in the model URL.
     n: u64,
+    /// Until then the job is invisible and not yet queued (`Modes::invisible_ms`).
+    visible_at: Instant,
     queued_at: Instant,
     started_at: Instant,
     fails: bool,
@@ -105,6 +115,16 @@ struct Agent {
     updated_at: Option<String>,
     fail_next: bool,
     refuse_next_regeneration: bool,
+    /// Replaces `SimConfig::modes` for this agent.
+    modes: Option<Modes>,
+}
+
+/// What GET shows of an agent's generation.
+enum Visible {
+    /// Never generated (or only invisible jobs so far).
+    Nothing,
+    InProgress(String),
+    Done(Outcome),
 }
 
 impl Agent {
@@ -125,6 +145,7 @@ impl Agent {
             updated_at: None,
             fail_next: false,
             refuse_next_regeneration: false,
+            modes: None,
         }
     }
 }
@@ -150,9 +171,13 @@ pub(crate) struct Engine {
     running: Vec<Job>,
     /// Generations waiting for a worker, first come first served.
     queue: VecDeque<Job>,
+    /// Accepted generations not yet visible nor queued (`Modes::invisible_ms`).
+    invisible: Vec<Job>,
     next_job: u64,
     idempotency: HashMap<String, Reply>,
     counters: Counters,
+    generation_log: Vec<GenerationRecord>,
+    next_seq: u64,
 }
 
 const MODEL_HOST: &str = "https://sim.bithuman.local";
@@ -170,31 +195,61 @@ impl Engine {
             agents: BTreeMap::new(),
             running: Vec::new(),
             queue: VecDeque::new(),
+            invisible: Vec::new(),
             next_job: 1,
             idempotency: HashMap::new(),
             counters: Counters::default(),
+            generation_log: Vec::new(),
+            next_seq: 1,
         }
+    }
+
+    /// The hard modes in force for an agent.
+    pub fn modes_for(&self, agent: Option<&str>) -> &Modes {
+        agent
+            .and_then(|a| self.agents.get(a))
+            .and_then(|a| a.modes.as_ref())
+            .unwrap_or(&self.cfg.modes)
     }
 
     // ---- time ---------------------------------------------------------
 
-    /// Completes every generation that has finished by `now`, handing freed
-    /// workers to queued generations at the moment they were freed.
+    /// Replays every event up to `now` in time order: generations that
+    /// finished (handing freed workers to queued ones at the moment they were
+    /// freed) and invisible generations that became visible (joining the
+    /// queue at that moment).
     pub fn advance(&mut self, now: Instant) {
         let gen_time = self.cfg.generation_time;
-        while let Some((idx, done_at)) = self
-            .running
-            .iter()
-            .enumerate()
-            .map(|(i, j)| (i, j.started_at + gen_time))
-            .min_by_key(|(_, t)| *t)
-        {
-            if done_at > now {
-                break;
+        loop {
+            let done = self
+                .running
+                .iter()
+                .enumerate()
+                .map(|(i, j)| (i, j.started_at + gen_time))
+                .min_by_key(|(_, t)| *t);
+            let shown = self
+                .invisible
+                .iter()
+                .enumerate()
+                .map(|(i, j)| (i, j.visible_at))
+                .min_by_key(|(i, t)| (*t, self.invisible[*i].id));
+            match (done, shown) {
+                (Some((idx, done_at)), shown)
+                    if done_at <= now && shown.is_none_or(|(_, t)| done_at <= t) =>
+                {
+                    let job = self.running.swap_remove(idx);
+                    self.complete(job);
+                    self.fill(done_at);
+                }
+                (_, Some((idx, at))) if at <= now => {
+                    let mut job = self.invisible.remove(idx);
+                    job.queued_at = at;
+                    job.started_at = at;
+                    self.queue.push_back(job);
+                    self.fill(at);
+                }
+                _ => break,
             }
-            let job = self.running.swap_remove(idx);
-            self.complete(job);
-            self.fill(done_at);
         }
     }
 
@@ -213,6 +268,7 @@ impl Engine {
     }
 
     fn complete(&mut self, job: Job) {
+        let fixed = self.modes_for(Some(&job.agent)).fixed_model_url;
         let Some(agent) = self.agents.get_mut(&job.agent) else {
             return;
         };
@@ -228,12 +284,22 @@ impl Engine {
         } else {
             agent.outcome = Some(Outcome::Ready);
             agent.error_message = None;
-            agent.model_url = Some(format!("{MODEL_HOST}/models/{}/{}.bin", job.agent, job.n));
+            // The real service's URLs need not change between generations;
+            // by default they do here, which makes resends easy to see.
+            agent.model_url = Some(if fixed {
+                FIXED_MODEL_URL.to_string()
+            } else {
+                format!("{MODEL_HOST}/models/{}/{}.bin", job.agent, job.n)
+            });
             agent.generated_gestures = job
                 .prompts
                 .iter()
                 .map(|p| {
-                    let url = format!("{MODEL_HOST}/videos/{}/{}/{p}.mp4", job.agent, job.n);
+                    let url = if fixed {
+                        format!("{MODEL_HOST}/videos/{}/{p}.mp4", job.agent)
+                    } else {
+                        format!("{MODEL_HOST}/videos/{}/{}/{p}.mp4", job.agent, job.n)
+                    };
                     (p.clone(), url)
                 })
                 .collect();
@@ -242,7 +308,7 @@ impl Engine {
 
     /// Queues a generation for `agent`; returns whether one was already in
     /// progress (which the stats count as overlapping).
-    fn start_generation(&mut self, agent_id: &str, now: Instant) -> bool {
+    fn start_generation(&mut self, agent_id: &str, now: Instant, invisible: Duration) -> bool {
         let fail_rate = self.cfg.faults.fail_generation_rate;
         let random_fail = fail_rate > 0.0 && self.rng.random::<f64>() < fail_rate;
         let id = self.next_job;
@@ -264,6 +330,7 @@ impl Engine {
             id,
             agent: agent_id.to_string(),
             n: agent.generations,
+            visible_at: now.checked_add(invisible).unwrap_or(now),
             queued_at: now,
             started_at: now,
             fails,
@@ -272,17 +339,43 @@ impl Engine {
         if overlapping {
             self.counters.overlapping_generations += 1;
         }
-        self.queue.push_back(job);
-        self.fill(now);
+        if job.visible_at > now {
+            self.invisible.push(job);
+        } else {
+            self.queue.push_back(job);
+            self.fill(now);
+        }
         overlapping
     }
 
-    fn status_of(&self, agent: &Agent) -> Option<&'static str> {
+    /// The agent's generation as GET shows it, under the agent's modes.
+    fn visible(&self, agent_id: &str, agent: &Agent) -> Visible {
+        let modes = self.modes_for(Some(agent_id));
         if let Some(id) = agent.current_job {
             if self.queue.iter().any(|j| j.id == id) {
-                return Some("processing");
+                let s = modes.waiting_status.as_deref().unwrap_or("processing");
+                return Visible::InProgress(s.to_string());
             }
-            return Some("generating");
+            if self.running.iter().any(|j| j.id == id) {
+                let s = modes.running_status.as_deref().unwrap_or("generating");
+                return Visible::InProgress(s.to_string());
+            }
+            // Invisible: the previous state shows through.
+        }
+        match &agent.outcome {
+            Some(o) => Visible::Done(o.clone()),
+            None => Visible::Nothing,
+        }
+    }
+
+    /// The agent's true status, for `/_sim/agents` (invisible jobs count as
+    /// `processing`; hard modes' status names are not applied).
+    fn status_of(&self, agent: &Agent) -> Option<&'static str> {
+        if let Some(id) = agent.current_job {
+            if self.running.iter().any(|j| j.id == id) {
+                return Some("generating");
+            }
+            return Some("processing");
         }
         agent.outcome.as_ref().map(|o| match o {
             Outcome::Ready => "ready",
@@ -302,7 +395,12 @@ impl Engine {
 
     /// Rolls the fault dice for one `/v1` call; the script goes first.
     pub fn plan_faults(&mut self, agent: Option<&str>) -> FaultPlan {
-        let retry = self.cfg.faults.retry_after_secs;
+        let retry = self
+            .modes_for(agent)
+            .retry_after_header
+            .clone()
+            .or_else(|| self.cfg.faults.retry_after_header.clone())
+            .unwrap_or_else(|| self.cfg.faults.retry_after_secs.to_string());
         let injected = |status: u16| {
             let (error, code, details) = match status {
                 500 => (
@@ -323,7 +421,7 @@ impl Engine {
             };
             let mut r = Reply::error(status, agent, error, code, details.to_string());
             if status != 500 {
-                r.retry_after = Some(retry);
+                r.retry_after = Some(retry.clone());
             }
             r
         };
@@ -402,9 +500,17 @@ impl Engine {
         if let Err(r) = self.check_secret(secret, hint.as_deref()) {
             return r;
         }
-        if let Some(cached) = idempotency_key.and_then(|k| self.idempotency.get(k)) {
+        let honour = self
+            .modes_for(hint.as_deref())
+            .honour_idempotency_key
+            .unwrap_or(self.cfg.honour_idempotency_key);
+        let key = idempotency_key.filter(|_| honour);
+        if let Some(cached) = key.and_then(|k| self.idempotency.get(k)) {
+            let mut reply = cached.clone();
             self.counters.idempotent_replays += 1;
-            return cached.clone();
+            let agent_id = reply.agent.clone().or(hint).unwrap_or_default();
+            reply.generation_seq = Some(self.log_generation(agent_id, body, key, true));
+            return reply;
         }
         let req = match validate_generate(body) {
             Ok(r) => r,
@@ -439,8 +545,9 @@ impl Engine {
         if let Some(p) = req.prompts {
             agent.prompts = p;
         }
-        self.start_generation(&agent_id, now);
-        let reply = Reply::ok(
+        let invisible = Duration::from_millis(self.modes_for(Some(&agent_id)).invisible_ms);
+        self.start_generation(&agent_id, now, invisible);
+        let mut reply = Reply::ok(
             &agent_id,
             json!({
                 "success": true,
@@ -449,10 +556,45 @@ impl Engine {
                 "status": "processing",
             }),
         );
-        if let Some(k) = idempotency_key {
+        if let Some(k) = key {
             self.idempotency.insert(k.to_string(), reply.clone());
         }
+        reply.generation_seq = Some(self.log_generation(agent_id, body, idempotency_key, false));
         reply
+    }
+
+    fn log_generation(
+        &mut self,
+        agent_id: String,
+        body: &[u8],
+        key: Option<&str>,
+        replayed: bool,
+    ) -> u64 {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let body = serde_json::from_slice(body)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(body).into_owned()));
+        self.generation_log.push(GenerationRecord {
+            seq,
+            agent_id,
+            body,
+            idempotency_key: key.map(String::from),
+            replayed,
+            reply: GenerationReply::Ok,
+        });
+        seq
+    }
+
+    /// Notes how an accepted generate call was finally answered.
+    pub fn set_generation_reply(&mut self, seq: u64, reply: GenerationReply) {
+        if let Some(r) = self.generation_log.iter_mut().rfind(|r| r.seq == seq) {
+            r.reply = reply;
+        }
+    }
+
+    /// `GET /_sim/generations`
+    pub fn generations(&self) -> Vec<GenerationRecord> {
+        self.generation_log.clone()
     }
 
     /// GET /v1/dynamics/{agent_id}
@@ -467,8 +609,18 @@ impl Engine {
         let Some(agent) = self.agents.get(agent_id) else {
             return Reply::ok(agent_id, self.empty_data(agent_id));
         };
-        let Some(status) = self.status_of(agent) else {
-            return Reply::ok(agent_id, self.empty_data(agent_id));
+        let status = match self.visible(agent_id, agent) {
+            Visible::Nothing => return Reply::ok(agent_id, self.empty_data(agent_id)),
+            Visible::InProgress(s) => Some(s),
+            Visible::Done(Outcome::Failed) => Some("failed".to_string()),
+            Visible::Done(Outcome::Ready) => match self.modes_for(Some(agent_id)).converged_reply {
+                ConvergedReply::Normal => Some("ready".to_string()),
+                ConvergedReply::NoStatus => None,
+                ConvergedReply::DataNull => {
+                    return Reply::ok(agent_id, json!({"success": true, "data": null}))
+                }
+                ConvergedReply::Bare => return Reply::ok(agent_id, json!({"success": true})),
+            },
         };
         let mut data = Map::new();
         data.insert("agent_id".into(), json!(agent_id));
@@ -481,7 +633,9 @@ impl Engine {
                 data.insert("gestures".into(), json!(gestures_of(agent)));
             }
         }
-        data.insert("status".into(), json!(status));
+        if let Some(status) = status {
+            data.insert("status".into(), json!(status));
+        }
         if let Some(e) = &agent.error_message {
             data.insert("error_message".into(), json!(e));
         }
@@ -501,6 +655,7 @@ impl Engine {
     pub fn update(
         &mut self,
         now: Instant,
+        wall: SystemTime,
         secret: Option<&str>,
         agent_id: &str,
         body: &[u8],
@@ -516,7 +671,7 @@ impl Engine {
             return Reply::not_found(agent_id);
         }
         self.advance(now);
-        let updated_at = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+        let updated_at = humantime::format_rfc3339_seconds(wall).to_string();
         let agent = self
             .agents
             .entry(agent_id.to_string())
@@ -552,7 +707,7 @@ impl Engine {
                 );
             }
             self.counters.regenerations_started += 1;
-            self.start_generation(agent_id, now);
+            self.start_generation(agent_id, now, Duration::ZERO);
             return Reply::ok(
                 agent_id,
                 json!({
@@ -607,6 +762,7 @@ impl Engine {
 
     pub fn reset_stats(&mut self) {
         self.counters = Counters::default();
+        self.generation_log.clear();
     }
 
     pub fn set_credits(&mut self, credits: u64) {
@@ -627,6 +783,19 @@ impl Engine {
 
     pub fn refuse_next_regeneration(&mut self, id: &str) {
         self.agent_mut(id).refuse_next_regeneration = true;
+    }
+
+    /// Hard modes for one agent (`None`: back to the global set).
+    pub fn set_agent_modes(&mut self, id: &str, modes: Option<Modes>) {
+        self.agent_mut(id).modes = modes;
+    }
+
+    pub fn modes(&self) -> &Modes {
+        &self.cfg.modes
+    }
+
+    pub fn set_modes(&mut self, modes: Modes) {
+        self.cfg.modes = modes;
     }
 
     pub fn agent(&mut self, now: Instant, id: &str) -> SimAgent {
@@ -659,6 +828,7 @@ impl Engine {
             updated_at: a.updated_at.clone(),
             fail_next: a.fail_next,
             refuse_next_regeneration: a.refuse_next_regeneration,
+            modes: a.modes.clone(),
         }
     }
 
@@ -807,6 +977,10 @@ mod tests {
     use std::time::Duration;
 
     const S: Option<&str> = Some("sim-secret");
+    /// 2024-01-02T03:04:05Z: the engine reads no clock, so this is what it stamps.
+    fn wall() -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_704_164_645)
+    }
 
     fn engine(gen_ms: u64, max: usize) -> Engine {
         Engine::new(SimConfig {
@@ -960,7 +1134,10 @@ mod tests {
         e.set_known("a", false);
         assert_eq!(e.generate(now, S, None, body).status, 404);
         assert_eq!(e.get(now, S, "a").status, 404);
-        assert_eq!(e.update(now, S, "a", br#"{"dynamics":{}}"#).status, 404);
+        assert_eq!(
+            e.update(now, wall(), S, "a", br#"{"dynamics":{}}"#).status,
+            404
+        );
         e.set_known("a", true);
         e.set_credits(249);
         let r = e.generate(now, S, None, body);
@@ -977,7 +1154,7 @@ mod tests {
         let body = br#"{"agent_id":"a"}"#;
         let r1 = e.generate(now, S, Some("k1"), body);
         let r2 = e.generate(now, S, Some("k1"), body);
-        assert_eq!(r1, r2);
+        assert_eq!((r1.status, &r1.body), (r2.status, &r2.body));
         assert_eq!(e.stats().credits_charged, 250);
         assert_eq!(e.stats().idempotent_replays, 1);
         e.generate(now, S, Some("k2"), body);
@@ -989,7 +1166,7 @@ mod tests {
         let t0 = Instant::now();
         let ms = Duration::from_millis;
         let mut e = engine(100, 2);
-        let put = |e: &mut Engine, t, body: &str| e.update(t, S, "a", body.as_bytes());
+        let put = |e: &mut Engine, t, body: &str| e.update(t, wall(), S, "a", body.as_bytes());
         let batch = r#"{"dynamics":{"enabled":true,"batch_results":{"wave":{"video_url":"https://v/w.mp4","status":"success"}}},"toggle_enabled":true}"#;
         let r = put(&mut e, t0, batch);
         assert_eq!(r.body["regeneration_status"], "started");
@@ -1028,7 +1205,8 @@ mod tests {
             r#"{"dynamics":{},"toggle_enabled":1}"#,
         ] {
             assert_eq!(
-                e.update(Instant::now(), S, "a", body.as_bytes()).status,
+                e.update(Instant::now(), wall(), S, "a", body.as_bytes())
+                    .status,
                 400,
                 "{body}"
             );
@@ -1048,7 +1226,7 @@ mod tests {
         gen(&mut e, t0, "a");
         assert_eq!(status(&mut e, t0, "a").as_deref(), Some("ready"));
         e.refuse_next_regeneration("a");
-        let r = e.update(t0, S, "a", br#"{"dynamics":{"batch_results":{}}}"#);
+        let r = e.update(t0, wall(), S, "a", br#"{"dynamics":{"batch_results":{}}}"#);
         assert_eq!(r.body["regeneration_status"], "failed");
         assert!(r.body["regeneration_error"].is_string());
         assert_eq!(e.stats().regenerations_started, 0);
@@ -1071,7 +1249,7 @@ mod tests {
         });
         let p = e.plan_faults(Some("a"));
         let r = p.replace.unwrap();
-        assert_eq!((r.status, r.retry_after), (429, Some(3)));
+        assert_eq!((r.status, r.retry_after.as_deref()), (429, Some("3")));
         assert_eq!(e.plan_faults(Some("a")), FaultPlan::default());
         let p = e.plan_faults(Some("a"));
         assert!(p.replace.is_none() && p.drop);
@@ -1110,5 +1288,240 @@ mod tests {
         let g = d["gestures"].as_object().unwrap();
         assert_eq!(g.keys().collect::<Vec<_>>(), ["idle", "wave"]);
         assert!(d.get("dynamics").is_none());
+    }
+
+    fn with_modes(modes: Modes) -> Engine {
+        Engine::new(SimConfig {
+            generation_time: Duration::from_millis(100),
+            max_concurrent: 2,
+            seed: Some(1),
+            modes,
+            ..SimConfig::default()
+        })
+    }
+
+    #[test]
+    fn updated_at_comes_from_the_wall_time_passed_in() {
+        let mut e = engine(100, 2);
+        let r = e.update(
+            Instant::now(),
+            wall(),
+            S,
+            "a",
+            br#"{"dynamics":{"enabled":true}}"#,
+        );
+        assert_eq!(r.body["data"]["updated_at"], "2024-01-02T03:04:05Z");
+        assert_eq!(
+            e.agent(Instant::now(), "a").updated_at.as_deref(),
+            Some("2024-01-02T03:04:05Z")
+        );
+    }
+
+    #[test]
+    fn invisible_job_shows_the_previous_state_then_queues() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut e = with_modes(Modes {
+            invisible_ms: 500,
+            ..Modes::default()
+        });
+        // Never generated: no status while invisible.
+        assert_eq!(gen(&mut e, t0, "a").status, 200);
+        assert_eq!(status(&mut e, t0 + ms(499), "a"), None);
+        assert_eq!(
+            e.get(t0, S, "a").body,
+            json!({"success": true, "data": {"agent_id": "a", "dynamics": null}})
+        );
+        // Visible at 500, runs 100 ms from then (not from the POST).
+        assert_eq!(
+            status(&mut e, t0 + ms(500), "a").as_deref(),
+            Some("generating")
+        );
+        assert_eq!(
+            status(&mut e, t0 + ms(599), "a").as_deref(),
+            Some("generating")
+        );
+        assert_eq!(status(&mut e, t0 + ms(600), "a").as_deref(), Some("ready"));
+        let first = e.get(t0 + ms(600), S, "a").body["data"]["dynamics"].clone();
+        // A second generation: the old ready state and model show through.
+        gen(&mut e, t0 + ms(600), "a");
+        let r = e.get(t0 + ms(1000), S, "a");
+        assert_eq!(r.body["data"]["status"], "ready");
+        assert_eq!(r.body["data"]["dynamics"], first);
+        // Buying again because "nothing happened" is an overlap.
+        gen(&mut e, t0 + ms(1000), "a");
+        assert_eq!(e.stats().overlapping_generations, 1);
+        assert_eq!(e.stats().credits_charged, 750);
+    }
+
+    #[test]
+    fn invisible_jobs_join_the_queue_in_order_of_visibility() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut e = Engine::new(SimConfig {
+            generation_time: ms(100),
+            max_concurrent: 1,
+            modes: Modes {
+                invisible_ms: 50,
+                waiting_status: Some("queued".into()),
+                running_status: Some("in_progress".into()),
+                ..Modes::default()
+            },
+            ..SimConfig::default()
+        });
+        gen(&mut e, t0, "a");
+        gen(&mut e, t0 + ms(10), "b");
+        assert_eq!(status(&mut e, t0 + ms(40), "b"), None);
+        assert_eq!(
+            status(&mut e, t0 + ms(60), "a").as_deref(),
+            Some("in_progress")
+        );
+        assert_eq!(status(&mut e, t0 + ms(60), "b").as_deref(), Some("queued"));
+        // a started at 50, done at 150; b starts then, done at 250.
+        assert_eq!(status(&mut e, t0 + ms(150), "a").as_deref(), Some("ready"));
+        assert_eq!(
+            status(&mut e, t0 + ms(249), "b").as_deref(),
+            Some("in_progress")
+        );
+        assert_eq!(status(&mut e, t0 + ms(250), "b").as_deref(), Some("ready"));
+        // The oracle view keeps the true names.
+        assert_eq!(e.agent(t0 + ms(250), "b").status.as_deref(), Some("ready"));
+    }
+
+    #[test]
+    fn fixed_model_url_and_gestures_do_not_change() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut e = with_modes(Modes {
+            fixed_model_url: true,
+            ..Modes::default()
+        });
+        gen(&mut e, t0, "a");
+        let one = e.get(t0 + ms(100), S, "a").body;
+        gen(&mut e, t0 + ms(100), "a");
+        let two = e.get(t0 + ms(200), S, "a").body;
+        assert_eq!(one["data"]["dynamics"], FIXED_MODEL_URL);
+        assert_eq!(one, two);
+        assert_eq!(e.agent(t0 + ms(200), "a").generations, 2);
+        assert_eq!(
+            e.agent(t0, "a").gestures,
+            e.agent(t0 + ms(200), "a").gestures
+        );
+    }
+
+    #[test]
+    fn converged_replies_switch_per_agent() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut e = engine(100, 2);
+        gen(&mut e, t0, "a");
+        gen(&mut e, t0, "b");
+        let done = t0 + ms(100);
+        let set = |e: &mut Engine, c| {
+            e.set_agent_modes(
+                "a",
+                Some(Modes {
+                    converged_reply: c,
+                    ..Modes::default()
+                }),
+            )
+        };
+        set(&mut e, ConvergedReply::DataNull);
+        assert_eq!(
+            e.get(done, S, "a").body,
+            json!({"success": true, "data": null})
+        );
+        // b keeps the global (normal) modes.
+        assert_eq!(status(&mut e, done, "b").as_deref(), Some("ready"));
+        set(&mut e, ConvergedReply::NoStatus);
+        let d = e.get(done, S, "a").body["data"].clone();
+        assert!(d.get("status").is_none(), "{d}");
+        assert!(d["dynamics"].as_str().unwrap().ends_with("/a/1.bin"));
+        set(&mut e, ConvergedReply::Bare);
+        assert_eq!(e.get(done, S, "a").body, json!({"success": true}));
+        // In progress is reported normally whatever the converged reply.
+        gen(&mut e, done, "a");
+        assert_eq!(status(&mut e, done, "a").as_deref(), Some("generating"));
+        e.set_agent_modes("a", None);
+        assert_eq!(
+            status(&mut e, done + ms(100), "a").as_deref(),
+            Some("ready")
+        );
+    }
+
+    #[test]
+    fn idempotency_key_ignored_when_switched_off_and_log_records_both() {
+        let now = Instant::now();
+        let mut e = Engine::new(SimConfig {
+            honour_idempotency_key: false,
+            ..SimConfig::default()
+        });
+        let body = br#"{"agent_id":"a","duration":3}"#;
+        let r1 = e.generate(now, S, Some("k1"), body);
+        let r2 = e.generate(now, S, Some("k1"), body);
+        assert_eq!((r1.generation_seq, r2.generation_seq), (Some(1), Some(2)));
+        assert_eq!(e.stats().credits_charged, 500);
+        assert_eq!(e.stats().idempotent_replays, 0);
+        // Per agent, honouring can come back on.
+        e.set_agent_modes(
+            "b",
+            Some(Modes {
+                honour_idempotency_key: Some(true),
+                ..Modes::default()
+            }),
+        );
+        let b = br#"{"agent_id":"b"}"#;
+        e.generate(now, S, Some("k2"), b);
+        let replay = e.generate(now, S, Some("k2"), b);
+        assert_eq!(e.stats().credits_charged, 750);
+        e.set_generation_reply(replay.generation_seq.unwrap(), GenerationReply::Dropped);
+        let log = e.generations();
+        let view: Vec<_> = log
+            .iter()
+            .map(|r| (r.seq, r.agent_id.as_str(), r.replayed, r.reply))
+            .collect();
+        assert_eq!(
+            view,
+            [
+                (1, "a", false, GenerationReply::Ok),
+                (2, "a", false, GenerationReply::Ok),
+                (3, "b", false, GenerationReply::Ok),
+                (4, "b", true, GenerationReply::Dropped),
+            ]
+        );
+        assert_eq!(log[0].body, json!({"agent_id": "a", "duration": 3}));
+        assert_eq!(log[0].idempotency_key.as_deref(), Some("k1"));
+        // Refused calls are not recorded; a reset clears, seq keeps counting.
+        e.set_credits(0);
+        assert_eq!(e.generate(now, S, None, body).status, 402);
+        assert_eq!(e.generations().len(), 4);
+        e.reset_stats();
+        assert!(e.generations().is_empty());
+        e.set_credits(1000);
+        assert_eq!(e.generate(now, S, None, body).generation_seq, Some(5));
+    }
+
+    #[test]
+    fn retry_after_header_overrides_global_then_per_agent() {
+        let mut e = engine(0, 2);
+        e.set_faults(Faults {
+            rate_limit_rate: 1.0,
+            retry_after_header: Some("18446744073709551615".into()),
+            ..Faults::default()
+        });
+        let r = e.plan_faults(Some("x")).replace.unwrap();
+        assert_eq!(r.retry_after.as_deref(), Some("18446744073709551615"));
+        e.set_agent_modes(
+            "a",
+            Some(Modes {
+                retry_after_header: Some("Fri, 31 Dec 9999 23:59:59 GMT".into()),
+                ..Modes::default()
+            }),
+        );
+        let r = e.plan_faults(Some("a")).replace.unwrap();
+        assert_eq!(
+            r.retry_after.as_deref(),
+            Some("Fri, 31 Dec 9999 23:59:59 GMT")
+        );
     }
 }

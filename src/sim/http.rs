@@ -3,13 +3,14 @@
 
 use std::{
     sync::{Arc, Mutex, MutexGuard, PoisonError},
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use axum::{
     body::Bytes,
-    extract::{ConnectInfo, Path, State},
+    extract::{ConnectInfo, Path, Request, State},
     http::{header::RETRY_AFTER, HeaderMap, HeaderValue, StatusCode},
+    middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::{get, post, put},
     Json, Router,
@@ -18,9 +19,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tracing::{debug, info};
 
-use super::config::Faults;
+use super::config::{Faults, Modes};
 use super::conn::ConnKiller;
 use super::engine::{agent_hint, Engine, Reply};
+use super::stats::GenerationReply;
 
 pub(crate) type Shared = Arc<Mutex<Engine>>;
 
@@ -36,10 +38,30 @@ pub(crate) fn router(shared: Shared) -> Router {
         .route("/_sim/stats", get(stats).delete(reset_stats))
         .route("/_sim/credits", put(set_credits).get(get_credits))
         .route("/_sim/faults", put(set_faults).get(get_faults))
+        .route("/_sim/generations", get(generations))
+        .route("/_sim/modes", put(set_modes).get(get_modes))
         .route("/_sim/agents", get(list_agents))
         .route("/_sim/agents/{agent_id}", get(agent))
+        .route(
+            "/_sim/agents/{agent_id}/modes",
+            put(set_agent_modes)
+                .get(get_agent_modes)
+                .delete(clear_agent_modes),
+        )
         .route("/_sim/agents/{agent_id}/{action}", post(agent_action))
+        .layer(middleware::from_fn(mark_busy))
         .with_state(shared)
+}
+
+/// Holds the connection busy while a request is handled, so the idle
+/// timeout never cuts a slow reply (latency, `reply_delay_ms`).
+async fn mark_busy(
+    ConnectInfo(conn): ConnectInfo<ConnKiller>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let _busy = conn.busy();
+    next.run(req).await
 }
 
 fn header(headers: &HeaderMap, name: &str) -> Option<String> {
@@ -84,13 +106,15 @@ async fn update(
     body: Bytes,
 ) -> Response {
     let secret = header(&headers, "api-secret");
+    let wall = SystemTime::now();
     v1_call(&sh, &conn, "update", Some(agent_id.clone()), |e, now| {
-        e.update(now, secret.as_deref(), &agent_id, &body)
+        e.update(now, wall, secret.as_deref(), &agent_id, &body)
     })
     .await
 }
 
-/// Latency, then the fault dice, then the call itself, then maybe a drop.
+/// Latency, then the fault dice, then the call itself, then maybe a drop or
+/// (for generate and update) a held-back reply.
 async fn v1_call(
     sh: &Shared,
     conn: &ConnKiller,
@@ -103,7 +127,7 @@ async fn v1_call(
     if latency > 0 {
         tokio::time::sleep(Duration::from_millis(latency)).await;
     }
-    let (reply, dropped) = {
+    let (reply, dropped, delay) = {
         let mut e = lock(sh);
         let plan = e.plan_faults(agent.as_deref());
         let injected = plan.replace.is_some();
@@ -114,6 +138,19 @@ async fn v1_call(
         if reply.agent.is_none() {
             reply.agent = agent;
         }
+        let delay = match endpoint {
+            "generate" | "update" if !injected && !plan.drop => {
+                Duration::from_millis(e.modes_for(reply.agent.as_deref()).reply_delay_ms)
+            }
+            _ => Duration::ZERO,
+        };
+        if let Some(seq) = reply.generation_seq {
+            if plan.drop {
+                e.set_generation_reply(seq, GenerationReply::Dropped);
+            } else if !delay.is_zero() {
+                e.set_generation_reply(seq, GenerationReply::Delayed);
+            }
+        }
         e.record(endpoint, reply.agent.as_deref(), reply.status);
         info!(
             endpoint,
@@ -121,13 +158,17 @@ async fn v1_call(
             status = reply.status,
             injected,
             dropped = plan.drop,
+            delay_ms = delay.as_millis() as u64,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "sim call"
         );
-        (reply, plan.drop)
+        (reply, plan.drop, delay)
     };
     if dropped {
         conn.kill();
+    }
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
     }
     into_response(reply)
 }
@@ -135,11 +176,47 @@ async fn v1_call(
 fn into_response(reply: Reply) -> Response {
     let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut resp = (status, Json(reply.body)).into_response();
-    if let Some(secs) = reply.retry_after {
-        resp.headers_mut()
-            .insert(RETRY_AFTER, HeaderValue::from(secs));
+    if let Some(value) = reply.retry_after {
+        let value =
+            HeaderValue::from_str(&value).unwrap_or_else(|_| HeaderValue::from_static("invalid"));
+        resp.headers_mut().insert(RETRY_AFTER, value);
     }
     resp
+}
+
+async fn generations(State(sh): State<Shared>) -> Response {
+    Json(lock(&sh).generations()).into_response()
+}
+
+async fn set_modes(State(sh): State<Shared>, Json(m): Json<Modes>) -> Json<Modes> {
+    lock(&sh).set_modes(m.clone());
+    debug!(modes = ?m, "sim modes set");
+    Json(m)
+}
+
+async fn get_modes(State(sh): State<Shared>) -> Json<Modes> {
+    Json(lock(&sh).modes().clone())
+}
+
+async fn set_agent_modes(
+    State(sh): State<Shared>,
+    Path(agent_id): Path<String>,
+    Json(m): Json<Modes>,
+) -> Json<Modes> {
+    lock(&sh).set_agent_modes(&agent_id, Some(m.clone()));
+    debug!(agent = %agent_id, modes = ?m, "sim agent modes set");
+    Json(m)
+}
+
+/// The modes in force for the agent (its own, else the global ones).
+async fn get_agent_modes(State(sh): State<Shared>, Path(agent_id): Path<String>) -> Json<Modes> {
+    Json(lock(&sh).modes_for(Some(&agent_id)).clone())
+}
+
+async fn clear_agent_modes(State(sh): State<Shared>, Path(agent_id): Path<String>) -> Json<Modes> {
+    let mut e = lock(&sh);
+    e.set_agent_modes(&agent_id, None);
+    Json(e.modes().clone())
 }
 
 async fn stats(State(sh): State<Shared>) -> Response {

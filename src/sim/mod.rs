@@ -25,8 +25,11 @@ use anyhow::Context as _;
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tracing::{info, warn};
 
-pub use config::{Faults, ReplyShape, ScriptedFault, SimArgs, SimConfig, UpdateReplyShape};
-pub use stats::{CallCount, SimAgent, SimStats};
+pub use config::{
+    ConvergedReply, Faults, Modes, ReplyShape, ScriptedFault, SimArgs, SimConfig, UpdateReplyShape,
+    DEFAULT_IDLE_TIMEOUT, FIXED_MODEL_URL,
+};
+pub use stats::{CallCount, GenerationRecord, GenerationReply, SimAgent, SimStats};
 
 use conn::{ConnKiller, KillableListener};
 use engine::Engine;
@@ -34,11 +37,12 @@ use http::{lock, Shared};
 
 async fn serve(
     listener: TcpListener,
+    idle_timeout: Option<Duration>,
     shared: Shared,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let app = http::router(shared).into_make_service_with_connect_info::<ConnKiller>();
-    axum::serve(KillableListener(listener), app)
+    axum::serve(KillableListener::new(listener, idle_timeout), app)
         .with_graceful_shutdown(shutdown)
         .await
 }
@@ -49,9 +53,10 @@ pub async fn start(config: SimConfig) -> anyhow::Result<SimHandle> {
         .await
         .context("binding the simulator")?;
     let addr = listener.local_addr()?;
+    let idle_timeout = config.idle_timeout;
     let shared: Shared = Arc::new(Mutex::new(Engine::new(config)));
     let (tx, rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(serve(listener, shared.clone(), async move {
+    let task = tokio::spawn(serve(listener, idle_timeout, shared.clone(), async move {
         let _ = rx.await;
     }));
     let task = tokio::spawn(async move {
@@ -81,10 +86,14 @@ pub async fn run_foreground(args: SimArgs) -> anyhow::Result<()> {
         credits = config.credits,
         reply_shape = ?config.reply_shape,
         update_reply_shape = ?config.update_reply_shape,
+        honour_idempotency_key = config.honour_idempotency_key,
+        modes = ?config.modes,
+        idle_timeout = ?config.idle_timeout,
         "Dynamics API simulator listening (controls under /_sim/)"
     );
+    let idle_timeout = config.idle_timeout;
     let shared: Shared = Arc::new(Mutex::new(Engine::new(config)));
-    serve(listener, shared, async {
+    serve(listener, idle_timeout, shared, async {
         crate::shutdown::signal().await;
     })
     .await
@@ -164,6 +173,27 @@ impl SimHandle {
     /// would regenerate answers `regeneration_status: failed` instead.
     pub fn refuse_next_regeneration(&self, agent_id: &str) {
         lock(&self.shared).refuse_next_regeneration(agent_id);
+    }
+
+    /// `GET /_sim/generations`: every generate call accepted (charged or
+    /// replayed) since start or the last `reset_stats`.
+    pub fn generations(&self) -> Vec<GenerationRecord> {
+        lock(&self.shared).generations()
+    }
+
+    /// `PUT /_sim/modes`: hard modes for every agent without its own.
+    pub fn set_modes(&self, modes: Modes) {
+        lock(&self.shared).set_modes(modes);
+    }
+
+    /// `PUT /_sim/agents/{id}/modes` (`Some`) or `DELETE` (`None`).
+    pub fn set_agent_modes(&self, agent_id: &str, modes: Option<Modes>) {
+        lock(&self.shared).set_agent_modes(agent_id, modes);
+    }
+
+    /// `GET /_sim/agents/{id}/modes`: the modes in force for the agent.
+    pub fn agent_modes(&self, agent_id: &str) -> Modes {
+        lock(&self.shared).modes_for(Some(agent_id)).clone()
     }
 
     /// `GET /_sim/agents/{id}`

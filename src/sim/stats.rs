@@ -88,6 +88,45 @@ pub struct SimAgent {
     pub updated_at: Option<String>,
     pub fail_next: bool,
     pub refuse_next_regeneration: bool,
+    /// The agent's own hard modes, if set (else the global ones apply).
+    #[serde(default)]
+    pub modes: Option<super::config::Modes>,
+}
+
+/// How the simulator answered an accepted generate call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GenerationReply {
+    /// Answered at once.
+    Ok,
+    /// Processed, then the connection was closed without a reply.
+    Dropped,
+    /// Processed, then the reply was held back (`reply_delay_ms`); the
+    /// client may have given up before it came.
+    Delayed,
+}
+
+/// One generate call the simulator accepted (`GET /_sim/generations`): the
+/// test oracle for "never buy the same change twice".
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GenerationRecord {
+    /// Increases by one per record; not reset by `DELETE /_sim/stats`.
+    pub seq: u64,
+    pub agent_id: String,
+    /// The request body as received (a JSON string of the raw bytes if it
+    /// was not JSON, which only a replay can be).
+    pub body: Value,
+    pub idempotency_key: Option<String>,
+    /// Answered from the Idempotency-Key cache: NOT charged again.
+    pub replayed: bool,
+    pub reply: GenerationReply,
+}
+
+impl GenerationRecord {
+    /// Whether this call was charged (it was not an Idempotency-Key replay).
+    pub fn is_charged(&self) -> bool {
+        !self.replayed
+    }
 }
 
 #[cfg(test)]
@@ -117,5 +156,24 @@ mod tests {
         assert_eq!(stats.count("get", Some("b"), Some(500)), 0);
         assert_eq!(stats.count("generate", None, Some(400)), 1);
         assert_eq!(stats.total("update"), 0);
+    }
+
+    #[test]
+    fn generation_record_wire_format() {
+        let r: GenerationRecord = serde_json::from_str(
+            r#"{"seq":3,"agent_id":"a","body":{"agent_id":"a"},"idempotency_key":null,"replayed":false,"reply":"delayed"}"#,
+        )
+        .unwrap();
+        assert_eq!(r.reply, GenerationReply::Delayed);
+        assert_eq!(r.idempotency_key, None);
+        let back = serde_json::to_value(&r).unwrap();
+        assert_eq!(back["reply"], "delayed");
+        assert_eq!(back["idempotency_key"], Value::Null);
+        let replay = GenerationRecord {
+            replayed: true,
+            ..r.clone()
+        };
+        assert!(r.is_charged());
+        assert!(!replay.is_charged());
     }
 }
