@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use super::*;
 use crate::api::{ApiSecret, ClientConfig, DynamicsClient};
+use crate::reconcile::desired::inputs_hash;
 use crate::reconcile::guard::GenerationGuard;
 use crate::resource::GenerateOutcome;
-use crate::sim::{Faults, ScriptedFault, SimConfig, SimHandle};
+use crate::sim::{ConvergedReply, Faults, Modes, ScriptedFault, SimConfig, SimHandle};
 
 /// A status store in memory. `conflicts` scripts the saves: `true` fails that save with a
 /// conflict (another writer got there first), `false` or an empty script lets it through.
@@ -268,4 +269,190 @@ async fn two_objects_for_one_agent_whose_views_raced_cannot_both_buy() {
     );
     assert_eq!(generate_calls(&sim), 1);
     assert!(second.calls.is_empty());
+}
+
+/// A simulator that behaves like a busy real service: resends are charged.
+async fn hard_simulator(modes: Modes) -> SimHandle {
+    crate::sim::start(SimConfig {
+        secret: SECRET.into(),
+        credits: 1_000_000,
+        generation_time: Duration::from_millis(200),
+        honour_idempotency_key: false,
+        modes,
+        ..SimConfig::default()
+    })
+    .await
+    .expect("simulator starts")
+}
+
+fn charged(sim: &SimHandle) -> usize {
+    sim.generations().iter().filter(|g| g.is_charged()).count()
+}
+
+/// Passes back to back (as a hot requeue would) until `done` or `limit`.
+async fn passes_until(
+    exec: &Executor,
+    view: impl Fn(&AgentDynamicsStatus) -> ObjectView,
+    sink: &mut MemorySink,
+    limit: Duration,
+    done: impl Fn(&AgentDynamicsStatus) -> bool,
+) {
+    let secret = ApiSecret::new(SECRET);
+    let end = tokio::time::Instant::now() + limit;
+    while tokio::time::Instant::now() < end && !done(&sink.stored) {
+        let _ = exec.pass(&view(&sink.stored), Some(&secret), 0, sink).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn an_accepted_job_that_get_does_not_show_for_seconds_is_bought_once() {
+    // The reported failure: accepted, invisible to GET for 3 s, and a fixed model URL.
+    let sim = hard_simulator(Modes {
+        invisible_ms: 3_000,
+        fixed_model_url: true,
+        ..Modes::default()
+    })
+    .await;
+    let (exec, _guard) = executor(&sim, Duration::from_secs(5));
+    let mut sink = MemorySink::default();
+    passes_until(
+        &exec,
+        |s| object(s.clone()),
+        &mut sink,
+        Duration::from_secs(10),
+        |s| s.is_ready(),
+    )
+    .await;
+    assert!(sink.stored.is_ready(), "{:?}", sink.stored.conditions);
+    assert_eq!(charged(&sim), 1, "one change, one purchase");
+    assert_eq!(sink.stored.generations, 1);
+}
+
+#[tokio::test]
+async fn a_converged_agent_whose_api_answers_null_is_stalled_not_bought_again() {
+    let sim = hard_simulator(Modes::default()).await;
+    let (exec, _guard) = executor(&sim, Duration::from_secs(5));
+    let mut sink = MemorySink::default();
+    passes_until(
+        &exec,
+        |s| object(s.clone()),
+        &mut sink,
+        Duration::from_secs(10),
+        |s| s.is_ready(),
+    )
+    .await;
+    assert!(sink.stored.is_ready());
+    sim.set_modes(Modes {
+        converged_reply: ConvergedReply::DataNull,
+        ..Modes::default()
+    });
+    let stalled = |s: &AgentDynamicsStatus| {
+        s.condition("Stalled")
+            .is_some_and(|c| c.status == "True" && c.reason == "RemoteDynamicsMissing")
+    };
+    passes_until(
+        &exec,
+        |s| object(s.clone()),
+        &mut sink,
+        Duration::from_secs(3),
+        stalled,
+    )
+    .await;
+    assert!(stalled(&sink.stored), "{:?}", sink.stored.conditions);
+    let message = &sink.stored.condition("Stalled").unwrap().message;
+    assert!(
+        message.contains("spec.regenerate"),
+        "says how to buy on purpose: {message}"
+    );
+    assert_eq!(charged(&sim), 1);
+}
+
+#[tokio::test]
+async fn a_reply_held_past_the_timeout_on_a_fixed_url_is_adopted_not_resent() {
+    let sim = hard_simulator(Modes::default()).await;
+    let (exec, _guard) = executor(&sim, Duration::from_millis(500));
+    let mut sink = MemorySink::default();
+    passes_until(
+        &exec,
+        |s| object(s.clone()),
+        &mut sink,
+        Duration::from_secs(10),
+        |s| s.is_ready(),
+    )
+    .await;
+    assert!(sink.stored.is_ready());
+    // The second generation (a regenerate) is processed at once but answered after the client
+    // gave up; its model URL is the same as the first's.
+    sim.set_modes(Modes {
+        reply_delay_ms: 1_500,
+        fixed_model_url: true,
+        ..Modes::default()
+    });
+    let regenerated = |s: &AgentDynamicsStatus| AgentDynamicsSpec {
+        regenerate: Some("second".into()),
+        ..object(s.clone()).spec
+    };
+    let view = |s: &AgentDynamicsStatus| ObjectView {
+        spec: regenerated(s),
+        ..object(s.clone())
+    };
+    let adopted = |s: &AgentDynamicsStatus| {
+        s.generate_hash == Some(inputs_hash(&regenerated(s))) && s.pending_generation.is_none()
+    };
+    passes_until(&exec, view, &mut sink, Duration::from_secs(10), adopted).await;
+    assert!(adopted(&sink.stored), "{:?}", sink.stored);
+    assert!(sink.notes.iter().any(|n| n.reason == "GenerationAdopted"));
+    // The delay also holds PUT replies back; lifted, the new generation is switched on.
+    sim.set_modes(Modes::default());
+    passes_until(&exec, view, &mut sink, Duration::from_secs(10), |s| {
+        s.is_ready()
+    })
+    .await;
+    assert!(sink.stored.is_ready(), "{:?}", sink.stored.conditions);
+    assert_eq!(
+        charged(&sim),
+        2,
+        "one purchase per change, none for the lost reply"
+    );
+    assert!(
+        sink.calls.contains(&GenerateCall::Unknown),
+        "{:?}",
+        sink.calls
+    );
+}
+
+#[tokio::test]
+async fn an_edit_while_the_api_reports_an_unknown_status_waits() {
+    let sim = hard_simulator(Modes {
+        waiting_status: Some("queued".into()),
+        running_status: Some("rendering".into()),
+        ..Modes::default()
+    })
+    .await;
+    let (exec, _guard) = executor(&sim, Duration::from_secs(5));
+    let mut sink = MemorySink::default();
+    let secret = ApiSecret::new(SECRET);
+    // First pass buys; the edit lands while the API says "queued" or "rendering".
+    exec.pass(&object(sink.stored.clone()), Some(&secret), 0, &mut sink)
+        .await
+        .unwrap();
+    let edited = |s: &AgentDynamicsStatus| ObjectView {
+        spec: AgentDynamicsSpec {
+            duration: Some(3),
+            ..object(s.clone()).spec
+        },
+        ..object(s.clone())
+    };
+    exec.pass(&edited(&sink.stored), Some(&secret), 0, &mut sink)
+        .await
+        .unwrap();
+    assert_eq!(charged(&sim), 1, "nothing is bought while the API is busy");
+    // Once it is done, the edit buys exactly once more.
+    passes_until(&exec, edited, &mut sink, Duration::from_secs(10), |s| {
+        s.is_ready()
+    })
+    .await;
+    assert!(sink.stored.is_ready());
+    assert_eq!(charged(&sim), 2);
 }
