@@ -1,4 +1,4 @@
-//! Convergence, cost and memory of the operator at N AgentDynamics (issue 7).
+//! Convergence, cost and memory of the operator at N AgentDynamics.
 //!
 //! ```sh
 //! cargo bench --bench convergence -- --objects 1000                # account-realistic profile

@@ -937,7 +937,7 @@ fn agent(name: &str, agent_id: &str, secret_ref: bool) -> AgentDynamics {
 async fn create_team_secret(client: &kube::Client, ns: &str) {
     let secret: Secret = serde_json::from_value(json!({
         "apiVersion": "v1", "kind": "Secret",
-        "metadata": {"name": "team-bithuman"},
+        "metadata": {"name": "team-bithuman", "labels": {"dynamics.bithuman.ai/api-secret": "true"}},
         "stringData": {"api-secret": TEAM_SECRET},
     }))
     .unwrap();

@@ -479,7 +479,7 @@ async fn remote_errors_stall_without_a_retry_storm_and_a_fixed_secret_recovers()
 
     // Wrong secret in a referenced Secret.
     env.apply(&format!(
-        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: team-secret\nstringData:\n  api-secret: not-the-right-one\n---\n{}",
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: team-secret\n  labels:\n    dynamics.bithuman.ai/api-secret: \"true\"\nstringData:\n  api-secret: not-the-right-one\n---\n{}",
         manifest("wrong-secret", "ERR0000401", "  apiSecretRef:\n    name: team-secret\n")
     ));
     let obj = env.wait_reason("wrong-secret", "Unauthorized").await;
@@ -519,7 +519,7 @@ async fn remote_errors_stall_without_a_retry_storm_and_a_fixed_secret_recovers()
 
     // Fix the Secret only: the object recovers without being touched.
     let generation = env.get("wrong-secret").await.metadata.generation;
-    env.apply(&format!("apiVersion: v1\nkind: Secret\nmetadata:\n  name: team-secret\nstringData:\n  api-secret: {SECRET}\n"));
+    env.apply(&format!("apiVersion: v1\nkind: Secret\nmetadata:\n  name: team-secret\n  labels:\n    dynamics.bithuman.ai/api-secret: \"true\"\nstringData:\n  api-secret: {SECRET}\n"));
     let obj = env.wait_ready("wrong-secret").await;
     assert_eq!(
         obj.metadata.generation, generation,

@@ -279,8 +279,9 @@ impl ApiError {
         self
     }
 
+    /// Capped at [`super::MAX_REMOTE_WAIT`], whoever built the value.
     pub fn with_retry_after(mut self, retry_after: Option<Duration>) -> Self {
-        self.0.retry_after = retry_after;
+        self.0.retry_after = retry_after.map(|d| d.min(super::retry::MAX_REMOTE_WAIT));
         self
     }
 

@@ -4,6 +4,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rand::Rng;
 
+/// The longest wait the remote can impose through Retry-After. A longer
+/// value (`18446744073709551615`, a date in the year 9999) is read as this,
+/// so a misbehaving or hostile API cannot park an object for years, and no
+/// later `Instant + wait` can overflow.
+pub const MAX_REMOTE_WAIT: Duration = Duration::from_secs(3600);
+
 /// Delay before retry number `attempt` (0-based). A Retry-After from the
 /// remote wins over the computed backoff; both are capped at `max`.
 pub(crate) fn backoff_delay(
@@ -13,7 +19,7 @@ pub(crate) fn backoff_delay(
     retry_after: Option<Duration>,
 ) -> Duration {
     if let Some(ra) = retry_after {
-        return ra.min(max);
+        return ra.min(max).min(MAX_REMOTE_WAIT);
     }
     let ceiling = initial
         .saturating_mul(2u32.saturating_pow(attempt.min(31)))
@@ -24,21 +30,27 @@ pub(crate) fn backoff_delay(
 }
 
 /// Parses a Retry-After value: delta-seconds or an IMF-fixdate HTTP date
-/// (`Sun, 06 Nov 1994 08:49:37 GMT`). A date in the past gives zero.
+/// (`Sun, 06 Nov 1994 08:49:37 GMT`). A date in the past gives zero; any
+/// wait is capped at [`MAX_REMOTE_WAIT`]. Negative, non-finite and
+/// unreadable values give `None` (no Retry-After). Never panics.
 pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     let v = value.trim();
-    if let Ok(secs) = v.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
+    if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
+        // Any number of digits: too many for a u64 is still "very long".
+        let secs = v.parse::<u64>().unwrap_or(u64::MAX);
+        return Some(Duration::from_secs(secs).min(MAX_REMOTE_WAIT));
     }
     if let Ok(f) = v.parse::<f64>() {
-        // Not standard, but harmless to accept.
+        // Fractions are not standard, but harmless to accept.
+        let cap = MAX_REMOTE_WAIT.as_secs_f64();
         if f.is_finite() && f >= 0.0 {
-            return Some(Duration::from_secs_f64(f.min(1e9)));
+            return Some(Duration::from_secs_f64(f.min(cap)));
         }
         return None;
     }
     let at = parse_http_date(v)?;
-    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+    let wait = at.duration_since(now).unwrap_or(Duration::ZERO);
+    Some(wait.min(MAX_REMOTE_WAIT))
 }
 
 fn parse_http_date(s: &str) -> Option<SystemTime> {
@@ -54,18 +66,19 @@ fn parse_http_date(s: &str) -> Option<SystemTime> {
     ];
     let month = MONTHS.iter().position(|m| m.eq_ignore_ascii_case(mon))? as u32 + 1;
     let day: u32 = day.parse().ok()?;
-    let year: i64 = year.parse().ok()?;
+    // IMF-fixdate has a four-digit year; bounding it keeps the arithmetic
+    // below far from overflow.
+    let year: i64 = year.parse().ok().filter(|y| (1..=9999).contains(y))?;
     let mut t = hms.split(':').map(|x| x.parse::<u64>().ok());
     let (h, m, sec) = (t.next()??, t.next()??, t.next()??);
     if t.next().is_some() || !(1..=31).contains(&day) || h > 23 || m > 59 || sec > 60 {
         return None;
     }
-    let days = days_from_civil(year, month, day);
-    if days < 0 {
-        return None;
-    }
-    let secs = days as u64 * 86_400 + h * 3600 + m * 60 + sec;
-    Some(UNIX_EPOCH + Duration::from_secs(secs))
+    let days = u64::try_from(days_from_civil(year, month, day)).ok()?;
+    let secs = days
+        .checked_mul(86_400)?
+        .checked_add(h * 3600 + m * 60 + sec)?;
+    UNIX_EPOCH.checked_add(Duration::from_secs(secs))
 }
 
 /// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's
@@ -94,6 +107,41 @@ mod tests {
         );
         assert_eq!(parse_retry_after("-3", now), None);
         assert_eq!(parse_retry_after("soon", now), None);
+        assert_eq!(parse_retry_after("", now), None);
+        assert_eq!(parse_retry_after("NaN", now), None);
+        assert_eq!(parse_retry_after("inf", now), None);
+        assert_eq!(parse_retry_after("-0.5", now), None);
+    }
+
+    #[test]
+    fn remote_waits_are_capped_at_an_hour() {
+        let now = SystemTime::now();
+        for v in [
+            "18446744073709551615",
+            "18446744073709551616",
+            "99999999999999999999999999999999999999",
+            "3601",
+            "1e300",
+            "Fri, 31 Dec 9999 23:59:59 GMT",
+        ] {
+            assert_eq!(parse_retry_after(v, now), Some(MAX_REMOTE_WAIT), "{v}");
+        }
+        assert_eq!(
+            parse_retry_after("3599", now),
+            Some(Duration::from_secs(3599))
+        );
+        // Years an IMF-fixdate cannot have are unreadable, not huge.
+        for v in [
+            "Fri, 31 Dec 99999 23:59:59 GMT",
+            "Fri, 31 Dec 9223372036854775807 23:59:59 GMT",
+            "Fri, 31 Dec -9223372036854775808 23:59:59 GMT",
+            "Fri, 31 Dec 0 23:59:59 GMT",
+        ] {
+            assert_eq!(parse_retry_after(v, now), None, "{v}");
+        }
+        let huge = Some(Duration::from_secs(u64::MAX));
+        let d = backoff_delay(0, Duration::from_millis(1), Duration::MAX, huge);
+        assert_eq!(d, MAX_REMOTE_WAIT);
     }
 
     #[test]

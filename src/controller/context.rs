@@ -14,6 +14,7 @@ use crate::api::{ApiSecret, DynamicsClient};
 use crate::executor::{Executor, ObjectView, PassResult};
 use crate::metrics::Metrics;
 use crate::reconcile::guard::GenerationGuard;
+use crate::reconcile::ownership::{owner_instead_of, Claimant};
 use crate::reconcile::{Blocker, Health};
 use crate::resource::{AgentDynamics, RECONCILE_REQUESTED_AT};
 
@@ -157,26 +158,22 @@ impl Context {
     }
 }
 
-/// Two objects naming one agent: one owns it and every other is in conflict. The owner is the
-/// one that has already sent something for the agent (its status shows a generation or a
-/// pending one), else the oldest by creation time, else the first by namespace/name: creation
-/// times have one-second resolution, so a newer object must never win a tie against one that
-/// is already at work. Objects being deleted own nothing.
+/// The object that owns `obj`'s agent instead of it, by the one ownership rule.
 pub fn conflict_owner(obj: &AgentDynamics, all: &[Arc<AgentDynamics>]) -> Option<String> {
-    let rank = |o: &AgentDynamics| {
-        let acted = o.status.as_ref().is_some_and(|s| {
-            s.generations > 0 || s.generate_hash.is_some() || s.pending_generation.is_some()
-        });
-        (!acted, o.creation_timestamp().map(|t| t.0), key_of(o))
+    let claimant = |o: &AgentDynamics| {
+        Claimant::new(
+            key_of(o),
+            o.status.as_ref(),
+            o.creation_timestamp().map(|t| t.0),
+            o.metadata.deletion_timestamp.is_some(),
+        )
     };
-    let mine = rank(obj);
-    all.iter()
+    let others: Vec<Claimant> = all
+        .iter()
         .filter(|o| o.spec.agent_id == obj.spec.agent_id && o.uid() != obj.uid())
-        .filter(|o| o.metadata.deletion_timestamp.is_none())
-        .map(|o| rank(o))
-        .filter(|r| *r < mine)
-        .min()
-        .map(|(_, _, key)| key)
+        .map(|o| claimant(o))
+        .collect();
+    owner_instead_of(&claimant(obj), &others)
 }
 
 #[cfg(test)]
@@ -198,38 +195,23 @@ mod tests {
         Arc::new(o)
     }
 
+    /// The rule itself is a table in `reconcile::ownership`; this checks the cluster objects are
+    /// read into it (agent, status, creation time).
     #[test]
-    fn the_oldest_object_owns_an_agent() {
+    fn cluster_objects_feed_the_ownership_rule() {
         let first = obj("a", "first", "A1", 100);
         let second = obj("b", "second", "A1", 200);
         let other = obj("a", "other", "A2", 50);
-        let all = vec![first.clone(), second.clone(), other.clone()];
-        assert_eq!(conflict_owner(&first, &all), None);
-        assert_eq!(conflict_owner(&second, &all), Some("a/first".to_string()));
-        assert_eq!(conflict_owner(&other, &all), None);
-    }
-
-    #[test]
-    fn an_object_at_work_keeps_its_agent_against_a_newer_one_of_the_same_second() {
-        let mut owner = (*obj("a", "owner", "A1", 100)).clone();
-        owner.status = Some(crate::resource::AgentDynamicsStatus {
+        let mut busy = (*obj("c", "busy", "A2", 300)).clone();
+        busy.status = Some(crate::resource::AgentDynamicsStatus {
             generations: 1,
             ..Default::default()
         });
-        let owner = Arc::new(owner);
-        // Sorts first by name, created in the same second, has done nothing yet.
-        let intruder = obj("a", "intruder", "A1", 100);
-        let all = vec![owner.clone(), intruder.clone()];
-        assert_eq!(conflict_owner(&owner, &all), None);
-        assert_eq!(conflict_owner(&intruder, &all), Some("a/owner".to_string()));
-    }
-
-    #[test]
-    fn same_creation_second_is_ordered_by_name() {
-        let x = obj("a", "x", "A1", 100);
-        let y = obj("a", "y", "A1", 100);
-        let all = vec![y.clone(), x.clone()];
-        assert_eq!(conflict_owner(&x, &all), None);
-        assert_eq!(conflict_owner(&y, &all), Some("a/x".to_string()));
+        let busy = Arc::new(busy);
+        let all = vec![first.clone(), second.clone(), other.clone(), busy.clone()];
+        assert_eq!(conflict_owner(&first, &all), None);
+        assert_eq!(conflict_owner(&second, &all), Some("a/first".to_string()));
+        assert_eq!(conflict_owner(&other, &all), Some("c/busy".to_string()));
+        assert_eq!(conflict_owner(&busy, &all), None);
     }
 }

@@ -24,7 +24,7 @@ use crate::api::{ApiSecret, ClientConfig};
 use crate::executor::PassError;
 use crate::metrics::Metrics;
 use crate::reconcile::Settings;
-use crate::resource::{AgentDynamics, FINALIZER, RECONCILE_REQUESTED_AT};
+use crate::resource::{AgentDynamics, API_SECRET_LABEL, FINALIZER, RECONCILE_REQUESTED_AT};
 
 pub use context::Context;
 
@@ -141,9 +141,16 @@ async fn run_controller(
         .reflect(writer)
         .applied_objects()
         .predicate_filter(relevant_change, Default::default());
-    let secret_changes = watcher(secrets, watcher::Config::default().any_semantic())
-        .default_backoff()
-        .touched_objects();
+    // Only Secrets labelled for this operator: it neither sees nor caches the others.
+    let secret_selector = format!("{API_SECRET_LABEL}=true");
+    let secret_changes = watcher(
+        secrets,
+        watcher::Config::default()
+            .labels(&secret_selector)
+            .any_semantic(),
+    )
+    .default_backoff()
+    .touched_objects();
 
     // Objects waiting for a generation slot are reconciled when their turn comes.
     let (wake, woken) = tokio::sync::mpsc::unbounded_channel::<String>();

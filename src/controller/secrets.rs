@@ -8,7 +8,7 @@ use kube::{Api, Client, ResourceExt};
 
 use crate::api::ApiSecret;
 use crate::reconcile::Blocker;
-use crate::resource::AgentDynamics;
+use crate::resource::{AgentDynamics, API_SECRET_LABEL};
 
 pub async fn resolve(
     client: &Client,
@@ -27,7 +27,7 @@ pub async fn resolve(
         Ok(Some(secret)) => secret,
         Ok(None) => {
             return Err(Blocker::Secret {
-                reason: "SecretNotFound".into(),
+                reason: crate::reconcile::reasons::SECRET_NOT_FOUND.into(),
                 message: format!(
                     "Secret {namespace}/{} (spec.apiSecretRef) not found: create it with the key {:?} holding the bitHuman API secret",
                     reference.name, reference.key
@@ -41,6 +41,15 @@ pub async fn resolve(
             })
         }
     };
+    if secret.labels().get(API_SECRET_LABEL).map(String::as_str) != Some("true") {
+        return Err(Blocker::Secret {
+            reason: "SecretNotLabeled".into(),
+            message: format!(
+                "Secret {namespace}/{name} (spec.apiSecretRef) lacks the label {API_SECRET_LABEL}=true, which marks the Secrets this operator may use: kubectl -n {namespace} label secret {name} {API_SECRET_LABEL}=true",
+                name = reference.name
+            ),
+        });
+    }
     let value = secret
         .data
         .as_ref()

@@ -5,14 +5,15 @@
 //! are kept so that `spec.apiSecretRef` can resolve against them; other kinds are skipped with a
 //! note so that a whole GitOps folder can be given.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::core::v1::Secret;
-use serde::Deserialize;
-use serde_json::Value;
+use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
+use serde_json::{Map, Value};
 
 use crate::resource::validate::{parse_agent_dynamics, validate_spec, FieldError};
 use crate::resource::AgentDynamics;
@@ -21,6 +22,9 @@ pub const API_VERSION: &str = "dynamics.bithuman.ai/v1alpha1";
 pub const KIND: &str = "AgentDynamics";
 /// Namespace of a document that names none, as `kubectl apply` assumes without a context.
 pub const DEFAULT_NAMESPACE: &str = "default";
+/// Deepest nesting of mappings and lists a document may have. Real manifests stay far below;
+/// refusing deeper ones early keeps hostile input (100,000 levels) cheap and stack-safe.
+pub const MAX_DEPTH: usize = 64;
 
 /// Where a document came from, for messages.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -217,40 +221,220 @@ pub fn load_text(loaded: &mut Loaded, file: &str, text: &str, json: bool) {
     for (index, document) in documents.into_iter().enumerate() {
         match document {
             Ok(value) => classify(loaded, source(index + 1), value),
-            Err(message) => loaded.errors.push(ManifestError {
+            Err(error) => loaded.errors.push(ManifestError {
                 source: source(index + 1),
                 name: None,
-                error: FieldError {
-                    field: "(document)".into(),
-                    message,
-                },
+                error,
             }),
         }
     }
 }
 
+type Document = Result<Value, FieldError>;
+
+fn document_error(message: String) -> FieldError {
+    FieldError {
+        field: "(document)".into(),
+        message,
+    }
+}
+
 /// Several JSON values in a row; `None` when the text is not JSON (then it is read as YAML,
-/// which also covers JSON with comments or trailing YAML).
-fn json_documents(text: &str) -> Option<Vec<Result<Value, String>>> {
-    serde_json::Deserializer::from_str(text)
-        .into_iter::<Value>()
-        .map(|v| v.map(Ok).ok())
-        .collect()
+/// which also covers JSON with comments or trailing YAML). A duplicated key or too deep a
+/// nesting is reported here, with its field.
+fn json_documents(text: &str) -> Option<Vec<Document>> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    let mut out = Vec::new();
+    while de.end().is_err() {
+        let problem = RefCell::new(None);
+        match Strict::root(&problem).deserialize(&mut de) {
+            Ok(value) => out.push(Ok(value)),
+            Err(_) => {
+                out.push(Err(problem.into_inner()?));
+                break;
+            }
+        }
+    }
+    Some(out)
+}
+
+/// Refuses nesting deeper than [`MAX_DEPTH`] before libyaml sees the text: its scanner
+/// slows down quadratically (and worse) with the depth of flow collections. This check
+/// streams events in linear time; anything else it says is left to the real parse.
+fn yaml_too_deep(text: &str) -> Option<FieldError> {
+    use serde_saphyr::budget::{check_yaml_budget, BudgetBreach, EnforcingPolicy};
+    let mut budget = serde_saphyr::Budget::default();
+    budget.max_depth = MAX_DEPTH;
+    use serde_saphyr::granit_parser::ErrorKind;
+    let too_deep = match check_yaml_budget(text, budget, EnforcingPolicy::PerDocument) {
+        Ok(report) => matches!(report.breached, Some(BudgetBreach::Depth { .. })),
+        // Its scanner stops flow collections at a fixed depth of its own.
+        Err(e) => matches!(e.kind(), ErrorKind::RecursionLimitExceeded),
+    };
+    too_deep.then(|| {
+        document_error(format!(
+            "nested more than {MAX_DEPTH} levels deep; no manifest needs that"
+        ))
+    })
 }
 
 /// `---`-separated YAML documents. A syntax error ends the file: the parser cannot resynchronise.
-fn yaml_documents(text: &str) -> Vec<Result<Value, String>> {
+fn yaml_documents(text: &str) -> Vec<Document> {
+    if let Some(error) = yaml_too_deep(text) {
+        return vec![Err(error)];
+    }
     let mut out = Vec::new();
     for document in serde_yaml::Deserializer::from_str(text) {
-        match Value::deserialize(document) {
+        let problem = RefCell::new(None);
+        match Strict::root(&problem).deserialize(document) {
             Ok(value) => out.push(Ok(value)),
             Err(e) => {
-                out.push(Err(format!("not valid YAML: {e}")));
+                let error = problem
+                    .into_inner()
+                    .unwrap_or_else(|| document_error(format!("not valid YAML: {e}")));
+                out.push(Err(error));
                 break;
             }
         }
     }
     out
+}
+
+/// Builds a JSON value like `Value::deserialize`, but refuses a key given twice in one
+/// mapping (which would otherwise let the last one win silently) and nesting deeper than
+/// [`MAX_DEPTH`], recording which field it was in `problem`.
+struct Strict<'a> {
+    depth: usize,
+    path: String,
+    problem: &'a RefCell<Option<FieldError>>,
+}
+
+impl<'a> Strict<'a> {
+    fn root(problem: &'a RefCell<Option<FieldError>>) -> Self {
+        Strict {
+            depth: 0,
+            path: String::new(),
+            problem,
+        }
+    }
+
+    fn child(&self, segment: String) -> Self {
+        Strict {
+            depth: self.depth + 1,
+            path: segment,
+            problem: self.problem,
+        }
+    }
+
+    fn field(&self) -> String {
+        if self.path.is_empty() {
+            "(document)".into()
+        } else {
+            self.path.clone()
+        }
+    }
+
+    fn fail<E: de::Error>(&self, field: String, message: String) -> E {
+        *self.problem.borrow_mut() = Some(FieldError {
+            field,
+            message: message.clone(),
+        });
+        E::custom(message)
+    }
+
+    fn enter<E: de::Error>(&self) -> Result<(), E> {
+        if self.depth >= MAX_DEPTH {
+            return Err(self.fail(
+                self.field(),
+                format!("nested more than {MAX_DEPTH} levels deep; no manifest needs that"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for Strict<'_> {
+    type Value = Value;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Strict<'_> {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON-compatible value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(v.into())
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(v.into())
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_string()))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_some<D: de::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        self.deserialize(d)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        self.enter()?;
+        let mut items = Vec::new();
+        while let Some(v) =
+            seq.next_element_seed(self.child(format!("{}[{}]", self.path, items.len())))?
+        {
+            items.push(v);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        self.enter()?;
+        let mut out = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let path = if self.path.is_empty() {
+                key.clone()
+            } else {
+                format!("{}.{key}", self.path)
+            };
+            if out.contains_key(&key) {
+                return Err(self.fail(
+                    path,
+                    "given more than once in the same mapping; keep one".into(),
+                ));
+            }
+            let value = map.next_value_seed(self.child(path))?;
+            out.insert(key, value);
+        }
+        Ok(Value::Object(out))
+    }
 }
 
 fn classify(loaded: &mut Loaded, source: Source, value: Value) {
@@ -571,6 +755,64 @@ spec: {agentId: A3}
             "{messages:?}"
         );
         assert_eq!(messages.len(), 4, "{messages:?}");
+    }
+
+    const OK_DOC: &str = "apiVersion: dynamics.bithuman.ai/v1alpha1\nkind: AgentDynamics\nmetadata: {name: ok}\nspec: {agentId: A1}\n";
+
+    #[test]
+    fn a_duplicated_key_is_refused_naming_file_document_and_field() {
+        let dup = "apiVersion: dynamics.bithuman.ai/v1alpha1\nkind: AgentDynamics\nmetadata: {name: twice}\nspec:\n  agentId: A1\n  agentId: A2\n";
+        let loaded = load_str(&format!("{OK_DOC}---\n{dup}"), false);
+        assert_eq!(loaded.objects.len(), 1, "{:?}", loaded.errors);
+        assert_eq!(loaded.errors.len(), 1);
+        let e = &loaded.errors[0];
+        assert_eq!(e.error.field, "spec.agentId");
+        assert_eq!(
+            e.to_string(),
+            "agents.yaml (document 2): spec.agentId: given more than once in the same mapping; keep one"
+        );
+        // The same in JSON, at the top level and inside a list.
+        let json = r#"{"kind":"List","items":[{"kind":"Secret","kind":"Secret"}]}"#;
+        let loaded = load_str(json, true);
+        assert_eq!(loaded.errors.len(), 1);
+        assert_eq!(loaded.errors[0].error.field, "items[0].kind");
+        let loaded = load_str(r#"{"apiVersion":"v1"} {"a":1,"a":1}"#, true);
+        assert_eq!(loaded.errors[0].source.document, 2);
+        assert_eq!(loaded.errors[0].error.field, "a");
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_fast_with_a_clear_error() {
+        let depth = 100_000;
+        let cases = [
+            (format!("{}{}", "[".repeat(depth), "]".repeat(depth)), true),
+            (format!("{}{}", "[".repeat(depth), "]".repeat(depth)), false),
+            (
+                format!("{}1{}", "{a: ".repeat(depth), "}".repeat(depth)),
+                false,
+            ),
+            (format!("{}x", "- ".repeat(depth)), false),
+        ];
+        for (text, json) in cases {
+            let t = std::time::Instant::now();
+            let loaded = load_str(&text, json);
+            let took = t.elapsed();
+            // Typically milliseconds; the bound is for a loaded machine.
+            assert!(took < std::time::Duration::from_secs(1), "{took:?}");
+            assert_eq!(loaded.errors.len(), 1, "{:?}", loaded.errors);
+            let message = loaded.errors[0].to_string();
+            assert!(
+                message.starts_with("agents.yaml (document 1): ")
+                    && message.ends_with("nested more than 64 levels deep; no manifest needs that"),
+                "{message}"
+            );
+        }
+        // Just inside the limit is read as usual.
+        let ok = format!("{}{}", "[".repeat(MAX_DEPTH), "]".repeat(MAX_DEPTH));
+        let loaded = load_str(&ok, true);
+        assert!(loaded.errors[0]
+            .to_string()
+            .contains("not a Kubernetes object"));
     }
 
     #[test]

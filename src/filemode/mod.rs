@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use crate::api::{ApiSecret, DynamicsClient};
 use crate::executor::ObjectView;
+use crate::reconcile::ownership::{owner_instead_of, Claimant};
 use crate::reconcile::Blocker;
 use crate::resource::validate::{validate_update, FieldError};
 use crate::resource::RECONCILE_REQUESTED_AT;
@@ -284,21 +285,33 @@ pub(crate) async fn prepare(
         .cloned()
         .collect();
 
-    let mut owners: BTreeMap<String, String> = BTreeMap::new();
+    // Two objects for one agent would fight (and pay twice): the controller's ownership rule,
+    // with what the state file knows (has it acted, since when).
+    let mut claimants: BTreeMap<String, Vec<Claimant>> = BTreeMap::new();
+    for manifest in &loaded.objects {
+        let key = manifest.key();
+        let previous = store.get(&key);
+        let created = previous.and_then(|p| p.creation_timestamp.parse().ok());
+        claimants
+            .entry(manifest.object.spec.agent_id.clone())
+            .or_default()
+            .push(Claimant::new(
+                key,
+                previous.map(|p| &p.status),
+                created,
+                false,
+            ));
+    }
     let mut objects = Vec::new();
     for manifest in loaded.objects {
         let key = manifest.key();
         let spec = &manifest.object.spec;
-        // Two objects for one agent would fight (and pay twice): the first found keeps it.
-        let conflict = match owners.get(&spec.agent_id) {
-            Some(owner) => Some(Blocker::Conflict {
-                owner: owner.clone(),
-            }),
-            None => {
-                owners.insert(spec.agent_id.clone(), key.clone());
-                None
-            }
-        };
+        let rivals = &claimants[&spec.agent_id];
+        let me = rivals
+            .iter()
+            .find(|c| c.key == key)
+            .expect("every manifest is a claimant");
+        let conflict = owner_instead_of(me, rivals).map(|owner| Blocker::Conflict { owner });
         let (secret, blocker) = match (
             conflict,
             secrets::resolve(&manifest, &loaded.secrets, operator.as_ref()),

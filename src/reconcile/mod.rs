@@ -5,10 +5,13 @@
 //! - `conditions` turns a pass's outcome into kstatus conditions.
 //! - `desired` maps the spec to request bodies and hashes.
 //! - `guard` caps generations operator-wide (credits are money).
+//! - `ownership` decides which object owns an agent that several name.
+//! - `reasons` spells the condition reasons once.
 
 pub mod conditions;
 pub mod desired;
 pub mod guard;
+pub mod ownership;
 pub mod plan;
 pub mod reasons;
 pub mod transitions;

@@ -22,3 +22,7 @@ pub const FINALIZER: &str = "dynamics.bithuman.ai/cleanup";
 pub fn crd_yaml() -> String {
     serde_yaml::to_string(&AgentDynamics::crd()).expect("the CRD always serializes")
 }
+
+/// Label a Secret must carry for the operator to use it through `spec.apiSecretRef`; the
+/// operator's Secret watch selects on it, so it neither uses nor caches other Secrets.
+pub const API_SECRET_LABEL: &str = "dynamics.bithuman.ai/api-secret";

@@ -9,9 +9,9 @@ use std::{
     pin::Pin,
     sync::{
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
-        Arc,
+        Arc, Mutex, PoisonError,
     },
-    task::{Context, Poll},
+    task::{Context, Poll, Waker},
     time::{Duration, Instant},
 };
 
@@ -70,6 +70,10 @@ struct ConnState {
     born: Instant,
     /// Last activity, in milliseconds since `born`.
     last_active_ms: AtomicU64,
+    /// The reader that waited while a request was in flight: woken when the
+    /// last request ends, so the idle timer gets armed (hyper does not read
+    /// again on its own until the socket wakes it).
+    parked_reader: Mutex<Option<Waker>>,
 }
 
 impl ConnState {
@@ -79,6 +83,7 @@ impl ConnState {
             busy: AtomicUsize::new(0),
             born: Instant::now(),
             last_active_ms: AtomicU64::new(0),
+            parked_reader: Mutex::new(None),
         }
     }
 
@@ -133,6 +138,17 @@ impl KillableIo {
         };
         if self.state.busy.load(Ordering::SeqCst) > 0 {
             self.idle_timer = None;
+            let mut parked = self
+                .state
+                .parked_reader
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            *parked = Some(cx.waker().clone());
+            drop(parked);
+            // The request may have ended between the check and parking.
+            if self.state.busy.load(Ordering::SeqCst) == 0 {
+                cx.waker().wake_by_ref();
+            }
             return Poll::Pending;
         }
         let Some(deadline) = self.state.last_active().checked_add(idle) else {
@@ -259,7 +275,17 @@ pub(crate) struct BusyGuard(Arc<ConnState>);
 impl Drop for BusyGuard {
     fn drop(&mut self) {
         self.0.touch();
-        self.0.busy.fetch_sub(1, Ordering::SeqCst);
+        if self.0.busy.fetch_sub(1, Ordering::SeqCst) == 1 {
+            let parked = self
+                .0
+                .parked_reader
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take();
+            if let Some(waker) = parked {
+                waker.wake();
+            }
+        }
     }
 }
 

@@ -13,6 +13,7 @@ use rand::Rng;
 use crate::api::{ApiErrorKind, ApiSecret, DynamicsClient, UpdateRequest};
 use crate::failpoint;
 use crate::reconcile::guard::GenerationGuard;
+use crate::reconcile::ownership::AgentClaims;
 use crate::reconcile::plan::{
     holds_generation_slot, plan, report_error, Action, Blocker, GeneratePlan, Input, Observation,
     RemoteError, Report, Settings, CREDITS_PER_GENERATION, MAX_REMOTE_WAIT,
@@ -133,6 +134,8 @@ pub struct Preview {
 pub struct Executor {
     client: DynamicsClient,
     guard: Arc<Mutex<GenerationGuard>>,
+    /// Which object holds each agent, taken before the first generate call (atomic ownership).
+    claims: Mutex<AgentClaims>,
     settings: Settings,
     /// Where to send the keys of waiting objects whose turn for a generation slot has come.
     /// Without it (the file mode) a waiting object simply asks again at the next poll.
@@ -148,6 +151,7 @@ impl Executor {
         Executor {
             client,
             guard,
+            claims: Mutex::new(AgentClaims::default()),
             settings,
             wake: None,
         }
@@ -170,6 +174,7 @@ impl Executor {
     /// Forget an object that is gone or suspended (frees its generation slot).
     pub fn forget(&self, key: &str) {
         self.with_guard(|guard| guard.forget(key));
+        self.claims.lock().expect("claims lock").release(key);
     }
 
     /// Change the guard, then wake the waiters whose turn that may have brought.
@@ -391,6 +396,22 @@ impl Executor {
         } else {
             self.settings.poll_min
         };
+        // Two objects whose views of each other raced: the first to get here owns the agent.
+        let claimed = self
+            .claims
+            .lock()
+            .expect("claims lock")
+            .claim(&obj.spec.agent_id, &obj.key);
+        if let Err(owner) = claimed {
+            let blocked = Input {
+                blocker: Some(Blocker::Conflict { owner }),
+                ..input.clone()
+            };
+            let Action::Report(report) = plan(&blocked) else {
+                unreachable!("a Conflict blocker always reports")
+            };
+            return self.finish(obj, input, status, report, sink).await;
+        }
         let started = self.with_guard(|guard| guard.try_start(&obj.key, input.now, retry));
         if let Err(refusal) = started {
             let report = Report::new(
@@ -555,3 +576,6 @@ fn note(warning: bool, reason: &str, message: &str) -> Note {
         message: message.to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests;

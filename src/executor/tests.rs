@@ -1,0 +1,458 @@
+//! The executor's orderings (marker, call, outcome, write) against the in-process simulator and
+//! an in-memory status store whose writes can be made to conflict.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::*;
+use crate::api::{ApiSecret, ClientConfig, DynamicsClient};
+use crate::reconcile::desired::inputs_hash;
+use crate::reconcile::guard::GenerationGuard;
+use crate::resource::GenerateOutcome;
+use crate::sim::{ConvergedReply, Faults, Modes, ScriptedFault, SimConfig, SimHandle};
+
+/// A status store in memory. `conflicts` scripts the saves: `true` fails that save with a
+/// conflict (another writer got there first), `false` or an empty script lets it through.
+#[derive(Default)]
+struct MemorySink {
+    stored: AgentDynamicsStatus,
+    conflicts: VecDeque<bool>,
+    saves: usize,
+    notes: Vec<Note>,
+    calls: Vec<GenerateCall>,
+}
+
+impl StatusSink for MemorySink {
+    async fn save(&mut self, status: &AgentDynamicsStatus) -> Result<(), SaveError> {
+        if self.conflicts.pop_front().unwrap_or(false) {
+            return Err(SaveError::Conflict);
+        }
+        self.saves += 1;
+        self.stored = status.clone();
+        Ok(())
+    }
+
+    async fn reload(&mut self) -> Result<AgentDynamicsStatus, SaveError> {
+        Ok(self.stored.clone())
+    }
+
+    fn note(&mut self, note: Note) {
+        self.notes.push(note);
+    }
+
+    fn generate_called(&mut self, outcome: GenerateCall) {
+        self.calls.push(outcome);
+    }
+}
+
+const SECRET: &str = "executor-test-secret";
+const AGENT: &str = "A91XMB7113";
+
+async fn simulator(credits: u64) -> SimHandle {
+    crate::sim::start(SimConfig {
+        secret: SECRET.into(),
+        credits,
+        generation_time: Duration::from_millis(200),
+        ..SimConfig::default()
+    })
+    .await
+    .expect("simulator starts")
+}
+
+fn executor(sim: &SimHandle, timeout: Duration) -> (Executor, Arc<Mutex<GenerationGuard>>) {
+    let client = DynamicsClient::new(ClientConfig {
+        base_url: sim.url(),
+        request_timeout: timeout,
+        max_retries: 0,
+        ..ClientConfig::default()
+    })
+    .expect("client");
+    let guard = Arc::new(Mutex::new(GenerationGuard::new(2, None)));
+    let settings = Settings {
+        poll_min: Duration::from_millis(50),
+        poll_max: Duration::from_millis(200),
+        ..Settings::default()
+    };
+    (Executor::new(client, guard.clone(), settings), guard)
+}
+
+fn object(status: AgentDynamicsStatus) -> ObjectView {
+    ObjectView {
+        key: "agents/support".into(),
+        uid: "uid-1".into(),
+        spec: AgentDynamicsSpec {
+            agent_id: AGENT.into(),
+            ..Default::default()
+        },
+        status,
+        generation: 1,
+        deleting: false,
+        requested_at: None,
+        blocker: None,
+    }
+}
+
+fn generate_calls(sim: &SimHandle) -> u64 {
+    sim.stats().total("generate")
+}
+
+fn in_flight(guard: &Arc<Mutex<GenerationGuard>>) -> usize {
+    guard.lock().unwrap().in_flight()
+}
+
+#[tokio::test]
+async fn a_conflict_on_the_marker_sends_no_generate_call() {
+    let sim = simulator(10_000).await;
+    let (exec, guard) = executor(&sim, Duration::from_secs(5));
+    let mut sink = MemorySink {
+        conflicts: [true].into(),
+        ..Default::default()
+    };
+    let secret = ApiSecret::new(SECRET);
+    let result = exec
+        .pass(&object(sink.stored.clone()), Some(&secret), 0, &mut sink)
+        .await;
+    assert!(
+        matches!(result, Err(PassError::Save(SaveError::Conflict))),
+        "{result:?}"
+    );
+    assert_eq!(generate_calls(&sim), 0, "another writer owns this change");
+    assert_eq!(in_flight(&guard), 0, "the slot taken for it is given back");
+    assert!(sink.calls.is_empty());
+}
+
+#[tokio::test]
+async fn a_refused_generate_frees_its_slot_and_its_marker() {
+    let sim = simulator(0).await; // 402: insufficient credits
+    let (exec, guard) = executor(&sim, Duration::from_secs(5));
+    let mut sink = MemorySink::default();
+    let secret = ApiSecret::new(SECRET);
+    let result = exec
+        .pass(&object(sink.stored.clone()), Some(&secret), 0, &mut sink)
+        .await
+        .expect("a refusal is a result, not an error");
+    let PassResult::Requeue { health, .. } = result else {
+        panic!("{result:?}")
+    };
+    assert_eq!(health.reason(), "InsufficientCredits");
+    assert_eq!(sink.calls, vec![GenerateCall::Refused]);
+    assert_eq!(sink.stored.pending_generation, None);
+    assert_eq!(sink.stored.generations, 0, "nothing was charged");
+    assert_eq!(in_flight(&guard), 0);
+}
+
+#[tokio::test]
+async fn a_lost_reply_keeps_the_marker_counts_the_call_and_is_adopted_not_resent() {
+    let sim = simulator(10_000).await;
+    // The GET goes through; the POST is processed (and charged), then its connection dropped.
+    sim.set_faults(Faults {
+        script: [ScriptedFault::Pass, ScriptedFault::Drop].into(),
+        ..Faults::default()
+    });
+    let (exec, guard) = executor(&sim, Duration::from_secs(5));
+    let mut sink = MemorySink::default();
+    let secret = ApiSecret::new(SECRET);
+    let first = exec
+        .pass(&object(sink.stored.clone()), Some(&secret), 0, &mut sink)
+        .await
+        .unwrap();
+    let PassResult::Requeue { health, .. } = first else {
+        panic!("{first:?}")
+    };
+    assert_eq!(health.reason(), "GenerationOutcomePending");
+    assert_eq!(sink.calls, vec![GenerateCall::Unknown]);
+    let pending = sink.stored.pending_generation.clone().expect("marker kept");
+    assert_eq!(pending.outcome, Some(GenerateOutcome::Unknown));
+    assert_eq!(
+        sink.stored.generations, 1,
+        "a call that may have been charged is counted"
+    );
+    assert_eq!(in_flight(&guard), 1, "it still holds its slot");
+
+    // Next passes: the API shows the job, so the call is adopted; never sent again.
+    for _ in 0..20 {
+        let _ = exec
+            .pass(&object(sink.stored.clone()), Some(&secret), 0, &mut sink)
+            .await;
+        if sink.stored.is_ready() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(sink.stored.is_ready(), "{:?}", sink.stored.conditions);
+    assert_eq!(generate_calls(&sim), 1, "exactly one generate call");
+    assert_eq!(
+        sink.stored.generations, 1,
+        "adoption does not count it twice"
+    );
+    assert!(sink.notes.iter().any(|n| n.reason == "GenerationAdopted"));
+    assert_eq!(
+        in_flight(&guard),
+        0,
+        "the slot is free once the job is done"
+    );
+}
+
+#[tokio::test]
+async fn an_accepted_generate_survives_a_conflicting_status_write() {
+    let sim = simulator(10_000).await;
+    let (exec, _guard) = executor(&sim, Duration::from_secs(5));
+    // The marker is saved; the write that records the reply conflicts twice (an annotation,
+    // a spec edit landing during the call); the re-read copy gets the purchase re-applied.
+    let mut sink = MemorySink {
+        conflicts: [false, true, true].into(),
+        ..Default::default()
+    };
+    let secret = ApiSecret::new(SECRET);
+    let result = exec
+        .pass(&object(sink.stored.clone()), Some(&secret), 0, &mut sink)
+        .await
+        .expect("the purchase is recorded despite the conflicts");
+    assert!(matches!(result, PassResult::Requeue { .. }));
+    assert_eq!(sink.calls, vec![GenerateCall::Accepted]);
+    assert_eq!(sink.stored.generations, 1);
+    assert!(sink.stored.generate_hash.is_some());
+    assert_eq!(
+        sink.stored
+            .pending_generation
+            .as_ref()
+            .and_then(|p| p.outcome),
+        Some(GenerateOutcome::Accepted)
+    );
+    assert_eq!(sink.saves, 2, "the marker, then the purchase once");
+    // A pass right after, whatever GET shows, sends nothing more.
+    let _ = exec
+        .pass(&object(sink.stored.clone()), Some(&secret), 0, &mut sink)
+        .await;
+    assert_eq!(generate_calls(&sim), 1);
+}
+
+#[tokio::test]
+async fn two_objects_for_one_agent_whose_views_raced_cannot_both_buy() {
+    let sim = simulator(10_000).await;
+    let (exec, _guard) = executor(&sim, Duration::from_secs(5));
+    let secret = ApiSecret::new(SECRET);
+    let mut first = MemorySink::default();
+    let mut second = MemorySink::default();
+    // Neither object knew of the other (no blocker): the claim decides.
+    exec.pass(&object(first.stored.clone()), Some(&secret), 0, &mut first)
+        .await
+        .unwrap();
+    let other = ObjectView {
+        key: "team-b/support".into(),
+        uid: "uid-2".into(),
+        ..object(second.stored.clone())
+    };
+    // It waits while the first object's job runs, then finds the agent taken.
+    let mut health = None;
+    for _ in 0..30 {
+        let result = exec
+            .pass(&other, Some(&secret), 0, &mut second)
+            .await
+            .unwrap();
+        let PassResult::Requeue { health: h, .. } = result else {
+            panic!("{result:?}")
+        };
+        if h.reason() != "Generating" {
+            health = Some(h);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let health = health.expect("the first object's generation ends");
+    assert_eq!(health.reason(), "Conflict");
+    assert!(
+        health.message().contains("agents/support"),
+        "{}",
+        health.message()
+    );
+    assert_eq!(generate_calls(&sim), 1);
+    assert!(second.calls.is_empty());
+}
+
+/// A simulator that behaves like a busy real service: resends are charged.
+async fn hard_simulator(modes: Modes) -> SimHandle {
+    crate::sim::start(SimConfig {
+        secret: SECRET.into(),
+        credits: 1_000_000,
+        generation_time: Duration::from_millis(200),
+        honour_idempotency_key: false,
+        modes,
+        ..SimConfig::default()
+    })
+    .await
+    .expect("simulator starts")
+}
+
+fn charged(sim: &SimHandle) -> usize {
+    sim.generations().iter().filter(|g| g.is_charged()).count()
+}
+
+/// Passes back to back (as a hot requeue would) until `done` or `limit`.
+async fn passes_until(
+    exec: &Executor,
+    view: impl Fn(&AgentDynamicsStatus) -> ObjectView,
+    sink: &mut MemorySink,
+    limit: Duration,
+    done: impl Fn(&AgentDynamicsStatus) -> bool,
+) {
+    let secret = ApiSecret::new(SECRET);
+    let end = tokio::time::Instant::now() + limit;
+    while tokio::time::Instant::now() < end && !done(&sink.stored) {
+        let _ = exec.pass(&view(&sink.stored), Some(&secret), 0, sink).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn an_accepted_job_that_get_does_not_show_for_seconds_is_bought_once() {
+    // The reported failure: accepted, invisible to GET for 3 s, and a fixed model URL.
+    let sim = hard_simulator(Modes {
+        invisible_ms: 3_000,
+        fixed_model_url: true,
+        ..Modes::default()
+    })
+    .await;
+    let (exec, _guard) = executor(&sim, Duration::from_secs(5));
+    let mut sink = MemorySink::default();
+    passes_until(
+        &exec,
+        |s| object(s.clone()),
+        &mut sink,
+        Duration::from_secs(10),
+        |s| s.is_ready(),
+    )
+    .await;
+    assert!(sink.stored.is_ready(), "{:?}", sink.stored.conditions);
+    assert_eq!(charged(&sim), 1, "one change, one purchase");
+    assert_eq!(sink.stored.generations, 1);
+}
+
+#[tokio::test]
+async fn a_converged_agent_whose_api_answers_null_is_stalled_not_bought_again() {
+    let sim = hard_simulator(Modes::default()).await;
+    let (exec, _guard) = executor(&sim, Duration::from_secs(5));
+    let mut sink = MemorySink::default();
+    passes_until(
+        &exec,
+        |s| object(s.clone()),
+        &mut sink,
+        Duration::from_secs(10),
+        |s| s.is_ready(),
+    )
+    .await;
+    assert!(sink.stored.is_ready());
+    sim.set_modes(Modes {
+        converged_reply: ConvergedReply::DataNull,
+        ..Modes::default()
+    });
+    let stalled = |s: &AgentDynamicsStatus| {
+        s.condition("Stalled")
+            .is_some_and(|c| c.status == "True" && c.reason == "RemoteDynamicsMissing")
+    };
+    passes_until(
+        &exec,
+        |s| object(s.clone()),
+        &mut sink,
+        Duration::from_secs(3),
+        stalled,
+    )
+    .await;
+    assert!(stalled(&sink.stored), "{:?}", sink.stored.conditions);
+    let message = &sink.stored.condition("Stalled").unwrap().message;
+    assert!(
+        message.contains("spec.regenerate"),
+        "says how to buy on purpose: {message}"
+    );
+    assert_eq!(charged(&sim), 1);
+}
+
+#[tokio::test]
+async fn a_reply_held_past_the_timeout_on_a_fixed_url_is_adopted_not_resent() {
+    let sim = hard_simulator(Modes::default()).await;
+    let (exec, _guard) = executor(&sim, Duration::from_millis(500));
+    let mut sink = MemorySink::default();
+    passes_until(
+        &exec,
+        |s| object(s.clone()),
+        &mut sink,
+        Duration::from_secs(10),
+        |s| s.is_ready(),
+    )
+    .await;
+    assert!(sink.stored.is_ready());
+    // The second generation (a regenerate) is processed at once but answered after the client
+    // gave up; its model URL is the same as the first's.
+    sim.set_modes(Modes {
+        reply_delay_ms: 1_500,
+        fixed_model_url: true,
+        ..Modes::default()
+    });
+    let regenerated = |s: &AgentDynamicsStatus| AgentDynamicsSpec {
+        regenerate: Some("second".into()),
+        ..object(s.clone()).spec
+    };
+    let view = |s: &AgentDynamicsStatus| ObjectView {
+        spec: regenerated(s),
+        ..object(s.clone())
+    };
+    let adopted = |s: &AgentDynamicsStatus| {
+        s.generate_hash == Some(inputs_hash(&regenerated(s))) && s.pending_generation.is_none()
+    };
+    passes_until(&exec, view, &mut sink, Duration::from_secs(10), adopted).await;
+    assert!(adopted(&sink.stored), "{:?}", sink.stored);
+    assert!(sink.notes.iter().any(|n| n.reason == "GenerationAdopted"));
+    // The delay also holds PUT replies back; lifted, the new generation is switched on.
+    sim.set_modes(Modes::default());
+    passes_until(&exec, view, &mut sink, Duration::from_secs(10), |s| {
+        s.is_ready()
+    })
+    .await;
+    assert!(sink.stored.is_ready(), "{:?}", sink.stored.conditions);
+    assert_eq!(
+        charged(&sim),
+        2,
+        "one purchase per change, none for the lost reply"
+    );
+    assert!(
+        sink.calls.contains(&GenerateCall::Unknown),
+        "{:?}",
+        sink.calls
+    );
+}
+
+#[tokio::test]
+async fn an_edit_while_the_api_reports_an_unknown_status_waits() {
+    let sim = hard_simulator(Modes {
+        waiting_status: Some("queued".into()),
+        running_status: Some("rendering".into()),
+        ..Modes::default()
+    })
+    .await;
+    let (exec, _guard) = executor(&sim, Duration::from_secs(5));
+    let mut sink = MemorySink::default();
+    let secret = ApiSecret::new(SECRET);
+    // First pass buys; the edit lands while the API says "queued" or "rendering".
+    exec.pass(&object(sink.stored.clone()), Some(&secret), 0, &mut sink)
+        .await
+        .unwrap();
+    let edited = |s: &AgentDynamicsStatus| ObjectView {
+        spec: AgentDynamicsSpec {
+            duration: Some(3),
+            ..object(s.clone()).spec
+        },
+        ..object(s.clone())
+    };
+    exec.pass(&edited(&sink.stored), Some(&secret), 0, &mut sink)
+        .await
+        .unwrap();
+    assert_eq!(charged(&sim), 1, "nothing is bought while the API is busy");
+    // Once it is done, the edit buys exactly once more.
+    passes_until(&exec, edited, &mut sink, Duration::from_secs(10), |s| {
+        s.is_ready()
+    })
+    .await;
+    assert!(sink.stored.is_ready());
+    assert_eq!(charged(&sim), 2);
+}
