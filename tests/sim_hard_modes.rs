@@ -32,6 +32,26 @@ fn config(generation_ms: u64) -> SimConfig {
     }
 }
 
+async fn start_with(modes: Modes, max_concurrent: usize, generation_ms: u64) -> SimHandle {
+    sim::start(SimConfig {
+        modes,
+        max_concurrent,
+        ..config(generation_ms)
+    })
+    .await
+    .unwrap()
+}
+
+/// A GET of the Dynamics API, bypassing the client.
+async fn raw_get(sim: &SimHandle, agent: &str) -> reqwest::Response {
+    reqwest::Client::new()
+        .get(format!("{}/v1/dynamics/{agent}", sim.url()))
+        .header("api-secret", SECRET)
+        .send()
+        .await
+        .unwrap()
+}
+
 fn client_with(sim: &SimHandle, timeout: Duration, retries: u32) -> DynamicsClient {
     DynamicsClient::new(ClientConfig {
         base_url: sim.url(),
@@ -120,15 +140,11 @@ async fn invisible_job_keeps_showing_the_previous_state() {
 
 #[tokio::test]
 async fn fixed_model_url_across_generations() {
-    let sim = sim::start(SimConfig {
-        modes: Modes {
-            fixed_model_url: true,
-            ..Modes::default()
-        },
-        ..config(10)
-    })
-    .await
-    .unwrap();
+    let modes = Modes {
+        fixed_model_url: true,
+        ..Modes::default()
+    };
+    let sim = start_with(modes, 2, 10).await;
     let c = client(&sim);
     c.generate(&secret(), &req("A"), None).await.unwrap();
     status_until(&c, "A", "ready").await;
@@ -143,17 +159,12 @@ async fn fixed_model_url_across_generations() {
 
 #[tokio::test]
 async fn queued_and_other_unknown_statuses_while_waiting() {
-    let sim = sim::start(SimConfig {
-        max_concurrent: 1,
-        modes: Modes {
-            waiting_status: Some("queued".into()),
-            running_status: Some("IN_PROGRESS".into()),
-            ..Modes::default()
-        },
-        ..config(150)
-    })
-    .await
-    .unwrap();
+    let modes = Modes {
+        waiting_status: Some("queued".into()),
+        running_status: Some("IN_PROGRESS".into()),
+        ..Modes::default()
+    };
+    let sim = start_with(modes, 1, 150).await;
     let c = client(&sim);
     c.generate(&secret(), &req("A"), None).await.unwrap();
     c.generate(&secret(), &req("B"), None).await.unwrap();
@@ -172,15 +183,7 @@ async fn converged_agent_answers_data_null_until_switched_back() {
     c.generate(&secret(), &req("A"), None).await.unwrap();
     status_until(&c, "A", "ready").await;
     put_modes(&sim, "A", json!({"converged_reply": "data-null"})).await;
-    let raw: Value = reqwest::Client::new()
-        .get(format!("{}/v1/dynamics/A", sim.url()))
-        .header("api-secret", SECRET)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let raw: Value = raw_get(&sim, "A").await.json().await.unwrap();
     assert_eq!(raw, json!({"success": true, "data": null}));
     let s = c.get(&secret(), "A").await.unwrap();
     assert!(s.status.is_none() && !s.has_dynamics(), "{s:?}");
@@ -238,7 +241,6 @@ async fn reply_held_past_the_client_timeout_after_the_work_was_done() {
 async fn hostile_retry_after_values_are_sent_verbatim_and_capped_by_the_client() {
     let sim = sim::start(config(10)).await.unwrap();
     let c0 = client_with(&sim, Duration::from_secs(5), 0);
-    let http = reqwest::Client::new();
     let cases: [(&str, Option<Duration>); 5] = [
         ("18446744073709551615", Some(MAX_REMOTE_WAIT)),
         ("Fri, 31 Dec 9999 23:59:59 GMT", Some(MAX_REMOTE_WAIT)),
@@ -253,12 +255,7 @@ async fn hostile_retry_after_values_are_sent_verbatim_and_capped_by_the_client()
                 script: [fault, fault].into(),
                 ..Faults::default()
             });
-            let r = http
-                .get(format!("{}/v1/dynamics/A", sim.url()))
-                .header("api-secret", SECRET)
-                .send()
-                .await
-                .unwrap();
+            let r = raw_get(&sim, "A").await;
             assert_eq!(r.headers()["retry-after"], value);
             let e = c0.get(&secret(), "A").await.unwrap_err();
             assert_eq!(e.retry_after(), want, "{value}");
@@ -284,12 +281,7 @@ async fn hostile_retry_after_values_are_sent_verbatim_and_capped_by_the_client()
         script: [ScriptedFault::RateLimited].into(),
         ..Faults::default()
     });
-    let r = http
-        .get(format!("{}/v1/dynamics/A", sim.url()))
-        .header("api-secret", SECRET)
-        .send()
-        .await
-        .unwrap();
+    let r = raw_get(&sim, "A").await;
     assert_eq!(r.status(), 429);
     assert_eq!(r.headers()["retry-after"], "invalid");
 }

@@ -41,9 +41,9 @@ pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
         return Some(Duration::from_secs(secs).min(MAX_REMOTE_WAIT));
     }
     if let Ok(f) = v.parse::<f64>() {
-        // Fractions are not standard, but harmless to accept.
+        // Fractions are not standard, but harmless to accept. "-1e-400" is -0.0: negative.
         let cap = MAX_REMOTE_WAIT.as_secs_f64();
-        if f.is_finite() && f >= 0.0 {
+        if f.is_finite() && f >= 0.0 && !v.starts_with('-') {
             return Some(Duration::from_secs_f64(f.min(cap)));
         }
         return None;
@@ -74,7 +74,10 @@ fn parse_http_date(s: &str) -> Option<SystemTime> {
     if t.next().is_some() || !(1..=31).contains(&day) || h > 23 || m > 59 || sec > 60 {
         return None;
     }
-    let days = u64::try_from(days_from_civil(year, month, day)).ok()?;
+    let Ok(days) = u64::try_from(days_from_civil(year, month, day)) else {
+        // Before 1970: in the past whenever "now" is.
+        return Some(UNIX_EPOCH);
+    };
     let secs = days
         .checked_mul(86_400)?
         .checked_add(h * 3600 + m * 60 + sec)?;
@@ -111,6 +114,11 @@ mod tests {
         assert_eq!(parse_retry_after("NaN", now), None);
         assert_eq!(parse_retry_after("inf", now), None);
         assert_eq!(parse_retry_after("-0.5", now), None);
+        assert_eq!(parse_retry_after("-1e-400", now), None);
+        assert_eq!(
+            parse_retry_after("Mon, 01 Jan 0001 00:00:00 GMT", now),
+            Some(Duration::ZERO)
+        );
     }
 
     #[test]

@@ -23,4 +23,6 @@ pub use plan::{
 };
 
 #[cfg(test)]
+mod plan_properties;
+#[cfg(test)]
 mod plan_tests;

@@ -286,13 +286,19 @@ pub fn plan(input: &Input) -> Action {
             return action;
         }
     }
+    // The last purchase, counting a pending call whose job GET now shows (`observe` records it
+    // before `plan` runs; counted here too, so that `plan` alone can never buy it twice).
+    let bought = match &status.pending_generation {
+        Some(p) if job_visible(p, remote) => Some(p.inputs_hash.as_str()),
+        _ => status.generate_hash.as_deref(),
+    };
 
     if in_progress {
         let state = remote
             .and_then(|r| r.status.as_ref())
             .map_or("", RemoteStatus::as_str);
         let mut message = format!("the API reports {state}");
-        if status.generate_hash.as_deref() != Some(hash.as_str()) {
+        if bought != Some(hash.as_str()) {
             message.push_str("; the spec changed meanwhile: one more generation follows this one");
         }
         return Action::Report(Report::new(
@@ -303,7 +309,23 @@ pub fn plan(input: &Input) -> Action {
 
     // Only a user's change buys: a spec never generated, or generate inputs that differ from
     // those of the last purchase. Never what GET shows.
-    if status.generate_hash.as_deref() != Some(hash.as_str()) {
+    if bought != Some(hash.as_str()) {
+        if let Observation::Failed(err) = observation {
+            // Only a 404 gets here (tolerated while a call was pending): buy only on a GET that worked.
+            return Action::Report(report_error(err, input));
+        }
+        if status.was_bought(&hash) {
+            // Back to inputs bought before (an edit reverted, two tools fighting over the spec):
+            // the API holds a later generation, and these inputs are not bought twice.
+            let message = format!(
+                "these generate inputs were bought before and the API now holds a later generation; nothing is bought twice automatically. {}",
+                buy_again_hint()
+            );
+            return Action::Report(Report::new(
+                Health::stalled(reasons::INPUTS_ALREADY_BOUGHT, message),
+                settings.stalled_retry,
+            ));
+        }
         return Action::Generate(generate_plan(input, hash));
     }
     let Some(remote) = remote.filter(|r| r.has_dynamics()) else {
@@ -381,7 +403,10 @@ fn plan_pending(
     let requeue = if expired {
         settings.stalled_retry
     } else {
-        poll_interval(input).min(settings.visibility_window - age)
+        // Look again by the end of the window, but never sooner than the fastest poll.
+        poll_interval(input)
+            .min(settings.visibility_window - age)
+            .max(settings.poll_min)
     };
     Some(Action::Report(Report::new(health, requeue)))
 }

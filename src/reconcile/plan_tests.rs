@@ -254,10 +254,20 @@ fn every_rule() {
         ),
         row(
             "regenerate changed: generate with the same inputs",
-            regen,
+            regen.clone(),
             converged(&s),
             Some(ready(url)),
             "generate",
+        ),
+        row(
+            "edit reverted to inputs bought before: stalled, not bought twice",
+            s.clone(),
+            AgentDynamicsStatus {
+                bought_keys: vec![inputs_hash(&s), inputs_hash(&regen)],
+                ..converged(&regen)
+            },
+            Some(ready(url)),
+            "stalled:InputsAlreadyBought",
         ),
         row(
             "regenerate: \"\" added is no change",

@@ -18,4 +18,6 @@ pub const GENERATION_FAILED: &str = "GenerationFailed";
 pub const GENERATION_NOT_VISIBLE: &str = "GenerationNotVisible";
 pub const GENERATION_OUTCOME_UNKNOWN: &str = "GenerationOutcomeUnknown";
 pub const REMOTE_DYNAMICS_MISSING: &str = "RemoteDynamicsMissing";
+/// The spec went back to generate inputs this object bought before.
+pub const INPUTS_ALREADY_BOUGHT: &str = "InputsAlreadyBought";
 pub const SECRET_NOT_FOUND: &str = "SecretNotFound";

@@ -26,7 +26,9 @@ pub fn observe(status: &AgentDynamicsStatus, remote: &DynamicsState) -> Observed
     if let Some(pending) = &mut status.pending_generation {
         if pending.outcome.is_none() {
             pending.outcome = Some(GenerateOutcome::Unknown);
+            let key = pending.inputs_hash.clone();
             status.generations += 1;
+            status.remember_bought(&key);
         }
     }
     if let Some(pending) = status.pending_generation.clone() {
@@ -111,6 +113,7 @@ pub fn record_generate_outcome(
         }
         Ok(reply) => {
             status.generations += 1;
+            status.remember_bought(&plan.inputs_hash);
             status.generate_hash = Some(plan.inputs_hash.clone());
             status.last_generation_time = Some(whole_seconds(now).to_string());
             if let Some(p) = &mut status.pending_generation {
@@ -122,6 +125,7 @@ pub fn record_generate_outcome(
         }
         Err(_) => {
             status.generations += 1;
+            status.remember_bought(&plan.inputs_hash);
             status.last_generation_time = Some(whole_seconds(now).to_string());
             if let Some(p) = &mut status.pending_generation {
                 p.outcome = Some(GenerateOutcome::Unknown);

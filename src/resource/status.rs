@@ -35,6 +35,13 @@ pub struct AgentDynamicsStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub generate_hash: Option<String>,
 
+    /// Hashes of every generate-input set this object has sent a call for that may have been
+    /// charged (accepted, or with an unknown outcome), oldest first, the last 32: none of them is
+    /// ever bought again automatically, so two specs that keep replacing each other (two tools
+    /// fighting over the object) cost at most one generation each.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bought_keys: Vec<String>,
+
     /// Hash of the dynamics block last applied with PUT.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dynamics_hash: Option<String>,
@@ -98,7 +105,24 @@ pub const CONDITION_READY: &str = "Ready";
 pub const CONDITION_RECONCILING: &str = "Reconciling";
 pub const CONDITION_STALLED: &str = "Stalled";
 
+/// How many bought keys a status remembers.
+pub const BOUGHT_KEYS_KEPT: usize = 32;
+
 impl AgentDynamicsStatus {
+    /// Remember that a call for `key` may have been charged.
+    pub fn remember_bought(&mut self, key: &str) {
+        if !self.bought_keys.iter().any(|k| k == key) {
+            self.bought_keys.push(key.to_string());
+        }
+        let excess = self.bought_keys.len().saturating_sub(BOUGHT_KEYS_KEPT);
+        self.bought_keys.drain(..excess);
+    }
+
+    /// Whether a call for `key` was ever sent and may have been charged.
+    pub fn was_bought(&self, key: &str) -> bool {
+        self.generate_hash.as_deref() == Some(key) || self.bought_keys.iter().any(|k| k == key)
+    }
+
     pub fn condition(&self, type_: &str) -> Option<&Condition> {
         self.conditions.iter().find(|c| c.type_ == type_)
     }

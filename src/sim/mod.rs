@@ -5,6 +5,10 @@
 //! limit, asynchronous generation, both reply shapes), injects faults on
 //! request (500, 503 and 429 with Retry-After, latency, connections dropped
 //! after processing), and exposes counters and controls under `/_sim/`.
+//! Hard modes ([`Modes`], off by default, global or per agent) take away what
+//! the real service does not promise: new URLs per generation, jobs visible at
+//! once, known status names, Idempotency-Key. `GET /_sim/generations` records
+//! every generate call accepted and charged. See docs/simulator.md.
 //! Tests start it in-process with [`start`]; `dynamics-operator sim` runs it
 //! in the foreground with [`run_foreground`].
 

@@ -1,0 +1,203 @@
+//! `plan` as a property, over random specs, statuses, remote observations and clocks: it never
+//! panics, never buys a key that is bought or pending, never buys while the API works, and never
+//! asks to be called again at once.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use proptest::prelude::*;
+
+use super::desired::inputs_hash;
+use super::plan::*;
+use crate::api::{ApiErrorKind, DynamicsState, RemoteStatus};
+use crate::resource::{AgentDynamicsSpec, AgentDynamicsStatus, GenerateOutcome, PendingGeneration};
+
+const NOW: i64 = 1_800_000_000;
+
+fn text(values: &'static [&'static str]) -> impl Strategy<Value = Option<String>> {
+    prop_oneof![
+        Just(None),
+        proptest::sample::select(values).prop_map(|s| Some(s.to_string()))
+    ]
+}
+
+fn spec() -> impl Strategy<Value = AgentDynamicsSpec> {
+    (
+        text(&["", "https://x/a.jpg"]),
+        prop_oneof![Just(None), (1u32..=10).prop_map(Some)],
+        text(&["", "kling", "seedance"]),
+        prop_oneof![
+            Just(None),
+            Just(Some(vec![])),
+            Just(Some(vec!["wave".to_string()]))
+        ],
+        text(&["", "a", "b"]),
+        any::<bool>(),
+    )
+        .prop_map(
+            |(image_url, duration, model, motion_prompts, regenerate, suspend)| AgentDynamicsSpec {
+                agent_id: "A91XMB7113".into(),
+                image_url,
+                duration,
+                model,
+                motion_prompts,
+                regenerate,
+                suspend,
+                ..Default::default()
+            },
+        )
+}
+
+fn remote_status() -> impl Strategy<Value = Option<String>> {
+    text(&[
+        "processing",
+        "generating",
+        "completed",
+        "ready",
+        "failed",
+        "queued",
+        "",
+    ])
+}
+
+fn url() -> impl Strategy<Value = Option<String>> {
+    text(&["https://m/1.bin", "https://m/2.bin"])
+}
+
+fn stamp() -> impl Strategy<Value = String> {
+    prop_oneof![
+        (-10_000_000i64..10_000_000)
+            .prop_map(|d| Timestamp::from_second(NOW + d).unwrap().to_string()),
+        Just("not a time".to_string()),
+    ]
+}
+
+/// A status whose hashes come from other random specs (so they match the current one sometimes).
+fn status() -> impl Strategy<Value = AgentDynamicsStatus> {
+    let marker = (
+        spec(),
+        stamp(),
+        prop_oneof![
+            Just(None),
+            Just(Some(GenerateOutcome::Accepted)),
+            Just(Some(GenerateOutcome::Unknown))
+        ],
+        remote_status(),
+        url(),
+    )
+        .prop_map(
+            |(s, since, outcome, previous_remote_status, previous_model_url)| PendingGeneration {
+                inputs_hash: inputs_hash(&s),
+                since,
+                outcome,
+                previous_remote_status,
+                previous_model_url,
+                previous_gestures: vec![],
+            },
+        );
+    (
+        proptest::option::of(spec()),
+        proptest::collection::vec(spec(), 0..3),
+        proptest::option::of(marker),
+        0i64..4,
+        proptest::option::of(0i64..4),
+        proptest::option::of(stamp()),
+    )
+        .prop_map(
+            |(bought, earlier, pending_generation, generations, applied, last)| {
+                AgentDynamicsStatus {
+                    generate_hash: bought.as_ref().map(inputs_hash),
+                    bought_keys: earlier.iter().chain(&bought).map(inputs_hash).collect(),
+                    pending_generation,
+                    generations,
+                    applied_for_generation: applied,
+                    last_generation_time: last,
+                    ..Default::default()
+                }
+            },
+        )
+}
+
+fn observation() -> impl Strategy<Value = Option<Observation>> {
+    let kinds = [
+        ApiErrorKind::InvalidRequest,
+        ApiErrorKind::Unauthorized,
+        ApiErrorKind::InsufficientCredits,
+        ApiErrorKind::NotFound,
+        ApiErrorKind::RateLimited,
+        ApiErrorKind::Unavailable,
+        ApiErrorKind::Server,
+        ApiErrorKind::Timeout,
+        ApiErrorKind::Connect,
+        ApiErrorKind::Transport,
+        ApiErrorKind::Decode,
+    ];
+    let found = (remote_status(), url()).prop_map(|(status, model_url)| {
+        Some(Observation::Found(DynamicsState {
+            agent_id: "A91XMB7113".into(),
+            status: status.map(|s| RemoteStatus::parse(&s)),
+            model_url,
+            gestures: BTreeMap::new(),
+            error_message: None,
+        }))
+    });
+    let failed = (
+        proptest::sample::select(kinds.to_vec()),
+        proptest::option::of(prop_oneof![Just(u64::MAX), 0u64..100_000]),
+    )
+        .prop_map(|(kind, after)| {
+            Some(Observation::Failed(RemoteError {
+                kind,
+                message: "error".into(),
+                retry_after: after.map(Duration::from_secs),
+            }))
+        });
+    prop_oneof![Just(None), found, failed]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(4_000))]
+
+    #[test]
+    fn plan_never_buys_a_bought_or_pending_key_nor_loops_hot(
+        spec in spec(),
+        status in status(),
+        remote in observation(),
+        deleting in any::<bool>(),
+        clock in -10_000_000i64..10_000_000,
+        failures in 0u32..64,
+    ) {
+        let settings = Settings::default();
+        let input = Input {
+            spec: &spec,
+            status: &status,
+            generation: 1,
+            requested_at: None,
+            deleting,
+            blocker: None,
+            remote: remote.as_ref(),
+            failures,
+            now: Timestamp::from_second(NOW + clock).unwrap(),
+            settings: &settings,
+        };
+        let action = plan(&input);
+        let key = inputs_hash(&spec);
+        if let Action::Generate(generate) = &action {
+            prop_assert_eq!(&generate.inputs_hash, &key);
+            prop_assert!(!status.was_bought(&key), "bought key bought again");
+            let pending = status.pending_generation.as_ref().map(|p| p.inputs_hash.as_str());
+            prop_assert_ne!(pending, Some(key.as_str()), "pending key bought again");
+            prop_assert!(!deleting && !spec.suspend);
+            let busy = matches!(&remote, Some(Observation::Found(r))
+                if r.status.as_ref().is_some_and(RemoteStatus::is_in_progress));
+            prop_assert!(!busy, "bought while the API works");
+            prop_assert!(matches!(remote, Some(Observation::Found(_))), "bought without a GET");
+        }
+        if let Action::Report(report) = &action {
+            let floor = settings.poll_min.min(settings.backoff_base);
+            prop_assert!(report.requeue >= floor, "requeue {:?}", report.requeue);
+            prop_assert!(report.requeue <= settings.resync.max(MAX_REMOTE_WAIT).max(settings.stalled_retry));
+        }
+    }
+}
