@@ -126,9 +126,19 @@ impl Context {
                     .object_ready(&key, Some(matches!(health, Health::Ready { .. })));
                 let mut failures = self.failures.lock().expect("failures lock");
                 if transient {
-                    *failures.entry(key).or_default() += 1;
+                    *failures.entry(key.clone()).or_default() += 1;
                 } else {
                     failures.remove(&key);
+                }
+                if deleting {
+                    // kube's finalizer helper removes the finalizer on any Ok from cleanup: an
+                    // object whose cleanup has to wait (no Secret, the API down) must return an
+                    // error, or it would go without its Disable PUT.
+                    return Err(Error::CleanupWaiting {
+                        key,
+                        reason: health.reason().to_string(),
+                        after,
+                    });
                 }
                 Ok(ControllerAction::requeue(after))
             }
