@@ -154,7 +154,7 @@ impl Metrics {
             generate_calls.clone(),
         );
         for outcome in GENERATE_OUTCOMES {
-            generate_calls.get_or_create(&OutcomeLabel {
+            let _zero = generate_calls.get_or_create(&OutcomeLabel {
                 outcome: outcome.into(),
             });
         }
@@ -165,7 +165,7 @@ impl Metrics {
             object_states.clone(),
         );
         for state in OBJECT_STATES {
-            object_states.get_or_create(&StateLabel {
+            let _zero = object_states.get_or_create(&StateLabel {
                 state: state.into(),
             });
         }
