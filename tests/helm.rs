@@ -283,18 +283,28 @@ fn the_schema_refuses_bad_values() {
 /// Minimal CRDs for prometheus-operator's kinds, so the chart's ServiceMonitor and
 /// PrometheusRule can be installed into the test API server.
 fn prometheus_operator_crds() -> String {
-    ["ServiceMonitor", "PrometheusRule"]
-        .iter()
-        .map(|kind| {
-            let plural = format!("{}s", kind.to_lowercase());
-            format!(
-                "apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata:\n  name: {plural}.monitoring.coreos.com\n\
-                 spec:\n  group: monitoring.coreos.com\n  scope: Namespaced\n  names: {{kind: {kind}, plural: {plural}, singular: {}, listKind: {kind}List}}\n\
-                   versions:\n  - name: v1\n    served: true\n    storage: true\n    schema:\n      openAPIV3Schema:\n        type: object\n        x-kubernetes-preserve-unknown-fields: true\n---\n",
-                kind.to_lowercase()
-            )
-        })
-        .collect()
+    let mut yaml = String::new();
+    for kind in ["ServiceMonitor", "PrometheusRule"] {
+        let singular = kind.to_lowercase();
+        let plural = format!("{singular}s");
+        let crd = json!({
+            "apiVersion": "apiextensions.k8s.io/v1",
+            "kind": "CustomResourceDefinition",
+            "metadata": {"name": format!("{plural}.monitoring.coreos.com")},
+            "spec": {
+                "group": "monitoring.coreos.com",
+                "scope": "Namespaced",
+                "names": {"kind": kind, "plural": plural, "singular": singular, "listKind": format!("{kind}List")},
+                "versions": [{
+                    "name": "v1", "served": true, "storage": true,
+                    "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}},
+                }],
+            },
+        });
+        yaml.push_str(&serde_yaml::to_string(&crd).unwrap());
+        yaml.push_str("---\n");
+    }
+    yaml
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -347,7 +357,12 @@ async fn install_run_as_installed_and_uninstall() {
         a.extend(args);
         serde_json::from_str(&cp.kubectl_ok(a).unwrap()).unwrap()
     };
-    let deployment = get(&["-n", "dynamics-operator", "deploy/dyn-dynamics-operator"]);
+    let deployment = get(&[
+        "-n",
+        "dynamics-operator",
+        "deploy/dyn-dynamics-operator",
+        "--show-managed-fields",
+    ]);
     assert_eq!(deployment["spec"]["replicas"], 2);
     assert_eq!(
         container(&deployment)["image"],
