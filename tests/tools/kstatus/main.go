@@ -35,11 +35,15 @@ func main() {
 		if err != nil {
 			fail(err)
 		}
-		var obj map[string]interface{}
-		if err := yaml.Unmarshal(data, &obj); err != nil {
+		// As the API machinery reads objects: integers stay int64.
+		js, err := yaml.YAMLToJSON(data)
+		if err != nil {
 			fail(fmt.Errorf("%s: %w", file, err))
 		}
-		u := &unstructured.Unstructured{Object: obj}
+		u := &unstructured.Unstructured{}
+		if err := u.UnmarshalJSON(js); err != nil {
+			fail(fmt.Errorf("%s: %w", file, err))
+		}
 		res, err := status.Compute(u)
 		if err != nil {
 			fail(fmt.Errorf("%s: %w", file, err))
