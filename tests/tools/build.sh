@@ -72,12 +72,12 @@ modver() { go list -m -f '{{.Version}}' "$1"; }
 
 log "go: $(go version), build -p $jobs, GOPROXY=$(go env GOPROXY)"
 t=$(date +%s)
-log "[1/3] downloading modules (go mod download)"
+log "[1/2] downloading modules (go mod download)"
 go mod download
 log "      done in $(( $(date +%s) - t ))s"
 
 helm_v="$(modver helm.sh/helm/v4)"
-prom_v="$(modver github.com/prometheus/prometheus)"   # v0.316.0 is Prometheus 3.16.0
+prom_v="$(modver github.com/prometheus/prometheus)"
 # Prometheus 3.x publishes its module as v0.3MM.P: v0.316.0 is Prometheus 3.16.0.
 prom_mp="${prom_v#v0.}"; prom_minor="${prom_mp%%.*}"
 prom_release="${prom_minor:0:1}.$((10#${prom_minor:1})).${prom_mp#*.}"
@@ -87,19 +87,25 @@ tmp="$out/bin.tmp"
 rm -rf "$tmp"
 mkdir -p "$tmp"
 
-t=$(date +%s)
-log "[2/3] go build helm $helm_v, crane $crane_v, kstatus, argocd-lua"
-go build -trimpath -p "$jobs" \
-  -ldflags "-s -w -X helm.sh/helm/v4/internal/version.version=$helm_v -X helm.sh/helm/v4/internal/version.gitTreeState=clean -X github.com/google/go-containerregistry/cmd/crane/cmd.Version=$crane_v" \
-  -o "$tmp/" helm.sh/helm/v4/cmd/helm github.com/google/go-containerregistry/cmd/crane ./kstatus ./argocd-lua
-log "      done in $(( $(date +%s) - t ))s"
-
-t=$(date +%s)
-log "[3/3] go build promtool $prom_release (-tags remove_all_sd)"
-go build -trimpath -p "$jobs" -tags remove_all_sd \
+# One go build per tool, so the log says what each costs (later ones reuse the packages the
+# earlier ones compiled).
+build() {   # build NAME [go build args...] PACKAGE
+  local name="$1" t
+  shift
+  t=$(date +%s)
+  go build -trimpath -p "$jobs" -o "$tmp/$name" "$@"
+  log "      $name: $(( $(date +%s) - t ))s"
+}
+log "[2/2] go build helm $helm_v, crane $crane_v, promtool $prom_release (-tags remove_all_sd), kstatus, argocd-lua"
+build helm -ldflags "-s -w -X helm.sh/helm/v4/internal/version.version=$helm_v -X helm.sh/helm/v4/internal/version.gitTreeState=clean" \
+  helm.sh/helm/v4/cmd/helm
+build crane -ldflags "-s -w -X github.com/google/go-containerregistry/cmd/crane/cmd.Version=$crane_v" \
+  github.com/google/go-containerregistry/cmd/crane
+build promtool -tags remove_all_sd \
   -ldflags "-s -w -X github.com/prometheus/common/version.Version=$prom_release -X github.com/prometheus/common/version.Branch=module -X github.com/prometheus/common/version.Revision=$prom_v" \
-  -o "$tmp/promtool" github.com/prometheus/prometheus/cmd/promtool
-log "      done in $(( $(date +%s) - t ))s"
+  github.com/prometheus/prometheus/cmd/promtool
+build kstatus -ldflags "-s -w" ./kstatus
+build argocd-lua -ldflags "-s -w" ./argocd-lua
 
 "$tmp/helm" version --short | grep -q "^$helm_v" || { log "ERROR: helm reports '$("$tmp/helm" version --short)', expected $helm_v"; exit 1; }
 "$tmp/promtool" --version 2>&1 | grep -q "version $prom_release" || { log "ERROR: promtool reports '$("$tmp/promtool" --version 2>&1 | head -1)'"; exit 1; }
