@@ -19,7 +19,7 @@ use dynamics_operator::resource::AgentDynamics;
 use dynamics_operator::sim::SimConfig;
 use kube::api::{DeleteParams, Patch, PatchParams};
 use serde_json::{json, Value as Json};
-use support::operator::{manifest, ready_reason, Observed};
+use support::operator::{is_ready, manifest, ready_reason, Observed};
 use support::tools::{run, tool, ROOT};
 
 const HOLD: &str = "health-engines.test/hold";
@@ -177,7 +177,6 @@ async fn kstatus_and_argo_cd_read_every_phase_of_real_objects() {
         "apiVersion: dynamics.bithuman.ai/v1alpha1\nkind: AgentDynamics\nmetadata:\n  name: deleting-agent\n  finalizers: [{HOLD}]\nspec:\n  agentId: A91XMB7118\n"
     ));
 
-    let is_ready = |o: &AgentDynamics| o.status.as_ref().is_some_and(|s| s.is_ready());
     slow.wait("generating-agent", "Reconciling: Generating", |o| {
         reconciling(o).as_deref() == Some("Generating")
     })

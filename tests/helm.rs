@@ -22,12 +22,11 @@ use kube::api::{DeleteParams, ListParams};
 use kube::Api;
 use serde_json::{json, Value as Json};
 use support::controlplane::ControlPlane;
+use support::operator::{is_ready, wait_gone, wait_object};
 use support::process::ManagedChild;
 use support::tools::{find, kustomize, parse_docs, run_ok, tool, ROOT};
-use support::wait::wait_for;
 
 const CHART: &str = "charts/dynamics-operator";
-const TIMEOUT: Duration = Duration::from_secs(90);
 
 fn chart() -> PathBuf {
     Path::new(ROOT).join(CHART)
@@ -485,29 +484,12 @@ async fn install_run_as_installed_and_uninstall() {
     .unwrap();
     let client = cp.kube_client().await.unwrap();
     let api: Api<AgentDynamics> = Api::namespaced(client.clone(), "agents");
-    let ready = wait_for("chart-agent Ready", TIMEOUT, || async {
-        let obj = api.get("chart-agent").await?;
-        Ok(obj
-            .status
-            .as_ref()
-            .is_some_and(|s| s.is_ready())
-            .then_some(()))
-    })
-    .await;
-    if let Err(e) = ready {
-        panic!("{e}\n{}", operator.log_tail(6000));
-    }
+    wait_object(&api, "chart-agent", "Ready", &operator, is_ready).await;
     // Uninstall in the order NOTES.txt gives: objects first, while the operator runs.
     api.delete("chart-agent", &DeleteParams::default())
         .await
         .unwrap();
-    let gone = wait_for("chart-agent finalized", TIMEOUT, || async {
-        Ok(api.get_opt("chart-agent").await?.is_none().then_some(()))
-    })
-    .await;
-    if let Err(e) = gone {
-        panic!("{e}\n{}", operator.log_tail(6000));
-    }
+    wait_gone(&api, "chart-agent", &operator).await;
     operator.stop(Duration::from_secs(5));
 
     let out = helm_ok(

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use dynamics_operator::sim::SimConfig;
 use serde_json::Value as Json;
-use support::operator::{manifest, ready_reason, Observed};
+use support::operator::{is_ready, manifest, ready_reason, Observed};
 use support::tools::{find, metric_names, parse_docs, run_ok, tool, ROOT};
 use support::wait::wait_for;
 
@@ -195,10 +195,7 @@ async fn every_metric_the_dashboard_and_alerts_use_is_exported() {
         "METRIC0002",
         "  apiSecretRef:\n    name: missing\n",
     ));
-    env.wait("observed", "Ready", |o| {
-        o.status.as_ref().is_some_and(|s| s.is_ready())
-    })
-    .await;
+    env.wait("observed", "Ready", is_ready).await;
     env.wait("no-secret", "SecretNotFound", |o| {
         ready_reason(o).as_deref() == Some("SecretNotFound")
     })

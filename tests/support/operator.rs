@@ -43,7 +43,7 @@ pub async fn control_plane() -> &'static ControlPlane {
 
 impl Observed {
     /// Starts the simulator with `sim_config` (its secret replaced) and the operator with
-    /// fast test timings plus `extra` flags.
+    /// `extra` flags.
     pub async fn start(prefix: &str, sim_config: SimConfig, extra: &[&str]) -> Observed {
         let cp = control_plane().await;
         let ns = cp.create_namespace(prefix).await.expect("namespace");
@@ -55,28 +55,9 @@ impl Observed {
         .expect("simulator");
         let api = Api::namespaced(cp.kube_client().await.expect("client"), &ns);
         let dir = tempfile::tempdir().expect("tempdir");
-        let url = sim.url();
-        let mut args: Vec<&str> = vec![
-            "run",
-            "--namespace",
-            &ns,
-            "--api-url",
-            &url,
-            "--metrics-addr",
-            "127.0.0.1:0",
-            "--poll-min",
-            "200ms",
-            "--poll-max",
-            "1s",
-            "--stalled-retry",
-            "20s",
-            "--pending-grace",
-            "3s",
-            "--api-timeout",
-            "5s",
-        ];
-        args.extend(extra);
-        let args: Vec<String> = args.into_iter().map(String::from).collect();
+        // The binary's own timings: what these tests observe does not need them shorter.
+        let mut args = run_args(&ns, &sim.url());
+        args.extend(extra.iter().map(|s| s.to_string()));
         let kubeconfig = cp.kubeconfig_path().to_string_lossy().into_owned();
         let operator = ManagedChild::spawn(
             "operator",
@@ -115,12 +96,7 @@ impl Observed {
         what: &str,
         check: impl Fn(&AgentDynamics) -> bool,
     ) -> AgentDynamics {
-        let result = wait_for(&format!("{name}: {what}"), TIMEOUT, || async {
-            let obj = self.api.get(name).await?;
-            Ok(check(&obj).then_some(obj))
-        })
-        .await;
-        result.unwrap_or_else(|e| panic!("{e}\n{}", self.operator.log_tail(6000)))
+        wait_object(&self.api, name, what, &self.operator, check).await
     }
 
     /// Where the operator serves /metrics (it binds port 0 and logs the address).
@@ -139,6 +115,54 @@ impl Observed {
         .expect("metrics address");
         format!("http://{addr}")
     }
+}
+
+/// `dynamics-operator run` watching `ns` against the API at `api_url`, metrics on a free port.
+pub fn run_args(ns: &str, api_url: &str) -> Vec<String> {
+    [
+        "run",
+        "--namespace",
+        ns,
+        "--api-url",
+        api_url,
+        "--metrics-addr",
+        "127.0.0.1:0",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// Waits until `check` holds for object `name` and returns it; on timeout, panics with
+/// `operator`'s log.
+pub async fn wait_object(
+    api: &Api<AgentDynamics>,
+    name: &str,
+    what: &str,
+    operator: &ManagedChild,
+    check: impl Fn(&AgentDynamics) -> bool,
+) -> AgentDynamics {
+    let result = wait_for(&format!("{name}: {what}"), TIMEOUT, || async {
+        let obj = api.get(name).await?;
+        Ok(check(&obj).then_some(obj))
+    })
+    .await;
+    result.unwrap_or_else(|e| panic!("{e}\n{}", operator.log_tail(6000)))
+}
+
+/// Waits until object `name` is gone (its finalizer released); on timeout, panics with
+/// `operator`'s log.
+pub async fn wait_gone(api: &Api<AgentDynamics>, name: &str, operator: &ManagedChild) {
+    let result = wait_for(&format!("{name} finalized"), TIMEOUT, || async {
+        Ok(api.get_opt(name).await?.is_none().then_some(()))
+    })
+    .await;
+    result.unwrap_or_else(|e| panic!("{e}\n{}", operator.log_tail(6000)));
+}
+
+/// Ready=True.
+pub fn is_ready(obj: &AgentDynamics) -> bool {
+    obj.status.as_ref().is_some_and(|s| s.is_ready())
 }
 
 /// `kind: AgentDynamics` named `name` for `agent`, with `extra` spec lines (indented 2).

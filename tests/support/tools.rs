@@ -10,7 +10,8 @@ use serde_json::Value as Json;
 
 pub const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
-fn target_dir() -> PathBuf {
+/// The cargo target directory (where the harness looks for its binaries).
+pub fn target_dir() -> PathBuf {
     // The harness's bin dir is <target>/controlplane/<version>/bin.
     super::controlplane::default_bin_dir()
         .ancestors()
