@@ -100,10 +100,13 @@ impl Context {
             .pass(&view, secret.as_ref(), failures, &mut sink)
             .await;
         sink.publish(&self.recorder).await;
+        let (waiting, in_flight) = self.executor.guard_load();
+        self.metrics.generation_guard(waiting, in_flight);
         match result? {
             PassResult::Released => {
                 self.metrics.reconciled("released");
                 self.metrics.object_ready(&key, None);
+                self.metrics.object_state(&key, None);
                 self.failures.lock().expect("failures lock").remove(&key);
                 Ok(ControllerAction::await_change())
             }
@@ -119,6 +122,7 @@ impl Context {
                     Health::Suspended => "suspended",
                 };
                 self.metrics.reconciled(result);
+                self.metrics.object_state(&key, Some(result));
                 if matches!(health, Health::Stalled { .. }) || transient {
                     self.metrics.error(health.reason());
                 }
