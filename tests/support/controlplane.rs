@@ -463,6 +463,8 @@ pub struct ControlPlane {
     admin_token: Option<String>,
     user_token: Option<String>,
     kubectl_bin: PathBuf,
+    /// How kube-apiserver was started (local only), for [`ControlPlane::restart_apiserver`].
+    apiserver_cmd: Option<(PathBuf, Vec<String>)>,
     work_dir: PathBuf,
     startup: Duration,
     // Order matters for Drop: children are stopped before the dir is removed.
@@ -563,6 +565,7 @@ impl ControlPlane {
             admin_token: None,
             user_token: None,
             kubectl_bin,
+            apiserver_cmd: None,
             work_dir: dir.path().to_path_buf(),
             startup: Duration::ZERO,
             children: Mutex::new(Vec::new()),
@@ -597,6 +600,7 @@ impl ControlPlane {
             admin_token: Some(admin_token.clone()),
             user_token: Some(user_token.clone()),
             kubectl_bin: bin.join("kubectl"),
+            apiserver_cmd: None,
             work_dir: root.clone(),
             startup: Duration::ZERO,
             children: Mutex::new(Vec::new()),
@@ -675,6 +679,7 @@ impl ControlPlane {
             api_args.push("--disable-admission-plugins=ServiceAccount".into());
         }
         api_args.extend(opts.extra_apiserver_args.iter().cloned());
+        cp.apiserver_cmd = Some((bin.join("kube-apiserver"), api_args.clone()));
         let api = ManagedChild::spawn(
             "kube-apiserver",
             &bin.join("kube-apiserver"),
@@ -855,6 +860,64 @@ impl ControlPlane {
             Ok(()) => Ok(()),
             Err(StartError::PortInUse(e) | StartError::Other(e)) => Err(e),
         }
+    }
+
+    /// Kills kube-apiserver (SIGKILL: no graceful shutdown, open watches and requests are cut),
+    /// starts it again with the same flags on the same port, and waits until it serves again.
+    /// etcd keeps the data, so every object, resourceVersion and Lease survives. Local only.
+    /// Returns how long the API server was unreachable.
+    pub async fn restart_apiserver(&self) -> anyhow::Result<Duration> {
+        let (bin, args) = self.apiserver_cmd.clone().ok_or_else(|| {
+            anyhow!("restart_apiserver needs a control plane started by the harness")
+        })?;
+        let t0 = Instant::now();
+        let log = {
+            let mut children = self.children.lock().unwrap();
+            let api = children
+                .iter_mut()
+                .find(|c| c.name == "kube-apiserver")
+                .ok_or_else(|| anyhow!("kube-apiserver is not running"))?;
+            process::signal(api.pid(), 9);
+            api.reap_by(Instant::now() + Duration::from_secs(5));
+            api.log.clone()
+        };
+        // The listening socket is closed with the process; the same port binds again at once
+        // (Go sets SO_REUSEADDR), but retry in case the kernel has not released it yet.
+        let mut last = None;
+        for _attempt in 0..20 {
+            let child = ManagedChild::spawn("kube-apiserver", &bin, &args, &log, &[])?;
+            let pid = child.pid();
+            {
+                let mut children = self.children.lock().unwrap();
+                let slot = children
+                    .iter_mut()
+                    .find(|c| c.name == "kube-apiserver")
+                    .expect("the slot of kube-apiserver");
+                // The old handle is already reaped; dropping it is a no-op.
+                *slot = child;
+            }
+            match self
+                .wait_ready(Duration::from_secs(60), Instant::now())
+                .await
+            {
+                Ok(()) => return Ok(t0.elapsed()),
+                Err(StartError::PortInUse(e)) => {
+                    last = Some(e);
+                    if let Some(c) = self
+                        .children
+                        .lock()
+                        .unwrap()
+                        .iter_mut()
+                        .find(|c| c.pid() == pid)
+                    {
+                        c.reap_by(Instant::now());
+                    }
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Err(StartError::Other(e)) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow!("kube-apiserver did not come back")))
     }
 
     /// Stops all child processes (SIGTERM, 5 s grace, SIGKILL, reap) and

@@ -1,0 +1,1254 @@
+//! Crash tests and the chaos campaign: operator processes that die on purpose, the simulator's
+//! record of every generate call it charged, and the campaign itself.
+//!
+//! Included with `#[path]` by `tests/crash_windows.rs`, `tests/chaos.rs` and
+//! `benches/chaos.rs` (each of which also has `mod support;`).
+//!
+//! The campaign (see [`run_campaign`]): a real control plane, the simulator (Idempotency-Key
+//! honouring off, so a resent generate call is charged again), two operator replicas with leader
+//! election, SIGKILLed at seeded random moments and stopped by probabilistic failpoints,
+//! kube-apiserver restarted, simulator faults on about 30% of calls, hard simulator modes on some
+//! agents, unique edits, deletions and re-creations. Its oracle: no key charged twice, every
+//! object ends converged or Stalled with a documented reason, and an idle window after in which
+//! nothing is sent to the simulator or written to the API server.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail};
+use dynamics_operator::resource::AgentDynamics;
+use dynamics_operator::sim::{self, Faults, GenerationRecord, Modes, SimConfig, SimHandle};
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::Api;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::json;
+
+use crate::support::controlplane::ControlPlane;
+use crate::support::process::ManagedChild;
+
+pub const SECRET: &str = "chaos-operator-secret";
+pub const CRD_NAME: &str = "agentdynamics.dynamics.bithuman.ai";
+/// Exit code of an operator stopped by a failpoint.
+pub const FAILPOINT_EXIT: i32 = 86;
+pub const FAILPOINTS: [&str; 3] = [
+    "after-marker-saved",
+    "after-generate-sent",
+    "after-generate-reply",
+];
+/// Stalled reasons the operator documents: what a campaign may end with. The generation's own
+/// (`reconcile::reasons`) and the refusals of the API (`ApiErrorKind::reason` of the errors that
+/// are not retried).
+pub const DOCUMENTED_STALLED: &[&str] = &[
+    "GenerationNotVisible",
+    "GenerationOutcomeUnknown",
+    "RemoteDynamicsMissing",
+    "GenerationFailed",
+    "Conflict",
+    "SecretNotFound",
+    "UnknownSpecField",
+    "InvalidRequest",
+    "Unauthorized",
+    "InsufficientCredits",
+    "AgentNotFound",
+    "BadReply",
+];
+
+// ---------------------------------------------------------------------------------------------
+// Control plane and objects
+
+/// Installs the CRD (idempotent: server-side apply) and waits until it is served.
+pub async fn install_crd(cp: &ControlPlane) -> anyhow::Result<()> {
+    cp.apply_file(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/crds/agentdynamics.yaml"
+    ))?;
+    cp.wait_crd_established(CRD_NAME, Duration::from_secs(30))
+        .await
+}
+
+/// An AgentDynamics whose generate body is unique to `tag`: the tag is both `spec.regenerate`
+/// and part of `spec.imageUrl`, so every user change is a different (agent, body) at the API.
+pub fn object(name: &str, agent: &str, tag: &str, orphan: bool) -> anyhow::Result<AgentDynamics> {
+    let mut spec = json!({
+        "agentId": agent,
+        "imageUrl": image_url(agent, tag),
+        "regenerate": tag,
+    });
+    if orphan {
+        spec["deletionPolicy"] = json!("Orphan");
+    }
+    Ok(serde_json::from_value(json!({
+        "apiVersion": "dynamics.bithuman.ai/v1alpha1",
+        "kind": "AgentDynamics",
+        "metadata": {"name": name},
+        "spec": spec,
+    }))?)
+}
+
+pub fn image_url(agent: &str, tag: &str) -> String {
+    format!("https://example.com/chaos/{agent}/{tag}.jpg")
+}
+
+/// Merge patch of the generate inputs to a new unique `tag`.
+pub fn edit_patch(agent: &str, tag: &str) -> Patch<serde_json::Value> {
+    Patch::Merge(json!({"spec": {"regenerate": tag, "imageUrl": image_url(agent, tag)}}))
+}
+
+/// Reason of a condition that is True, if any.
+pub fn true_condition(obj: &AgentDynamics, type_: &str) -> Option<(String, String)> {
+    let c = obj.status.as_ref()?.condition(type_)?;
+    (c.status == "True").then(|| (c.reason.clone(), c.message.clone()))
+}
+
+/// How an object ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EndState {
+    /// Ready for its current spec: observedGeneration current and the generate inputs of the
+    /// last accepted generation are those of the spec.
+    Converged,
+    /// Stalled for its current spec, with this reason.
+    Stalled(String),
+    /// Anything else (still working, or status for an older spec): `why`.
+    Open(String),
+}
+
+pub fn end_state(obj: &AgentDynamics) -> EndState {
+    let generation = obj.metadata.generation;
+    let Some(status) = obj.status.as_ref() else {
+        return EndState::Open("no status".into());
+    };
+    if status.observed_generation != generation {
+        return EndState::Open(format!(
+            "observedGeneration {:?} behind generation {:?}",
+            status.observed_generation, generation
+        ));
+    }
+    if let Some((reason, _)) = true_condition(obj, "Stalled") {
+        return EndState::Stalled(reason);
+    }
+    if status.is_ready() {
+        let want = dynamics_operator::reconcile::desired::inputs_hash(&obj.spec);
+        if status.generate_hash.as_deref() == Some(want.as_str()) {
+            return EndState::Converged;
+        }
+        return EndState::Open(format!(
+            "Ready, but generateHash {:?} is not the spec's {want}",
+            status.generate_hash
+        ));
+    }
+    let ready = status
+        .condition("Ready")
+        .map(|c| format!("{}: {}", c.reason, c.message))
+        .unwrap_or_default();
+    EndState::Open(format!("not Ready ({ready})"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// The simulator's record of generate calls (`GET /_sim/generations`)
+
+/// Every generate call the simulator accepted (charged, or replayed from its Idempotency-Key
+/// cache), in order: what `GET /_sim/generations` answers.
+pub fn sim_generations(sim: &SimHandle) -> Vec<GenerationRecord> {
+    sim.generations()
+}
+
+/// Charged generate calls (accepted, not replayed) for `agent`.
+pub fn charged_for<'a>(
+    records: &'a [GenerationRecord],
+    agent: &'a str,
+) -> impl Iterator<Item = &'a GenerationRecord> + 'a {
+    records
+        .iter()
+        .filter(move |r| r.agent_id == agent && !r.replayed)
+}
+
+/// (agent, body) pairs charged more than once: each one a user change bought twice.
+pub fn duplicates(records: &[GenerationRecord]) -> Vec<(String, String, Vec<u64>)> {
+    let mut seen: BTreeMap<(String, String), Vec<u64>> = BTreeMap::new();
+    for r in records.iter().filter(|r| !r.replayed) {
+        // serde_json's map is ordered, so equal bodies serialise equally.
+        seen.entry((r.agent_id.clone(), r.body.to_string()))
+            .or_default()
+            .push(r.seq);
+    }
+    seen.into_iter()
+        .filter(|(_, seqs)| seqs.len() > 1)
+        .map(|((agent, body), seqs)| (agent, body, seqs))
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Operator processes
+
+pub fn debug_operator_binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_dynamics-operator"))
+}
+
+/// How to start an operator process.
+#[derive(Debug, Clone)]
+pub struct OperatorSpec {
+    pub binary: PathBuf,
+    pub kubeconfig: PathBuf,
+    pub namespace: String,
+    pub api_url: String,
+    pub args: Vec<String>,
+}
+
+impl OperatorSpec {
+    /// `failpoints`: `DYNAMICS_FAILPOINTS` (empty: none).
+    pub fn spawn(
+        &self,
+        name: &str,
+        log: &Path,
+        extra: &[String],
+        failpoints: &str,
+        failpoint_seed: u64,
+    ) -> anyhow::Result<ManagedChild> {
+        let mut args: Vec<String> = vec![
+            "run".into(),
+            "--namespace".into(),
+            self.namespace.clone(),
+            "--api-url".into(),
+            self.api_url.clone(),
+            "--metrics-addr".into(),
+            "127.0.0.1:0".into(),
+        ];
+        args.extend(self.args.iter().cloned());
+        args.extend(extra.iter().cloned());
+        let kubeconfig = self.kubeconfig.to_string_lossy().into_owned();
+        let seed = failpoint_seed.to_string();
+        let mut env: Vec<(&str, &str)> = vec![
+            ("KUBECONFIG", &kubeconfig),
+            ("BITHUMAN_API_SECRET", SECRET),
+            ("RUST_LOG", "info,dynamics_operator=debug"),
+            ("LOG_FORMAT", "text"),
+        ];
+        if !failpoints.is_empty() {
+            env.push(("DYNAMICS_FAILPOINTS", failpoints));
+            env.push(("DYNAMICS_FAILPOINT_SEED", &seed));
+        }
+        ManagedChild::spawn(name, &self.binary, &args, log, &env)
+    }
+}
+
+/// Waits for `child` to exit on its own; `None` if it still runs after `timeout`.
+pub async fn wait_exit(
+    child: &mut ManagedChild,
+    timeout: Duration,
+) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_status() {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// SIGKILL and reap: a crash, no graceful shutdown, no lease release.
+pub fn kill_now(child: &mut ManagedChild) {
+    crate::support::process::signal(child.pid(), 9);
+    child.reap_by(Instant::now() + Duration::from_secs(5));
+}
+
+/// The failpoint named in a log ("failpoint NAME hit"), if any.
+pub fn failpoint_in_log(log: &str) -> Option<String> {
+    log.lines().rev().find_map(|l| {
+        let rest = l.trim().strip_prefix("failpoint ")?;
+        Some(rest.strip_suffix(" hit")?.to_string())
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// The campaign
+
+#[derive(Debug, Clone)]
+pub struct CampaignConfig {
+    pub seed: u64,
+    /// SIGKILLs sent to operator replicas (failpoint exits come on top).
+    pub kills: usize,
+    pub objects: usize,
+    /// Time between two SIGKILLs, drawn uniformly.
+    pub kill_interval: (Duration, Duration),
+    /// Time between two user actions (edit, delete), drawn uniformly.
+    pub edit_interval: (Duration, Duration),
+    /// kube-apiserver restarts, spread over the kills (at least one).
+    pub apiserver_restarts: usize,
+    /// Probability of each failpoint per crossing, in the chaos phase.
+    pub failpoint_rate: f64,
+    /// Share of simulator calls that get a fault, in the chaos phase.
+    pub fault_rate: f64,
+    pub idle: Duration,
+    pub converge_timeout: Duration,
+    pub operator_binary: PathBuf,
+    /// Operator logs go here (kept); `None`: a temp dir, removed at the end.
+    pub log_dir: Option<PathBuf>,
+    /// Print progress lines to stderr.
+    pub verbose: bool,
+}
+
+impl CampaignConfig {
+    /// The test suite's short campaign.
+    pub fn short(seed: u64, operator_binary: PathBuf) -> Self {
+        CampaignConfig {
+            seed,
+            kills: 50,
+            objects: 8,
+            kill_interval: (Duration::from_millis(600), Duration::from_millis(2400)),
+            edit_interval: (Duration::from_millis(300), Duration::from_millis(1500)),
+            apiserver_restarts: 1,
+            failpoint_rate: 0.2,
+            fault_rate: 0.3,
+            idle: Duration::from_secs(15),
+            converge_timeout: Duration::from_secs(120),
+            operator_binary,
+            log_dir: None,
+            verbose: true,
+        }
+    }
+
+    /// Operator flags: short windows and retries so a campaign converges in seconds.
+    pub fn operator_args(&self, namespace: &str) -> Vec<String> {
+        [
+            "--leader-elect",
+            "--lease-name",
+            "chaos",
+            "--lease-namespace",
+            namespace,
+            "--lease-duration",
+            "2",
+            "--api-timeout",
+            "2s",
+            "--poll-min",
+            "200ms",
+            "--poll-max",
+            "5s",
+            "--visibility-window",
+            "20s",
+            "--stalled-retry",
+            "10m",
+            "--resync",
+            "10m",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    }
+}
+
+/// What a campaign did and found.
+#[derive(Debug, Default, Clone)]
+pub struct Figures {
+    pub seed: u64,
+    pub kills: usize,
+    pub kills_of_leader: usize,
+    pub failpoint_exits: BTreeMap<String, usize>,
+    pub clean_exits: usize,
+    pub other_exits: Vec<String>,
+    pub incarnations: usize,
+    pub failovers: usize,
+    pub apiserver_restarts: usize,
+    pub apiserver_downtime: Duration,
+    pub faults_injected: u64,
+    /// Agents per hard simulator mode.
+    pub hard_modes: BTreeMap<String, usize>,
+    /// The hard modes of each agent.
+    pub agent_modes: BTreeMap<String, Vec<&'static str>>,
+    pub dropped_connections: u64,
+    pub sim_calls: BTreeMap<String, u64>,
+    pub edits: usize,
+    pub deletions: usize,
+    pub recreations: usize,
+    pub failed_user_calls: usize,
+    /// User changes (creations, edits, re-creations) the API server accepted.
+    pub keys: usize,
+    pub generations_charged: usize,
+    pub replays: usize,
+    pub duplicates: Vec<(String, String, Vec<u64>)>,
+    pub converged: usize,
+    pub stalled: BTreeMap<String, usize>,
+    pub open: Vec<String>,
+    pub chaos_phase: Duration,
+    pub time_to_converge: Option<Duration>,
+    pub idle_sim_calls: BTreeMap<String, u64>,
+    pub idle_api_writes: BTreeMap<String, f64>,
+    pub idle_object_changes: usize,
+    pub total: Duration,
+    /// Every broken rule, in words. Empty = the campaign passed.
+    pub violations: Vec<String>,
+}
+
+impl Figures {
+    pub fn report(&self) -> String {
+        let mut s = String::new();
+        let fp: usize = self.failpoint_exits.values().sum();
+        let _ = writeln!(s, "chaos campaign, seed {}", self.seed);
+        let _ = writeln!(
+            s,
+            "  kills: {} SIGKILL ({} of the leader) + {} failpoint exits {:?}; {} clean exits (lease lost), {} other exits {:?}",
+            self.kills,
+            self.kills_of_leader,
+            fp,
+            self.failpoint_exits,
+            self.clean_exits,
+            self.other_exits.len(),
+            self.other_exits
+        );
+        let _ = writeln!(
+            s,
+            "  operator processes: {}; failovers (lease holder changes): {}",
+            self.incarnations, self.failovers
+        );
+        let _ = writeln!(
+            s,
+            "  kube-apiserver restarts: {} (down {:.1?} in all)",
+            self.apiserver_restarts, self.apiserver_downtime
+        );
+        let _ = writeln!(
+            s,
+            "  simulator faults injected: {} (500/503/429) + {} dropped connections; calls {:?}",
+            self.faults_injected, self.dropped_connections, self.sim_calls
+        );
+        let _ = writeln!(s, "  hard simulator modes (agents): {:?}", self.hard_modes);
+        for (agent, modes) in &self.agent_modes {
+            let _ = writeln!(s, "    {agent}: {modes:?}");
+        }
+        let _ = writeln!(
+            s,
+            "  user actions: {} edits, {} deletions, {} re-creations ({} refused or failed, e.g. while kube-apiserver was down)",
+            self.edits, self.deletions, self.recreations, self.failed_user_calls
+        );
+        let _ = writeln!(
+            s,
+            "  keys (user changes): {}; generations charged: {} ({} credits); idempotent replays: {}; duplicates: {}",
+            self.keys,
+            self.generations_charged,
+            self.generations_charged * 250,
+            self.replays,
+            self.duplicates.len()
+        );
+        let _ = writeln!(
+            s,
+            "  end: {} converged, Stalled {:?}, open {}",
+            self.converged,
+            self.stalled,
+            self.open.len()
+        );
+        let _ = writeln!(
+            s,
+            "  chaos phase {:.1?}; time to converge after it {}; total {:.1?}",
+            self.chaos_phase,
+            self.time_to_converge
+                .map(|d| format!("{d:.1?}"))
+                .unwrap_or_else(|| "never".into()),
+            self.total
+        );
+        if self.time_to_converge.is_some() {
+            let _ = writeln!(
+                s,
+                "  idle window: simulator calls {:?}, API writes {:?}, object changes {}",
+                self.idle_sim_calls, self.idle_api_writes, self.idle_object_changes
+            );
+        } else {
+            let _ = writeln!(s, "  idle window: not run (never converged)");
+        }
+        if self.violations.is_empty() {
+            let _ = writeln!(s, "  oracle: passed");
+        } else {
+            let _ = writeln!(s, "  oracle: {} VIOLATIONS", self.violations.len());
+            for v in &self.violations {
+                let _ = writeln!(s, "    - {v}");
+            }
+        }
+        s
+    }
+}
+
+/// One operator replica slot: a process (or a pending restart) and its history.
+struct Slot {
+    name: &'static str,
+    child: Option<ManagedChild>,
+    identity: String,
+    restart_at: Option<Instant>,
+}
+
+/// One object of the campaign.
+struct Obj {
+    name: String,
+    agent: String,
+    /// Deleted; re-created once it is gone.
+    recreate: bool,
+}
+
+struct Campaign<'a> {
+    cfg: &'a CampaignConfig,
+    cp: &'a ControlPlane,
+    sim: &'a SimHandle,
+    api: Api<AgentDynamics>,
+    leases: Api<Lease>,
+    spec: OperatorSpec,
+    log_dir: PathBuf,
+    /// Separate streams, so that timing (which process exits when) does not shift the
+    /// schedule of kills or of user actions: kill times and victims, user actions, processes.
+    kill_rng: StdRng,
+    action_rng: StdRng,
+    process_rng: StdRng,
+    slots: Vec<Slot>,
+    objects: Vec<Obj>,
+    tags: usize,
+    holder: Option<String>,
+    figures: Figures,
+    chaos: bool,
+    started: Instant,
+}
+
+fn uniform(rng: &mut StdRng, (lo, hi): (Duration, Duration)) -> Duration {
+    if hi <= lo {
+        return lo;
+    }
+    lo + Duration::from_millis(rng.random_range(0..=(hi - lo).as_millis() as u64))
+}
+
+/// Simulator faults for the chaos phase: `rate` of calls get one, spread over 500, 503, 429
+/// and dropped connections (after the work was done); every call is a little late.
+pub fn chaos_faults(rate: f64) -> Faults {
+    Faults {
+        fail_rate_500: rate * 0.25,
+        fail_rate_503: rate * 0.25,
+        rate_limit_rate: rate * 0.25,
+        drop_rate: rate * 0.25,
+        retry_after_secs: 1,
+        latency_ms: 20,
+        ..Faults::default()
+    }
+}
+
+impl<'a> Campaign<'a> {
+    fn say(&self, line: impl AsRef<str>) {
+        if self.cfg.verbose {
+            eprintln!(
+                "[chaos {:>6.1}s] {}",
+                self.started.elapsed().as_secs_f64(),
+                line.as_ref()
+            );
+        }
+    }
+
+    fn next_tag(&mut self) -> String {
+        self.tags += 1;
+        format!("s{}-t{}", self.cfg.seed, self.tags)
+    }
+
+    fn start_replica(&mut self, i: usize) -> anyhow::Result<()> {
+        self.figures.incarnations += 1;
+        let identity = format!("{}-{}", self.slots[i].name, self.figures.incarnations);
+        let log = self.log_dir.join(format!("{identity}.log"));
+        let (failpoints, seed) = if self.chaos && self.cfg.failpoint_rate > 0.0 {
+            let p = self.cfg.failpoint_rate;
+            let list = FAILPOINTS
+                .iter()
+                .map(|f| format!("{f}@{p}"))
+                .collect::<Vec<_>>()
+                .join(",");
+            (list, self.process_rng.random::<u64>())
+        } else {
+            (String::new(), 0)
+        };
+        let child = self.spec.spawn(
+            &identity,
+            &log,
+            &["--identity".to_string(), identity.clone()],
+            &failpoints,
+            seed,
+        )?;
+        let slot = &mut self.slots[i];
+        slot.child = Some(child);
+        slot.identity = identity;
+        slot.restart_at = None;
+        Ok(())
+    }
+
+    /// Notes replicas that exited (and why) and restarts them when due.
+    fn tend_replicas(&mut self) -> anyhow::Result<()> {
+        let now = Instant::now();
+        for i in 0..self.slots.len() {
+            let exited = match self.slots[i].child.as_mut() {
+                Some(child) => child.try_status().map(|s| (s, child.log.clone())),
+                None => None,
+            };
+            if let Some((status, log)) = exited {
+                let identity = self.slots[i].identity.clone();
+                self.slots[i].child = None;
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                if text.contains("panicked at") {
+                    self.figures.violations.push(format!(
+                        "operator {identity} panicked (log {})",
+                        log.display()
+                    ));
+                }
+                match status.code() {
+                    Some(FAILPOINT_EXIT) => {
+                        let name = failpoint_in_log(&text).unwrap_or_else(|| "?".into());
+                        self.say(format!("{identity} stopped at failpoint {name}"));
+                        *self.figures.failpoint_exits.entry(name).or_default() += 1;
+                    }
+                    Some(0) => {
+                        self.say(format!("{identity} exited (lease lost)"));
+                        self.figures.clean_exits += 1;
+                    }
+                    _ => {
+                        // The error the process ended with (anyhow prints "Error: ..."), else
+                        // its last line.
+                        let line = text
+                            .lines()
+                            .rev()
+                            .find(|l| l.starts_with("Error:"))
+                            .or_else(|| text.lines().rev().find(|l| !l.trim().is_empty()));
+                        self.say(format!("{identity} exited with {status}"));
+                        self.figures.other_exits.push(format!(
+                            "{identity}: {status}: {}",
+                            line.unwrap_or("").chars().take(200).collect::<String>()
+                        ));
+                    }
+                }
+                let delay = uniform(
+                    &mut self.process_rng,
+                    (Duration::from_millis(200), Duration::from_millis(1000)),
+                );
+                self.slots[i].restart_at = Some(now + delay);
+            }
+            if self.slots[i].child.is_none() && self.slots[i].restart_at.is_some_and(|at| at <= now)
+            {
+                self.start_replica(i)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn kill_one(&mut self) {
+        let alive: Vec<usize> = (0..self.slots.len())
+            .filter(|&i| self.slots[i].child.is_some())
+            .collect();
+        if alive.is_empty() {
+            return;
+        }
+        let i = alive[self.kill_rng.random_range(0..alive.len())];
+        let identity = self.slots[i].identity.clone();
+        let leader = self.holder.as_deref() == Some(identity.as_str());
+        if let Some(child) = self.slots[i].child.as_mut() {
+            kill_now(child);
+        }
+        self.slots[i].child = None;
+        self.figures.kills += 1;
+        if leader {
+            self.figures.kills_of_leader += 1;
+        }
+        let delay = uniform(
+            &mut self.process_rng,
+            (Duration::from_millis(200), Duration::from_millis(1000)),
+        );
+        self.slots[i].restart_at = Some(Instant::now() + delay);
+        self.say(format!(
+            "kill {} -> {identity}{}",
+            self.figures.kills,
+            if leader { " (leader)" } else { "" }
+        ));
+    }
+
+    async fn watch_lease(&mut self) {
+        let Ok(Ok(lease)) =
+            tokio::time::timeout(Duration::from_secs(2), self.leases.get_opt("chaos")).await
+        else {
+            return;
+        };
+        let holder = lease
+            .and_then(|l| l.spec?.holder_identity)
+            .filter(|h| !h.is_empty());
+        if holder.is_some() && holder != self.holder {
+            if self.holder.is_some() {
+                self.figures.failovers += 1;
+            }
+            self.say(format!("leader: {}", holder.as_deref().unwrap_or("-")));
+            self.holder = holder;
+        }
+    }
+
+    async fn create(&mut self, i: usize) -> anyhow::Result<()> {
+        let tag = self.next_tag();
+        let orphan = self.action_rng.random_bool(0.25);
+        let obj = object(&self.objects[i].name, &self.objects[i].agent, &tag, orphan)?;
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            self.api.create(&PostParams::default(), &obj),
+        )
+        .await
+        .map_err(|_| anyhow!("create timed out"))??;
+        self.figures.keys += 1;
+        Ok(())
+    }
+
+    /// One user action on a random object: mostly an edit, sometimes a deletion.
+    async fn user_action(&mut self) {
+        let i = self.action_rng.random_range(0..self.objects.len());
+        if self.objects[i].recreate {
+            return;
+        }
+        let name = self.objects[i].name.clone();
+        let agent = self.objects[i].agent.clone();
+        if self.action_rng.random_bool(0.15) {
+            let deleted = tokio::time::timeout(
+                Duration::from_secs(5),
+                self.api.delete(&name, &DeleteParams::default()),
+            )
+            .await;
+            match deleted {
+                Ok(Ok(_)) => {
+                    self.figures.deletions += 1;
+                    self.objects[i].recreate = true;
+                    self.say(format!("delete {name}"));
+                }
+                _ => self.figures.failed_user_calls += 1,
+            }
+            return;
+        }
+        let tag = self.next_tag();
+        let patched = tokio::time::timeout(
+            Duration::from_secs(5),
+            self.api
+                .patch(&name, &PatchParams::default(), &edit_patch(&agent, &tag)),
+        )
+        .await;
+        match patched {
+            Ok(Ok(_)) => {
+                self.figures.edits += 1;
+                self.figures.keys += 1;
+            }
+            _ => self.figures.failed_user_calls += 1,
+        }
+    }
+
+    /// Re-creates deleted objects once the operator let them go.
+    async fn recreate_gone(&mut self) {
+        for i in 0..self.objects.len() {
+            if !self.objects[i].recreate {
+                continue;
+            }
+            let name = self.objects[i].name.clone();
+            let gone = matches!(
+                tokio::time::timeout(Duration::from_secs(2), self.api.get_opt(&name)).await,
+                Ok(Ok(None))
+            );
+            if !gone {
+                continue;
+            }
+            match self.create(i).await {
+                Ok(()) => {
+                    self.objects[i].recreate = false;
+                    self.figures.recreations += 1;
+                    self.say(format!("re-create {name}"));
+                }
+                Err(_) => self.figures.failed_user_calls += 1,
+            }
+        }
+    }
+
+    async fn restart_apiserver(&mut self) {
+        self.say("restarting kube-apiserver");
+        match self.cp.restart_apiserver().await {
+            Ok(down) => {
+                self.figures.apiserver_restarts += 1;
+                self.figures.apiserver_downtime += down;
+                self.say(format!("kube-apiserver back after {down:.1?}"));
+            }
+            Err(e) => self
+                .figures
+                .violations
+                .push(format!("kube-apiserver did not come back: {e:#}")),
+        }
+    }
+
+    /// The chaos phase: kills, faults, edits, deletions, an API server restart.
+    async fn chaos_phase(&mut self) -> anyhow::Result<()> {
+        let restarts = self.cfg.apiserver_restarts.max(1);
+        // Restart kube-apiserver after these kill counts, spread over the run.
+        let restart_after: Vec<usize> = (1..=restarts)
+            .map(|k| k * self.cfg.kills / (restarts + 1))
+            .collect();
+        let mut restarted = 0;
+        let mut next_kill = Instant::now() + uniform(&mut self.kill_rng, self.cfg.kill_interval);
+        let mut next_action =
+            Instant::now() + uniform(&mut self.action_rng, self.cfg.edit_interval);
+        let mut next_lease = Instant::now();
+        let mut next_recreate = Instant::now();
+        while self.figures.kills < self.cfg.kills {
+            let now = Instant::now();
+            self.tend_replicas()?;
+            if now >= next_lease {
+                self.watch_lease().await;
+                next_lease = now + Duration::from_millis(250);
+            }
+            if now >= next_kill {
+                self.kill_one();
+                next_kill = now + uniform(&mut self.kill_rng, self.cfg.kill_interval);
+                if restarted < restart_after.len() && self.figures.kills >= restart_after[restarted]
+                {
+                    restarted += 1;
+                    self.restart_apiserver().await;
+                }
+            }
+            if now >= next_action {
+                self.user_action().await;
+                next_action =
+                    Instant::now() + uniform(&mut self.action_rng, self.cfg.edit_interval);
+            }
+            if now >= next_recreate {
+                self.recreate_gone().await;
+                next_recreate = Instant::now() + Duration::from_millis(500);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(())
+    }
+
+    /// Ends the chaos: faults off, replicas without failpoints from now on, deleted objects
+    /// re-created; then waits until every object is converged or Stalled.
+    async fn converge(&mut self) -> anyhow::Result<Option<Duration>> {
+        self.chaos = false;
+        self.sim.set_faults(Faults::default());
+        for o in &self.objects {
+            let modes = lasting(&self.sim.agent_modes(&o.agent));
+            self.sim.set_agent_modes(&o.agent, Some(modes));
+        }
+        let t0 = Instant::now();
+        let deadline = t0 + self.cfg.converge_timeout;
+        let mut last_open = Vec::new();
+        while Instant::now() < deadline {
+            self.tend_replicas()?;
+            self.watch_lease().await;
+            self.recreate_gone().await;
+            if self.objects.iter().all(|o| !o.recreate) {
+                if let Ok(list) = self.api.list(&ListParams::default()).await {
+                    last_open = list
+                        .items
+                        .iter()
+                        .filter_map(|o| match end_state(o) {
+                            EndState::Open(why) => Some(format!(
+                                "{}: {why}",
+                                o.metadata.name.as_deref().unwrap_or("")
+                            )),
+                            _ => None,
+                        })
+                        .collect();
+                    if last_open.is_empty() && list.items.len() == self.objects.len() {
+                        return Ok(Some(t0.elapsed()));
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        self.figures.open = last_open;
+        Ok(None)
+    }
+}
+
+/// A snapshot for the idle window.
+struct Quiet {
+    sim_calls: BTreeMap<String, u64>,
+    generations: usize,
+    api_writes: BTreeMap<String, f64>,
+    versions: BTreeMap<String, String>,
+}
+
+async fn quiet_snapshot(
+    cp: &ControlPlane,
+    sim: &SimHandle,
+    api: &Api<AgentDynamics>,
+) -> anyhow::Result<Quiet> {
+    let stats = sim.stats();
+    let mut sim_calls = BTreeMap::new();
+    for c in &stats.calls {
+        *sim_calls.entry(c.endpoint.clone()).or_default() += c.count;
+    }
+    let generations = sim_generations(sim).len();
+    let api_writes = apiserver_writes(cp).await?;
+    let versions = api
+        .list(&ListParams::default())
+        .await?
+        .items
+        .iter()
+        .map(|o| {
+            (
+                o.metadata.name.clone().unwrap_or_default(),
+                o.metadata.resource_version.clone().unwrap_or_default(),
+            )
+        })
+        .collect();
+    Ok(Quiet {
+        sim_calls,
+        generations,
+        api_writes,
+        versions,
+    })
+}
+
+/// The API server's `apiserver_request_total` of writes (POST, PUT, PATCH, APPLY, DELETE) to
+/// AgentDynamics and Events, by "VERB resource[/subresource]".
+pub async fn apiserver_writes(cp: &ControlPlane) -> anyhow::Result<BTreeMap<String, f64>> {
+    let token = cp
+        .admin_token()
+        .ok_or_else(|| anyhow!("the API server's metrics need the harness's admin token"))?;
+    let ca = std::fs::read(cp.ca_file().ok_or_else(|| anyhow!("no CA"))?)?;
+    let http = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&ca)?)
+        .timeout(Duration::from_secs(10))
+        .build()?;
+    let text = http
+        .get(format!("{}/metrics", cp.server_url()))
+        .bearer_auth(token)
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?;
+    let mut out = BTreeMap::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("apiserver_request_total{") else {
+            continue;
+        };
+        let Some((labels, value)) = rest.rsplit_once("} ") else {
+            continue;
+        };
+        let label = |key: &str| {
+            labels
+                .split(',')
+                .find_map(|kv| kv.strip_prefix(&format!("{key}=\"")))
+                .and_then(|v| v.strip_suffix('"'))
+                .unwrap_or("")
+                .to_string()
+        };
+        let resource = label("resource");
+        let verb = label("verb");
+        if !matches!(resource.as_str(), "agentdynamics" | "events")
+            || !matches!(verb.as_str(), "POST" | "PUT" | "PATCH" | "APPLY" | "DELETE")
+        {
+            continue;
+        }
+        let key = match label("subresource").as_str() {
+            "" => format!("{verb} {resource}"),
+            sub => format!("{verb} {resource}/{sub}"),
+        };
+        *out.entry(key).or_default() += value.trim().parse::<f64>().unwrap_or(0.0);
+    }
+    Ok(out)
+}
+
+fn diff<T: Copy + PartialEq + Default + std::ops::Sub<Output = T>>(
+    after: &BTreeMap<String, T>,
+    before: &BTreeMap<String, T>,
+) -> BTreeMap<String, T> {
+    after
+        .iter()
+        .map(|(k, v)| (k.clone(), *v - before.get(k).copied().unwrap_or_default()))
+        .filter(|(_, v)| *v != T::default())
+        .collect()
+}
+
+/// Runs one campaign on `cp` (its own namespace, simulator and operators) and returns what it
+/// did and found. Violations are in `Figures::violations`; an `Err` means the campaign itself
+/// could not run.
+pub async fn run_campaign(cp: &ControlPlane, cfg: &CampaignConfig) -> anyhow::Result<Figures> {
+    let started = Instant::now();
+    if cfg.objects == 0 || cfg.kills == 0 {
+        bail!("a campaign needs objects and kills");
+    }
+    install_crd(cp).await?;
+    let ns = cp.create_namespace(&format!("chaos-{}", cfg.seed)).await?;
+    let sim = sim::start(SimConfig {
+        secret: SECRET.into(),
+        generation_time: Duration::from_millis(800),
+        max_concurrent: 2,
+        seed: Some(cfg.seed),
+        faults: chaos_faults(cfg.fault_rate),
+        // A resent call costs money: a repeated Idempotency-Key is charged like a new call.
+        honour_idempotency_key: false,
+        ..SimConfig::default()
+    })
+    .await?;
+    let mut modes_used: BTreeMap<String, usize> = BTreeMap::new();
+    let mut agent_modes = BTreeMap::new();
+    for i in 0..cfg.objects {
+        let (modes, names) = campaign_modes(cfg.seed, i);
+        let agent = campaign_agent(cfg.seed, i);
+        sim.set_agent_modes(&agent, Some(modes));
+        for name in &names {
+            *modes_used.entry(name.to_string()).or_default() += 1;
+        }
+        agent_modes.insert(agent, names);
+    }
+
+    let tmp = tempfile::Builder::new().prefix("chaos-logs-").tempdir()?;
+    let log_dir = match &cfg.log_dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir)?;
+            dir.clone()
+        }
+        None => tmp.path().to_path_buf(),
+    };
+    let client = cp.kube_client().await?;
+    let mut campaign = Campaign {
+        cfg,
+        cp,
+        sim: &sim,
+        api: Api::namespaced(client.clone(), &ns),
+        leases: Api::namespaced(client, &ns),
+        spec: OperatorSpec {
+            binary: cfg.operator_binary.clone(),
+            kubeconfig: cp.kubeconfig_path().to_path_buf(),
+            namespace: ns.clone(),
+            api_url: sim.url(),
+            args: cfg.operator_args(&ns),
+        },
+        log_dir: log_dir.clone(),
+        kill_rng: StdRng::seed_from_u64(cfg.seed),
+        action_rng: StdRng::seed_from_u64(cfg.seed.wrapping_add(1)),
+        process_rng: StdRng::seed_from_u64(cfg.seed.wrapping_add(2)),
+        slots: ["replica-a", "replica-b"]
+            .into_iter()
+            .map(|name| Slot {
+                name,
+                child: None,
+                identity: String::new(),
+                restart_at: None,
+            })
+            .collect(),
+        objects: (0..cfg.objects)
+            .map(|i| Obj {
+                name: format!("chaos-{i:03}"),
+                agent: campaign_agent(cfg.seed, i),
+                recreate: false,
+            })
+            .collect(),
+        tags: 0,
+        holder: None,
+        figures: Figures {
+            seed: cfg.seed,
+            hard_modes: modes_used,
+            agent_modes,
+            ..Figures::default()
+        },
+        chaos: true,
+        started,
+    };
+    campaign.say(format!(
+        "seed {}, {} kills, {} objects, namespace {ns}, operator logs in {}",
+        cfg.seed,
+        cfg.kills,
+        cfg.objects,
+        log_dir.display()
+    ));
+    for i in 0..campaign.slots.len() {
+        campaign.start_replica(i)?;
+    }
+    for i in 0..cfg.objects {
+        if campaign.create(i).await.is_err() {
+            campaign.figures.failed_user_calls += 1;
+            campaign.objects[i].recreate = true;
+        }
+    }
+
+    let chaos_start = Instant::now();
+    let result = campaign.chaos_phase().await;
+    campaign.figures.chaos_phase = chaos_start.elapsed();
+    result?;
+    let chaos_stats = sim.stats();
+    campaign.figures.faults_injected = chaos_stats.injected_faults;
+    campaign.figures.dropped_connections = chaos_stats.dropped_connections;
+    campaign.say(format!(
+        "chaos over after {:.1?}; converging",
+        campaign.figures.chaos_phase
+    ));
+
+    campaign.figures.time_to_converge = campaign.converge().await?;
+    let converged = campaign.figures.time_to_converge.is_some();
+    if !converged {
+        campaign.figures.violations.push(format!(
+            "not converged {:?} after the chaos: {:?}",
+            cfg.converge_timeout, campaign.figures.open
+        ));
+    }
+
+    // Idle: nothing may be sent to the simulator or written to the API server.
+    if converged {
+        campaign.say(format!("idle window of {:?}", cfg.idle));
+        let before = quiet_snapshot(cp, &sim, &campaign.api).await?;
+        let idle_end = Instant::now() + cfg.idle;
+        while Instant::now() < idle_end {
+            campaign.tend_replicas()?;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let after = quiet_snapshot(cp, &sim, &campaign.api).await?;
+        let f = &mut campaign.figures;
+        f.idle_sim_calls = diff(&after.sim_calls, &before.sim_calls);
+        f.idle_api_writes = diff(&after.api_writes, &before.api_writes);
+        f.idle_object_changes = after
+            .versions
+            .iter()
+            .filter(|(k, v)| before.versions.get(*k) != Some(v))
+            .count();
+        if !f.idle_sim_calls.is_empty() || after.generations != before.generations {
+            f.violations.push(format!(
+                "calls to the simulator while idle: {:?}, generations {} -> {}",
+                f.idle_sim_calls, before.generations, after.generations
+            ));
+        }
+        if !f.idle_api_writes.is_empty() || f.idle_object_changes > 0 {
+            f.violations.push(format!(
+                "writes to the API server while idle: {:?}, {} objects changed",
+                f.idle_api_writes, f.idle_object_changes
+            ));
+        }
+    }
+
+    // The oracle on what the simulator charged and how each object ended.
+    let records = sim_generations(&sim);
+    let objects = campaign.api.list(&ListParams::default()).await?.items;
+    let f = &mut campaign.figures;
+    f.generations_charged = records.iter().filter(|r| !r.replayed).count();
+    f.replays = records.iter().filter(|r| r.replayed).count();
+    f.duplicates = duplicates(&records);
+    for (agent, body, seqs) in &f.duplicates {
+        f.violations.push(format!(
+            "charged twice: agent {agent}, calls {seqs:?}, body {body}"
+        ));
+    }
+    if f.generations_charged > f.keys {
+        f.violations.push(format!(
+            "{} generations charged for {} user changes",
+            f.generations_charged, f.keys
+        ));
+    }
+    let stats = sim.stats();
+    f.sim_calls = BTreeMap::new();
+    for c in &stats.calls {
+        *f.sim_calls.entry(c.endpoint.clone()).or_default() += c.count;
+    }
+    f.converged = 0;
+    f.stalled.clear();
+    for obj in &objects {
+        let name = obj.metadata.name.clone().unwrap_or_default();
+        match end_state(obj) {
+            EndState::Converged => {
+                f.converged += 1;
+                // What the simulator last generated is what the spec asks for.
+                let last = sim
+                    .agent(&obj.spec.agent_id)
+                    .last_generate_request
+                    .and_then(|b| b.get("image_url").cloned());
+                if last != obj.spec.image_url.clone().map(serde_json::Value::String) {
+                    f.violations.push(format!(
+                        "{name} is Ready but the simulator's last generate body has image_url {last:?}, the spec {:?}",
+                        obj.spec.image_url
+                    ));
+                }
+            }
+            EndState::Stalled(reason) => {
+                if !DOCUMENTED_STALLED.contains(&reason.as_str()) {
+                    f.violations.push(format!(
+                        "{name} Stalled with an undocumented reason {reason}"
+                    ));
+                }
+                *f.stalled.entry(reason).or_default() += 1;
+            }
+            EndState::Open(why) => {
+                if converged {
+                    f.violations.push(format!("{name} ended open: {why}"));
+                }
+            }
+        }
+    }
+    if f.apiserver_restarts == 0 {
+        f.violations
+            .push("kube-apiserver was never restarted".to_string());
+    }
+
+    // Stop the operators before the simulator goes away.
+    for slot in campaign.slots.iter_mut() {
+        if let Some(mut child) = slot.child.take() {
+            child.stop(Duration::from_secs(5));
+        }
+    }
+    campaign.figures.total = started.elapsed();
+    let figures = campaign.figures.clone();
+    if cfg.log_dir.is_none() && !figures.violations.is_empty() {
+        // Keep the logs of a failed campaign.
+        let kept = tmp.keep();
+        eprintln!("chaos: operator logs kept in {}", kept.display());
+    }
+    sim.shutdown().await;
+    Ok(figures)
+}
+
+pub fn campaign_agent(seed: u64, i: usize) -> String {
+    format!("CHAOS{:x}-{i:03}", seed)
+}
+
+/// Hard simulator modes of a campaign's agents, drawn from the seed: jobs invisible to GET for
+/// a few seconds after the POST (less than the operator's visibility window), one model URL
+/// for every generation, an unknown waiting status (`queued`), `data: null` once converged,
+/// replies held back past the operator's API timeout after the work was done, hostile
+/// Retry-After values. Every agent gets a few of them; `chaos_only` are lifted when the
+/// campaign converges (a reply that always comes after the client gave up would stop any
+/// client from ever seeing a PUT succeed).
+pub fn campaign_modes(seed: u64, agent: usize) -> (Modes, Vec<&'static str>) {
+    let mut rng = StdRng::seed_from_u64(seed ^ (0x9e37_79b9_7f4a_7c15 ^ agent as u64));
+    let mut modes = Modes::default();
+    let mut names = Vec::new();
+    if rng.random_bool(0.35) {
+        modes.invisible_ms = rng.random_range(1000..=6000);
+        names.push("invisible");
+    }
+    if rng.random_bool(0.35) {
+        modes.fixed_model_url = true;
+        names.push("fixed-url");
+    }
+    if rng.random_bool(0.2) {
+        modes.waiting_status = Some("queued".into());
+        names.push("queued");
+    }
+    if rng.random_bool(0.2) {
+        modes.converged_reply = dynamics_operator::sim::ConvergedReply::DataNull;
+        names.push("data-null");
+    }
+    if rng.random_bool(0.25) {
+        modes.reply_delay_ms = 3000;
+        names.push("late-replies");
+    }
+    if rng.random_bool(0.25) {
+        let hostile = [
+            "18446744073709551615",
+            "Fri, 31 Dec 9999 23:59:59 GMT",
+            "-5",
+            "soon",
+        ];
+        modes.retry_after_header = Some(hostile[rng.random_range(0..hostile.len())].into());
+        names.push("hostile-retry-after");
+    }
+    (modes, names)
+}
+
+/// The modes that stay once the chaos is over.
+fn lasting(modes: &Modes) -> Modes {
+    Modes {
+        reply_delay_ms: 0,
+        retry_after_header: None,
+        ..modes.clone()
+    }
+}
