@@ -41,22 +41,35 @@ pub const FAILPOINTS: [&str; 3] = [
     "after-generate-reply",
 ];
 /// Stalled reasons the operator documents: what a campaign may end with. The generation's own
-/// (`reconcile::reasons`) and the refusals of the API (`ApiErrorKind::reason` of the errors that
-/// are not retried).
-pub const DOCUMENTED_STALLED: &[&str] = &[
-    "GenerationNotVisible",
-    "GenerationOutcomeUnknown",
-    "RemoteDynamicsMissing",
-    "GenerationFailed",
-    "Conflict",
-    "SecretNotFound",
-    "UnknownSpecField",
-    "InvalidRequest",
-    "Unauthorized",
-    "InsufficientCredits",
-    "AgentNotFound",
-    "BadReply",
-];
+/// (`reconcile::reasons`) and those of the API's refusals that need a user
+/// (`ApiErrorKind::needs_user_action`).
+pub fn documented_stalled() -> Vec<&'static str> {
+    use dynamics_operator::api::ApiErrorKind;
+    use dynamics_operator::reconcile::reasons;
+    let mut out = vec![
+        reasons::GENERATION_NOT_VISIBLE,
+        reasons::GENERATION_OUTCOME_UNKNOWN,
+        reasons::REMOTE_DYNAMICS_MISSING,
+        reasons::GENERATION_FAILED,
+        reasons::INPUTS_ALREADY_BOUGHT,
+        reasons::CONFLICT,
+        reasons::SECRET_NOT_FOUND,
+        reasons::UNKNOWN_SPEC_FIELD,
+    ];
+    let refusals = [
+        ApiErrorKind::InvalidRequest,
+        ApiErrorKind::Unauthorized,
+        ApiErrorKind::InsufficientCredits,
+        ApiErrorKind::NotFound,
+    ];
+    out.extend(
+        refusals
+            .iter()
+            .filter(|k| k.needs_user_action())
+            .map(|k| k.reason()),
+    );
+    out
+}
 
 // ---------------------------------------------------------------------------------------------
 // Control plane and objects
@@ -1160,7 +1173,7 @@ pub async fn run_campaign(cp: &ControlPlane, cfg: &CampaignConfig) -> anyhow::Re
                 }
             }
             EndState::Stalled(reason) => {
-                if !DOCUMENTED_STALLED.contains(&reason.as_str()) {
+                if !documented_stalled().contains(&reason.as_str()) {
                     f.violations.push(format!(
                         "{name} Stalled with an undocumented reason {reason}"
                     ));
