@@ -23,6 +23,9 @@ RUN set -eu; \
     echo "$arch-unknown-linux-musl" > /rust-target; \
     rustup target add "$(cat /rust-target)"
 WORKDIR /src
+# `--version` shows this commit (build.rs; .git is not in the build context):
+#   docker build --build-arg DYNAMICS_GIT_COMMIT="$(git rev-parse --short HEAD)" ...
+ARG DYNAMICS_GIT_COMMIT=unknown
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/usr/local/cargo/git \

@@ -16,7 +16,13 @@ use crate::telemetry::LogFormat;
 #[command(
     name = "dynamics-operator",
     version,
-    about = "Converge bitHuman agents' dynamics from AgentDynamics resources"
+    about = "Converge bitHuman agents' dynamics from AgentDynamics resources",
+    after_help = "Examples:
+  dynamics-operator apply -f examples/ --simulator     converge manifests against the simulator
+  dynamics-operator plan -f examples/                  what apply would do and cost
+  dynamics-operator crd | kubectl apply -f -           install the CRD
+  dynamics-operator run --namespace agents             the controller, one namespace
+  dynamics-operator run --help                         every controller flag"
 )]
 pub struct Cli {
     /// Log format on stderr.
@@ -29,6 +35,12 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the Kubernetes controller (uses KUBECONFIG or the in-cluster service account).
+    #[command(after_help = "Examples:
+  BITHUMAN_API_SECRET=... dynamics-operator run
+  dynamics-operator run --api-secret-file /var/run/secrets/bithuman/api-secret --namespace agents
+  dynamics-operator run --max-concurrent-generations 1 --generations-per-hour 20
+  dynamics-operator run --leader-elect --lease-namespace dynamics-operator    (more than one replica)
+  dynamics-operator sim --addr 127.0.0.1:8090 --secret dev &  dynamics-operator run --api-url http://127.0.0.1:8090")]
     Run(Box<RunArgs>),
     /// Serve the bitHuman Dynamics API simulator.
     Sim(crate::sim::SimArgs),
@@ -44,13 +56,13 @@ pub enum Command {
 #[derive(Debug, Clone, Args)]
 pub struct ApiArgs {
     /// Base URL of the bitHuman API (newer docs use https://api.bithuman.ai).
-    #[arg(long, env = "BITHUMAN_API_URL", default_value = DEFAULT_BASE_URL)]
+    #[arg(long, env = "BITHUMAN_API_URL", default_value = DEFAULT_BASE_URL, help_heading = "bitHuman API")]
     pub api_url: String,
     /// File holding the operator's API secret (e.g. a mounted Secret); BITHUMAN_API_SECRET also works.
-    #[arg(long, env = "BITHUMAN_API_SECRET_FILE")]
+    #[arg(long, env = "BITHUMAN_API_SECRET_FILE", help_heading = "bitHuman API")]
     pub api_secret_file: Option<PathBuf>,
     /// Timeout of one API request.
-    #[arg(long, env = "BITHUMAN_API_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "BITHUMAN_API_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration, help_heading = "bitHuman API")]
     pub api_timeout: Duration,
 }
 
@@ -84,50 +96,75 @@ pub struct RunArgs {
     #[command(flatten)]
     pub api: ApiArgs,
     /// Watch only this namespace (default: all namespaces).
-    #[arg(long, env = "WATCH_NAMESPACE")]
+    #[arg(long, env = "WATCH_NAMESPACE", help_heading = "Scope and throughput")]
     pub namespace: Option<String>,
     /// Objects reconciled at once.
-    #[arg(long, env = "CONCURRENCY", default_value_t = 16)]
+    #[arg(
+        long,
+        env = "CONCURRENCY",
+        default_value_t = 16,
+        help_heading = "Scope and throughput"
+    )]
     pub concurrency: u16,
     /// Re-check converged objects for remote drift this often.
-    #[arg(long, env = "RESYNC", default_value = "10m", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "RESYNC", default_value = "10m", value_parser = humantime::parse_duration, help_heading = "Scope and throughput")]
     pub resync: Duration,
     /// Generations running at once across all objects (0: no limit). The account runs 2.
-    #[arg(long, env = "MAX_CONCURRENT_GENERATIONS", default_value_t = 2)]
+    #[arg(
+        long,
+        env = "MAX_CONCURRENT_GENERATIONS",
+        default_value_t = 2,
+        help_heading = "Credits"
+    )]
     pub max_concurrent_generations: usize,
     /// Generations started per hour across all objects (default: no cap).
-    #[arg(long, env = "GENERATIONS_PER_HOUR")]
+    #[arg(long, env = "GENERATIONS_PER_HOUR", help_heading = "Credits")]
     pub generations_per_hour: Option<usize>,
     /// Address of /metrics, /healthz and /readyz.
-    #[arg(long, env = "METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    #[arg(
+        long,
+        env = "METRICS_ADDR",
+        default_value = "0.0.0.0:8080",
+        help_heading = "Observability"
+    )]
     pub metrics_addr: SocketAddr,
     /// Only the holder of a coordination.k8s.io Lease reconciles (for more than one replica).
-    #[arg(long, env = "LEADER_ELECT")]
+    #[arg(long, env = "LEADER_ELECT", help_heading = "Leader election")]
     pub leader_elect: bool,
-    #[arg(long, env = "LEASE_NAME", default_value = "dynamics-operator")]
+    #[arg(
+        long,
+        env = "LEASE_NAME",
+        default_value = "dynamics-operator",
+        help_heading = "Leader election"
+    )]
     pub lease_name: String,
     /// Namespace of the Lease (default: the pod's namespace, else "default").
-    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    #[arg(
+        long,
+        env = "POD_NAMESPACE",
+        default_value = "default",
+        help_heading = "Leader election"
+    )]
     pub lease_namespace: String,
     /// This replica's identity in the Lease (default: the pod name, else hostname and pid).
-    #[arg(long, env = "POD_NAME")]
+    #[arg(long, env = "POD_NAME", help_heading = "Leader election")]
     pub identity: Option<String>,
     /// Lease validity in seconds.
-    #[arg(long, default_value_t = 15)]
+    #[arg(long, default_value_t = 15, help_heading = "Leader election")]
     pub lease_duration: u64,
     /// Fastest poll while a generation runs.
-    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration, help_heading = "Timing")]
     pub poll_min: Duration,
     /// Slowest poll while a generation runs.
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration, help_heading = "Timing")]
     pub poll_max: Duration,
     /// Retry of a Stalled object (a spec or Secret change retries at once).
-    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration, help_heading = "Timing")]
     pub stalled_retry: Duration,
     /// How long a generate call that was accepted (or got no definite answer) may stay invisible
     /// in GET before the object is Stalled. Nothing is ever sent again for it automatically.
     /// At least --api-timeout plus --poll-max.
-    #[arg(long, env = "VISIBILITY_WINDOW", default_value = "15m", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "VISIBILITY_WINDOW", default_value = "15m", value_parser = humantime::parse_duration, help_heading = "Timing")]
     pub visibility_window: Duration,
 }
 

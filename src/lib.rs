@@ -4,6 +4,8 @@
 //! `resource` defines the custom resource, `reconcile` decides (pure, no I/O), `controller` runs
 //! the decisions against Kubernetes and `filemode` runs them against a folder of manifests.
 
+#![forbid(unsafe_code)]
+
 pub mod api;
 pub mod cli;
 pub mod controller;

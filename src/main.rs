@@ -1,12 +1,21 @@
 //! Thin entry point: parse the command line, set up logging, hand over to the library.
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 use dynamics_operator::cli::{Cli, Command};
 use dynamics_operator::telemetry;
 
+/// `--version`: the crate version and the git commit it was built from (build.rs).
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("DYNAMICS_GIT_COMMIT"),
+    ")"
+);
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let matches = Cli::command().version(VERSION).get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let filter = match cli.command {
         Command::Run(_) | Command::Sim(_) => telemetry::SERVICE_FILTER,
         _ => telemetry::COMMAND_FILTER,

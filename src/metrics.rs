@@ -42,14 +42,24 @@ struct EndpointLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReadyLabel {
+    ready: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabel {
+    state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabel {
     outcome: String,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ReadyLabel {
-    ready: String,
-}
+/// The states of `object_states`, as `reconciles` names them.
+pub const OBJECT_STATES: [&str; 4] = ["ready", "progressing", "stalled", "suspended"];
+/// The outcomes of `generate_calls`: the API took it, refused it, or the reply was lost.
+pub const GENERATE_OUTCOMES: [&str; 3] = ["accepted", "refused", "unknown"];
 
 /// Every metric the operator exports.
 pub struct Metrics {
@@ -59,11 +69,17 @@ pub struct Metrics {
     remote_calls: Family<CallLabels, Counter>,
     remote_latency: Family<EndpointLabel, Histogram>,
     generations: Counter,
-    generate_calls: Family<OutcomeLabel, Counter>,
     status_writes: Counter,
     objects: Family<ReadyLabel, Gauge>,
     readiness: Mutex<HashMap<String, bool>>,
     ready: AtomicBool,
+    ready_gauge: Gauge,
+    credits: Counter,
+    generate_calls: Family<OutcomeLabel, Counter>,
+    object_states: Family<StateLabel, Gauge>,
+    states: Mutex<HashMap<String, &'static str>>,
+    queue_depth: Gauge,
+    in_flight: Gauge,
 }
 
 impl Default for Metrics {
@@ -82,7 +98,6 @@ impl Metrics {
             Histogram::new(exponential_buckets(0.005, 2.0, 14))
         });
         let generations = Counter::default();
-        let generate_calls = Family::<OutcomeLabel, Counter>::default();
         let status_writes = Counter::default();
         let objects = Family::<ReadyLabel, Gauge>::default();
         registry.register(
@@ -111,11 +126,6 @@ impl Metrics {
             generations.clone(),
         );
         registry.register(
-            "generate_calls",
-            "Generate calls sent, by outcome (accepted, refused, unknown)",
-            generate_calls.clone(),
-        );
-        registry.register(
             "status_writes",
             "Status writes to the Kubernetes API",
             status_writes.clone(),
@@ -125,6 +135,52 @@ impl Metrics {
             "AgentDynamics objects by Ready condition",
             objects.clone(),
         );
+        let ready_gauge = Gauge::default();
+        registry.register(
+            "ready",
+            "1 when /readyz answers 200 (the object cache is synced, or this replica waits for the Lease)",
+            ready_gauge.clone(),
+        );
+        let credits = Counter::default();
+        registry.register(
+            "credits_spent",
+            "Credits the generate calls sent cost (250 each)",
+            credits.clone(),
+        );
+        let generate_calls = Family::<OutcomeLabel, Counter>::default();
+        registry.register(
+            "generate_calls",
+            "Generate calls by outcome: accepted, refused, or unknown (no reply: it may have been charged)",
+            generate_calls.clone(),
+        );
+        for outcome in GENERATE_OUTCOMES {
+            let _zero = generate_calls.get_or_create(&OutcomeLabel {
+                outcome: outcome.into(),
+            });
+        }
+        let object_states = Family::<StateLabel, Gauge>::default();
+        registry.register(
+            "object_states",
+            "AgentDynamics objects by state (ready, progressing, stalled, suspended)",
+            object_states.clone(),
+        );
+        for state in OBJECT_STATES {
+            let _zero = object_states.get_or_create(&StateLabel {
+                state: state.into(),
+            });
+        }
+        let queue_depth = Gauge::default();
+        registry.register(
+            "generation_queue_depth",
+            "Objects waiting for a generation slot or the hourly budget (the generation guard's queue)",
+            queue_depth.clone(),
+        );
+        let in_flight = Gauge::default();
+        registry.register(
+            "generations_in_flight",
+            "Generations running now, as the generation guard counts them",
+            in_flight.clone(),
+        );
         Metrics {
             registry,
             reconciles,
@@ -132,11 +188,17 @@ impl Metrics {
             remote_calls,
             remote_latency,
             generations,
-            generate_calls,
             status_writes,
             objects,
             readiness: Mutex::new(HashMap::new()),
             ready: AtomicBool::new(false),
+            ready_gauge,
+            credits,
+            generate_calls,
+            object_states,
+            states: Mutex::new(HashMap::new()),
+            queue_depth,
+            in_flight,
         }
     }
 
@@ -156,7 +218,9 @@ impl Metrics {
             .inc();
     }
 
-    /// A generate call ended with `outcome` (accepted, refused or unknown).
+    /// One generate call's outcome: `accepted`, `refused` or `unknown` ([`GENERATE_OUTCOMES`]).
+    /// Every call that may have been charged (all but refused) also counts as a generation and
+    /// its credits.
     pub fn generate_call(&self, outcome: &str) {
         self.generate_calls
             .get_or_create(&OutcomeLabel {
@@ -165,7 +229,31 @@ impl Metrics {
             .inc();
         if outcome != "refused" {
             self.generations.inc();
+            self.credits.inc_by(crate::filemode::CREDITS_PER_GENERATION);
         }
+    }
+
+    /// Track one object's state (one of [`OBJECT_STATES`]); `None` when it is gone.
+    pub fn object_state(&self, key: &str, state: Option<&str>) {
+        let mut map = self.states.lock().expect("states lock");
+        match state.and_then(|s| OBJECT_STATES.into_iter().find(|known| *known == s)) {
+            Some(s) => map.insert(key.to_string(), s),
+            None => map.remove(key),
+        };
+        for state in OBJECT_STATES {
+            let n = map.values().filter(|s| **s == state).count() as i64;
+            self.object_states
+                .get_or_create(&StateLabel {
+                    state: state.into(),
+                })
+                .set(n);
+        }
+    }
+
+    /// The generation guard's queue (objects waiting for a slot or budget) and slots in use.
+    pub fn generation_guard(&self, waiting: usize, in_flight: usize) {
+        self.queue_depth.set(waiting as i64);
+        self.in_flight.set(in_flight as i64);
     }
 
     pub fn status_written(&self) {
@@ -195,6 +283,7 @@ impl Metrics {
     /// `/readyz` answers 200 from now on.
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::Relaxed);
+        self.ready_gauge.set(i64::from(ready));
     }
 
     pub fn encode(&self) -> String {
@@ -264,12 +353,29 @@ mod tests {
         let m = Metrics::new();
         m.observe(Endpoint::Generate, Some(200), Duration::from_millis(12));
         m.observe(Endpoint::Get, None, Duration::from_millis(3));
-        m.generate_call("accepted");
         m.generate_call("refused");
         m.object_ready("a/x", Some(true));
         m.object_ready("a/y", Some(false));
         m.object_ready("a/y", None);
+        m.generate_call("accepted");
+        m.object_state("a/x", Some("ready"));
+        m.object_state("a/y", Some("stalled"));
+        m.object_state("a/y", None);
+        m.generation_guard(3, 2);
+        m.set_ready(true);
         let text = m.encode();
+        for line in [
+            r#"dynamics_operator_generate_calls_total{outcome="accepted"} 1"#,
+            r#"dynamics_operator_generate_calls_total{outcome="unknown"} 0"#,
+            r#"dynamics_operator_object_states{state="ready"} 1"#,
+            r#"dynamics_operator_object_states{state="stalled"} 0"#,
+            "dynamics_operator_credits_spent_total 250",
+            "dynamics_operator_generation_queue_depth 3",
+            "dynamics_operator_generations_in_flight 2",
+            "dynamics_operator_ready 1",
+        ] {
+            assert!(text.contains(line), "{line} missing in\n{text}");
+        }
         assert!(
             text.contains(
                 r#"dynamics_operator_remote_calls_total{endpoint="generate",code="200"} 1"#

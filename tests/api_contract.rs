@@ -822,7 +822,7 @@ async fn agent_ids_are_url_encoded() {
 }
 
 #[tokio::test]
-async fn unreachable_remote_is_transport() {
+async fn unreachable_remote_is_a_connect_failure_that_sent_nothing() {
     // Bind then drop to get a port with nothing listening.
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -834,7 +834,11 @@ async fn unreachable_remote_is_transport() {
     })
     .unwrap();
     let e = c.get(&secret(), "A").await.unwrap_err();
-    assert_eq!(e.kind(), ApiErrorKind::Transport);
+    assert_eq!(e.kind(), ApiErrorKind::Connect);
+    assert!(
+        e.kind().refused_before_processing(),
+        "a generate here bought nothing"
+    );
     assert_eq!(e.attempts(), 2);
     assert!(e.to_string().contains("check the network"), "{e}");
 }
@@ -846,7 +850,10 @@ async fn shutdown_and_drop_stop_the_simulator() {
     c.get(&secret(), "A").await.unwrap();
     sim.shutdown().await;
     let e = c.get(&secret(), "A").await.unwrap_err();
-    assert!(matches!(e.kind(), ApiErrorKind::Transport), "{e}");
+    assert!(
+        matches!(e.kind(), ApiErrorKind::Connect | ApiErrorKind::Transport),
+        "{e}"
+    );
 
     let sim2 = sim::start(config(10)).await.unwrap();
     let url = sim2.url();
@@ -859,7 +866,7 @@ async fn shutdown_and_drop_stop_the_simulator() {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         match c2.get(&secret(), "A").await {
-            Err(e) if e.kind() == ApiErrorKind::Transport => break,
+            Err(e) if matches!(e.kind(), ApiErrorKind::Connect | ApiErrorKind::Transport) => break,
             _ if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(20)).await,
             other => panic!("simulator still answering after drop: {other:?}"),
         }

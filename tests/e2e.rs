@@ -930,3 +930,195 @@ async fn second_object_for_an_agent_is_a_conflict_and_refresh_is_echoed() {
         "a refresh is not a regeneration"
     );
 }
+
+// A referenced Secret must carry the label; deleting an object whose Secret is already gone
+// (the usual order when a namespace is deleted) keeps the finalizer, Stalled SecretNotFound,
+// until the Secret is back: the Disable PUT is never skipped silently.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_secret_holds_deletion_until_it_is_back() {
+    let env = Env::start("secretdel", fast_sim()).await;
+    let secret = |labelled: bool| {
+        let labels = if labelled {
+            "  labels:\n    dynamics.bithuman.ai/api-secret: \"true\"\n"
+        } else {
+            ""
+        };
+        format!(
+            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: team-secret\n{labels}stringData:\n  api-secret: {SECRET}\n"
+        )
+    };
+    env.apply(&secret(false));
+    env.apply(&manifest(
+        "team-agent",
+        "SEC0000001",
+        "  apiSecretRef:\n    name: team-secret\n",
+    ));
+    let stalled = env.wait_reason("team-agent", "SecretNotLabeled").await;
+    let message = &stalled
+        .status
+        .unwrap()
+        .condition("Ready")
+        .unwrap()
+        .message
+        .clone();
+    assert!(
+        message.contains("kubectl -n"),
+        "says how to label it: {message}"
+    );
+    assert_eq!(env.calls("generate", "SEC0000001"), 0);
+    // Labelling it is a Secret change the operator watches: the object converges.
+    env.apply(&secret(true));
+    env.wait_ready("team-agent").await;
+
+    let ns = env.ns.clone();
+    env.cp
+        .kubectl_ok(["-n", ns.as_str(), "delete", "secret", "team-secret"])
+        .expect("delete the Secret");
+    env.api
+        .delete("team-agent", &DeleteParams::default())
+        .await
+        .unwrap();
+    // The deleting pass says how to let go without the Secret.
+    let held = wait_for("team-agent held by its finalizer", TIMEOUT, || async {
+        let obj = env.api.get("team-agent").await?;
+        let message = obj
+            .status
+            .as_ref()
+            .and_then(|s| s.condition("Stalled"))
+            .filter(|c| c.status == "True" && c.reason == "SecretNotFound")
+            .map(|c| c.message.clone())
+            .unwrap_or_default();
+        Ok(message.contains("deletionPolicy: Orphan").then_some(obj))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", env.logs()));
+    assert!(held.metadata.deletion_timestamp.is_some());
+    let puts = env.calls("update", "SEC0000001");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        env.api.get_opt("team-agent").await.unwrap().is_some(),
+        "finalizer kept"
+    );
+    assert_eq!(
+        env.calls("update", "SEC0000001"),
+        puts,
+        "no call without a secret"
+    );
+
+    // The Secret is back: the Disable PUT is sent, then the object goes.
+    env.apply(&secret(true));
+    env.wait_gone("team-agent").await;
+    assert_eq!(
+        env.calls("update", "SEC0000001"),
+        puts + 1,
+        "one Disable PUT"
+    );
+    assert_eq!(env.sim.agent("SEC0000001").enabled, Some(false));
+}
+
+// Every way credit safety stops an object shows in `kubectl get agdyn` as users see it: the
+// REASON column names it, READY is False, and nothing more is bought for any of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credit_safety_stalls_read_plainly_in_kubectl_get() {
+    use dynamics_operator::sim::{ConvergedReply, Modes};
+    let env = Env::start(
+        "stalls",
+        SimConfig {
+            honour_idempotency_key: false,
+            ..fast_sim()
+        },
+    )
+    .await;
+    // Accepted, but the API never shows the job within the window (8 s here).
+    env.sim.set_agent_modes(
+        "STL0000001",
+        Some(Modes {
+            invisible_ms: 3_600_000,
+            ..Modes::default()
+        }),
+    );
+    // Processed, its reply held past the client's timeout (5 s), and never shown either.
+    env.sim.set_agent_modes(
+        "STL0000002",
+        Some(Modes {
+            invisible_ms: 3_600_000,
+            reply_delay_ms: 7_000,
+            ..Modes::default()
+        }),
+    );
+    for (name, agent) in [
+        ("lagging", "STL0000001"),
+        ("lost-reply", "STL0000002"),
+        ("vanished", "STL0000003"),
+        ("reverted", "STL0000004"),
+    ] {
+        env.apply(&manifest(name, agent, ""));
+    }
+    env.wait_ready("vanished").await;
+    env.wait_ready("reverted").await;
+    // The API loses a converged agent's dynamics.
+    env.sim.set_agent_modes(
+        "STL0000003",
+        Some(Modes {
+            converged_reply: ConvergedReply::DataNull,
+            ..Modes::default()
+        }),
+    );
+    env.api
+        .patch(
+            "vanished",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"metadata": {"annotations": {
+                "dynamics.bithuman.ai/reconcile-requested-at": "now"}}})),
+        )
+        .await
+        .unwrap();
+    // An edit, then the edit reverted: the first inputs were bought already.
+    env.patch_spec("reverted", serde_json::json!({"regenerate": "second"}))
+        .await;
+    env.wait_ready("reverted").await;
+    env.patch_spec("reverted", serde_json::json!({"regenerate": null}))
+        .await;
+
+    let want = [
+        ("lagging", "GenerationNotVisible"),
+        ("lost-reply", "GenerationOutcomeUnknown"),
+        ("vanished", "RemoteDynamicsMissing"),
+        ("reverted", "InputsAlreadyBought"),
+    ];
+    for (name, reason) in want {
+        env.wait_reason(name, reason).await;
+    }
+    let table = env
+        .cp
+        .kubectl_ok(["-n", env.ns.as_str(), "get", "agdyn"])
+        .expect("kubectl get agdyn");
+    println!("{table}");
+    for (name, reason) in want {
+        let row = table
+            .lines()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("{name} missing in\n{table}"));
+        let columns: Vec<&str> = row.split_whitespace().collect();
+        assert!(columns.contains(&"False"), "{row}");
+        assert!(columns.contains(&reason), "{row}");
+    }
+    for agent in ["STL0000001", "STL0000002", "STL0000003"] {
+        let charged = env
+            .sim
+            .generations()
+            .iter()
+            .filter(|g| g.agent_id == agent && g.is_charged())
+            .count();
+        assert_eq!(charged, 1, "{agent}: one change, one purchase");
+    }
+    assert_eq!(
+        env.sim
+            .generations()
+            .iter()
+            .filter(|g| g.agent_id == "STL0000004")
+            .count(),
+        2,
+        "two distinct inputs, two purchases; the revert buys nothing"
+    );
+}

@@ -626,3 +626,39 @@ fn base64(text: &str) -> String {
     }
     out
 }
+
+/// The reported failure, as a new user met it: `apply -f` of one object against an API whose
+/// accepted job GET does not show for seconds (behind the account's queue), with the fixed
+/// model URL of the API document and no Idempotency-Key honoured. One change, one purchase,
+/// and the summary says so.
+#[tokio::test]
+async fn apply_against_a_lagging_api_buys_each_change_once_and_says_so() {
+    use dynamics_operator::sim::Modes;
+    let setup = Setup::with(SimConfig {
+        generation_time: Duration::from_millis(300),
+        honour_idempotency_key: false,
+        modes: Modes {
+            invisible_ms: 3_000,
+            fixed_model_url: true,
+            waiting_status: Some("queued".into()),
+            ..Modes::default()
+        },
+        ..SimConfig::default()
+    })
+    .await;
+    setup.write("agent.yaml", &agent("lagging", "LAG0000001", ""));
+    let out = setup.run(&["apply", "--timeout", "40s"]).await;
+    assert_eq!(out.code, 0, "{}", out.all());
+    let charged: Vec<_> = setup
+        .sim
+        .generations()
+        .into_iter()
+        .filter(|g| g.is_charged())
+        .collect();
+    assert_eq!(charged.len(), 1, "{charged:?}\n{}", out.all());
+    assert!(
+        out.all().contains("1 generation(s) started (250 credits)"),
+        "{}",
+        out.all()
+    );
+}

@@ -6,7 +6,11 @@
 #   2. every Rust test: unit and table tests, API contract tests against the simulator, the
 #      file mode, and the end-to-end suite against the real API server.
 #   3. the deploy checks (least-privilege RBAC, server dry-run, managed fields) and the Argo CD
-#      health check in Lua 5.1.
+#      health check in Lua 5.1;
+#   4. the Go tools of tests/tools (helm, crane, promtool, kstatus, argocd-lua), once: a cold
+#      build takes several minutes, later runs skip it; with them the Helm chart, the alerting
+#      rules and dashboard, and the health engines (kstatus, Argo CD's gopher-lua);
+#   5. the release binary, once per run, for the OCI image test (deploy/image/build.sh).
 # Set DYNAMICS_E2E_KUBECONFIG to run the end-to-end suite against an existing cluster (kind).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,6 +18,13 @@ cd "$(dirname "$0")/.."
 # Built even with DYNAMICS_E2E_KUBECONFIG: the RBAC and dry-run tests always use their own.
 echo "== control plane (tests/controlplane/build.sh)"
 tests/controlplane/build.sh
+
+echo "== Go tools (tests/tools/build.sh)"
+tests/tools/build.sh
+
+# tests/image.rs builds the image from it (twice, to prove the build reproducible).
+echo "== release binary (cargo build --release)"
+cargo build --release --locked --bin dynamics-operator
 
 echo "== cargo test"
 cargo test --locked --all-targets --no-fail-fast

@@ -7,6 +7,9 @@
 --                (generating, waiting for a generation slot, retrying); anything not yet Ready
 --   Degraded     Stalled=True (needs a fix: the spec, a Secret, credits); message says what
 --   Healthy      Ready=True for the current generation (observedGeneration == metadata.generation)
+--
+-- Only the conditions' status decides, never their reason: a reason the operator adds later maps
+-- by its condition (Stalled=True Degraded, Reconciling=True Progressing) with no change here.
 local hs = {}
 
 local function condition(status, kind)

@@ -100,10 +100,13 @@ impl Context {
             .pass(&view, secret.as_ref(), failures, &mut sink)
             .await;
         sink.publish(&self.recorder).await;
+        let (waiting, in_flight) = self.executor.guard_load();
+        self.metrics.generation_guard(waiting, in_flight);
         match result? {
             PassResult::Released => {
                 self.metrics.reconciled("released");
                 self.metrics.object_ready(&key, None);
+                self.metrics.object_state(&key, None);
                 self.failures.lock().expect("failures lock").remove(&key);
                 Ok(ControllerAction::await_change())
             }
@@ -119,6 +122,7 @@ impl Context {
                     Health::Suspended => "suspended",
                 };
                 self.metrics.reconciled(result);
+                self.metrics.object_state(&key, Some(result));
                 if matches!(health, Health::Stalled { .. }) || transient {
                     self.metrics.error(health.reason());
                 }
@@ -126,9 +130,19 @@ impl Context {
                     .object_ready(&key, Some(matches!(health, Health::Ready { .. })));
                 let mut failures = self.failures.lock().expect("failures lock");
                 if transient {
-                    *failures.entry(key).or_default() += 1;
+                    *failures.entry(key.clone()).or_default() += 1;
                 } else {
                     failures.remove(&key);
+                }
+                if deleting {
+                    // kube's finalizer helper removes the finalizer on any Ok from cleanup: an
+                    // object whose cleanup has to wait (no Secret, the API down) must return an
+                    // error, or it would go without its Disable PUT.
+                    return Err(Error::CleanupWaiting {
+                        key,
+                        reason: health.reason().to_string(),
+                        after,
+                    });
                 }
                 Ok(ControllerAction::requeue(after))
             }

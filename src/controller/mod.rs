@@ -52,9 +52,31 @@ pub enum Error {
     Kube(#[from] kube::Error),
     #[error("finalizer: {0}")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+    /// Deletion cannot finish yet (the status says why); the finalizer stays.
+    #[error("cleanup of {key} waits: {reason}")]
+    CleanupWaiting {
+        key: String,
+        reason: String,
+        after: Duration,
+    },
 }
 
 impl Error {
+    /// The requeue of a deletion that has to wait, however deep the finalizer helper wrapped it.
+    fn cleanup_wait(&self) -> Option<Duration> {
+        use kube::runtime::finalizer::Error as FinalizerError;
+        match self {
+            Error::CleanupWaiting { after, .. } => Some(*after),
+            Error::Finalizer(inner) => match inner.as_ref() {
+                FinalizerError::CleanupFailed(e) | FinalizerError::ApplyFailed(e) => {
+                    e.cleanup_wait()
+                }
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
     /// Another writer changed the object between our read and our status write.
     fn is_write_conflict(&self) -> bool {
         use kube::runtime::finalizer::Error as FinalizerError;
@@ -65,7 +87,7 @@ impl Error {
                 | FinalizerError::CleanupFailed(Error::Pass(pass)) => pass,
                 _ => return false,
             },
-            Error::Kube(_) => return false,
+            Error::Kube(_) | Error::CleanupWaiting { .. } => return false,
         };
         matches!(pass, PassError::Save(crate::executor::SaveError::Conflict))
     }
@@ -253,6 +275,10 @@ async fn reconcile(obj: Arc<AgentDynamics>, ctx: Arc<Context>) -> Result<Control
 /// per-object exponential backoff and jitter, never hot.
 fn error_policy(obj: Arc<AgentDynamics>, err: &Error, ctx: Arc<Context>) -> ControllerAction {
     let key = context::key_of(&obj);
+    if let Some(after) = err.cleanup_wait() {
+        // Not a failure: the pass said when to look again, and the status says why.
+        return ControllerAction::requeue(after);
+    }
     let conflict = err.is_write_conflict();
     ctx.metrics.reconciled("error");
     if conflict {

@@ -167,6 +167,12 @@ impl Executor {
         &self.settings
     }
 
+    /// (objects waiting for a generation slot, slots in use), for the metrics.
+    pub fn guard_load(&self) -> (usize, usize) {
+        let guard = self.guard.lock().expect("guard lock");
+        (guard.waiting(), guard.in_flight())
+    }
+
     pub fn client(&self) -> &DynamicsClient {
         &self.client
     }

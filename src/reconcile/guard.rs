@@ -123,6 +123,11 @@ impl GenerationGuard {
         self.in_flight.len()
     }
 
+    /// Objects queued for a slot.
+    pub fn waiting(&self) -> usize {
+        self.waiting.len()
+    }
+
     fn expire(&mut self, now: Timestamp) {
         while let Some(first) = self.started.front() {
             let age = Duration::try_from(now.duration_since(*first)).unwrap_or(Duration::ZERO);

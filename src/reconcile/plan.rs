@@ -17,11 +17,11 @@ use super::reasons;
 
 /// What one generation costs the account.
 pub const CREDITS_PER_GENERATION: u32 = 250;
-/// The longest wait any answer of the API (Retry-After) can impose.
-pub const MAX_REMOTE_WAIT: Duration = Duration::from_secs(3600);
 use super::desired::{
     disable_request, dynamics_hash, generate_request, inputs_hash, update_request,
 };
+/// The longest wait any answer of the API (Retry-After) can impose.
+pub use crate::api::MAX_REMOTE_WAIT;
 
 /// Timings that shape requeues. Defaults suit production; tests shorten them.
 #[derive(Debug, Clone)]

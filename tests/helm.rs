@@ -1,0 +1,547 @@
+//! The Helm chart (charts/dynamics-operator) with helm v4 built from module source
+//! (tests/tools/build.sh):
+//!
+//! * its CRD is the committed one, byte for byte;
+//! * `helm lint --strict`, with the default values and with the values a user would pass;
+//! * `helm template` grants exactly the kustomize base's RBAC rules and hardens the pod the same
+//!   way (parsed objects compared), and passes only flags `dynamics-operator run` knows;
+//! * values.schema.json refuses bad values, naming them;
+//! * `helm install --server-side` into a real API server with user values, the operator then
+//!   run as the chart's ServiceAccount with the chart's own arguments and Secret converges an
+//!   object in the watched namespace (so the namespaced RBAC suffices), and `helm uninstall`
+//!   removes everything but the CRD.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use dynamics_operator::resource::AgentDynamics;
+use dynamics_operator::sim::{self, SimConfig};
+use kube::api::{DeleteParams, ListParams};
+use kube::Api;
+use serde_json::{json, Value as Json};
+use support::controlplane::ControlPlane;
+use support::operator::{is_ready, wait_gone, wait_object};
+use support::process::ManagedChild;
+use support::tools::{find, kustomize, parse_docs, run_ok, tool, ROOT};
+
+const CHART: &str = "charts/dynamics-operator";
+
+fn chart() -> PathBuf {
+    Path::new(ROOT).join(CHART)
+}
+
+/// helm with its cache, config and data in `home` (nothing of the user's is read or written).
+fn helm(home: &Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(tool("helm"))
+        .args(args)
+        .env("HELM_CACHE_HOME", home.join("cache"))
+        .env("HELM_CONFIG_HOME", home.join("config"))
+        .env("HELM_DATA_HOME", home.join("data"))
+        .env_remove("KUBECONFIG")
+        .output()
+        .expect("run helm")
+}
+
+fn helm_ok(home: &Path, args: &[&str]) -> String {
+    let out = helm(home, args);
+    assert!(
+        out.status.success(),
+        "helm {} failed:\n{}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// `helm template dynamics-operator <chart> -n dynamics-operator <extra>` as documents.
+fn template(extra: &[&str]) -> Vec<Json> {
+    let home = tempfile::tempdir().unwrap();
+    let chart = chart();
+    let mut args = vec![
+        "template",
+        "dynamics-operator",
+        chart.to_str().unwrap(),
+        "--namespace",
+        "dynamics-operator",
+    ];
+    args.extend(extra);
+    parse_docs(&helm_ok(home.path(), &args))
+}
+
+/// The values a user installing with two replicas, one watched namespace, a created Secret and
+/// the Prometheus objects would pass.
+const USER_VALUES: &str = r#"
+replicaCount: 2
+image:
+  tag: v0.1.0
+watchNamespace: agents
+apiSecret:
+  create: true
+  value: chart-test-secret
+operator:
+  maxConcurrentGenerations: 1
+  generationsPerHour: 20
+  stalledRetry: 20s
+metrics:
+  serviceMonitor:
+    enabled: true
+  prometheusRule:
+    enabled: true
+    creditsPerHourThreshold: 2500
+  grafanaDashboard:
+    enabled: true
+"#;
+
+fn user_values_file(dir: &Path) -> PathBuf {
+    let path = dir.join("values.yaml");
+    std::fs::write(&path, USER_VALUES).unwrap();
+    path
+}
+
+fn container(deployment: &Json) -> &Json {
+    &deployment["spec"]["template"]["spec"]["containers"][0]
+}
+
+#[test]
+fn chart_crd_is_the_committed_crd() {
+    let committed = std::fs::read(Path::new(ROOT).join("crds/agentdynamics.yaml")).unwrap();
+    let chart = std::fs::read(chart().join("crds/agentdynamics.yaml")).unwrap();
+    assert!(
+        committed == chart,
+        "{CHART}/crds/agentdynamics.yaml differs from crds/agentdynamics.yaml: \
+         cp crds/agentdynamics.yaml {CHART}/crds/agentdynamics.yaml"
+    );
+}
+
+#[test]
+fn lint_strict_passes_with_default_and_user_values() {
+    let home = tempfile::tempdir().unwrap();
+    let chart = chart();
+    helm_ok(home.path(), &["lint", "--strict", chart.to_str().unwrap()]);
+    let values = user_values_file(home.path());
+    helm_ok(
+        home.path(),
+        &[
+            "lint",
+            "--strict",
+            chart.to_str().unwrap(),
+            "-f",
+            values.to_str().unwrap(),
+        ],
+    );
+}
+
+#[test]
+fn template_grants_the_kustomize_rules_and_hardens_the_pod_the_same() {
+    let base = kustomize("deploy/overlays/ha");
+    // Two replicas: the chart adds leader election, as the ha overlay does.
+    let chart = template(&["--set", "replicaCount=2"]);
+
+    let rules = |docs: &[Json], kind: &str, name: &str| find(docs, kind, name)["rules"].clone();
+    assert_eq!(
+        rules(&chart, "ClusterRole", "dynamics-operator"),
+        rules(&base, "ClusterRole", "dynamics-operator"),
+        "ClusterRole rules"
+    );
+    assert_eq!(
+        rules(&chart, "Role", "dynamics-operator-leader-election"),
+        rules(&base, "Role", "dynamics-operator-leader-election"),
+        "leader election Role rules"
+    );
+    for (kind, name) in [
+        ("ClusterRoleBinding", "dynamics-operator"),
+        ("RoleBinding", "dynamics-operator-leader-election"),
+    ] {
+        let (c, b) = (find(&chart, kind, name), find(&base, kind, name));
+        assert_eq!(c["roleRef"], b["roleRef"], "{kind} roleRef");
+        assert_eq!(c["subjects"], b["subjects"], "{kind} subjects");
+    }
+
+    let (c, b) = (
+        find(&chart, "Deployment", "dynamics-operator"),
+        find(&base, "Deployment", "dynamics-operator"),
+    );
+    let (cp, bp) = (
+        &c["spec"]["template"]["spec"],
+        &b["spec"]["template"]["spec"],
+    );
+    for field in [
+        "securityContext",
+        "serviceAccountName",
+        "enableServiceLinks",
+        "terminationGracePeriodSeconds",
+        "volumes",
+    ] {
+        assert_eq!(cp[field], bp[field], "pod {field}");
+    }
+    for field in [
+        "securityContext",
+        "resources",
+        "livenessProbe",
+        "readinessProbe",
+        "volumeMounts",
+        "ports",
+    ] {
+        assert_eq!(
+            container(c)[field],
+            container(b)[field],
+            "container {field}"
+        );
+    }
+    assert_eq!(c["spec"]["replicas"], json!(2));
+    let args = container(c)["args"].as_array().unwrap();
+    assert!(args.contains(&json!("--leader-elect")), "{args:?}");
+
+    // One replica: no leader election, no Lease permissions, Recreate.
+    let single = template(&[]);
+    let d = find(&single, "Deployment", "dynamics-operator");
+    assert_eq!(d["spec"]["strategy"]["type"], "Recreate");
+    assert!(!container(d)["args"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("--leader-elect")));
+    assert!(!single.iter().any(|d| d["kind"] == "Role"));
+}
+
+#[test]
+fn template_passes_only_flags_the_binary_knows() {
+    let help = run_ok(
+        Path::new(env!("CARGO_BIN_EXE_dynamics-operator")),
+        ["run", "--help"],
+    );
+    let home = tempfile::tempdir().unwrap();
+    let values = user_values_file(home.path());
+    let docs = template(&["-f", values.to_str().unwrap()]);
+    let c = container(find(&docs, "Deployment", "dynamics-operator"));
+    let args = c["args"].as_array().unwrap();
+    assert_eq!(args[0], "run");
+    for arg in &args[1..] {
+        let flag = arg.as_str().unwrap().split('=').next().unwrap();
+        assert!(help.contains(&format!("{flag} ")), "unknown flag {flag}");
+    }
+    for e in c["env"].as_array().unwrap() {
+        let var = e["name"].as_str().unwrap();
+        assert!(help.contains(&format!("[env: {var}")), "unknown env {var}");
+    }
+    for want in [
+        "--namespace=agents",
+        "--generations-per-hour=20",
+        "--max-concurrent-generations=1",
+        "--stalled-retry=20s",
+        "--log-format=json",
+    ] {
+        assert!(args.contains(&json!(want)), "{want} missing in {args:?}");
+    }
+    // The watched namespace gets Roles, not cluster-wide grants.
+    assert!(!docs.iter().any(|d| d["kind"] == "ClusterRole"));
+    assert_eq!(
+        find(&docs, "Role", "dynamics-operator")["metadata"]["namespace"],
+        "agents"
+    );
+    let dashboard = find(&docs, "ConfigMap", "dynamics-operator-dashboard");
+    let json_text = dashboard["data"]["dynamics-operator.json"]
+        .as_str()
+        .unwrap();
+    let shipped: Json = serde_json::from_str(
+        &std::fs::read_to_string(chart().join("files/grafana-dashboard.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(serde_json::from_str::<Json>(json_text).unwrap(), shipped);
+}
+
+#[test]
+fn the_schema_refuses_bad_values() {
+    let home = tempfile::tempdir().unwrap();
+    let chart = chart();
+    for (set, names) in [
+        ("replicaCount=0", "replicaCount"),
+        ("logFormat=xml", "logFormat"),
+        ("operator.apiUrl=ftp://example.com", "apiUrl"),
+        ("operator.resync=often", "resync"),
+        ("watchNamespace=Agents_1", "watchNamespace"),
+        ("imagee.tag=v1", "imagee"),
+        ("apiSecret.create=true", "value"),
+        ("image.digest=latest", "digest"),
+    ] {
+        let out = helm(
+            home.path(),
+            &["template", "x", chart.to_str().unwrap(), "--set", set],
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "--set {set} was accepted");
+        assert!(
+            stderr.contains("schema") && stderr.contains(names),
+            "--set {set}: the error should name {names}:\n{stderr}"
+        );
+    }
+}
+
+/// Minimal CRDs for prometheus-operator's kinds, so the chart's ServiceMonitor and
+/// PrometheusRule can be installed into the test API server.
+fn prometheus_operator_crds() -> String {
+    let mut yaml = String::new();
+    for kind in ["ServiceMonitor", "PrometheusRule"] {
+        let singular = kind.to_lowercase();
+        let plural = format!("{singular}s");
+        let crd = json!({
+            "apiVersion": "apiextensions.k8s.io/v1",
+            "kind": "CustomResourceDefinition",
+            "metadata": {"name": format!("{plural}.monitoring.coreos.com")},
+            "spec": {
+                "group": "monitoring.coreos.com",
+                "scope": "Namespaced",
+                "names": {"kind": kind, "plural": plural, "singular": singular, "listKind": format!("{kind}List")},
+                "versions": [{
+                    "name": "v1", "served": true, "storage": true,
+                    "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}},
+                }],
+            },
+        });
+        yaml.push_str(&serde_yaml::to_string(&crd).unwrap());
+        yaml.push_str("---\n");
+    }
+    yaml
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn install_run_as_installed_and_uninstall() {
+    // Its own control plane: the chart installs cluster-scoped objects.
+    let cp = ControlPlane::builder()
+        .allow_existing(false)
+        .start()
+        .await
+        .expect("the control plane must start (see tests/controlplane/build.sh)");
+    let home = tempfile::tempdir().unwrap();
+    let kubeconfig = cp.kubeconfig_path().to_str().unwrap().to_string();
+    cp.apply_yaml(&prometheus_operator_crds()).unwrap();
+    for crd in [
+        "servicemonitors.monitoring.coreos.com",
+        "prometheusrules.monitoring.coreos.com",
+    ] {
+        cp.wait_crd_established(crd, Duration::from_secs(30))
+            .await
+            .unwrap();
+    }
+    cp.kubectl_ok(["create", "namespace", "agents"]).unwrap();
+    let values = user_values_file(home.path());
+    let chart = chart();
+    let installed = helm_ok(
+        home.path(),
+        &[
+            "install",
+            "dyn",
+            chart.to_str().unwrap(),
+            "--kubeconfig",
+            &kubeconfig,
+            "--namespace",
+            "dynamics-operator",
+            "--create-namespace",
+            "--server-side=true",
+            "-f",
+            values.to_str().unwrap(),
+        ],
+    );
+    assert!(installed.contains("STATUS: deployed"), "{installed}");
+    assert!(
+        installed.contains("rollout status deploy/dyn-dynamics-operator"),
+        "NOTES say how to check it works:\n{installed}"
+    );
+
+    // What the API server now holds.
+    let get = |args: &[&str]| -> Json {
+        let mut a = vec!["get", "-o", "json"];
+        a.extend(args);
+        serde_json::from_str(&cp.kubectl_ok(a).unwrap()).unwrap()
+    };
+    let deployment = get(&[
+        "-n",
+        "dynamics-operator",
+        "deploy/dyn-dynamics-operator",
+        "--show-managed-fields",
+    ]);
+    assert_eq!(deployment["spec"]["replicas"], 2);
+    assert_eq!(
+        container(&deployment)["image"],
+        "ghcr.io/bithuman/dynamics-operator:v0.1.0"
+    );
+    let managers: Vec<String> = deployment["metadata"]["managedFields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            format!(
+                "{}/{}",
+                m["manager"].as_str().unwrap(),
+                m["operation"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert!(
+        managers.contains(&"helm/Apply".to_string()),
+        "installed with server-side apply: {managers:?}"
+    );
+    for (ns, what) in [
+        ("dynamics-operator", "secret/dyn-dynamics-operator-api"),
+        ("dynamics-operator", "serviceaccount/dyn-dynamics-operator"),
+        ("dynamics-operator", "service/dyn-dynamics-operator-metrics"),
+        (
+            "dynamics-operator",
+            "role/dyn-dynamics-operator-leader-election",
+        ),
+        (
+            "dynamics-operator",
+            "poddisruptionbudget/dyn-dynamics-operator",
+        ),
+        ("dynamics-operator", "servicemonitor/dyn-dynamics-operator"),
+        ("dynamics-operator", "prometheusrule/dyn-dynamics-operator"),
+        (
+            "dynamics-operator",
+            "configmap/dyn-dynamics-operator-dashboard",
+        ),
+        ("agents", "role/dyn-dynamics-operator"),
+        ("agents", "rolebinding/dyn-dynamics-operator"),
+    ] {
+        get(&["-n", ns, what]);
+    }
+    get(&["crd", "agentdynamics.dynamics.bithuman.ai"]);
+
+    // The operator as the Deployment runs it: the chart's args, its ServiceAccount's token,
+    // its Secret's value as the mounted file; only the API URL and metrics address change.
+    let sim = sim::start(SimConfig {
+        secret: "chart-test-secret".into(),
+        generation_time: Duration::from_millis(300),
+        ..SimConfig::default()
+    })
+    .await
+    .expect("simulator");
+    let dir = home.path();
+    let secret = get(&[
+        "-n",
+        "dynamics-operator",
+        "secret/dyn-dynamics-operator-api",
+    ]);
+    let encoded = secret["data"]["api-secret"].as_str().unwrap();
+    let secret_file = dir.join("api-secret");
+    std::fs::write(&secret_file, base64_decode(encoded)).unwrap();
+    let token = cp
+        .kubectl_ok([
+            "create",
+            "token",
+            "dyn-dynamics-operator",
+            "-n",
+            "dynamics-operator",
+        ])
+        .unwrap();
+    let sa_kubeconfig = dir.join("sa.kubeconfig");
+    std::fs::write(
+        &sa_kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {}\n    certificate-authority: {:?}\n\
+             users:\n- name: sa\n  user:\n    token: {}\ncontexts:\n- name: c\n  context:\n    cluster: c\n    user: sa\ncurrent-context: c\n",
+            cp.server_url(),
+            cp.ca_file().unwrap().display().to_string(),
+            token.trim()
+        ),
+    )
+    .unwrap();
+    let c = container(&deployment);
+    let args: Vec<String> = c["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            let a = a.as_str().unwrap();
+            if a.starts_with("--api-url=") {
+                format!("--api-url={}", sim.url())
+            } else if a.starts_with("--metrics-addr=") {
+                "--metrics-addr=127.0.0.1:0".into()
+            } else {
+                a.to_string()
+            }
+        })
+        .collect();
+    let sa_kubeconfig = sa_kubeconfig.to_str().unwrap().to_string();
+    let secret_file = secret_file.to_str().unwrap().to_string();
+    let mut operator = ManagedChild::spawn(
+        "operator",
+        Path::new(env!("CARGO_BIN_EXE_dynamics-operator")),
+        &args,
+        &dir.join("operator.log"),
+        &[
+            ("KUBECONFIG", sa_kubeconfig.as_str()),
+            ("BITHUMAN_API_SECRET_FILE", secret_file.as_str()),
+            ("POD_NAME", "dyn-dynamics-operator-0"),
+            ("POD_NAMESPACE", "dynamics-operator"),
+        ],
+    )
+    .expect("start the operator");
+    cp.apply_yaml(
+        "apiVersion: dynamics.bithuman.ai/v1alpha1\nkind: AgentDynamics\nmetadata:\n  name: chart-agent\n  namespace: agents\nspec:\n  agentId: CHART00001\n",
+    )
+    .unwrap();
+    let client = cp.kube_client().await.unwrap();
+    let api: Api<AgentDynamics> = Api::namespaced(client.clone(), "agents");
+    wait_object(&api, "chart-agent", "Ready", &operator, is_ready).await;
+    // Uninstall in the order NOTES.txt gives: objects first, while the operator runs.
+    api.delete("chart-agent", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_gone(&api, "chart-agent", &operator).await;
+    operator.stop(Duration::from_secs(5));
+
+    let out = helm_ok(
+        home.path(),
+        &[
+            "uninstall",
+            "dyn",
+            "--kubeconfig",
+            &kubeconfig,
+            "--namespace",
+            "dynamics-operator",
+            "--wait",
+        ],
+    );
+    assert!(out.contains("uninstalled"), "{out}");
+    let left = cp
+        .kubectl_ok([
+            "get",
+            "deploy,secret,serviceaccount,service,role,rolebinding,configmap,servicemonitor,prometheusrule,pdb",
+            "-n",
+            "dynamics-operator",
+            "-l",
+            "app.kubernetes.io/instance=dyn",
+            "-o",
+            "name",
+        ])
+        .unwrap();
+    assert_eq!(left.trim(), "", "left after uninstall: {left}");
+    let roles: Api<k8s_openapi::api::rbac::v1::Role> = Api::namespaced(client.clone(), "agents");
+    assert!(roles
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .is_empty());
+    // Helm never deletes a CRD from crds/: the objects of other releases stay.
+    get(&["crd", "agentdynamics.dynamics.bithuman.ai"]);
+}
+
+/// Standard base64 (a Secret's data), without a crate for it.
+fn base64_decode(text: &str) -> Vec<u8> {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = Vec::new();
+    let (mut acc, mut bits) = (0u32, 0);
+    for byte in text.bytes().filter(|b| *b != b'=') {
+        let v = ALPHABET.iter().position(|a| *a == byte).expect("base64") as u32;
+        acc = (acc << 6) | v;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+        }
+    }
+    out
+}
