@@ -158,7 +158,7 @@ async fn kstatus_and_argo_cd_read_every_phase_of_real_objects() {
         "  motionPrompts: [wave, nod, smile]\n",
     ));
     fast.apply(&format!(
-        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: team-a-bithuman\nstringData:\n  api-secret: not-the-right-one\n---\n{}",
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: team-a-bithuman\n  labels:\n    dynamics.bithuman.ai/api-secret: \"true\"\nstringData:\n  api-secret: not-the-right-one\n---\n{}",
         manifest("unauthorized-agent", "A91XMB7115", "  apiSecretRef:\n    name: team-a-bithuman\n")
     ));
     fast.apply(&manifest(
