@@ -45,11 +45,12 @@ version="$("$binary" --version)" || die "$binary --version failed"
 # --- Debian packages, cached by name and version --------------------------------------------
 debs="$target_dir/image/debs"
 mkdir -p "$debs"
+# apt-get's progress goes to stderr: stdout carries only the image digest, the script's result.
 fetch() {
-  (cd "$debs" && apt-get download "${packages[@]}" 2>/dev/null) && return 0
+  (cd "$debs" && apt-get download "${packages[@]}" >&2 2>/dev/null) && return 0
   log "apt-get download failed; refreshing the package lists (apt-get update)"
   apt-get update -q >/dev/null
-  (cd "$debs" && apt-get download "${packages[@]}")
+  (cd "$debs" && apt-get download "${packages[@]}" >&2)
 }
 deb_files=()
 missing=0
