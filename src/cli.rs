@@ -109,7 +109,8 @@ pub struct RunArgs {
     /// Re-check converged objects for remote drift this often.
     #[arg(long, env = "RESYNC", default_value = "10m", value_parser = humantime::parse_duration, help_heading = "Scope and throughput")]
     pub resync: Duration,
-    /// Generations running at once across all objects (0: no limit). The account runs 2.
+    /// Generations running at once per account (objects whose Secrets hold the same api-secret
+    /// share one account); 0: no limit. The account runs 2.
     #[arg(
         long,
         env = "MAX_CONCURRENT_GENERATIONS",
@@ -117,7 +118,7 @@ pub struct RunArgs {
         help_heading = "Credits"
     )]
     pub max_concurrent_generations: usize,
-    /// Generations started per hour across all objects (default: no cap).
+    /// Generations started per hour per account (default: no cap).
     #[arg(long, env = "GENERATIONS_PER_HOUR", help_heading = "Credits")]
     pub generations_per_hour: Option<usize>,
     /// Address of /metrics, /healthz and /readyz.

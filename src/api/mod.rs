@@ -17,7 +17,7 @@ mod types;
 pub use client::{CallObserver, ClientConfig, DynamicsClient, DEFAULT_BASE_URL};
 pub use error::{ApiError, ApiErrorKind, Endpoint, RemoteErrorBody};
 pub use retry::{parse_retry_after, MAX_REMOTE_WAIT};
-pub use secret::ApiSecret;
+pub use secret::{AccountId, ApiSecret};
 pub use status::RemoteStatus;
 pub use types::{
     BatchResult, DynamicsConfig, DynamicsState, GenerateReply, GenerateRequest, ModelRef,

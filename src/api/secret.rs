@@ -52,6 +52,21 @@ impl From<&str> for ApiSecret {
     }
 }
 
+/// The account a secret belongs to, for limits kept per account (the generation guard): a keyed
+/// hash of the secret, keyed by a value drawn once per process, so it says nothing about the
+/// secret and differs from run to run. Two Secrets holding the same value are one account.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AccountId(u64);
+
+impl ApiSecret {
+    pub fn account(&self) -> AccountId {
+        use std::hash::BuildHasher;
+        static KEY: std::sync::OnceLock<std::collections::hash_map::RandomState> =
+            std::sync::OnceLock::new();
+        AccountId(KEY.get_or_init(Default::default).hash_one(&self.0))
+    }
+}
+
 /// Replaces every occurrence of the secret in `text`, for strings that came
 /// from the remote or from transport errors and might echo it back.
 pub(crate) fn redact(text: &str, secret: &ApiSecret) -> String {
@@ -65,6 +80,14 @@ pub(crate) fn redact(text: &str, secret: &ApiSecret) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_account_per_secret_value() {
+        let a = ApiSecret::new("key-a");
+        assert_eq!(a.account(), ApiSecret::new("key-a\n").account());
+        assert_ne!(a.account(), ApiSecret::new("key-b").account());
+        assert!(!format!("{:?}", a.account()).contains("key-a"));
+    }
 
     #[test]
     fn trims_trailing_whitespace_only() {

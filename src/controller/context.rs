@@ -11,9 +11,9 @@ use kube::runtime::reflector::Store;
 use kube::{Api, Client, ResourceExt};
 
 use crate::api::{ApiSecret, DynamicsClient};
-use crate::executor::{Executor, ObjectView, PassResult};
+use crate::executor::{Executor, ObjectView, PassResult, RecordAccepted};
 use crate::metrics::Metrics;
-use crate::reconcile::guard::GenerationGuard;
+use crate::reconcile::guard::AccountGuards;
 use crate::reconcile::ownership::{owner_instead_of, Claimant};
 use crate::reconcile::{Blocker, Health};
 use crate::resource::{AgentDynamics, RECONCILE_REQUESTED_AT};
@@ -46,10 +46,10 @@ impl Context {
         let api = DynamicsClient::new(config.api.clone())
             .expect("the API client builds from a valid configuration")
             .with_observer(metrics.clone());
-        let guard = Arc::new(Mutex::new(GenerationGuard::new(
+        let guards = AccountGuards::new(
             config.max_concurrent_generations,
             config.generations_per_hour,
-        )));
+        );
         let reporter = Reporter {
             controller: "dynamics-operator".into(),
             instance: std::env::var("POD_NAME").ok(),
@@ -58,7 +58,9 @@ impl Context {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             metrics,
-            executor: Executor::new(api, guard, config.settings.clone()).with_wake(wake),
+            executor: Executor::new(api, guards, config.settings.clone())
+                .with_record_accepted(RecordAccepted::WithNextWrite)
+                .with_wake(wake),
             store,
             default_secret: config.default_secret.clone(),
             failures: Mutex::new(HashMap::new()),

@@ -3,16 +3,17 @@
 //! and the file mode (status in a state file, notes printed), so both follow the same rules,
 //! the same generation guard and the same crash-safety marker.
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 use rand::Rng;
 
-use crate::api::{ApiErrorKind, ApiSecret, DynamicsClient, UpdateRequest};
+use crate::api::{ApiErrorKind, ApiSecret, DynamicsClient, GenerateReply, UpdateRequest};
 use crate::failpoint;
-use crate::reconcile::guard::GenerationGuard;
+use crate::reconcile::guard::AccountGuards;
 use crate::reconcile::ownership::AgentClaims;
 use crate::reconcile::plan::{
     holds_generation_slot, plan, report_error, Action, Blocker, GeneratePlan, Input, Observation,
@@ -131,30 +132,58 @@ pub struct Preview {
     pub remote: Option<Observation>,
 }
 
+/// When the outcome of an accepted generate call reaches the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordAccepted {
+    /// Written right after the reply (the file mode: a local append costs nothing).
+    AtOnce,
+    /// Written with the object's next status write, at most one poll later (the controller:
+    /// one API-server write less per generation). Until then the marker written before the call
+    /// stands for it: a restart in between finds the marker, counts the call once and adopts
+    /// its job, exactly as for a lost reply.
+    WithNextWrite,
+}
+
+/// An accepted generate call whose outcome is not yet in the store.
+#[derive(Debug, Clone)]
+struct Unrecorded {
+    uid: String,
+    plan: GeneratePlan,
+    reply: GenerateReply,
+    at: Timestamp,
+}
+
 pub struct Executor {
     client: DynamicsClient,
-    guard: Arc<Mutex<GenerationGuard>>,
+    /// One generation guard and timer per account.
+    guards: Mutex<AccountGuards>,
     /// Which object holds each agent, taken before the first generate call (atomic ownership).
     claims: Mutex<AgentClaims>,
     settings: Settings,
+    record_accepted: RecordAccepted,
+    /// Accepted calls not yet recorded, by object key (with `RecordAccepted::WithNextWrite`).
+    unrecorded: Mutex<HashMap<String, Unrecorded>>,
     /// Where to send the keys of waiting objects whose turn for a generation slot has come.
     /// Without it (the file mode) a waiting object simply asks again at the next poll.
     wake: Option<tokio::sync::mpsc::UnboundedSender<String>>,
 }
 
 impl Executor {
-    pub fn new(
-        client: DynamicsClient,
-        guard: Arc<Mutex<GenerationGuard>>,
-        settings: Settings,
-    ) -> Self {
+    pub fn new(client: DynamicsClient, guards: AccountGuards, settings: Settings) -> Self {
         Executor {
             client,
-            guard,
+            guards: Mutex::new(guards),
             claims: Mutex::new(AgentClaims::default()),
             settings,
+            record_accepted: RecordAccepted::AtOnce,
+            unrecorded: Mutex::new(HashMap::new()),
             wake: None,
         }
+    }
+
+    pub fn with_record_accepted(mut self, when: RecordAccepted) -> Self {
+        self.record_accepted = when;
+        self
     }
 
     /// Wake waiting objects through `wake` when slots free, instead of having them poll.
@@ -167,10 +196,9 @@ impl Executor {
         &self.settings
     }
 
-    /// (objects waiting for a generation slot, slots in use), for the metrics.
+    /// (objects waiting for a generation slot, slots in use), over all accounts, for the metrics.
     pub fn guard_load(&self) -> (usize, usize) {
-        let guard = self.guard.lock().expect("guard lock");
-        (guard.waiting(), guard.in_flight())
+        self.guards.lock().expect("guard lock").load()
     }
 
     pub fn client(&self) -> &DynamicsClient {
@@ -179,13 +207,14 @@ impl Executor {
 
     /// Forget an object that is gone or suspended (frees its generation slot).
     pub fn forget(&self, key: &str) {
-        self.with_guard(|guard| guard.forget(key));
+        self.with_guard(|guards| guards.forget(key));
         self.claims.lock().expect("claims lock").release(key);
+        self.unrecorded.lock().expect("unrecorded lock").remove(key);
     }
 
     /// Change the guard, then wake the waiters whose turn that may have brought.
-    fn with_guard<R>(&self, change: impl FnOnce(&mut GenerationGuard) -> R) -> R {
-        let mut guard = self.guard.lock().expect("guard lock");
+    fn with_guard<R>(&self, change: impl FnOnce(&mut AccountGuards) -> R) -> R {
+        let mut guard = self.guards.lock().expect("guard lock");
         let result = change(&mut guard);
         if let Some(wake) = &self.wake {
             for key in guard.take_woken() {
@@ -204,16 +233,44 @@ impl Executor {
         sink: &mut impl StatusSink,
     ) -> Result<PassResult, PassError> {
         let now = Timestamp::now();
-        let decided = self.decide(obj, secret, failures, now).await;
+        // The stored status, with an accepted call this process has not written yet.
+        let (stored, unrecorded) = self.with_unrecorded(obj);
+        let decided = self.decide(obj, &stored, secret, failures, now).await;
         let (action, remote, status) = (decided.action, decided.remote, decided.status);
-        let input = self.input(obj, &status, remote.as_ref(), failures, now);
+        let mut input = self.input(obj, &status, remote.as_ref(), failures, now);
         if decided.adopted {
-            sink.note(note(false, reasons::GENERATION_ADOPTED, "a generate call whose reply was lost did land (the API shows its job); it is followed, not sent again"));
+            sink.note(note(false, reasons::GENERATION_ADOPTED, "a generate call of unknown outcome did land (the API shows its job); it is followed, not sent again"));
         }
-        if remote.is_some() {
+        if let (Some(_), Some(secret)) = (&remote, secret) {
+            // Any GET that sees a generation end hands its slot on at once.
             let holding = holds_generation_slot(&input);
-            self.with_guard(|guard| guard.observe(&obj.key, holding));
+            let at = Instant::now();
+            self.with_guard(|guards| guards.observe(secret.account(), &obj.key, holding, at));
+            input.timing = self.timing(&obj.key);
         }
+        let result = self
+            .act(obj, &input, action, status.clone(), secret, sink)
+            .await;
+        if unrecorded && result.is_ok() {
+            // The pass's write carried it (or the object is released).
+            self.unrecorded
+                .lock()
+                .expect("unrecorded lock")
+                .remove(&obj.key);
+        }
+        result
+    }
+
+    /// Perform what `plan` asked for.
+    async fn act(
+        &self,
+        obj: &ObjectView,
+        input: &Input<'_>,
+        action: Action,
+        status: AgentDynamicsStatus,
+        secret: Option<&ApiSecret>,
+        sink: &mut impl StatusSink,
+    ) -> Result<PassResult, PassError> {
         // `plan` asks for a remote call only once the secret resolved.
         let secret = || secret.expect("plan calls the API only with a secret");
         match action {
@@ -222,20 +279,20 @@ impl Executor {
                 if matches!(report.health, Health::Suspended) {
                     self.forget(&obj.key);
                 }
-                self.finish(obj, &input, status.clone(), report, sink).await
+                self.finish(obj, input, status, report, sink).await
             }
             Action::Generate(generate) => {
-                self.generate(obj, &input, status.clone(), &generate, secret(), sink)
+                self.generate(obj, input, status, &generate, secret(), sink)
                     .await
             }
             Action::Update {
                 request,
                 dynamics_hash,
             } => {
-                self.update(obj, &input, &request, &dynamics_hash, secret(), sink)
+                self.update(obj, input, &request, &dynamics_hash, secret(), sink)
                     .await
             }
-            Action::Disable(request) => self.disable(obj, &input, &request, secret(), sink).await,
+            Action::Disable(request) => self.disable(obj, input, &request, secret(), sink).await,
             Action::Release => {
                 self.forget(&obj.key);
                 Ok(PassResult::Released)
@@ -245,7 +302,9 @@ impl Executor {
 
     /// GET and plan only: no POST, no PUT, no status write.
     pub async fn preview(&self, obj: &ObjectView, secret: Option<&ApiSecret>) -> Preview {
-        let decided = self.decide(obj, secret, 0, Timestamp::now()).await;
+        let decided = self
+            .decide(obj, &obj.status, secret, 0, Timestamp::now())
+            .await;
         Preview {
             action: decided.action,
             remote: decided.remote,
@@ -256,12 +315,13 @@ impl Executor {
     async fn decide(
         &self,
         obj: &ObjectView,
+        stored: &AgentDynamicsStatus,
         secret: Option<&ApiSecret>,
         failures: u32,
         now: Timestamp,
     ) -> Decided {
         let mut remote = None;
-        let mut status = obj.status.clone();
+        let mut status = stored.clone();
         let mut adopted = false;
         loop {
             let action = plan(&self.input(obj, &status, remote.as_ref(), failures, now));
@@ -300,8 +360,33 @@ impl Executor {
             blocker: obj.blocker.clone(),
             remote,
             failures,
+            timing: self.timing(&obj.key),
             now,
             settings: &self.settings,
+        }
+    }
+
+    fn timing(&self, key: &str) -> Option<crate::reconcile::timing::GenerationTiming> {
+        self.guards
+            .lock()
+            .expect("guard lock")
+            .timing(key, Instant::now())
+    }
+
+    /// The stored status with this process's unrecorded accepted call applied, and whether
+    /// there was one. An entry of another object of the same name (a different uid) is dropped.
+    fn with_unrecorded(&self, obj: &ObjectView) -> (AgentDynamicsStatus, bool) {
+        let mut unrecorded = self.unrecorded.lock().expect("unrecorded lock");
+        match unrecorded.get(&obj.key) {
+            Some(u) if u.uid == obj.uid => (
+                record_generate_outcome(&obj.status, &u.plan, Ok(&u.reply), u.at),
+                true,
+            ),
+            Some(_) => {
+                unrecorded.remove(&obj.key);
+                (obj.status.clone(), false)
+            }
+            None => (obj.status.clone(), false),
         }
     }
 
@@ -330,8 +415,8 @@ impl Executor {
             .map_err(|e| RemoteError::from(&e));
         let (status, report) = after_update(input, dynamics_hash, outcome.as_ref());
         if outcome.is_ok() {
-            let message = format!("dynamics block applied to agent {}", obj.spec.agent_id);
-            sink.note(note(false, "DynamicsApplied", &message));
+            // The Ready condition says it; an Event per PUT would only add an API-server write.
+            tracing::info!(object = %obj.key, agent = %obj.spec.agent_id, "dynamics block applied");
         }
         self.finish(obj, input, status, report, sink).await
     }
@@ -418,7 +503,9 @@ impl Executor {
             };
             return self.finish(obj, input, status, report, sink).await;
         }
-        let started = self.with_guard(|guard| guard.try_start(&obj.key, input.now, retry));
+        let account = secret.account();
+        let started =
+            self.with_guard(|guards| guards.try_start(account, &obj.key, input.now, retry));
         if let Err(refusal) = started {
             let report = Report::new(
                 Health::progressing(refusal.reason, refusal.message),
@@ -431,10 +518,18 @@ impl Executor {
             Some(Observation::Found(state)) => Some(state),
             _ => None,
         };
-        let marked = with_marker(&status, generate, before, input.now);
+        let marker = with_marker(&status, generate, before, input.now);
+        let sending = Report::new(
+            Health::progressing(
+                reasons::GENERATION_STARTED,
+                format!("one generate call is sent for these inputs ({CREDITS_PER_GENERATION} credits); waiting for the API to run it"),
+            ),
+            self.settings.poll_min,
+        );
+        let marked = settle(input, marker, &sending);
         if let Err(err) = sink.save(&marked).await {
             // Someone else wrote first; they own this change. Nothing was sent.
-            self.with_guard(|guard| guard.cancel(&obj.key));
+            self.with_guard(|guards| guards.cancel(&obj.key));
             return Err(err.into());
         }
         failpoint::hit(failpoint::AFTER_MARKER_SAVED);
@@ -446,8 +541,13 @@ impl Executor {
             .await
             .map_err(|e| RemoteError::from(&e));
         failpoint::hit(failpoint::AFTER_GENERATE_REPLY);
+        if outcome.is_ok() {
+            let at = Instant::now();
+            self.with_guard(|guards| guards.accepted(&obj.key, at));
+        }
         let marked_input = Input {
             status: &marked,
+            timing: self.timing(&obj.key),
             ..input.clone()
         };
         let (status, report) = after_generate(&marked_input, generate, outcome.as_ref());
@@ -465,7 +565,7 @@ impl Executor {
                 GenerateCall::Accepted
             }
             Err(err) if err.kind.refused_before_processing() => {
-                self.with_guard(|guard| guard.cancel(&obj.key));
+                self.with_guard(|guards| guards.cancel(&obj.key));
                 GenerateCall::Refused
             }
             Err(err) => {
@@ -481,6 +581,22 @@ impl Executor {
             }
         };
         sink.generate_called(call);
+        if let (Ok(reply), RecordAccepted::WithNextWrite) = (&outcome, self.record_accepted) {
+            self.unrecorded.lock().expect("unrecorded lock").insert(
+                obj.key.clone(),
+                Unrecorded {
+                    uid: obj.uid.clone(),
+                    plan: generate.clone(),
+                    reply: reply.clone(),
+                    at: input.now,
+                },
+            );
+            return Ok(PassResult::Requeue {
+                after: jitter(report.requeue),
+                health: report.health,
+                transient: false,
+            });
+        }
         self.save_outcome(obj, &marked_input, &marked, status, report, sink, |fresh| {
             record_generate_outcome(fresh, generate, outcome.as_ref(), input.now)
         })

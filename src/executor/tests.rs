@@ -8,7 +8,7 @@ use std::time::Duration;
 use super::*;
 use crate::api::{ApiSecret, ClientConfig, DynamicsClient};
 use crate::reconcile::desired::inputs_hash;
-use crate::reconcile::guard::GenerationGuard;
+use crate::reconcile::guard::AccountGuards;
 use crate::resource::GenerateOutcome;
 use crate::sim::{ConvergedReply, Faults, Modes, ScriptedFault, SimConfig, SimHandle};
 
@@ -60,7 +60,11 @@ async fn simulator(credits: u64) -> SimHandle {
     .expect("simulator starts")
 }
 
-fn executor(sim: &SimHandle, timeout: Duration) -> (Executor, Arc<Mutex<GenerationGuard>>) {
+fn executor(sim: &SimHandle, timeout: Duration) -> Executor {
+    executor_polling(sim, timeout, Duration::from_millis(200))
+}
+
+fn executor_polling(sim: &SimHandle, timeout: Duration, poll_max: Duration) -> Executor {
     let client = DynamicsClient::new(ClientConfig {
         base_url: sim.url(),
         request_timeout: timeout,
@@ -68,13 +72,12 @@ fn executor(sim: &SimHandle, timeout: Duration) -> (Executor, Arc<Mutex<Generati
         ..ClientConfig::default()
     })
     .expect("client");
-    let guard = Arc::new(Mutex::new(GenerationGuard::new(2, None)));
     let settings = Settings {
         poll_min: Duration::from_millis(50),
-        poll_max: Duration::from_millis(200),
+        poll_max,
         ..Settings::default()
     };
-    (Executor::new(client, guard.clone(), settings), guard)
+    Executor::new(client, AccountGuards::new(2, None), settings)
 }
 
 fn object(status: AgentDynamicsStatus) -> ObjectView {
@@ -97,14 +100,14 @@ fn generate_calls(sim: &SimHandle) -> u64 {
     sim.stats().total("generate")
 }
 
-fn in_flight(guard: &Arc<Mutex<GenerationGuard>>) -> usize {
-    guard.lock().unwrap().in_flight()
+fn in_flight(exec: &Executor) -> usize {
+    exec.guard_load().1
 }
 
 #[tokio::test]
 async fn a_conflict_on_the_marker_sends_no_generate_call() {
     let sim = simulator(10_000).await;
-    let (exec, guard) = executor(&sim, Duration::from_secs(5));
+    let exec = executor(&sim, Duration::from_secs(5));
     let mut sink = MemorySink {
         conflicts: [true].into(),
         ..Default::default()
@@ -118,14 +121,14 @@ async fn a_conflict_on_the_marker_sends_no_generate_call() {
         "{result:?}"
     );
     assert_eq!(generate_calls(&sim), 0, "another writer owns this change");
-    assert_eq!(in_flight(&guard), 0, "the slot taken for it is given back");
+    assert_eq!(in_flight(&exec), 0, "the slot taken for it is given back");
     assert!(sink.calls.is_empty());
 }
 
 #[tokio::test]
 async fn a_refused_generate_frees_its_slot_and_its_marker() {
     let sim = simulator(0).await; // 402: insufficient credits
-    let (exec, guard) = executor(&sim, Duration::from_secs(5));
+    let exec = executor(&sim, Duration::from_secs(5));
     let mut sink = MemorySink::default();
     let secret = ApiSecret::new(SECRET);
     let result = exec
@@ -139,7 +142,7 @@ async fn a_refused_generate_frees_its_slot_and_its_marker() {
     assert_eq!(sink.calls, vec![GenerateCall::Refused]);
     assert_eq!(sink.stored.pending_generation, None);
     assert_eq!(sink.stored.generations, 0, "nothing was charged");
-    assert_eq!(in_flight(&guard), 0);
+    assert_eq!(in_flight(&exec), 0);
 }
 
 #[tokio::test]
@@ -150,7 +153,7 @@ async fn a_lost_reply_keeps_the_marker_counts_the_call_and_is_adopted_not_resent
         script: [ScriptedFault::Pass, ScriptedFault::Drop].into(),
         ..Faults::default()
     });
-    let (exec, guard) = executor(&sim, Duration::from_secs(5));
+    let exec = executor(&sim, Duration::from_secs(5));
     let mut sink = MemorySink::default();
     let secret = ApiSecret::new(SECRET);
     let first = exec
@@ -168,7 +171,7 @@ async fn a_lost_reply_keeps_the_marker_counts_the_call_and_is_adopted_not_resent
         sink.stored.generations, 1,
         "a call that may have been charged is counted"
     );
-    assert_eq!(in_flight(&guard), 1, "it still holds its slot");
+    assert_eq!(in_flight(&exec), 1, "it still holds its slot");
 
     // Next passes: the API shows the job, so the call is adopted; never sent again.
     for _ in 0..20 {
@@ -187,17 +190,13 @@ async fn a_lost_reply_keeps_the_marker_counts_the_call_and_is_adopted_not_resent
         "adoption does not count it twice"
     );
     assert!(sink.notes.iter().any(|n| n.reason == "GenerationAdopted"));
-    assert_eq!(
-        in_flight(&guard),
-        0,
-        "the slot is free once the job is done"
-    );
+    assert_eq!(in_flight(&exec), 0, "the slot is free once the job is done");
 }
 
 #[tokio::test]
 async fn an_accepted_generate_survives_a_conflicting_status_write() {
     let sim = simulator(10_000).await;
-    let (exec, _guard) = executor(&sim, Duration::from_secs(5));
+    let exec = executor(&sim, Duration::from_secs(5));
     // The marker is saved; the write that records the reply conflicts twice (an annotation,
     // a spec edit landing during the call); the re-read copy gets the purchase re-applied.
     let mut sink = MemorySink {
@@ -231,7 +230,7 @@ async fn an_accepted_generate_survives_a_conflicting_status_write() {
 #[tokio::test]
 async fn two_objects_for_one_agent_whose_views_raced_cannot_both_buy() {
     let sim = simulator(10_000).await;
-    let (exec, _guard) = executor(&sim, Duration::from_secs(5));
+    let exec = executor(&sim, Duration::from_secs(5));
     let secret = ApiSecret::new(SECRET);
     let mut first = MemorySink::default();
     let mut second = MemorySink::default();
@@ -314,7 +313,7 @@ async fn an_accepted_job_that_get_does_not_show_for_seconds_is_bought_once() {
         ..Modes::default()
     })
     .await;
-    let (exec, _guard) = executor(&sim, Duration::from_secs(5));
+    let exec = executor(&sim, Duration::from_secs(5));
     let mut sink = MemorySink::default();
     passes_until(
         &exec,
@@ -332,7 +331,7 @@ async fn an_accepted_job_that_get_does_not_show_for_seconds_is_bought_once() {
 #[tokio::test]
 async fn a_converged_agent_whose_api_answers_null_is_stalled_not_bought_again() {
     let sim = hard_simulator(Modes::default()).await;
-    let (exec, _guard) = executor(&sim, Duration::from_secs(5));
+    let exec = executor(&sim, Duration::from_secs(5));
     let mut sink = MemorySink::default();
     passes_until(
         &exec,
@@ -371,7 +370,7 @@ async fn a_converged_agent_whose_api_answers_null_is_stalled_not_bought_again() 
 #[tokio::test]
 async fn a_reply_held_past_the_timeout_on_a_fixed_url_is_adopted_not_resent() {
     let sim = hard_simulator(Modes::default()).await;
-    let (exec, _guard) = executor(&sim, Duration::from_millis(500));
+    let exec = executor(&sim, Duration::from_millis(500));
     let mut sink = MemorySink::default();
     passes_until(
         &exec,
@@ -430,7 +429,7 @@ async fn an_edit_while_the_api_reports_an_unknown_status_waits() {
         ..Modes::default()
     })
     .await;
-    let (exec, _guard) = executor(&sim, Duration::from_secs(5));
+    let exec = executor(&sim, Duration::from_secs(5));
     let mut sink = MemorySink::default();
     let secret = ApiSecret::new(SECRET);
     // First pass buys; the edit lands while the API says "queued" or "rendering".
@@ -455,4 +454,116 @@ async fn an_edit_while_the_api_reports_an_unknown_status_waits() {
     .await;
     assert!(sink.stored.is_ready());
     assert_eq!(charged(&sim), 2);
+}
+
+/// Passes until the object is Ready (or 40 tries), waiting `pause` between them.
+async fn until_ready(
+    exec: &Executor,
+    secret: &ApiSecret,
+    sink: &mut MemorySink,
+    pause: Duration,
+) -> usize {
+    let mut passes = 0;
+    while !sink.stored.is_ready() && passes < 40 {
+        tokio::time::sleep(pause).await;
+        let _ = exec
+            .pass(&object(sink.stored.clone()), Some(secret), 0, sink)
+            .await;
+        passes += 1;
+    }
+    passes
+}
+
+#[tokio::test]
+async fn an_accepted_call_is_recorded_with_the_next_write_one_write_less() {
+    let sim = simulator(10_000).await;
+    let exec =
+        executor(&sim, Duration::from_secs(5)).with_record_accepted(RecordAccepted::WithNextWrite);
+    let mut sink = MemorySink::default();
+    let secret = ApiSecret::new(SECRET);
+    exec.pass(&object(sink.stored.clone()), Some(&secret), 0, &mut sink)
+        .await
+        .unwrap();
+    assert_eq!(sink.calls, vec![GenerateCall::Accepted]);
+    assert_eq!(sink.saves, 1, "only the marker was written");
+    let marker = sink.stored.pending_generation.clone().expect("marker");
+    assert_eq!(marker.outcome, None, "the outcome waits for the next write");
+    assert_eq!(in_flight(&exec), 1);
+
+    // The generation takes 200 ms; the next pass records the purchase with what GET shows.
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    exec.pass(&object(sink.stored.clone()), Some(&secret), 0, &mut sink)
+        .await
+        .unwrap();
+    assert_eq!(sink.stored.generations, 1);
+    assert_eq!(sink.stored.pending_generation, None);
+    assert_eq!(
+        sink.stored.generate_hash.as_deref(),
+        Some(inputs_hash(&object(AgentDynamicsStatus::default()).spec).as_str())
+    );
+    until_ready(&exec, &secret, &mut sink, Duration::from_millis(50)).await;
+    assert!(sink.stored.is_ready(), "{:?}", sink.stored.conditions);
+    assert_eq!(sink.saves, 2, "marker, then the purchase with its result");
+    assert_eq!(generate_calls(&sim), 1);
+    assert_eq!(sink.stored.generations, 1, "counted once");
+}
+
+#[tokio::test]
+async fn a_restart_before_the_accepted_call_is_recorded_counts_it_once_and_adopts_it() {
+    let sim = simulator(10_000).await;
+    let secret = ApiSecret::new(SECRET);
+    let mut sink = MemorySink::default();
+    {
+        let exec = executor(&sim, Duration::from_secs(5))
+            .with_record_accepted(RecordAccepted::WithNextWrite);
+        exec.pass(&object(sink.stored.clone()), Some(&secret), 0, &mut sink)
+            .await
+            .unwrap();
+        // The process ends here: what it held in memory is gone.
+    }
+    assert_eq!(
+        sink.stored.pending_generation.as_ref().unwrap().outcome,
+        None
+    );
+    let restarted =
+        executor(&sim, Duration::from_secs(5)).with_record_accepted(RecordAccepted::WithNextWrite);
+    until_ready(&restarted, &secret, &mut sink, Duration::from_millis(100)).await;
+    assert!(sink.stored.is_ready(), "{:?}", sink.stored.conditions);
+    assert_eq!(generate_calls(&sim), 1, "never sent again");
+    assert_eq!(sink.stored.generations, 1, "counted once");
+}
+
+#[tokio::test]
+async fn the_account_timer_sends_the_poll_to_the_expected_end() {
+    let sim = simulator(10_000).await;
+    let exec = executor_polling(&sim, Duration::from_secs(5), Duration::from_secs(2));
+    let secret = ApiSecret::new(SECRET);
+    // A first generation teaches the account's timer how long one takes (200 ms here).
+    let mut first = MemorySink::default();
+    exec.pass(&object(first.stored.clone()), Some(&secret), 0, &mut first)
+        .await
+        .unwrap();
+    until_ready(&exec, &secret, &mut first, Duration::from_millis(20)).await;
+    assert!(first.stored.is_ready());
+
+    // A second object on the same account: its pass after the POST asks to look again at
+    // about the expected end (200 ms and a little, plus up to 10% jitter), not at the fastest
+    // poll (50 ms) nor the slowest (2 s).
+    let mut second = MemorySink::default();
+    let mut view = object(second.stored.clone());
+    view.key = "agents/second".into();
+    view.uid = "uid-2".into();
+    view.spec.agent_id = "B22XMB7113".into();
+    let result = exec
+        .pass(&view, Some(&secret), 0, &mut second)
+        .await
+        .unwrap();
+    let PassResult::Requeue { after, health, .. } = result else {
+        panic!("{result:?}")
+    };
+    assert_eq!(health.reason(), "GenerationStarted");
+    assert!(
+        after >= Duration::from_millis(150) && after <= Duration::from_millis(300),
+        "looks again after {after:?}"
+    );
 }

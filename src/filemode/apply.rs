@@ -1,8 +1,9 @@
 //! `apply`: passes over every object until each is Ready, suspended or Stalled, or `--timeout`.
 //!
 //! Each object has its own requeue time (what the executor returned) and its own count of
-//! transient failures; the generation guard is shared, so at most `--max-concurrent-generations`
-//! generations run at once whatever the number of objects. Status is saved to the state file by
+//! transient failures; the generation guard is per account, so at most
+//! `--max-concurrent-generations` generations run at once on an account whatever the number of
+//! objects. Status is saved to the state file by
 //! the executor through `FileSink`, atomically, before and after every remote write.
 
 use std::collections::BTreeSet;
@@ -15,7 +16,7 @@ use crate::api::ApiSecret;
 use crate::executor::{
     Executor, GenerateCall, Note, ObjectView, PassError, PassResult, SaveError, StatusSink,
 };
-use crate::reconcile::guard::GenerationGuard;
+use crate::reconcile::guard::AccountGuards;
 use crate::reconcile::{Health, Settings};
 use crate::resource::AgentDynamicsStatus;
 
@@ -54,13 +55,10 @@ pub(super) async fn run(args: ApplyArgs) -> anyhow::Result<i32> {
     };
     let simulated = prepared.remote.simulator.is_some();
     let settings = settings(simulated);
-    let guard = Arc::new(Mutex::new(GenerationGuard::new(
-        args.max_concurrent_generations,
-        args.generations_per_hour,
-    )));
+    let guards = AccountGuards::new(args.max_concurrent_generations, args.generations_per_hour);
     let executor = Arc::new(Executor::new(
         prepared.remote.client.clone(),
-        guard,
+        guards,
         settings,
     ));
     let store = Arc::new(Mutex::new(prepared.store));

@@ -97,11 +97,13 @@ pub struct ApplyArgs {
     #[arg(long, value_parser = humantime::parse_duration, default_value = "10m")]
     pub timeout: Duration,
 
-    /// Generations running at once (the account runs two; more only queue remotely). 0: no limit.
+    /// Generations running at once per account (the account runs two; more only queue remotely).
+    /// 0: no limit.
     #[arg(long, default_value_t = 2)]
     pub max_concurrent_generations: usize,
 
-    /// At most this many new generations in any hour (each costs 250 credits). Default: no limit.
+    /// At most this many new generations per account in any hour (each costs 250 credits).
+    /// Default: no limit.
     #[arg(long)]
     pub generations_per_hour: Option<usize>,
 }

@@ -7,7 +7,7 @@ use serde::Serialize;
 use crate::api::RemoteStatus;
 use crate::executor::{Executor, Preview};
 use crate::reconcile::desired::{changed_inputs, dynamics_hash, inputs_hash};
-use crate::reconcile::guard::GenerationGuard;
+use crate::reconcile::guard::AccountGuards;
 use crate::reconcile::{Action, GenerateCause, Health, Observation, Settings};
 
 use super::output::{self, OutputFormat};
@@ -68,7 +68,7 @@ pub(super) async fn run(args: PlanArgs) -> anyhow::Result<i32> {
     };
     let simulated = prepared.remote.simulator.is_some();
     // Previews never start a generation; the guard is only there because the executor wants one.
-    let guard = std::sync::Arc::new(std::sync::Mutex::new(GenerationGuard::new(0, None)));
+    let guard = AccountGuards::new(0, None);
     let executor = Executor::new(prepared.remote.client.clone(), guard, Settings::default());
 
     let previews: Vec<Preview> = stream::iter(&prepared.objects)

@@ -1,14 +1,19 @@
-//! The operator-wide generation guard: at most `max_in_flight` generations running at once (the
-//! account runs two; more would only queue remotely while looking "started" here) and at most
-//! `per_hour` new ones in any hour. Beyond either, objects wait with a reason; nothing fails.
+//! The generation guard, one per account: at most `max_in_flight` generations running at once
+//! (an account runs two; more would only queue remotely while looking "started" here) and at
+//! most `per_hour` new ones in any hour. Beyond either, objects wait with a reason; nothing fails.
 //! Objects refused a slot queue in arrival order, and `take_woken` names those to look at again
 //! when slots free up, so a waiting object need not poll the API until its turn.
-//! Plain data with the time passed in; the caller shares it behind a mutex.
+//! `AccountGuards` keeps one guard and one generation timer per account (accounts are told
+//! apart by their secret, never stored). Plain data with the time passed in; the caller shares
+//! it behind a mutex.
 
-use std::collections::{BTreeSet, VecDeque};
-use std::time::Duration;
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
+
+use super::timing::{GenerationTimer, GenerationTiming};
+use crate::api::AccountId;
 
 #[derive(Debug, Clone)]
 pub struct GenerationGuard {
@@ -140,6 +145,162 @@ impl GenerationGuard {
     }
 }
 
+/// A guard and a timer per account, and what each object holds.
+#[derive(Debug, Clone)]
+pub struct AccountGuards {
+    max_in_flight: usize,
+    per_hour: Option<usize>,
+    accounts: HashMap<AccountId, Account>,
+    objects: HashMap<String, Held>,
+}
+
+#[derive(Debug, Clone)]
+struct Account {
+    guard: GenerationGuard,
+    timer: GenerationTimer,
+}
+
+/// The account an object was last seen with, and its running generation, timed.
+#[derive(Debug, Clone)]
+struct Held {
+    account: AccountId,
+    /// When its generate call was accepted, while the generation runs.
+    accepted_at: Option<Instant>,
+    /// How long after that a poll last saw it still running.
+    seen_running: Option<Duration>,
+}
+
+impl AccountGuards {
+    /// The limits hold for each account on its own; `max_in_flight` 0 means no limit.
+    pub fn new(max_in_flight: usize, per_hour: Option<usize>) -> Self {
+        AccountGuards {
+            max_in_flight,
+            per_hour,
+            accounts: HashMap::new(),
+            objects: HashMap::new(),
+        }
+    }
+
+    /// The account's guard, moving `key` there if it was seen with another account before.
+    fn guard(&mut self, account: AccountId, key: &str) -> &mut GenerationGuard {
+        match self.objects.get_mut(key) {
+            Some(held) if held.account == account => {}
+            Some(held) => {
+                let previous = std::mem::replace(&mut held.account, account);
+                held.accepted_at = None;
+                if let Some(old) = self.accounts.get_mut(&previous) {
+                    old.guard.forget(key);
+                }
+            }
+            None => {
+                self.objects.insert(
+                    key.to_string(),
+                    Held {
+                        account,
+                        accepted_at: None,
+                        seen_running: None,
+                    },
+                );
+            }
+        }
+        let (max, per_hour) = (self.max_in_flight, self.per_hour);
+        &mut self
+            .accounts
+            .entry(account)
+            .or_insert_with(|| Account {
+                guard: GenerationGuard::new(max, per_hour),
+                timer: GenerationTimer::default(),
+            })
+            .guard
+    }
+
+    /// `GenerationGuard::try_start` on the object's account.
+    pub fn try_start(
+        &mut self,
+        account: AccountId,
+        key: &str,
+        now: Timestamp,
+        retry: Duration,
+    ) -> Result<(), Refusal> {
+        self.guard(account, key).try_start(key, now, retry)
+    }
+
+    /// The generate call for `key` was refused: its slot and budget go back.
+    pub fn cancel(&mut self, key: &str) {
+        if let Some(held) = self.objects.get(key) {
+            if let Some(account) = self.accounts.get_mut(&held.account) {
+                account.guard.cancel(key);
+            }
+        }
+    }
+
+    /// The generate call for `key` was accepted at `at`: its generation is timed from then.
+    pub fn accepted(&mut self, key: &str, at: Instant) {
+        if let Some(held) = self.objects.get_mut(key) {
+            held.accepted_at = Some(at);
+            held.seen_running = None;
+        }
+    }
+
+    /// What a GET at `at` showed: whether the object holds a slot (its job runs, or its call is
+    /// not visible yet). A generation seen ending frees its slot at once and teaches the timer.
+    pub fn observe(&mut self, account: AccountId, key: &str, holding: bool, at: Instant) {
+        self.guard(account, key).observe(key, holding);
+        let Some(held) = self.objects.get_mut(key) else {
+            return;
+        };
+        let Some(accepted_at) = held.accepted_at else {
+            return;
+        };
+        let elapsed = at.saturating_duration_since(accepted_at);
+        if holding {
+            held.seen_running = Some(elapsed);
+        } else {
+            let seen_running = held.seen_running.take();
+            held.accepted_at = None;
+            if let Some(account) = self.accounts.get_mut(&account) {
+                account.timer.finished(elapsed, seen_running);
+            }
+        }
+    }
+
+    /// How far the object's running generation is, if it is timed and its account has an estimate.
+    pub fn timing(&self, key: &str, at: Instant) -> Option<GenerationTiming> {
+        let held = self.objects.get(key)?;
+        let accepted_at = held.accepted_at?;
+        let expected = self.accounts.get(&held.account)?.timer.expected()?;
+        Some(GenerationTiming {
+            elapsed: at.saturating_duration_since(accepted_at),
+            expected,
+        })
+    }
+
+    /// The object is gone or suspended.
+    pub fn forget(&mut self, key: &str) {
+        if let Some(held) = self.objects.remove(key) {
+            if let Some(account) = self.accounts.get_mut(&held.account) {
+                account.guard.forget(key);
+            }
+        }
+    }
+
+    /// `GenerationGuard::take_woken` over every account.
+    pub fn take_woken(&mut self) -> Vec<String> {
+        let mut woken = Vec::new();
+        for account in self.accounts.values_mut() {
+            woken.extend(account.guard.take_woken());
+        }
+        woken
+    }
+
+    /// (objects waiting for a slot, slots in use), summed over accounts.
+    pub fn load(&self) -> (usize, usize) {
+        self.accounts.values().fold((0, 0), |(w, f), a| {
+            (w + a.guard.waiting(), f + a.guard.in_flight())
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -209,6 +370,53 @@ mod tests {
         assert!(g.try_start("a", t(0), POLL).is_ok());
         g.cancel("a");
         assert!(g.try_start("b", t(1), POLL).is_ok());
+    }
+
+    fn account(secret: &str) -> AccountId {
+        crate::api::ApiSecret::new(secret).account()
+    }
+
+    #[test]
+    fn each_account_has_its_own_slots() {
+        let (a, b) = (account("secret-a"), account("secret-b"));
+        let mut g = AccountGuards::new(2, None);
+        assert!(g.try_start(a, "a1", t(0), POLL).is_ok());
+        assert!(g.try_start(a, "a2", t(0), POLL).is_ok());
+        assert!(g.try_start(a, "a3", t(0), POLL).is_err());
+        assert!(g.try_start(b, "b1", t(0), POLL).is_ok());
+        assert!(g.try_start(b, "b2", t(0), POLL).is_ok());
+        assert_eq!(g.load(), (1, 4));
+        // A generation of account b ending wakes nobody of account a.
+        g.observe(b, "b1", false, Instant::now());
+        assert!(g.take_woken().is_empty());
+        g.observe(a, "a1", false, Instant::now());
+        assert_eq!(g.take_woken(), vec!["a3".to_string()]);
+    }
+
+    #[test]
+    fn an_object_whose_secret_changes_moves_to_the_other_account() {
+        let (a, b) = (account("secret-a"), account("secret-b"));
+        let mut g = AccountGuards::new(1, None);
+        assert!(g.try_start(a, "x", t(0), POLL).is_ok());
+        g.observe(b, "x", true, Instant::now());
+        assert!(g.try_start(a, "y", t(0), POLL).is_ok(), "x left account a");
+        assert!(g.try_start(b, "z", t(0), POLL).is_err());
+    }
+
+    #[test]
+    fn finished_generations_teach_the_account_timer() {
+        let a = account("secret-a");
+        let mut g = AccountGuards::new(2, None);
+        let t0 = Instant::now();
+        assert!(g.try_start(a, "x", t(0), POLL).is_ok());
+        g.accepted("x", t0);
+        assert_eq!(g.timing("x", t0), None, "nothing learnt yet");
+        g.observe(a, "x", false, t0 + Duration::from_millis(300));
+        assert!(g.try_start(a, "y", t(1), POLL).is_ok());
+        g.accepted("y", t0 + Duration::from_secs(1));
+        let timing = g.timing("y", t0 + Duration::from_millis(1100)).unwrap();
+        assert_eq!(timing.elapsed, Duration::from_millis(100));
+        assert_eq!(timing.expected, Duration::from_millis(300));
     }
 
     #[test]

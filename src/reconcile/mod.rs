@@ -4,7 +4,8 @@
 //! - `transitions` computes the status before and after each remote call.
 //! - `conditions` turns a pass's outcome into kstatus conditions.
 //! - `desired` maps the spec to request bodies and hashes.
-//! - `guard` caps generations operator-wide (credits are money).
+//! - `guard` caps generations per account (credits are money).
+//! - `timing` estimates when a running generation ends, so it is looked at then.
 //! - `ownership` decides which object owns an agent that several name.
 //! - `reasons` spells the condition reasons once.
 
@@ -14,6 +15,7 @@ pub mod guard;
 pub mod ownership;
 pub mod plan;
 pub mod reasons;
+pub mod timing;
 pub mod transitions;
 
 pub use conditions::Health;

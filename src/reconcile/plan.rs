@@ -14,6 +14,7 @@ use crate::resource::{
 
 use super::conditions::Health;
 use super::reasons;
+use super::timing::GenerationTiming;
 
 /// What one generation costs the account.
 pub const CREDITS_PER_GENERATION: u32 = 250;
@@ -143,6 +144,9 @@ pub struct Input<'a> {
     pub remote: Option<&'a Observation>,
     /// Consecutive transient failures of this object (kept in memory by the caller).
     pub failures: u32,
+    /// The running generation's age and its account's expected generation time, when known
+    /// (kept in memory by the caller): polls then come at the expected end.
+    pub timing: Option<GenerationTiming>,
     pub now: Timestamp,
     pub settings: &'a Settings,
 }
@@ -538,9 +542,13 @@ pub fn report_error(err: &RemoteError, input: &Input) -> Report {
     }
 }
 
-/// Poll sooner at the start of a generation and slower as it runs long: a quarter of the time
-/// it has taken so far, within the configured bounds.
+/// When to look at a running generation again: at its expected end when the account's
+/// generation time is known; otherwise sooner at the start and slower as it runs long (a quarter
+/// of the time it has taken so far). Always within the configured bounds.
 pub(crate) fn poll_interval(input: &Input) -> Duration {
+    if let Some(timing) = input.timing {
+        return timing.next_poll(input.settings.poll_min, input.settings.poll_max);
+    }
     let elapsed = input
         .status
         .last_generation_time

@@ -178,6 +178,7 @@ proptest! {
             blocker: None,
             remote: remote.as_ref(),
             failures,
+            timing: None,
             now: Timestamp::from_second(NOW + clock).unwrap(),
             settings: &settings,
         };

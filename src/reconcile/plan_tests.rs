@@ -184,6 +184,7 @@ fn decide(r: &Row) -> Action {
         blocker: r.blocker.clone(),
         remote: r.remote.as_ref(),
         failures: 0,
+        timing: None,
         now: now(),
         settings: &settings,
     })
@@ -704,6 +705,7 @@ fn input<'a>(
         blocker: None,
         remote,
         failures: 0,
+        timing: None,
         now: now(),
         settings,
     }
@@ -749,6 +751,7 @@ fn requeues_follow_the_rules() {
         .map(|failures| {
             requeue_of(plan(&Input {
                 failures,
+                timing: None,
                 ..input(&s, &st, Some(&server), &settings)
             }))
         })
