@@ -235,18 +235,25 @@ impl Metrics {
 
     /// Track one object's state (one of [`OBJECT_STATES`]); `None` when it is gone.
     pub fn object_state(&self, key: &str, state: Option<&str>) {
+        let state = state.and_then(|s| OBJECT_STATES.into_iter().find(|known| *known == s));
         let mut map = self.states.lock().expect("states lock");
-        match state.and_then(|s| OBJECT_STATES.into_iter().find(|known| *known == s)) {
+        let before = match state {
             Some(s) => map.insert(key.to_string(), s),
             None => map.remove(key),
         };
-        for state in OBJECT_STATES {
-            let n = map.values().filter(|s| **s == state).count() as i64;
-            self.object_states
-                .get_or_create(&StateLabel {
-                    state: state.into(),
-                })
-                .set(n);
+        // Counted as objects move, never by a scan: a pass costs the same at any number of objects.
+        if before != state {
+            let gauge = |s: &str| {
+                self.object_states
+                    .get_or_create(&StateLabel { state: s.into() })
+                    .clone()
+            };
+            if let Some(s) = before {
+                gauge(s).dec();
+            }
+            if let Some(s) = state {
+                gauge(s).inc();
+            }
         }
     }
 
@@ -260,24 +267,29 @@ impl Metrics {
         self.status_writes.inc();
     }
 
-    /// Track one object's readiness; `None` when it is gone.
+    /// Track one object's readiness; `None` when it is gone. Counted as objects move, never by
+    /// a scan.
     pub fn object_ready(&self, key: &str, ready: Option<bool>) {
         let mut map = self.readiness.lock().expect("readiness lock");
-        match ready {
+        let before = match ready {
             Some(r) => map.insert(key.to_string(), r),
             None => map.remove(key),
         };
-        let ready_count = map.values().filter(|r| **r).count() as i64;
-        self.objects
-            .get_or_create(&ReadyLabel {
-                ready: "true".into(),
-            })
-            .set(ready_count);
-        self.objects
-            .get_or_create(&ReadyLabel {
-                ready: "false".into(),
-            })
-            .set(map.len() as i64 - ready_count);
+        if before != ready {
+            let gauge = |r: bool| {
+                self.objects
+                    .get_or_create(&ReadyLabel {
+                        ready: if r { "true" } else { "false" }.into(),
+                    })
+                    .clone()
+            };
+            if let Some(r) = before {
+                gauge(r).dec();
+            }
+            if let Some(r) = ready {
+                gauge(r).inc();
+            }
+        }
     }
 
     /// `/readyz` answers 200 from now on.

@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use kube::runtime::controller::Action as ControllerAction;
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::Store;
 use kube::{Api, Client, ResourceExt};
 
 use crate::api::{ApiSecret, DynamicsClient};
@@ -18,6 +17,7 @@ use crate::reconcile::ownership::{owner_instead_of, Claimant};
 use crate::reconcile::{Blocker, Health};
 use crate::resource::{AgentDynamics, RECONCILE_REQUESTED_AT};
 
+use super::index::ObjectIndex;
 use super::kube_sink::KubeStatusSink;
 use super::{secrets, Error, RunConfig};
 
@@ -26,7 +26,7 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     executor: Executor,
     recorder: Recorder,
-    store: Store<AgentDynamics>,
+    index: Arc<ObjectIndex>,
     default_secret: Option<ApiSecret>,
     failures: Mutex<HashMap<String, u32>>,
 }
@@ -40,7 +40,7 @@ impl Context {
         client: Client,
         config: &RunConfig,
         metrics: Arc<Metrics>,
-        store: Store<AgentDynamics>,
+        index: Arc<ObjectIndex>,
         wake: tokio::sync::mpsc::UnboundedSender<String>,
     ) -> Self {
         let api = DynamicsClient::new(config.api.clone())
@@ -61,7 +61,7 @@ impl Context {
             executor: Executor::new(api, guards, config.settings.clone())
                 .with_record_accepted(RecordAccepted::WithNextWrite)
                 .with_wake(wake),
-            store,
+            index,
             default_secret: config.default_secret.clone(),
             failures: Mutex::new(HashMap::new()),
         }
@@ -77,7 +77,7 @@ impl Context {
         let key = key_of(&obj);
         let (secret, blocker) = if obj.spec.suspend {
             (None, None)
-        } else if let Some(owner) = conflict_owner(&obj, &self.store.state()) {
+        } else if let Some(owner) = conflict_owner(&obj, &self.index.others_naming(&obj)) {
             (None, Some(Blocker::Conflict { owner }))
         } else {
             match secrets::resolve(&self.client, &obj, self.default_secret.as_ref()).await {
@@ -102,6 +102,8 @@ impl Context {
             .pass(&view, secret.as_ref(), failures, &mut sink)
             .await;
         sink.publish(&self.recorder).await;
+        let (replaced, written) = sink.into_written();
+        self.index.wrote(&obj, replaced, written);
         let (waiting, in_flight) = self.executor.guard_load();
         self.metrics.generation_guard(waiting, in_flight);
         match result? {
@@ -151,6 +153,11 @@ impl Context {
         }
     }
 
+    /// `obj`, or the newer copy this process's own status write returned.
+    pub fn freshest(&self, obj: Arc<AgentDynamics>) -> Arc<AgentDynamics> {
+        self.index.freshest(obj)
+    }
+
     fn failures(&self, key: &str) -> u32 {
         self.failures
             .lock()
@@ -174,22 +181,16 @@ impl Context {
     }
 }
 
-/// The object that owns `obj`'s agent instead of it, by the one ownership rule.
-pub fn conflict_owner(obj: &AgentDynamics, all: &[Arc<AgentDynamics>]) -> Option<String> {
-    let claimant = |o: &AgentDynamics| {
-        Claimant::new(
-            key_of(o),
-            o.status.as_ref(),
-            o.creation_timestamp().map(|t| t.0),
-            o.metadata.deletion_timestamp.is_some(),
-        )
-    };
-    let others: Vec<Claimant> = all
-        .iter()
-        .filter(|o| o.spec.agent_id == obj.spec.agent_id && o.uid() != obj.uid())
-        .map(|o| claimant(o))
-        .collect();
-    owner_instead_of(&claimant(obj), &others)
+/// The object that owns `obj`'s agent instead of it, by the one ownership rule, among the
+/// `others` that name the same agent.
+pub fn conflict_owner(obj: &AgentDynamics, others: &[Claimant]) -> Option<String> {
+    let me = Claimant::new(
+        key_of(obj),
+        obj.status.as_ref(),
+        obj.creation_timestamp().map(|t| t.0),
+        obj.metadata.deletion_timestamp.is_some(),
+    );
+    owner_instead_of(&me, others)
 }
 
 #[cfg(test)]
@@ -211,8 +212,8 @@ mod tests {
         Arc::new(o)
     }
 
-    /// The rule itself is a table in `reconcile::ownership`; this checks the cluster objects are
-    /// read into it (agent, status, creation time).
+    /// The rule itself is a table in `reconcile::ownership`; this checks the watched objects
+    /// are read into it through the index (agent, status, creation time).
     #[test]
     fn cluster_objects_feed_the_ownership_rule() {
         let first = obj("a", "first", "A1", 100);
@@ -224,10 +225,14 @@ mod tests {
             ..Default::default()
         });
         let busy = Arc::new(busy);
-        let all = vec![first.clone(), second.clone(), other.clone(), busy.clone()];
-        assert_eq!(conflict_owner(&first, &all), None);
-        assert_eq!(conflict_owner(&second, &all), Some("a/first".to_string()));
-        assert_eq!(conflict_owner(&other, &all), Some("c/busy".to_string()));
-        assert_eq!(conflict_owner(&busy, &all), None);
+        let index = ObjectIndex::default();
+        for o in [&first, &second, &other, &busy] {
+            index.apply_event(&kube::runtime::watcher::Event::Apply((**o).clone()));
+        }
+        let owner = |o: &AgentDynamics| conflict_owner(o, &index.others_naming(o));
+        assert_eq!(owner(&first), None);
+        assert_eq!(owner(&second), Some("a/first".to_string()));
+        assert_eq!(owner(&other), Some("c/busy".to_string()));
+        assert_eq!(owner(&busy), None);
     }
 }

@@ -16,6 +16,8 @@ pub struct KubeStatusSink {
     api: Api<AgentDynamics>,
     /// The object as last read or written: its resourceVersion is the write precondition.
     object: AgentDynamics,
+    /// The resourceVersions this pass's writes (and re-reads) replaced.
+    replaced: Vec<String>,
     metrics: Arc<Metrics>,
     notes: Vec<Note>,
 }
@@ -25,16 +27,22 @@ impl KubeStatusSink {
         KubeStatusSink {
             api,
             object,
+            replaced: Vec::new(),
             metrics,
             notes: Vec::new(),
         }
     }
 
+    /// The versions this pass replaced and the object as it left it.
+    pub fn into_written(self) -> (Vec<String>, AgentDynamics) {
+        (self.replaced, self.object)
+    }
+
     /// Send the pass's notes as Events. An Event that cannot be written is logged, not retried:
     /// Events are advice, and the status already says the same.
-    pub async fn publish(&self, recorder: &Recorder) {
+    pub async fn publish(&mut self, recorder: &Recorder) {
         let reference = self.object.object_ref(&());
-        for note in &self.notes {
+        for note in std::mem::take(&mut self.notes) {
             let event = Event {
                 type_: if note.warning {
                     EventType::Warning
@@ -42,7 +50,7 @@ impl KubeStatusSink {
                     EventType::Normal
                 },
                 reason: note.reason.clone(),
-                note: Some(note.message.clone()),
+                note: Some(note.message),
                 action: "Reconcile".into(),
                 secondary: None,
             };
@@ -65,6 +73,7 @@ impl StatusSink for KubeStatusSink {
         {
             Ok(written) => {
                 self.metrics.status_written();
+                self.replaced.extend(self.object.resource_version());
                 self.object = written;
                 Ok(())
             }
@@ -76,6 +85,7 @@ impl StatusSink for KubeStatusSink {
     async fn reload(&mut self) -> Result<AgentDynamicsStatus, SaveError> {
         match self.api.get_status(&self.object.name_any()).await {
             Ok(fresh) => {
+                self.replaced.extend(self.object.resource_version());
                 self.object = fresh;
                 Ok(self.object.status.clone().unwrap_or_default())
             }

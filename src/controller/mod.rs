@@ -3,6 +3,7 @@
 //! its store and Events as its notes.
 
 mod context;
+mod index;
 mod kube_sink;
 mod leader;
 mod secrets;
@@ -11,7 +12,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Secret;
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action as ControllerAction, Controller};
@@ -153,6 +154,8 @@ async fn run_controller(
     };
 
     let (reader, writer) = reflector::store();
+    let index = Arc::new(index::ObjectIndex::default());
+    let index_feed = index.clone();
     // Status writes change neither generation nor finalizers nor the refresh annotation, so the
     // operator's own writes do not wake it up again.
     let changes = watcher(objects.clone(), watcher::Config::default().any_semantic())
@@ -160,6 +163,7 @@ async fn run_controller(
         // managedFields are most of an object's size and the operator never reads them; left
         // out (None), a status replace also leaves them as the API server has them.
         .modify(|obj: &mut AgentDynamics| obj.metadata.managed_fields = None)
+        .inspect_ok(move |event| index_feed.apply_event(event))
         .reflect(writer)
         .applied_objects()
         .predicate_filter(relevant_change, Default::default());
@@ -180,7 +184,7 @@ async fn run_controller(
         client.clone(),
         &config,
         metrics.clone(),
-        reader.clone(),
+        index,
         wake,
     ));
     let woken = futures::stream::unfold(woken, |mut rx| async move {
@@ -259,6 +263,8 @@ async fn shutdown_signal(stop: impl std::future::Future<Output = ()>) {
 }
 
 async fn reconcile(obj: Arc<AgentDynamics>, ctx: Arc<Context>) -> Result<ControllerAction, Error> {
+    // The cache may not have caught up with this object's last status write yet.
+    let obj = ctx.freshest(obj);
     let namespace = obj.namespace().unwrap_or_default();
     let api: Api<AgentDynamics> = Api::namespaced(ctx.client.clone(), &namespace);
     finalizer(&api, FINALIZER, obj, |event| async {

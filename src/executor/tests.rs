@@ -2,7 +2,6 @@
 //! an in-memory status store whose writes can be made to conflict.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::*;

@@ -1,0 +1,304 @@
+//! What the controller keeps beside kube's object cache, fed by the same watch events, so that a
+//! pass does the same small work at 10 or 10,000 objects and never writes from a stale copy:
+//! - which objects name each agent (the ownership rule looks only at those, never at the cache);
+//! - the objects the operator's own status writes returned, until the watch delivers them. A pass
+//!   that starts before the cache caught up with the previous pass's write reads the object it
+//!   wrote instead of the copy its write replaced, and so does not get a 409 for it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use kube::runtime::watcher::Event;
+use kube::ResourceExt;
+
+use crate::reconcile::ownership::Claimant;
+use crate::resource::AgentDynamics;
+
+use super::context::key_of;
+
+/// How many of an object's resourceVersions our writes are remembered to have replaced.
+const SUPERSEDED_KEPT: usize = 16;
+
+#[derive(Default)]
+pub struct ObjectIndex {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    /// agentId -> uid -> the object as the ownership rule sees it.
+    agents: HashMap<String, HashMap<String, Claimant>>,
+    /// uid -> agentId, to move or drop an object's entry.
+    agent_of: HashMap<String, String>,
+    /// Objects listed since the watch (re)started, swapped in when the list is complete.
+    relisting: Option<Vec<(String, String, Claimant)>>,
+    /// key -> what our last status write returned.
+    written: HashMap<String, Written>,
+}
+
+struct Written {
+    /// resourceVersions our writes replaced: a cached copy at one of them is stale.
+    superseded: Vec<String>,
+    object: Arc<AgentDynamics>,
+}
+
+fn claimant(obj: &AgentDynamics) -> Claimant {
+    Claimant::new(
+        key_of(obj),
+        obj.status.as_ref(),
+        obj.creation_timestamp().map(|t| t.0),
+        obj.metadata.deletion_timestamp.is_some(),
+    )
+}
+
+impl ObjectIndex {
+    /// Follow one watch event (call it for every event, before the cache sees it).
+    pub fn apply_event(&self, event: &Event<AgentDynamics>) {
+        let mut inner = self.inner.lock().expect("index lock");
+        match event {
+            Event::Apply(obj) => {
+                inner.caught_up(obj);
+                if let Some(uid) = obj.uid() {
+                    inner.insert(uid, obj.spec.agent_id.clone(), claimant(obj));
+                }
+            }
+            Event::Delete(obj) => {
+                inner.written.remove(&key_of(obj));
+                if let Some(uid) = obj.uid() {
+                    inner.remove(&uid);
+                }
+            }
+            Event::Init => inner.relisting = Some(Vec::new()),
+            Event::InitApply(obj) => {
+                inner.caught_up(obj);
+                if let (Some(uid), Some(listed)) = (obj.uid(), inner.relisting.as_mut()) {
+                    listed.push((uid, obj.spec.agent_id.clone(), claimant(obj)));
+                }
+            }
+            Event::InitDone => {
+                let listed = inner.relisting.take().unwrap_or_default();
+                inner.agents.clear();
+                inner.agent_of.clear();
+                for (uid, agent, claimant) in listed {
+                    inner.insert(uid, agent, claimant);
+                }
+            }
+        }
+    }
+
+    /// The other objects that name `obj`'s agent.
+    pub fn others_naming(&self, obj: &AgentDynamics) -> Vec<Claimant> {
+        let inner = self.inner.lock().expect("index lock");
+        let uid = obj.uid().unwrap_or_default();
+        inner
+            .agents
+            .get(&obj.spec.agent_id)
+            .map(|objects| {
+                objects
+                    .iter()
+                    .filter(|(other, _)| **other != uid)
+                    .map(|(_, c)| c.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The newest copy of `cached` this process knows: what its own write returned, while the
+    /// cache still holds a version that write replaced.
+    pub fn freshest(&self, cached: Arc<AgentDynamics>) -> Arc<AgentDynamics> {
+        let mut inner = self.inner.lock().expect("index lock");
+        let key = key_of(&cached);
+        let Some(written) = inner.written.get(&key) else {
+            return cached;
+        };
+        let cached_version = cached.resource_version();
+        if cached_version
+            .as_ref()
+            .is_some_and(|v| written.superseded.contains(v))
+        {
+            return written.object.clone();
+        }
+        // The cache caught up, or someone else wrote since: the cache is the truth.
+        inner.written.remove(&key);
+        cached
+    }
+
+    /// A pass that started from `read` ended with the object as `written`, replacing the
+    /// versions in `replaced` (`read`'s among them).
+    pub fn wrote(&self, read: &AgentDynamics, replaced: Vec<String>, written: AgentDynamics) {
+        if replaced.is_empty() {
+            return;
+        }
+        let mut inner = self.inner.lock().expect("index lock");
+        let key = key_of(read);
+        let mut superseded = match inner.written.remove(&key) {
+            // The pass read our earlier write: what that one replaced is still stale.
+            Some(earlier) if earlier.object.resource_version() == read.resource_version() => {
+                earlier.superseded
+            }
+            _ => Vec::new(),
+        };
+        superseded.extend(replaced);
+        let excess = superseded.len().saturating_sub(SUPERSEDED_KEPT);
+        superseded.drain(..excess);
+        inner.written.insert(
+            key,
+            Written {
+                superseded,
+                object: Arc::new(written),
+            },
+        );
+    }
+
+    #[cfg(test)]
+    fn remembered(&self) -> usize {
+        self.inner.lock().unwrap().written.len()
+    }
+}
+
+impl Inner {
+    fn insert(&mut self, uid: String, agent: String, claimant: Claimant) {
+        if self.agent_of.get(&uid).is_some_and(|prev| *prev != agent) {
+            self.remove(&uid);
+        }
+        self.agent_of.insert(uid.clone(), agent.clone());
+        self.agents.entry(agent).or_default().insert(uid, claimant);
+    }
+
+    fn remove(&mut self, uid: &str) {
+        if let Some(agent) = self.agent_of.remove(uid) {
+            if let Some(objects) = self.agents.get_mut(&agent) {
+                objects.remove(uid);
+                if objects.is_empty() {
+                    self.agents.remove(&agent);
+                }
+            }
+        }
+    }
+
+    /// The watch delivered our write: the cache holds it now.
+    fn caught_up(&mut self, obj: &AgentDynamics) {
+        let key = key_of(obj);
+        if self
+            .written
+            .get(&key)
+            .is_some_and(|w| w.object.resource_version() == obj.resource_version())
+        {
+            self.written.remove(&key);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resource::AgentDynamicsSpec;
+
+    fn obj(name: &str, agent: &str, version: &str) -> AgentDynamics {
+        let mut o = AgentDynamics::new(
+            name,
+            AgentDynamicsSpec {
+                agent_id: agent.into(),
+                ..Default::default()
+            },
+        );
+        o.metadata.namespace = Some("ns".into());
+        o.metadata.uid = Some(format!("uid-{name}"));
+        o.metadata.resource_version = Some(version.into());
+        o
+    }
+
+    fn owners(index: &ObjectIndex, o: &AgentDynamics) -> Vec<String> {
+        let mut keys: Vec<String> = index.others_naming(o).into_iter().map(|c| c.key).collect();
+        keys.sort();
+        keys
+    }
+
+    #[test]
+    fn others_naming_an_agent_follow_the_watch() {
+        let index = ObjectIndex::default();
+        let (a, b, c) = (
+            obj("a", "A1", "1"),
+            obj("b", "A1", "2"),
+            obj("c", "A2", "3"),
+        );
+        for o in [&a, &b, &c] {
+            index.apply_event(&Event::Apply(o.clone()));
+        }
+        assert_eq!(owners(&index, &a), vec!["ns/b"]);
+        assert!(owners(&index, &c).is_empty());
+        index.apply_event(&Event::Delete(b.clone()));
+        assert!(owners(&index, &a).is_empty());
+    }
+
+    #[test]
+    fn a_relist_replaces_the_index_when_complete() {
+        let index = ObjectIndex::default();
+        let (a, b) = (obj("a", "A1", "1"), obj("b", "A1", "2"));
+        index.apply_event(&Event::Apply(a.clone()));
+        index.apply_event(&Event::Apply(b.clone()));
+        index.apply_event(&Event::Init);
+        index.apply_event(&Event::InitApply(a.clone()));
+        assert_eq!(
+            owners(&index, &a),
+            vec!["ns/b"],
+            "the old index serves until done"
+        );
+        index.apply_event(&Event::InitDone);
+        assert!(
+            owners(&index, &a).is_empty(),
+            "b was deleted while the watch was down"
+        );
+    }
+
+    #[test]
+    fn a_pass_reads_its_own_write_until_the_cache_catches_up() {
+        let index = ObjectIndex::default();
+        let read = obj("a", "A1", "10");
+        // A pass wrote twice (marker, then outcome): 10 -> 11 -> 12.
+        index.wrote(&read, vec!["10".into(), "11".into()], obj("a", "A1", "12"));
+        let fresh = |v: &str| {
+            index
+                .freshest(Arc::new(obj("a", "A1", v)))
+                .resource_version()
+        };
+        assert_eq!(
+            fresh("10").as_deref(),
+            Some("12"),
+            "stale copy: ours instead"
+        );
+        assert_eq!(
+            fresh("11").as_deref(),
+            Some("12"),
+            "the marker's copy is stale too"
+        );
+        // The next pass starts from our copy and writes again: 12 -> 13.
+        index.wrote(
+            &obj("a", "A1", "12"),
+            vec!["12".into()],
+            obj("a", "A1", "13"),
+        );
+        assert_eq!(
+            fresh("10").as_deref(),
+            Some("13"),
+            "still behind both writes"
+        );
+        // The watch delivers 13: forgotten.
+        index.apply_event(&Event::Apply(obj("a", "A1", "13")));
+        assert_eq!(index.remembered(), 0);
+        assert_eq!(fresh("13").as_deref(), Some("13"));
+    }
+
+    #[test]
+    fn someone_elses_newer_write_wins() {
+        let index = ObjectIndex::default();
+        index.wrote(
+            &obj("a", "A1", "10"),
+            vec!["10".into()],
+            obj("a", "A1", "11"),
+        );
+        let fresh = index.freshest(Arc::new(obj("a", "A1", "12")));
+        assert_eq!(fresh.resource_version().as_deref(), Some("12"));
+        assert_eq!(index.remembered(), 0);
+    }
+}
