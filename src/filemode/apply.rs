@@ -6,7 +6,8 @@
 //! objects. Status is saved to the state file by
 //! the executor through `FileSink`, atomically, before and after every remote write.
 
-use std::collections::BTreeSet;
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, BinaryHeap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -56,21 +57,22 @@ pub(super) async fn run(args: ApplyArgs) -> anyhow::Result<i32> {
     let simulated = prepared.remote.simulator.is_some();
     let settings = settings(simulated);
     let guards = AccountGuards::new(args.max_concurrent_generations, args.generations_per_hour);
-    let executor = Arc::new(Executor::new(
-        prepared.remote.client.clone(),
-        guards,
-        settings,
-    ));
+    // Objects waiting for a generation slot are woken when one frees, instead of polling.
+    let (wake, mut woken) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let executor =
+        Arc::new(Executor::new(prepared.remote.client.clone(), guards, settings).with_wake(wake));
     let store = Arc::new(Mutex::new(prepared.store));
     let clock = Clock(Instant::now());
 
     // The current spec (and its generation) is recorded before anything is sent for it.
-    for object in &prepared.objects {
-        let key = object.view.key.clone();
-        if let Err(e) = lock(&store).put(&key, object.record.clone()) {
-            eprintln!("error: {e:#}");
-            return Ok(exit::ERROR);
-        }
+    let records = prepared
+        .objects
+        .iter()
+        .map(|o| (o.view.key.clone(), o.record.clone()))
+        .collect();
+    if let Err(e) = lock(&store).put_all(records) {
+        eprintln!("error: {e:#}");
+        return Ok(exit::ERROR);
     }
 
     let start = Instant::now();
@@ -87,6 +89,16 @@ pub(super) async fn run(args: ApplyArgs) -> anyhow::Result<i32> {
             last_printed: None,
         })
         .collect();
+    let index_of: std::collections::HashMap<String, usize> = tracked
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.object.view.key.clone(), i))
+        .collect();
+    // Objects by the time of their next pass, soonest first. An entry whose time no longer
+    // matches its object's `next_at` is stale and skipped.
+    let mut due: BinaryHeap<Reverse<(Instant, usize)>> =
+        (0..tracked.len()).map(|i| Reverse((start, i))).collect();
+    let mut done = 0usize;
     let initial_generations: Vec<i64> = tracked
         .iter()
         .map(|t| t.object.record.status.generations)
@@ -105,8 +117,13 @@ pub(super) async fn run(args: ApplyArgs) -> anyhow::Result<i32> {
             stop = Some(exit::PENDING);
         }
         if stop.is_none() {
-            for (index, t) in tracked.iter_mut().enumerate() {
-                if t.running || matches!(t.progress, Progress::Done(_)) || t.next_at > now {
+            while let Some(&Reverse((at, index))) = due.peek() {
+                if at > now {
+                    break;
+                }
+                due.pop();
+                let t = &mut tracked[index];
+                if t.running || matches!(t.progress, Progress::Done(_)) || t.next_at != at {
                     continue;
                 }
                 t.running = true;
@@ -123,21 +140,13 @@ pub(super) async fn run(args: ApplyArgs) -> anyhow::Result<i32> {
                 running.spawn(one_pass(executor, index, view, secret, failures, sink));
             }
         }
-        if running.is_empty()
-            && (stop.is_some()
-                || tracked
-                    .iter()
-                    .all(|t| matches!(t.progress, Progress::Done(_))))
-        {
+        if running.is_empty() && (stop.is_some() || done == tracked.len()) {
             break;
         }
 
-        let next_due = tracked
-            .iter()
-            .filter(|t| !t.running && !matches!(t.progress, Progress::Done(_)))
-            .map(|t| t.next_at)
-            .min()
-            .map_or(deadline, |at| at.min(deadline));
+        let next_due = due
+            .peek()
+            .map_or(deadline, |Reverse((at, _))| (*at).min(deadline));
         let wake = if stop.is_some() {
             deadline.max(now) + Duration::from_secs(3600)
         } else {
@@ -161,6 +170,7 @@ pub(super) async fn run(args: ApplyArgs) -> anyhow::Result<i32> {
                     Ok(PassResult::Requeue { after, health, transient }) => {
                         t.failures = if transient { t.failures.saturating_add(1) } else { 0 };
                         t.next_at = Instant::now() + after;
+                        due.push(Reverse((t.next_at, index)));
                         let printed = (health.reason().to_string(), health.message().to_string());
                         let same_event = t.last_printed.as_ref().is_some_and(|(reason, message)| reason == &printed.0 && (message.is_empty() || message == &printed.1));
                         if !same_event {
@@ -170,22 +180,37 @@ pub(super) async fn run(args: ApplyArgs) -> anyhow::Result<i32> {
                         t.progress = match health {
                             // Nothing will change a stalled object during this run: the files and
                             // secrets are fixed, so waiting for the slow retry would only idle.
-                            Health::Ready { .. } | Health::Suspended | Health::Stalled { .. } => Progress::Done(health),
+                            Health::Ready { .. } | Health::Suspended | Health::Stalled { .. } => {
+                                done += 1;
+                                Progress::Done(health)
+                            }
                             Health::Progressing { .. } => Progress::Working(health),
                         };
                     }
                     Ok(PassResult::Released) => {
+                        done += 1;
                         t.progress = Progress::Done(Health::Suspended);
                     }
                     Err(PassError::Save(SaveError::Conflict)) => {
                         clock.line(&t.object.view.key, "its state changed during the pass; reading it again");
                         t.next_at = Instant::now() + Duration::from_secs(1);
+                        due.push(Reverse((t.next_at, index)));
                     }
                     Err(e) => {
                         // The state file could not be written: stop, since a marker that is not
                         // on disk protects nothing.
                         fatal = Some(format!("{}: {e}", t.object.view.key));
                         stop.get_or_insert(exit::ERROR);
+                    }
+                }
+            }
+            Some(key) = woken.recv() => {
+                // A generation slot freed: the waiting object's turn may have come.
+                if let Some(&index) = index_of.get(&key) {
+                    let t = &mut tracked[index];
+                    if !t.running && !matches!(t.progress, Progress::Done(_)) {
+                        t.next_at = Instant::now();
+                        due.push(Reverse((t.next_at, index)));
                     }
                 }
             }
@@ -216,7 +241,12 @@ pub(super) async fn run(args: ApplyArgs) -> anyhow::Result<i32> {
         eprintln!("error: {message}");
     }
     let timed_out = stop == Some(exit::PENDING);
-    let store = lock(&store);
+    let mut store = lock(&store);
+    // One state file again (the journal folded in); a failure here loses nothing: the journal
+    // is replayed by the next run.
+    if let Err(e) = store.compact() {
+        eprintln!("warning: {e:#}");
+    }
     let rows: Vec<Row> = tracked
         .iter()
         .map(|t| {

@@ -2,15 +2,18 @@
 //! JSON file for file mode. Per object (`namespace/name`): a uid generated once, the agent, a
 //! generation that counts spec changes, the last spec seen and the status.
 //!
-//! It is rewritten atomically (temporary file, fsync, rename, fsync of the directory) after every
-//! status save, so a killed `apply` leaves either the previous or the new state, never half of
-//! one: the crash-safety marker written before a generate call is on disk before the call is
-//! sent, and the next `apply` resumes instead of paying for a second generation. One `apply` at a
-//! time holds `FILE.lock`, so two runs cannot race on the same objects.
+//! Every save appends the object's record as one line to `FILE.journal` and makes it durable
+//! (fsync) before it returns, so the crash-safety marker written before a generate call is on
+//! disk before the call is sent, and the next `apply` resumes instead of paying for a second
+//! generation. A save costs the same at 5 or 5,000 objects. The journal is folded into `FILE`
+//! (temporary file, fsync, rename, fsync of the directory) when `apply` opens the state, when it
+//! grows past a few records per object, and when `apply` ends; readers replay it over `FILE`, so
+//! a killed `apply` loses nothing it saved, and a line cut short by the kill is ignored. One
+//! `apply` at a time holds `FILE.lock`, so two runs cannot race on the same objects.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
@@ -46,11 +49,26 @@ pub struct StateData {
     pub objects: BTreeMap<String, ObjectState>,
 }
 
+/// One line of the journal.
+#[derive(Debug, Serialize, Deserialize)]
+struct JournalLine {
+    key: String,
+    object: ObjectState,
+}
+
+/// The journal is folded into the state file once it holds this many lines per object (and at
+/// least `JOURNAL_MIN_LINES`), so replaying it stays cheap and folding stays rare.
+const JOURNAL_LINES_PER_OBJECT: usize = 4;
+const JOURNAL_MIN_LINES: usize = 1024;
+
 /// The state, in memory and (unless ephemeral) on disk.
 #[derive(Debug)]
 pub struct StateStore {
     path: Option<PathBuf>,
     data: StateData,
+    /// Open for appending while `apply` holds the lock.
+    journal: Option<File>,
+    journal_lines: usize,
     /// Held for the life of the store by `apply`; released when dropped.
     _lock: Option<File>,
 }
@@ -61,6 +79,8 @@ impl StateStore {
         Ok(StateStore {
             path: None,
             data: read(path)?,
+            journal: None,
+            journal_lines: 0,
             _lock: None,
         })
     }
@@ -85,11 +105,19 @@ impl StateStore {
                 return Err(e).with_context(|| format!("locking {}", lock_path.display()))
             }
         }
-        Ok(StateStore {
+        let mut store = StateStore {
             path: Some(path.to_path_buf()),
             data: read(path)?,
+            journal: None,
+            journal_lines: 0,
             _lock: Some(lock),
-        })
+        };
+        // Start from one file: what an earlier run left in the journal is folded in.
+        let leftover = std::fs::metadata(journal_path(path)).is_ok_and(|m| m.len() > 0);
+        if leftover {
+            store.compact()?;
+        }
+        Ok(store)
     }
 
     /// State kept in memory only (`--simulator`: the simulated API forgets everything when the
@@ -101,6 +129,8 @@ impl StateStore {
                 version: FORMAT_VERSION,
                 ..Default::default()
             },
+            journal: None,
+            journal_lines: 0,
             _lock: None,
         }
     }
@@ -143,52 +173,159 @@ impl StateStore {
         }
     }
 
-    /// Stores a record and writes the file (atomically) unless ephemeral.
+    /// Stores a record; unless ephemeral, it is on disk when this returns.
     pub fn put(&mut self, key: &str, object: ObjectState) -> anyhow::Result<()> {
-        if self.data.objects.get(key) == Some(&object) {
-            return Ok(());
-        }
-        self.data.objects.insert(key.to_string(), object);
-        self.flush()
+        self.put_all(vec![(key.to_string(), object)])
     }
 
-    fn flush(&self) -> anyhow::Result<()> {
-        let Some(path) = &self.path else {
+    /// Stores several records with one disk sync.
+    pub fn put_all(&mut self, records: Vec<(String, ObjectState)>) -> anyhow::Result<()> {
+        let changed: Vec<(String, ObjectState)> = records
+            .into_iter()
+            .filter(|(key, object)| self.data.objects.get(key) != Some(object))
+            .collect();
+        if changed.is_empty() {
+            return Ok(());
+        }
+        if let Some(path) = self.path.clone() {
+            self.append(&path, &changed).with_context(|| {
+                format!(
+                    "writing the state journal {}",
+                    journal_path(&path).display()
+                )
+            })?;
+        }
+        for (key, object) in changed {
+            self.data.objects.insert(key, object);
+        }
+        let limit = (self.data.objects.len() * JOURNAL_LINES_PER_OBJECT).max(JOURNAL_MIN_LINES);
+        if self.journal_lines >= limit {
+            self.compact()?;
+        }
+        Ok(())
+    }
+
+    fn append(&mut self, path: &Path, records: &[(String, ObjectState)]) -> anyhow::Result<()> {
+        let mut text = String::new();
+        for (key, object) in records {
+            let line = JournalLine {
+                key: key.clone(),
+                object: object.clone(),
+            };
+            text.push_str(&serde_json::to_string(&line).context("encoding the state")?);
+            text.push('\n');
+        }
+        let journal = match &mut self.journal {
+            Some(file) => file,
+            None => self.journal.insert(
+                OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(journal_path(path))?,
+            ),
+        };
+        journal.write_all(text.as_bytes())?;
+        journal.sync_data()?;
+        self.journal_lines += records.len();
+        Ok(())
+    }
+
+    /// Fold the journal into the state file, then empty the journal. A crash in between only
+    /// replays records the file already holds.
+    pub fn compact(&mut self) -> anyhow::Result<()> {
+        let Some(path) = self.path.clone() else {
             return Ok(());
         };
+        if self.journal_lines == 0 {
+            // Nothing appended since the file was last written.
+            let leftover = std::fs::metadata(journal_path(&path)).is_ok_and(|m| m.len() > 0);
+            if !leftover {
+                return Ok(());
+            }
+        }
         let mut text = serde_json::to_string_pretty(&self.data).context("encoding the state")?;
         text.push('\n');
-        write_atomically(path, text.as_bytes())
-            .with_context(|| format!("writing the state file {}", path.display()))
+        write_atomically(&path, text.as_bytes())
+            .with_context(|| format!("writing the state file {}", path.display()))?;
+        let journal = journal_path(&path);
+        match OpenOptions::new().write(true).truncate(true).open(&journal) {
+            Ok(file) => file.sync_all()?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(e).with_context(|| format!("emptying {}", journal.display()));
+            }
+        }
+        self.journal = None;
+        self.journal_lines = 0;
+        Ok(())
     }
 }
 
 fn read(path: &Path) -> anyhow::Result<StateData> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Ok(StateData {
-                version: FORMAT_VERSION,
-                ..Default::default()
-            })
+    let mut data = match std::fs::read_to_string(path) {
+        Ok(text) => {
+            let data: StateData = serde_json::from_str(&text).with_context(|| {
+                format!("the state file {} is not readable; fix or move it (it holds the status of every applied object)", path.display())
+            })?;
+            anyhow::ensure!(
+                data.version <= FORMAT_VERSION,
+                "the state file {} was written by a newer dynamics-operator (format {})",
+                path.display(),
+                data.version
+            );
+            data
         }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => StateData::default(),
         Err(e) => {
             return Err(e).with_context(|| format!("reading the state file {}", path.display()))
         }
     };
-    let data: StateData = serde_json::from_str(&text).with_context(|| {
-        format!("the state file {} is not readable; fix or move it (it holds the status of every applied object)", path.display())
-    })?;
-    anyhow::ensure!(
-        data.version <= FORMAT_VERSION,
-        "the state file {} was written by a newer dynamics-operator (format {})",
-        path.display(),
-        data.version
-    );
-    Ok(StateData {
-        version: FORMAT_VERSION,
-        ..data
-    })
+    data.version = FORMAT_VERSION;
+    replay(&journal_path(path), &mut data)?;
+    Ok(data)
+}
+
+/// Apply the journal's records over the state file's, in order. A last line without its
+/// newline was cut short by a kill before its sync returned (nothing was sent on its strength):
+/// it is ignored. Any other unreadable line is an error, never a silent loss.
+fn replay(journal: &Path, data: &mut StateData) -> anyhow::Result<()> {
+    let file = match File::open(journal) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", journal.display())),
+    };
+    let mut reader = BufReader::new(file);
+    let mut line = String::new();
+    for number in 1.. {
+        line.clear();
+        if reader
+            .read_line(&mut line)
+            .with_context(|| format!("reading {}", journal.display()))?
+            == 0
+        {
+            break;
+        }
+        if !line.ends_with('\n') {
+            break;
+        }
+        let record: JournalLine = serde_json::from_str(&line).with_context(|| {
+            format!(
+                "line {number} of the state journal {} is not readable; fix or move it (it holds status saved since the state file was last written)",
+                journal.display()
+            )
+        })?;
+        data.objects.insert(record.key, record.object);
+    }
+    Ok(())
+}
+
+fn journal_path(path: &Path) -> PathBuf {
+    let mut name = path
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
+    name.push(".journal");
+    path.with_file_name(name)
 }
 
 fn lock_path(path: &Path) -> PathBuf {
@@ -281,6 +418,62 @@ mod tests {
             .path()
             .join(format!("state.json.tmp-{}", std::process::id()))
             .exists());
+    }
+
+    #[test]
+    fn saves_go_to_the_journal_and_survive_a_kill() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        let now = jiff::Timestamp::now();
+        let mut store = StateStore::open_locked(&path).unwrap();
+        let mut record = store.admit("default/a", &spec(5), now);
+        store.put("default/a", record.clone()).unwrap();
+        record.status.generations = 1;
+        store.put("default/a", record.clone()).unwrap();
+        let journal = std::fs::read_to_string(journal_path(&path)).unwrap();
+        assert_eq!(journal.lines().count(), 2, "one line per save");
+        // Killed here: the state file is older, the journal is not.
+        std::mem::forget(store);
+        let reread = StateStore::read_only(&path).unwrap();
+        assert_eq!(reread.get("default/a").unwrap().status.generations, 1);
+    }
+
+    #[test]
+    fn a_line_cut_short_by_a_kill_is_ignored_and_a_broken_one_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        let mut store = StateStore::open_locked(&path).unwrap();
+        let record = store.admit("default/a", &spec(5), jiff::Timestamp::now());
+        store.put("default/a", record.clone()).unwrap();
+        drop(store);
+        let mut journal = OpenOptions::new()
+            .append(true)
+            .open(journal_path(&path))
+            .unwrap();
+        journal.write_all(b"{\"key\":\"default/b\",\"obj").unwrap();
+        assert_eq!(
+            StateStore::read_only(&path).unwrap().get("default/a"),
+            Some(&record)
+        );
+        journal.write_all(b"\n").unwrap();
+        let err = format!("{:#}", StateStore::read_only(&path).unwrap_err());
+        assert!(err.contains("line 2 of the state journal"), "{err}");
+    }
+
+    #[test]
+    fn opening_for_apply_folds_the_journal_into_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        let mut store = StateStore::open_locked(&path).unwrap();
+        let record = store.admit("default/a", &spec(5), jiff::Timestamp::now());
+        store.put("default/a", record.clone()).unwrap();
+        drop(store);
+        let store = StateStore::open_locked(&path).unwrap();
+        assert_eq!(std::fs::read_to_string(journal_path(&path)).unwrap(), "");
+        let file: StateData =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(file.objects.get("default/a"), Some(&record));
+        assert_eq!(store.get("default/a"), Some(&record));
     }
 
     #[test]
