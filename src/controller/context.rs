@@ -6,7 +6,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kube::runtime::controller::Action as ControllerAction;
-use kube::runtime::events::{Recorder, Reporter};
 use kube::{Api, Client, ResourceExt};
 
 use crate::api::{ApiSecret, DynamicsClient};
@@ -17,6 +16,7 @@ use crate::reconcile::ownership::{owner_instead_of, Claimant};
 use crate::reconcile::{Blocker, Health};
 use crate::resource::{AgentDynamics, RECONCILE_REQUESTED_AT};
 
+use super::events::EventPublisher;
 use super::index::ObjectIndex;
 use super::kube_sink::KubeStatusSink;
 use super::{secrets, Error, RunConfig};
@@ -25,7 +25,7 @@ pub struct Context {
     pub client: Client,
     pub metrics: Arc<Metrics>,
     executor: Executor,
-    recorder: Recorder,
+    events: EventPublisher,
     index: Arc<ObjectIndex>,
     default_secret: Option<ApiSecret>,
     failures: Mutex<HashMap<String, u32>>,
@@ -50,12 +50,8 @@ impl Context {
             config.max_concurrent_generations,
             config.generations_per_hour,
         );
-        let reporter = Reporter {
-            controller: "dynamics-operator".into(),
-            instance: std::env::var("POD_NAME").ok(),
-        };
         Context {
-            recorder: Recorder::new(client.clone(), reporter),
+            events: EventPublisher::new(client.clone(), std::env::var("POD_NAME").ok()),
             client,
             metrics,
             executor: Executor::new(api, guards, config.settings.clone())
@@ -101,8 +97,8 @@ impl Context {
             .executor
             .pass(&view, secret.as_ref(), failures, &mut sink)
             .await;
-        sink.publish(&self.recorder).await;
-        let (replaced, written) = sink.into_written();
+        let (notes, replaced, written) = sink.finish();
+        self.events.publish(&written, notes).await;
         self.index.wrote(&obj, replaced, written);
         let (waiting, in_flight) = self.executor.guard_load();
         self.metrics.generation_guard(waiting, in_flight);

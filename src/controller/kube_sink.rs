@@ -1,12 +1,11 @@
 //! The executor's status store in a cluster: the status subresource, written with a full
 //! replace that carries the resourceVersion read, so a concurrent writer gets 409 instead of
-//! both writers going on to POST. Notes become Events.
+//! both writers going on to POST. Notes become Events (see `events`).
 
 use std::sync::Arc;
 
 use kube::api::PostParams;
-use kube::runtime::events::{Event, EventType, Recorder};
-use kube::{Api, Resource, ResourceExt};
+use kube::{Api, ResourceExt};
 
 use crate::executor::{GenerateCall, Note, SaveError, StatusSink};
 use crate::metrics::Metrics;
@@ -33,31 +32,9 @@ impl KubeStatusSink {
         }
     }
 
-    /// The versions this pass replaced and the object as it left it.
-    pub fn into_written(self) -> (Vec<String>, AgentDynamics) {
-        (self.replaced, self.object)
-    }
-
-    /// Send the pass's notes as Events. An Event that cannot be written is logged, not retried:
-    /// Events are advice, and the status already says the same.
-    pub async fn publish(&mut self, recorder: &Recorder) {
-        let reference = self.object.object_ref(&());
-        for note in std::mem::take(&mut self.notes) {
-            let event = Event {
-                type_: if note.warning {
-                    EventType::Warning
-                } else {
-                    EventType::Normal
-                },
-                reason: note.reason.clone(),
-                note: Some(note.message),
-                action: "Reconcile".into(),
-                secondary: None,
-            };
-            if let Err(err) = recorder.publish(&event, &reference).await {
-                tracing::warn!(object = %self.object.name_any(), reason = %note.reason, error = %err, "could not publish an Event");
-            }
-        }
+    /// The pass's notes (for Events), the versions it replaced and the object as it left it.
+    pub fn finish(self) -> (Vec<Note>, Vec<String>, AgentDynamics) {
+        (self.notes, self.replaced, self.object)
     }
 }
 

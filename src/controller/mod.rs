@@ -3,6 +3,7 @@
 //! its store and Events as its notes.
 
 mod context;
+mod events;
 mod index;
 mod kube_sink;
 mod leader;
