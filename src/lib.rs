@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod backoff;
 pub mod cli;
 pub mod controller;
 pub mod executor;

@@ -2,8 +2,6 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rand::Rng;
-
 /// The longest wait the remote can impose through Retry-After. A longer
 /// value (`18446744073709551615`, a date in the year 9999) is read as this,
 /// so a misbehaving or hostile API cannot park an object for years, and no
@@ -18,15 +16,10 @@ pub(crate) fn backoff_delay(
     max: Duration,
     retry_after: Option<Duration>,
 ) -> Duration {
-    if let Some(ra) = retry_after {
-        return ra.min(max).min(MAX_REMOTE_WAIT);
+    match retry_after {
+        Some(ra) => ra.min(max).min(MAX_REMOTE_WAIT),
+        None => crate::backoff::jitter(crate::backoff::exponential(initial, max, attempt)).min(max),
     }
-    let ceiling = initial
-        .saturating_mul(2u32.saturating_pow(attempt.min(31)))
-        .min(max);
-    // Full jitter: spreads retries of many objects so they do not arrive in step.
-    let ms = ceiling.as_millis().min(u64::MAX as u128) as u64;
-    Duration::from_millis(rand::rng().random_range(0..=ms))
 }
 
 /// Parses a Retry-After value: delta-seconds or an IMF-fixdate HTTP date
@@ -188,8 +181,9 @@ mod tests {
         let max = Duration::from_secs(1);
         for attempt in 0..40 {
             let d = backoff_delay(attempt, i, max, None);
+            let doubled = i.saturating_mul(2u32.saturating_pow(attempt.min(20)));
             assert!(d <= max);
-            assert!(d <= i * 2u32.saturating_pow(attempt.min(20)));
+            assert!(d >= doubled.min(max) && d <= doubled.mul_f64(1.1), "{d:?}");
         }
         assert_eq!(
             backoff_delay(0, i, max, Some(Duration::from_millis(300))),

@@ -169,11 +169,11 @@ impl Context {
         let n = failures.entry(key.to_string()).or_default();
         *n += 1;
         let settings = self.executor.settings();
-        let base = settings
-            .backoff_base
-            .saturating_mul(2u32.saturating_pow((*n - 1).min(16)))
-            .min(settings.backoff_max);
-        base + base.mul_f64(rand::random::<f64>() * 0.1)
+        crate::backoff::jitter(crate::backoff::exponential(
+            settings.backoff_base,
+            settings.backoff_max,
+            *n - 1,
+        ))
     }
 }
 

@@ -9,15 +9,15 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
-use rand::Rng;
 
 use crate::api::{ApiErrorKind, ApiSecret, DynamicsClient, GenerateReply, UpdateRequest};
+use crate::backoff::jitter;
 use crate::failpoint;
 use crate::reconcile::guard::AccountGuards;
 use crate::reconcile::ownership::AgentClaims;
 use crate::reconcile::plan::{
     holds_generation_slot, plan, report_error, Action, Blocker, GeneratePlan, Input, Observation,
-    RemoteError, Report, Settings, CREDITS_PER_GENERATION, MAX_REMOTE_WAIT,
+    RemoteError, Report, Settings, CREDITS_PER_GENERATION,
 };
 use crate::reconcile::reasons;
 use crate::reconcile::transitions::{
@@ -163,6 +163,8 @@ pub struct Executor {
     record_accepted: RecordAccepted,
     /// Accepted calls not yet recorded, by object key (with `RecordAccepted::WithNextWrite`).
     unrecorded: Mutex<HashMap<String, Unrecorded>>,
+    /// The origin of the monotonic time the guards are given.
+    epoch: Instant,
     /// Where to send the keys of waiting objects whose turn for a generation slot has come.
     /// Without it (the file mode) a waiting object simply asks again at the next poll.
     wake: Option<tokio::sync::mpsc::UnboundedSender<String>>,
@@ -177,6 +179,7 @@ impl Executor {
             settings,
             record_accepted: RecordAccepted::AtOnce,
             unrecorded: Mutex::new(HashMap::new()),
+            epoch: Instant::now(),
             wake: None,
         }
     }
@@ -244,7 +247,7 @@ impl Executor {
         if let (Some(_), Some(secret)) = (&remote, secret) {
             // Any GET that sees a generation end hands its slot on at once.
             let holding = holds_generation_slot(&input);
-            let at = Instant::now();
+            let at = self.epoch.elapsed();
             self.with_guard(|guards| guards.observe(secret.account(), &obj.key, holding, at));
             input.timing = self.timing(&obj.key);
         }
@@ -370,7 +373,7 @@ impl Executor {
         self.guards
             .lock()
             .expect("guard lock")
-            .timing(key, Instant::now())
+            .timing(key, self.epoch.elapsed())
     }
 
     /// The stored status with this process's unrecorded accepted call applied, and whether
@@ -542,7 +545,7 @@ impl Executor {
             .map_err(|e| RemoteError::from(&e));
         failpoint::hit(failpoint::AFTER_GENERATE_REPLY);
         if outcome.is_ok() {
-            let at = Instant::now();
+            let at = self.epoch.elapsed();
             self.with_guard(|guards| guards.accepted(&obj.key, at));
         }
         let marked_input = Input {
@@ -681,14 +684,6 @@ fn newly_stalled(saved: &AgentDynamicsStatus, health: &Health) -> bool {
     };
     let before = saved.condition(crate::resource::status::CONDITION_STALLED);
     !before.is_some_and(|c| c.status == "True" && &c.reason == reason)
-}
-
-/// Up to +10%, so objects created together do not poll together. Capped first, so no wait the
-/// API can name overflows or panics.
-fn jitter(after: Duration) -> Duration {
-    let after = after.min(MAX_REMOTE_WAIT);
-    let extra = rand::rng().random_range(0.0..0.1);
-    after.saturating_add(after.mul_f64(extra))
 }
 
 fn note(warning: bool, reason: &str, message: &str) -> Note {

@@ -4,11 +4,11 @@
 //! Objects refused a slot queue in arrival order, and `take_woken` names those to look at again
 //! when slots free up, so a waiting object need not poll the API until its turn.
 //! `AccountGuards` keeps one guard and one generation timer per account (accounts are told
-//! apart by their secret, never stored). Plain data with the time passed in; the caller shares
-//! it behind a mutex.
+//! apart by their secret, never stored). Plain data with the time passed in (`at`: monotonic
+//! time from any fixed origin); the caller shares it behind a mutex.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use jiff::Timestamp;
 
@@ -165,7 +165,7 @@ struct Account {
 struct Held {
     account: AccountId,
     /// When its generate call was accepted, while the generation runs.
-    accepted_at: Option<Instant>,
+    accepted_at: Option<Duration>,
     /// How long after that a poll last saw it still running.
     seen_running: Option<Duration>,
 }
@@ -235,7 +235,7 @@ impl AccountGuards {
     }
 
     /// The generate call for `key` was accepted at `at`: its generation is timed from then.
-    pub fn accepted(&mut self, key: &str, at: Instant) {
+    pub fn accepted(&mut self, key: &str, at: Duration) {
         if let Some(held) = self.objects.get_mut(key) {
             held.accepted_at = Some(at);
             held.seen_running = None;
@@ -244,7 +244,7 @@ impl AccountGuards {
 
     /// What a GET at `at` showed: whether the object holds a slot (its job runs, or its call is
     /// not visible yet). A generation seen ending frees its slot at once and teaches the timer.
-    pub fn observe(&mut self, account: AccountId, key: &str, holding: bool, at: Instant) {
+    pub fn observe(&mut self, account: AccountId, key: &str, holding: bool, at: Duration) {
         self.guard(account, key).observe(key, holding);
         let Some(held) = self.objects.get_mut(key) else {
             return;
@@ -252,7 +252,7 @@ impl AccountGuards {
         let Some(accepted_at) = held.accepted_at else {
             return;
         };
-        let elapsed = at.saturating_duration_since(accepted_at);
+        let elapsed = at.saturating_sub(accepted_at);
         if holding {
             held.seen_running = Some(elapsed);
         } else {
@@ -265,12 +265,12 @@ impl AccountGuards {
     }
 
     /// How far the object's running generation is, if it is timed and its account has an estimate.
-    pub fn timing(&self, key: &str, at: Instant) -> Option<GenerationTiming> {
+    pub fn timing(&self, key: &str, at: Duration) -> Option<GenerationTiming> {
         let held = self.objects.get(key)?;
         let accepted_at = held.accepted_at?;
         let expected = self.accounts.get(&held.account)?.timer.expected()?;
         Some(GenerationTiming {
-            elapsed: at.saturating_duration_since(accepted_at),
+            elapsed: at.saturating_sub(accepted_at),
             expected,
         })
     }
@@ -387,9 +387,9 @@ mod tests {
         assert!(g.try_start(b, "b2", t(0), POLL).is_ok());
         assert_eq!(g.load(), (1, 4));
         // A generation of account b ending wakes nobody of account a.
-        g.observe(b, "b1", false, Instant::now());
+        g.observe(b, "b1", false, Duration::ZERO);
         assert!(g.take_woken().is_empty());
-        g.observe(a, "a1", false, Instant::now());
+        g.observe(a, "a1", false, Duration::ZERO);
         assert_eq!(g.take_woken(), vec!["a3".to_string()]);
     }
 
@@ -398,7 +398,7 @@ mod tests {
         let (a, b) = (account("secret-a"), account("secret-b"));
         let mut g = AccountGuards::new(1, None);
         assert!(g.try_start(a, "x", t(0), POLL).is_ok());
-        g.observe(b, "x", true, Instant::now());
+        g.observe(b, "x", true, Duration::ZERO);
         assert!(g.try_start(a, "y", t(0), POLL).is_ok(), "x left account a");
         assert!(g.try_start(b, "z", t(0), POLL).is_err());
     }
@@ -407,7 +407,7 @@ mod tests {
     fn finished_generations_teach_the_account_timer() {
         let a = account("secret-a");
         let mut g = AccountGuards::new(2, None);
-        let t0 = Instant::now();
+        let t0 = Duration::from_secs(100);
         assert!(g.try_start(a, "x", t(0), POLL).is_ok());
         g.accepted("x", t0);
         assert_eq!(g.timing("x", t0), None, "nothing learnt yet");

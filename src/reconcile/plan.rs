@@ -559,8 +559,11 @@ pub(crate) fn poll_interval(input: &Input) -> Duration {
 
 /// Exponential backoff for the n-th consecutive transient failure (jitter is added by the caller).
 pub fn backoff(input: &Input) -> Duration {
-    let factor = 2u32.saturating_pow(input.failures.min(16));
-    (input.settings.backoff_base.saturating_mul(factor)).min(input.settings.backoff_max)
+    crate::backoff::exponential(
+        input.settings.backoff_base,
+        input.settings.backoff_max,
+        input.failures,
+    )
 }
 
 /// Time from an RFC 3339 stamp to now, saturating: a stamp from the future (clock skew between
