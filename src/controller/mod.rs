@@ -161,9 +161,16 @@ async fn run_controller(
     // operator's own writes do not wake it up again.
     let changes = watcher(objects.clone(), watcher::Config::default().any_semantic())
         .default_backoff()
-        // managedFields are most of an object's size and the operator never reads them; left
-        // out (None), a status replace also leaves them as the API server has them.
-        .modify(|obj: &mut AgentDynamics| obj.metadata.managed_fields = None)
+        // managedFields are most of an object's size and the operator never reads them, nor
+        // labels, nor annotations but its own (kubectl's last-applied copy can be as big as the
+        // object). A status replace ignores metadata, so the API server keeps them all.
+        .modify(|obj: &mut AgentDynamics| {
+            obj.metadata.managed_fields = None;
+            obj.metadata.labels = None;
+            if let Some(annotations) = &mut obj.metadata.annotations {
+                annotations.retain(|key, _| key == RECONCILE_REQUESTED_AT);
+            }
+        })
         .inspect_ok(move |event| index_feed.apply_event(event))
         .reflect(writer)
         .applied_objects()
