@@ -9,7 +9,7 @@ use kube::runtime::controller::Action as ControllerAction;
 use kube::{Api, Client, ResourceExt};
 
 use crate::api::{ApiSecret, DynamicsClient};
-use crate::executor::{Executor, ObjectView, PassResult, RecordAccepted};
+use crate::executor::{Access, Executor, ObjectView, PassResult, RecordAccepted};
 use crate::metrics::Metrics;
 use crate::reconcile::guard::AccountGuards;
 use crate::reconcile::ownership::{owner_instead_of, Claimant};
@@ -71,14 +71,14 @@ impl Context {
         deleting: bool,
     ) -> Result<ControllerAction, Error> {
         let key = key_of(&obj);
-        let (secret, blocker) = if obj.spec.suspend {
-            (None, None)
+        let access = if obj.spec.suspend {
+            Access::NotNeeded
         } else if let Some(owner) = conflict_owner(&obj, &self.index.others_naming(&obj)) {
-            (None, Some(Blocker::Conflict { owner }))
+            Access::Blocked(Blocker::Conflict { owner })
         } else {
             match secrets::resolve(&self.client, &obj, self.default_secret.as_ref()).await {
-                Ok(secret) => (Some(secret), None),
-                Err(blocker) => (None, Some(blocker)),
+                Ok(secret) => Access::Granted(secret),
+                Err(blocker) => Access::Blocked(blocker),
             }
         };
         let view = ObjectView {
@@ -89,14 +89,11 @@ impl Context {
             generation: obj.metadata.generation.unwrap_or_default(),
             deleting,
             requested_at: obj.annotations().get(RECONCILE_REQUESTED_AT).cloned(),
-            blocker,
+            access,
         };
         let failures = self.failures(&key);
         let mut sink = KubeStatusSink::new(api.clone(), (*obj).clone(), self.metrics.clone());
-        let result = self
-            .executor
-            .pass(&view, secret.as_ref(), failures, &mut sink)
-            .await;
+        let result = self.executor.pass(&view, failures, &mut sink).await;
         let (notes, replaced, written) = sink.finish();
         self.events.publish(&written, notes).await;
         self.index.wrote(&obj, replaced, written);

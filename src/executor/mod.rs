@@ -37,7 +37,35 @@ pub struct ObjectView {
     pub generation: i64,
     pub deleting: bool,
     pub requested_at: Option<String>,
-    pub blocker: Option<Blocker>,
+    pub access: Access,
+}
+
+/// How a pass may reach the API, decided before it starts: either a secret to call with, or
+/// the reason nothing may be sent (never both, never neither by mistake).
+#[derive(Debug, Clone)]
+pub enum Access {
+    /// Calls are made with this api-secret.
+    Granted(ApiSecret),
+    /// Nothing may be sent for this object; `plan` reports why.
+    Blocked(Blocker),
+    /// Suspended: nothing is read or sent, so no secret was looked up.
+    NotNeeded,
+}
+
+impl Access {
+    pub fn secret(&self) -> Option<&ApiSecret> {
+        match self {
+            Access::Granted(secret) => Some(secret),
+            _ => None,
+        }
+    }
+
+    pub fn blocker(&self) -> Option<Blocker> {
+        match self {
+            Access::Blocked(blocker) => Some(blocker.clone()),
+            _ => None,
+        }
+    }
 }
 
 /// Something worth telling the user (an Event in the cluster, a line in the file mode).
@@ -231,11 +259,11 @@ impl Executor {
     pub async fn pass(
         &self,
         obj: &ObjectView,
-        secret: Option<&ApiSecret>,
         failures: u32,
         sink: &mut impl StatusSink,
     ) -> Result<PassResult, PassError> {
         let now = Timestamp::now();
+        let secret = obj.access.secret();
         // The stored status, with an accepted call this process has not written yet.
         let (stored, unrecorded) = self.with_unrecorded(obj);
         let decided = self.decide(obj, &stored, secret, failures, now).await;
@@ -304,9 +332,9 @@ impl Executor {
     }
 
     /// GET and plan only: no POST, no PUT, no status write.
-    pub async fn preview(&self, obj: &ObjectView, secret: Option<&ApiSecret>) -> Preview {
+    pub async fn preview(&self, obj: &ObjectView) -> Preview {
         let decided = self
-            .decide(obj, &obj.status, secret, 0, Timestamp::now())
+            .decide(obj, &obj.status, obj.access.secret(), 0, Timestamp::now())
             .await;
         Preview {
             action: decided.action,
@@ -360,7 +388,7 @@ impl Executor {
             generation: obj.generation,
             requested_at: obj.requested_at.as_deref(),
             deleting: obj.deleting,
-            blocker: obj.blocker.clone(),
+            blocker: obj.access.blocker(),
             remote,
             failures,
             timing: self.timing(&obj.key),

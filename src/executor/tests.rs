@@ -91,7 +91,7 @@ fn object(status: AgentDynamicsStatus) -> ObjectView {
         generation: 1,
         deleting: false,
         requested_at: None,
-        blocker: None,
+        access: Access::Granted(ApiSecret::new(SECRET)),
     }
 }
 
@@ -111,10 +111,7 @@ async fn a_conflict_on_the_marker_sends_no_generate_call() {
         conflicts: [true].into(),
         ..Default::default()
     };
-    let secret = ApiSecret::new(SECRET);
-    let result = exec
-        .pass(&object(sink.stored.clone()), Some(&secret), 0, &mut sink)
-        .await;
+    let result = exec.pass(&object(sink.stored.clone()), 0, &mut sink).await;
     assert!(
         matches!(result, Err(PassError::Save(SaveError::Conflict))),
         "{result:?}"
@@ -129,9 +126,8 @@ async fn a_refused_generate_frees_its_slot_and_its_marker() {
     let sim = simulator(0).await; // 402: insufficient credits
     let exec = executor(&sim, Duration::from_secs(5));
     let mut sink = MemorySink::default();
-    let secret = ApiSecret::new(SECRET);
     let result = exec
-        .pass(&object(sink.stored.clone()), Some(&secret), 0, &mut sink)
+        .pass(&object(sink.stored.clone()), 0, &mut sink)
         .await
         .expect("a refusal is a result, not an error");
     let PassResult::Requeue { health, .. } = result else {
@@ -154,9 +150,8 @@ async fn a_lost_reply_keeps_the_marker_counts_the_call_and_is_adopted_not_resent
     });
     let exec = executor(&sim, Duration::from_secs(5));
     let mut sink = MemorySink::default();
-    let secret = ApiSecret::new(SECRET);
     let first = exec
-        .pass(&object(sink.stored.clone()), Some(&secret), 0, &mut sink)
+        .pass(&object(sink.stored.clone()), 0, &mut sink)
         .await
         .unwrap();
     let PassResult::Requeue { health, .. } = first else {
@@ -174,9 +169,7 @@ async fn a_lost_reply_keeps_the_marker_counts_the_call_and_is_adopted_not_resent
 
     // Next passes: the API shows the job, so the call is adopted; never sent again.
     for _ in 0..20 {
-        let _ = exec
-            .pass(&object(sink.stored.clone()), Some(&secret), 0, &mut sink)
-            .await;
+        let _ = exec.pass(&object(sink.stored.clone()), 0, &mut sink).await;
         if sink.stored.is_ready() {
             break;
         }
@@ -202,9 +195,8 @@ async fn an_accepted_generate_survives_a_conflicting_status_write() {
         conflicts: [false, true, true].into(),
         ..Default::default()
     };
-    let secret = ApiSecret::new(SECRET);
     let result = exec
-        .pass(&object(sink.stored.clone()), Some(&secret), 0, &mut sink)
+        .pass(&object(sink.stored.clone()), 0, &mut sink)
         .await
         .expect("the purchase is recorded despite the conflicts");
     assert!(matches!(result, PassResult::Requeue { .. }));
@@ -220,9 +212,7 @@ async fn an_accepted_generate_survives_a_conflicting_status_write() {
     );
     assert_eq!(sink.saves, 2, "the marker, then the purchase once");
     // A pass right after, whatever GET shows, sends nothing more.
-    let _ = exec
-        .pass(&object(sink.stored.clone()), Some(&secret), 0, &mut sink)
-        .await;
+    let _ = exec.pass(&object(sink.stored.clone()), 0, &mut sink).await;
     assert_eq!(generate_calls(&sim), 1);
 }
 
@@ -230,11 +220,10 @@ async fn an_accepted_generate_survives_a_conflicting_status_write() {
 async fn two_objects_for_one_agent_whose_views_raced_cannot_both_buy() {
     let sim = simulator(10_000).await;
     let exec = executor(&sim, Duration::from_secs(5));
-    let secret = ApiSecret::new(SECRET);
     let mut first = MemorySink::default();
     let mut second = MemorySink::default();
     // Neither object knew of the other (no blocker): the claim decides.
-    exec.pass(&object(first.stored.clone()), Some(&secret), 0, &mut first)
+    exec.pass(&object(first.stored.clone()), 0, &mut first)
         .await
         .unwrap();
     let other = ObjectView {
@@ -245,10 +234,7 @@ async fn two_objects_for_one_agent_whose_views_raced_cannot_both_buy() {
     // It waits while the first object's job runs, then finds the agent taken.
     let mut health = None;
     for _ in 0..30 {
-        let result = exec
-            .pass(&other, Some(&secret), 0, &mut second)
-            .await
-            .unwrap();
+        let result = exec.pass(&other, 0, &mut second).await.unwrap();
         let PassResult::Requeue { health: h, .. } = result else {
             panic!("{result:?}")
         };
@@ -295,10 +281,9 @@ async fn passes_until(
     limit: Duration,
     done: impl Fn(&AgentDynamicsStatus) -> bool,
 ) {
-    let secret = ApiSecret::new(SECRET);
     let end = tokio::time::Instant::now() + limit;
     while tokio::time::Instant::now() < end && !done(&sink.stored) {
-        let _ = exec.pass(&view(&sink.stored), Some(&secret), 0, sink).await;
+        let _ = exec.pass(&view(&sink.stored), 0, sink).await;
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -430,9 +415,8 @@ async fn an_edit_while_the_api_reports_an_unknown_status_waits() {
     .await;
     let exec = executor(&sim, Duration::from_secs(5));
     let mut sink = MemorySink::default();
-    let secret = ApiSecret::new(SECRET);
     // First pass buys; the edit lands while the API says "queued" or "rendering".
-    exec.pass(&object(sink.stored.clone()), Some(&secret), 0, &mut sink)
+    exec.pass(&object(sink.stored.clone()), 0, &mut sink)
         .await
         .unwrap();
     let edited = |s: &AgentDynamicsStatus| ObjectView {
@@ -442,7 +426,7 @@ async fn an_edit_while_the_api_reports_an_unknown_status_waits() {
         },
         ..object(s.clone())
     };
-    exec.pass(&edited(&sink.stored), Some(&secret), 0, &mut sink)
+    exec.pass(&edited(&sink.stored), 0, &mut sink)
         .await
         .unwrap();
     assert_eq!(charged(&sim), 1, "nothing is bought while the API is busy");
@@ -456,18 +440,11 @@ async fn an_edit_while_the_api_reports_an_unknown_status_waits() {
 }
 
 /// Passes until the object is Ready (or 40 tries), waiting `pause` between them.
-async fn until_ready(
-    exec: &Executor,
-    secret: &ApiSecret,
-    sink: &mut MemorySink,
-    pause: Duration,
-) -> usize {
+async fn until_ready(exec: &Executor, sink: &mut MemorySink, pause: Duration) -> usize {
     let mut passes = 0;
     while !sink.stored.is_ready() && passes < 40 {
         tokio::time::sleep(pause).await;
-        let _ = exec
-            .pass(&object(sink.stored.clone()), Some(secret), 0, sink)
-            .await;
+        let _ = exec.pass(&object(sink.stored.clone()), 0, sink).await;
         passes += 1;
     }
     passes
@@ -479,8 +456,7 @@ async fn an_accepted_call_is_recorded_with_the_next_write_one_write_less() {
     let exec =
         executor(&sim, Duration::from_secs(5)).with_record_accepted(RecordAccepted::WithNextWrite);
     let mut sink = MemorySink::default();
-    let secret = ApiSecret::new(SECRET);
-    exec.pass(&object(sink.stored.clone()), Some(&secret), 0, &mut sink)
+    exec.pass(&object(sink.stored.clone()), 0, &mut sink)
         .await
         .unwrap();
     assert_eq!(sink.calls, vec![GenerateCall::Accepted]);
@@ -491,7 +467,7 @@ async fn an_accepted_call_is_recorded_with_the_next_write_one_write_less() {
 
     // The generation takes 200 ms; the next pass records the purchase with what GET shows.
     tokio::time::sleep(Duration::from_millis(250)).await;
-    exec.pass(&object(sink.stored.clone()), Some(&secret), 0, &mut sink)
+    exec.pass(&object(sink.stored.clone()), 0, &mut sink)
         .await
         .unwrap();
     assert_eq!(sink.stored.generations, 1);
@@ -500,7 +476,7 @@ async fn an_accepted_call_is_recorded_with_the_next_write_one_write_less() {
         sink.stored.generate_hash.as_deref(),
         Some(inputs_hash(&object(AgentDynamicsStatus::default()).spec).as_str())
     );
-    until_ready(&exec, &secret, &mut sink, Duration::from_millis(50)).await;
+    until_ready(&exec, &mut sink, Duration::from_millis(50)).await;
     assert!(sink.stored.is_ready(), "{:?}", sink.stored.conditions);
     assert_eq!(sink.saves, 2, "marker, then the purchase with its result");
     assert_eq!(generate_calls(&sim), 1);
@@ -510,12 +486,11 @@ async fn an_accepted_call_is_recorded_with_the_next_write_one_write_less() {
 #[tokio::test]
 async fn a_restart_before_the_accepted_call_is_recorded_counts_it_once_and_adopts_it() {
     let sim = simulator(10_000).await;
-    let secret = ApiSecret::new(SECRET);
     let mut sink = MemorySink::default();
     {
         let exec = executor(&sim, Duration::from_secs(5))
             .with_record_accepted(RecordAccepted::WithNextWrite);
-        exec.pass(&object(sink.stored.clone()), Some(&secret), 0, &mut sink)
+        exec.pass(&object(sink.stored.clone()), 0, &mut sink)
             .await
             .unwrap();
         // The process ends here: what it held in memory is gone.
@@ -526,7 +501,7 @@ async fn a_restart_before_the_accepted_call_is_recorded_counts_it_once_and_adopt
     );
     let restarted =
         executor(&sim, Duration::from_secs(5)).with_record_accepted(RecordAccepted::WithNextWrite);
-    until_ready(&restarted, &secret, &mut sink, Duration::from_millis(100)).await;
+    until_ready(&restarted, &mut sink, Duration::from_millis(100)).await;
     assert!(sink.stored.is_ready(), "{:?}", sink.stored.conditions);
     assert_eq!(generate_calls(&sim), 1, "never sent again");
     assert_eq!(sink.stored.generations, 1, "counted once");
@@ -536,13 +511,12 @@ async fn a_restart_before_the_accepted_call_is_recorded_counts_it_once_and_adopt
 async fn the_account_timer_sends_the_poll_to_the_expected_end() {
     let sim = simulator(10_000).await;
     let exec = executor_polling(&sim, Duration::from_secs(5), Duration::from_secs(2));
-    let secret = ApiSecret::new(SECRET);
     // A first generation teaches the account's timer how long one takes (200 ms here).
     let mut first = MemorySink::default();
-    exec.pass(&object(first.stored.clone()), Some(&secret), 0, &mut first)
+    exec.pass(&object(first.stored.clone()), 0, &mut first)
         .await
         .unwrap();
-    until_ready(&exec, &secret, &mut first, Duration::from_millis(20)).await;
+    until_ready(&exec, &mut first, Duration::from_millis(20)).await;
     assert!(first.stored.is_ready());
 
     // A second object on the same account: its pass after the POST asks to look again at
@@ -553,10 +527,7 @@ async fn the_account_timer_sends_the_poll_to_the_expected_end() {
     view.key = "agents/second".into();
     view.uid = "uid-2".into();
     view.spec.agent_id = "B22XMB7113".into();
-    let result = exec
-        .pass(&view, Some(&secret), 0, &mut second)
-        .await
-        .unwrap();
+    let result = exec.pass(&view, 0, &mut second).await.unwrap();
     let PassResult::Requeue { after, health, .. } = result else {
         panic!("{result:?}")
     };

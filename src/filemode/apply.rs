@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 
 use tokio::task::JoinSet;
 
-use crate::api::ApiSecret;
 use crate::executor::{
     Executor, GenerateCall, Note, ObjectView, PassError, PassResult, SaveError, StatusSink,
 };
@@ -129,7 +128,6 @@ pub(super) async fn run(args: ApplyArgs) -> anyhow::Result<i32> {
                 t.running = true;
                 let executor = executor.clone();
                 let view = t.object.view.clone();
-                let secret = t.object.secret.clone();
                 let sink = FileSink {
                     store: store.clone(),
                     key: view.key.clone(),
@@ -137,7 +135,7 @@ pub(super) async fn run(args: ApplyArgs) -> anyhow::Result<i32> {
                     notes: Vec::new(),
                 };
                 let failures = t.failures;
-                running.spawn(one_pass(executor, index, view, secret, failures, sink));
+                running.spawn(one_pass(executor, index, view, failures, sink));
             }
         }
         if running.is_empty() && (stop.is_some() || done == tracked.len()) {
@@ -306,13 +304,10 @@ async fn one_pass(
     executor: Arc<Executor>,
     index: usize,
     view: ObjectView,
-    secret: Option<ApiSecret>,
     failures: u32,
     mut sink: FileSink,
 ) -> (usize, Result<PassResult, PassError>, Vec<Note>) {
-    let result = executor
-        .pass(&view, secret.as_ref(), failures, &mut sink)
-        .await;
+    let result = executor.pass(&view, failures, &mut sink).await;
     (index, result, sink.notes)
 }
 

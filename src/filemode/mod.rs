@@ -22,7 +22,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::api::{ApiSecret, DynamicsClient};
-use crate::executor::ObjectView;
+use crate::executor::{Access, ObjectView};
 use crate::reconcile::ownership::{owner_instead_of, Claimant};
 use crate::reconcile::Blocker;
 use crate::resource::validate::{validate_update, FieldError};
@@ -126,7 +126,6 @@ pub(crate) struct Object {
     /// The record for this run: previous plus the current spec (generation moved on a change).
     pub record: ObjectState,
     pub view: ObjectView,
-    pub secret: Option<ApiSecret>,
 }
 
 /// The API to talk to.
@@ -314,12 +313,12 @@ pub(crate) async fn prepare(
             .find(|c| c.key == key)
             .expect("every manifest is a claimant");
         let conflict = owner_instead_of(me, rivals).map(|owner| Blocker::Conflict { owner });
-        let (secret, blocker) = match (
+        let access = match (
             conflict,
             secrets::resolve(&manifest, &loaded.secrets, operator.as_ref()),
         ) {
-            (Some(conflict), _) => (None, Some(conflict)),
-            (None, Ok(secret)) => (Some(secret), None),
+            (Some(conflict), _) => Access::Blocked(conflict),
+            (None, Ok(secret)) => Access::Granted(secret),
             (None, Err(blocker)) => match &sim_secret {
                 // The simulator has no real accounts: an object whose secret is missing still
                 // shows the rest of the flow, and says so.
@@ -327,9 +326,9 @@ pub(crate) async fn prepare(
                     if let Blocker::Secret { message, .. } = &blocker {
                         eprintln!("note: {key}: {message}; --simulator uses the simulated account's secret instead");
                     }
-                    (Some(sim.clone()), None)
+                    Access::Granted(sim.clone())
                 }
-                _ => (None, Some(blocker)),
+                _ => Access::Blocked(blocker),
             },
         };
         let previous = store.get(&key).cloned();
@@ -348,14 +347,13 @@ pub(crate) async fn prepare(
                 .as_ref()
                 .and_then(|a| a.get(RECONCILE_REQUESTED_AT))
                 .cloned(),
-            blocker,
+            access,
         };
         objects.push(Object {
             manifest,
             previous,
             record,
             view,
-            secret,
         });
     }
     for key in &unmanaged {

@@ -72,7 +72,7 @@ pub(super) async fn run(args: PlanArgs) -> anyhow::Result<i32> {
     let executor = Executor::new(prepared.remote.client.clone(), guard, Settings::default());
 
     let previews: Vec<Preview> = stream::iter(&prepared.objects)
-        .map(|object| executor.preview(&object.view, object.secret.as_ref()))
+        .map(|object| executor.preview(&object.view))
         .buffered(CONCURRENT_READS)
         .collect()
         .await;
