@@ -23,14 +23,14 @@ mod support;
 use std::time::{Duration, Instant};
 
 use chaos::{
-    charged_for, debug_operator_binary, edit_patch, install_crd, object, sim_generations,
-    true_condition, wait_exit, OperatorSpec, FAILPOINT_EXIT, SECRET,
+    charged_for, debug_operator_binary, edit_patch, object, sim_generations, true_condition,
+    wait_exit, OperatorSpec, FAILPOINT_EXIT, SECRET,
 };
 use dynamics_operator::resource::AgentDynamics;
 use dynamics_operator::sim::{self, Modes, SimConfig, SimHandle};
 use kube::api::{PatchParams, PostParams};
 use kube::Api;
-use support::controlplane::ControlPlane;
+use support::operator::control_plane;
 use support::process::ManagedChild;
 use support::wait::wait_for;
 
@@ -44,14 +44,6 @@ struct World {
     spec: OperatorSpec,
     dir: tempfile::TempDir,
     operators: Vec<ManagedChild>,
-}
-
-async fn control_plane() -> &'static ControlPlane {
-    let cp = ControlPlane::shared()
-        .await
-        .expect("the control plane must start (see tests/controlplane/build.sh)");
-    install_crd(cp).await.expect("install the CRD");
-    cp
 }
 
 impl World {

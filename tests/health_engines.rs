@@ -19,7 +19,7 @@ use dynamics_operator::resource::AgentDynamics;
 use dynamics_operator::sim::SimConfig;
 use kube::api::{DeleteParams, Patch, PatchParams};
 use serde_json::{json, Value as Json};
-use support::operator::{is_ready, manifest, ready_reason, Observed};
+use support::operator::{is_ready, manifest, ready_reason, Env};
 use support::tools::{run, tool, ROOT};
 
 const HOLD: &str = "health-engines.test/hold";
@@ -35,7 +35,7 @@ fn reconciling(o: &AgentDynamics) -> Option<String> {
 }
 
 /// A live object as `kubectl get -o json` shows it.
-fn live(env: &Observed, name: &str) -> Json {
+fn live(env: &Env, name: &str) -> Json {
     let text = env
         .cp
         .kubectl_ok(["get", "agentdynamics", name, "-n", &env.ns, "-o", "json"])
@@ -126,7 +126,7 @@ fn kstatus(objects: &[(&str, Json)]) -> Vec<KstatusLine> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kstatus_and_argo_cd_read_every_phase_of_real_objects() {
     // Fast generations for the end states; slow ones, one at a time, for the phases in between.
-    let fast = Observed::start(
+    let fast = Env::observe(
         "health",
         SimConfig {
             generation_time: Duration::from_millis(300),
@@ -136,7 +136,7 @@ async fn kstatus_and_argo_cd_read_every_phase_of_real_objects() {
         &[],
     )
     .await;
-    let slow = Observed::start(
+    let slow = Env::observe(
         "health-slow",
         SimConfig {
             generation_time: Duration::from_secs(300),
@@ -214,7 +214,7 @@ async fn kstatus_and_argo_cd_read_every_phase_of_real_objects() {
     .await;
 
     // (fixture, env, object, kstatus)
-    let phases: [(&str, &Observed, &str, &str); 8] = [
+    let phases: [(&str, &Env, &str, &str); 8] = [
         ("generating", &slow, "generating-agent", "InProgress"),
         ("waiting-for-slot", &slow, "queued-agent", "InProgress"),
         ("healthy", &fast, "ready-agent", "Current"),

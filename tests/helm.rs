@@ -426,25 +426,12 @@ async fn install_run_as_installed_and_uninstall() {
     let encoded = secret["data"]["api-secret"].as_str().unwrap();
     let secret_file = dir.join("api-secret");
     std::fs::write(&secret_file, base64_decode(encoded)).unwrap();
-    let token = cp
-        .kubectl_ok([
-            "create",
-            "token",
-            "dyn-dynamics-operator",
-            "-n",
-            "dynamics-operator",
-        ])
-        .unwrap();
     let sa_kubeconfig = dir.join("sa.kubeconfig");
-    std::fs::write(
+    cp.service_account_kubeconfig(
+        "dyn-dynamics-operator",
+        "dynamics-operator",
+        &[],
         &sa_kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {}\n    certificate-authority: {:?}\n\
-             users:\n- name: sa\n  user:\n    token: {}\ncontexts:\n- name: c\n  context:\n    cluster: c\n    user: sa\ncurrent-context: c\n",
-            cp.server_url(),
-            cp.ca_file().unwrap().display().to_string(),
-            token.trim()
-        ),
     )
     .unwrap();
     let c = container(&deployment);

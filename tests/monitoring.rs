@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use dynamics_operator::sim::SimConfig;
 use serde_json::Value as Json;
-use support::operator::{is_ready, manifest, ready_reason, Observed};
+use support::operator::{is_ready, manifest, ready_reason, Env};
 use support::tools::{find, metric_names, parse_docs, run_ok, tool, ROOT};
 use support::wait::wait_for;
 
@@ -178,7 +178,7 @@ fn exported(text: &str) -> BTreeSet<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_metric_the_dashboard_and_alerts_use_is_exported() {
-    let env = Observed::start(
+    let env = Env::observe(
         "metrics",
         SimConfig {
             generation_time: std::time::Duration::from_millis(300),
@@ -200,7 +200,7 @@ async fn every_metric_the_dashboard_and_alerts_use_is_exported() {
         ready_reason(o).as_deref() == Some("SecretNotFound")
     })
     .await;
-    let url = format!("{}/metrics", env.metrics_url().await);
+    let url = format!("{}/metrics", env.wait_metrics_url(0).await);
     let exposition = wait_for("/metrics answers", support::operator::TIMEOUT, || async {
         Ok(Some(reqwest::get(&url).await?.text().await?))
     })

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install dynamics-operator on a kind cluster the way a user does, check it works there, then run
-# the end-to-end suite (tests/e2e.rs) against that cluster through the existing-cluster switch
+# the end-to-end suite (tests/e2e/) against that cluster through the existing-cluster switch
 # (DYNAMICS_E2E_KUBECONFIG). See tests/kind/README.md for what runs where.
 #
 #   tests/kind/run.sh                      # create a cluster, test, delete the cluster

@@ -32,7 +32,7 @@ use crate::support::controlplane::ControlPlane;
 use crate::support::process::ManagedChild;
 
 pub const SECRET: &str = "chaos-operator-secret";
-pub const CRD_NAME: &str = "agentdynamics.dynamics.bithuman.ai";
+pub const CRD_NAME: &str = crate::support::operator::CRD_NAME;
 /// Exit code of an operator stopped by a failpoint.
 pub const FAILPOINT_EXIT: i32 = 86;
 pub const FAILPOINTS: [&str; 3] = [
@@ -76,12 +76,7 @@ pub fn documented_stalled() -> Vec<&'static str> {
 
 /// Installs the CRD (idempotent: server-side apply) and waits until it is served.
 pub async fn install_crd(cp: &ControlPlane) -> anyhow::Result<()> {
-    cp.apply_file(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/crds/agentdynamics.yaml"
-    ))?;
-    cp.wait_crd_established(CRD_NAME, Duration::from_secs(30))
-        .await
+    crate::support::operator::install_crd(cp).await
 }
 
 /// An AgentDynamics whose generate body is unique to `tag`: the tag is both `spec.regenerate`
@@ -199,7 +194,7 @@ pub fn duplicates(records: &[GenerationRecord]) -> Vec<(String, String, Vec<u64>
 // Operator processes
 
 pub fn debug_operator_binary() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_dynamics-operator"))
+    crate::support::operator::operator_binary()
 }
 
 /// How to start an operator process.
@@ -222,15 +217,7 @@ impl OperatorSpec {
         failpoints: &str,
         failpoint_seed: u64,
     ) -> anyhow::Result<ManagedChild> {
-        let mut args: Vec<String> = vec![
-            "run".into(),
-            "--namespace".into(),
-            self.namespace.clone(),
-            "--api-url".into(),
-            self.api_url.clone(),
-            "--metrics-addr".into(),
-            "127.0.0.1:0".into(),
-        ];
+        let mut args = crate::support::operator::run_args(&self.namespace, &self.api_url);
         args.extend(self.args.iter().cloned());
         args.extend(extra.iter().cloned());
         let kubeconfig = self.kubeconfig.to_string_lossy().into_owned();
@@ -268,8 +255,7 @@ pub async fn wait_exit(
 
 /// SIGKILL and reap: a crash, no graceful shutdown, no lease release.
 pub fn kill_now(child: &mut ManagedChild) {
-    crate::support::process::signal(child.pid(), 9);
-    child.reap_by(Instant::now() + Duration::from_secs(5));
+    child.kill_now();
 }
 
 /// The failpoint named in a log ("failpoint NAME hit"), if any.

@@ -1169,6 +1169,38 @@ impl ControlPlane {
         nss.create(&Default::default(), &ns).await?;
         Ok(name)
     }
+
+    /// Writes to `path` a kubeconfig holding a TokenRequest token of ServiceAccount
+    /// `namespace/service_account` (`token_args`, e.g. `--duration=2h`, go to `kubectl create
+    /// token`): a process using it authenticates exactly as it does in a pod.
+    pub fn service_account_kubeconfig(
+        &self,
+        service_account: &str,
+        namespace: &str,
+        token_args: &[&str],
+        path: &Path,
+    ) -> anyhow::Result<()> {
+        let mut args = vec!["create", "token", service_account, "-n", namespace];
+        args.extend_from_slice(token_args);
+        let token = self
+            .kubectl_ok(args)
+            .context("TokenRequest for the ServiceAccount")?;
+        let ca = self
+            .ca_file()
+            .context("a local control plane has a CA file")?;
+        std::fs::write(
+            path,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {}\n    certificate-authority: {:?}\n\
+                 users:\n- name: sa\n  user:\n    token: {}\ncontexts:\n- name: c\n  context:\n    cluster: c\n    user: sa\n\
+                 current-context: c\n",
+                self.server_url(),
+                ca.display().to_string(),
+                token.trim()
+            ),
+        )
+        .with_context(|| format!("write {}", path.display()))
+    }
 }
 
 impl Drop for ControlPlane {

@@ -199,6 +199,12 @@ impl ManagedChild {
     }
 
     /// Last `max_bytes` of the log file.
+    /// SIGKILL and reap: a crash, no graceful shutdown, no lease release.
+    pub fn kill_now(&mut self) {
+        signal(self.pid(), 9);
+        self.reap_by(Instant::now() + Duration::from_secs(5));
+    }
+
     pub fn log_tail(&self, max_bytes: u64) -> String {
         tail_file(&self.log, max_bytes)
     }

@@ -82,16 +82,26 @@ pub fn find<'a>(docs: &'a [Json], kind: &str, name: &str) -> &'a Json {
         .unwrap_or_else(|| panic!("no {kind} {name} in the rendered manifests"))
 }
 
-/// `kubectl kustomize <dir>` (the kustomize built into the pinned kubectl), as documents.
-pub fn kustomize(dir: &str) -> Vec<Json> {
-    let kubectl = super::controlplane::default_bin_dir().join("kubectl");
+/// The harness's kubectl (`DYNAMICS_CONTROLPLANE_BIN`, else where tests/controlplane/build.sh
+/// puts it), or a panic that says how to build it.
+pub fn kubectl() -> PathBuf {
+    let dir = std::env::var_os("DYNAMICS_CONTROLPLANE_BIN")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(super::controlplane::default_bin_dir);
+    let kubectl = dir.join("kubectl");
     assert!(
         kubectl.is_file(),
         "control plane binaries missing: run tests/controlplane/build.sh (no kubectl at {})",
         kubectl.display()
     );
+    kubectl
+}
+
+/// `kubectl kustomize <dir>` (the kustomize built into the pinned kubectl), as documents.
+pub fn kustomize(dir: &str) -> Vec<Json> {
     parse_docs(&run_ok(
-        &kubectl,
+        &kubectl(),
         [
             OsStr::new("kustomize"),
             Path::new(ROOT).join(dir).as_os_str(),
