@@ -149,7 +149,8 @@ pub(crate) enum Mode {
 }
 
 /// Reads and validates everything, opens the state and the API. `Err(code)` when the command must
-/// stop before any remote call (what was wrong is already printed).
+/// stop before any remote call (what was wrong is already printed). The phases, in order: flags,
+/// manifests, state, every rule for every document, the API, then each object's access.
 pub(crate) async fn prepare(
     common: &CommonArgs,
     mode: Mode,
@@ -161,7 +162,6 @@ pub(crate) async fn prepare(
     if common.simulator && common.state.is_some() {
         return fail("--state cannot be used with --simulator: the simulated API forgets everything when the command ends, so its state is kept in memory only".into());
     }
-
     let loaded = match manifests::load(&common.filename) {
         Ok(loaded) => loaded,
         Err(e) => return fail(format!("{e:#}")),
@@ -172,63 +172,19 @@ pub(crate) async fn prepare(
             skipped.source, skipped.what
         );
     }
-
-    let store = if common.simulator {
-        StateStore::ephemeral()
-    } else {
-        let path = common
-            .state
-            .clone()
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_FILE));
-        let opened = match mode {
-            Mode::Plan => StateStore::read_only(&path),
-            Mode::Apply => StateStore::open_locked(&path),
-        };
-        match opened {
-            Ok(store) => store,
-            Err(e) => return fail(format!("{e:#}")),
-        }
+    let store = match open_state(common, mode) {
+        Ok(store) => store,
+        Err(e) => return fail(format!("{e:#}")),
     };
-
     // Every rule first, for every document: one bad manifest means nothing is sent for any.
-    let mut errors = loaded.errors.clone();
-    errors.extend(duplicates(&loaded.objects));
-    let now = jiff::Timestamp::now();
-    for manifest in &loaded.objects {
-        if let Some(previous) = store.get(&manifest.key()) {
-            // The agentId rule the API server applies on update, against the spec last applied.
-            for error in validate_update(&previous.spec, &manifest.object.spec) {
-                let error = FieldError {
-                    message: format!(
-                        "{} (the state file has agent {})",
-                        error.message, previous.agent_id
-                    ),
-                    ..error
-                };
-                errors.push(ManifestError {
-                    source: manifest.source.clone(),
-                    name: Some(manifest.key()),
-                    error,
-                });
-            }
-        }
-    }
+    let errors = rule_errors(&loaded, &store);
     if !errors.is_empty() {
-        for error in &errors {
-            eprintln!("{error}");
-        }
-        let documents = errors
-            .iter()
-            .map(|e| (&e.source.file, e.source.document, e.source.item))
-            .collect::<std::collections::BTreeSet<_>>()
-            .len();
-        eprintln!("error: {documents} invalid document(s); nothing was sent for any object");
+        report_invalid(&errors);
         return Ok(Err(exit::ERROR));
     }
     if loaded.objects.is_empty() {
         eprintln!("note: no AgentDynamics found in the given manifests");
     }
-
     let mut operator = match common.api.secret() {
         Ok(secret) => secret,
         Err(e) => return fail(format!("{e:#}")),
@@ -237,55 +193,133 @@ pub(crate) async fn prepare(
         // The simulated account's secret stands in for the operator's.
         operator = Some(ApiSecret::new(SimConfig::default().secret));
     }
+    let (remote, sim_secret) = connect(common, &loaded, operator.as_ref()).await?;
+    note_unmanaged(&loaded, &store);
+    let objects = admit_objects(loaded, &store, operator.as_ref(), sim_secret.as_ref());
+    Ok(Ok(Prepared {
+        objects,
+        store,
+        remote,
+    }))
+}
 
-    let (remote, sim_secret) = if common.simulator {
-        let secret = operator
-            .clone()
-            .unwrap_or_else(|| ApiSecret::new(SimConfig::default().secret));
-        // Each Secret document is another key to the same simulated account.
-        let extra_secrets = loaded
-            .secrets
-            .values()
-            .flat_map(|doc| doc.data.values())
-            .map(|bytes| String::from_utf8_lossy(bytes).trim().to_string())
-            .filter(|s| !s.is_empty())
-            .collect();
-        let config = SimConfig {
-            secret: secret.expose().to_string(),
-            generation_time: Duration::from_millis(800),
-            extra_secrets,
-            ..SimConfig::default()
+/// The state file (read-only for `plan`, locked for `apply`), or memory with `--simulator`.
+fn open_state(common: &CommonArgs, mode: Mode) -> anyhow::Result<StateStore> {
+    if common.simulator {
+        return Ok(StateStore::ephemeral());
+    }
+    let path = common
+        .state
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_FILE));
+    match mode {
+        Mode::Plan => StateStore::read_only(&path),
+        Mode::Apply => StateStore::open_locked(&path),
+    }
+}
+
+/// Every manifest error: what loading found, duplicates, and an agentId changed against the
+/// spec last applied (the rule the API server applies on update).
+fn rule_errors(loaded: &manifests::Loaded, store: &StateStore) -> Vec<ManifestError> {
+    let mut errors = loaded.errors.clone();
+    errors.extend(duplicates(&loaded.objects));
+    for manifest in &loaded.objects {
+        let Some(previous) = store.get(&manifest.key()) else {
+            continue;
         };
-        let handle = crate::sim::start(config).await?;
-        eprintln!(
-            "SIMULATED API: the built-in simulator runs at {}; nothing is sent to bitHuman and no real credits are spent.",
-            handle.url()
-        );
-        (
-            Remote {
-                client: client(&common.api, Some(&handle.url()))?,
-                simulator: Some(handle),
-            },
-            Some(secret),
-        )
-    } else {
-        (
-            Remote {
-                client: client(&common.api, None)?,
-                simulator: None,
-            },
-            None,
-        )
-    };
+        for error in validate_update(&previous.spec, &manifest.object.spec) {
+            let error = FieldError {
+                message: format!(
+                    "{} (the state file has agent {})",
+                    error.message, previous.agent_id
+                ),
+                ..error
+            };
+            errors.push(ManifestError {
+                source: manifest.source.clone(),
+                name: Some(manifest.key()),
+                error,
+            });
+        }
+    }
+    errors
+}
 
+fn report_invalid(errors: &[ManifestError]) {
+    for error in errors {
+        eprintln!("{error}");
+    }
+    let documents = errors
+        .iter()
+        .map(|e| (&e.source.file, e.source.document, e.source.item))
+        .collect::<std::collections::BTreeSet<_>>()
+        .len();
+    eprintln!("error: {documents} invalid document(s); nothing was sent for any object");
+}
+
+/// The API: the real one, or the built-in simulator with `--simulator` (then also the secret
+/// that stands in for a missing one).
+async fn connect(
+    common: &CommonArgs,
+    loaded: &manifests::Loaded,
+    operator: Option<&ApiSecret>,
+) -> anyhow::Result<(Remote, Option<ApiSecret>)> {
+    if !common.simulator {
+        let remote = Remote {
+            client: client(&common.api, None)?,
+            simulator: None,
+        };
+        return Ok((remote, None));
+    }
+    let secret = operator
+        .cloned()
+        .unwrap_or_else(|| ApiSecret::new(SimConfig::default().secret));
+    // Each Secret document is another key to the same simulated account.
+    let extra_secrets = loaded
+        .secrets
+        .values()
+        .flat_map(|doc| doc.data.values())
+        .map(|bytes| String::from_utf8_lossy(bytes).trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect();
+    let config = SimConfig {
+        secret: secret.expose().to_string(),
+        generation_time: Duration::from_millis(800),
+        extra_secrets,
+        ..SimConfig::default()
+    };
+    let handle = crate::sim::start(config).await?;
+    eprintln!(
+        "SIMULATED API: the built-in simulator runs at {}; nothing is sent to bitHuman and no real credits are spent.",
+        handle.url()
+    );
+    let remote = Remote {
+        client: client(&common.api, Some(&handle.url()))?,
+        simulator: Some(handle),
+    };
+    Ok((remote, Some(secret)))
+}
+
+/// Objects the state knows that no manifest names are left alone, and said so.
+fn note_unmanaged(loaded: &manifests::Loaded, store: &StateStore) {
     let manifest_keys: std::collections::BTreeSet<String> =
         loaded.objects.iter().map(Manifest::key).collect();
-    let unmanaged: Vec<String> = store
-        .keys()
-        .filter(|k| !manifest_keys.contains(*k))
-        .cloned()
-        .collect();
+    for key in store.keys().filter(|k| !manifest_keys.contains(*k)) {
+        eprintln!(
+            "note: {key} is in the state file but in none of the manifests; it is left alone"
+        );
+    }
+}
 
+/// Each manifest as an object ready for passes: its record (admitted into the state, not yet
+/// saved) and its access (a conflict by the ownership rule, its secret, or why it has none).
+fn admit_objects(
+    loaded: manifests::Loaded,
+    store: &StateStore,
+    operator: Option<&ApiSecret>,
+    sim_secret: Option<&ApiSecret>,
+) -> Vec<Object> {
+    let now = jiff::Timestamp::now();
     // Two objects for one agent would fight (and pay twice): the controller's ownership rule,
     // with what the state file knows (has it acted, since when).
     let mut claimants: BTreeMap<String, Vec<Claimant>> = BTreeMap::new();
@@ -315,11 +349,11 @@ pub(crate) async fn prepare(
         let conflict = owner_instead_of(me, rivals).map(|owner| Blocker::Conflict { owner });
         let access = match (
             conflict,
-            secrets::resolve(&manifest, &loaded.secrets, operator.as_ref()),
+            secrets::resolve(&manifest, &loaded.secrets, operator),
         ) {
             (Some(conflict), _) => Access::Blocked(conflict),
             (None, Ok(secret)) => Access::Granted(secret),
-            (None, Err(blocker)) => match &sim_secret {
+            (None, Err(blocker)) => match sim_secret {
                 // The simulator has no real accounts: an object whose secret is missing still
                 // shows the rest of the flow, and says so.
                 Some(sim) if !spec.suspend => {
@@ -356,16 +390,7 @@ pub(crate) async fn prepare(
             view,
         });
     }
-    for key in &unmanaged {
-        eprintln!(
-            "note: {key} is in the state file but in none of the manifests; it is left alone"
-        );
-    }
-    Ok(Ok(Prepared {
-        objects,
-        store,
-        remote,
-    }))
+    objects
 }
 
 /// The API client as `run` builds it; `--simulator` only swaps the base URL.
