@@ -47,9 +47,9 @@ pub enum Command {
     /// Print the AgentDynamics CustomResourceDefinition (YAML).
     Crd,
     /// Show what apply would do for a file or folder of manifests, and what it would cost.
-    Plan(crate::filemode::PlanArgs),
+    Plan(PlanArgs),
     /// Converge a file or folder of manifests without a cluster, keeping status in a state file.
-    Apply(crate::filemode::ApplyArgs),
+    Apply(ApplyArgs),
 }
 
 /// Where the bitHuman API is and how to authenticate (shared by `run`, `plan` and `apply`).
@@ -212,4 +212,74 @@ impl RunArgs {
             }),
         })
     }
+}
+
+// ---- file mode: `plan` and `apply` ----
+
+/// Flags shared by `plan` and `apply`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CommonArgs {
+    /// Manifests: a file, a directory (read recursively: *.yaml, *.yml, *.json) or - for standard
+    /// input. Repeatable. Documents of other kinds are skipped with a note; v1 Secrets are used
+    /// to resolve spec.apiSecretRef.
+    #[arg(short = 'f', long = "filename", value_name = "PATH", required = true)]
+    pub filename: Vec<PathBuf>,
+
+    /// Where the API is and the operator's secret (as for `run`; the secret itself comes from
+    /// --api-secret-file or BITHUMAN_API_SECRET, never a flag).
+    #[command(flatten)]
+    pub api: ApiArgs,
+
+    /// State file holding each object's status between runs; keep it, or the next apply generates
+    /// every object again [default: .dynamics-state.json in the current directory]. Refused with
+    /// --simulator (whose state lives in memory).
+    #[arg(long, value_name = "FILE")]
+    pub state: Option<PathBuf>,
+
+    /// Output: table; or json / yaml (apply: a v1 List of the objects with status, as
+    /// `kubectl get -o json`; plan: the plan).
+    #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+
+    /// Start the built-in Dynamics API simulator in this process (fast generations, no account,
+    /// no credits) and use it instead of the real API. State is kept in memory only.
+    #[arg(long)]
+    pub simulator: bool,
+}
+
+/// `dynamics-operator plan`: show what `apply` would do and what it would cost.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PlanArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+/// `dynamics-operator apply`: converge every object and wait until all are Ready.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ApplyArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+
+    /// How long to wait for every object to become Ready, e.g. 90s, 5m, 1h.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10m")]
+    pub timeout: Duration,
+
+    /// Generations running at once per account (the account runs two; more only queue remotely).
+    /// 0: no limit.
+    #[arg(long, default_value_t = 2)]
+    pub max_concurrent_generations: usize,
+
+    /// At most this many new generations per account in any hour (each costs 250 credits).
+    /// Default: no limit.
+    #[arg(long)]
+    pub generations_per_hour: Option<usize>,
+}
+
+/// How `plan` and `apply` print their result on stdout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum OutputFormat {
+    #[default]
+    Table,
+    Json,
+    Yaml,
 }

@@ -13,14 +13,7 @@ use crate::resource::{AgentDynamics, AgentDynamicsStatus};
 
 use super::manifests::Manifest;
 use super::state::ObjectState;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
-pub enum OutputFormat {
-    #[default]
-    Table,
-    Json,
-    Yaml,
-}
+pub use crate::cli::OutputFormat;
 
 /// The object as the API server would return it: the manifest plus the metadata the server adds
 /// (uid, generation, creationTimestamp) and the status from the state.
