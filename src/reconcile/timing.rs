@@ -33,7 +33,9 @@ impl GenerationTimer {
     /// time: most polls find the job just finished, few find it still running.
     pub fn finished(&mut self, elapsed: Duration, seen_running: Option<Duration>) {
         let next = match (self.estimate, seen_running) {
-            (None, _) => elapsed,
+            // The first: between the last poll that saw it running and the one that saw it done.
+            (None, Some(lower)) => lower + elapsed.saturating_sub(lower) / 2,
+            (None, None) => elapsed,
             (Some(_), Some(lower)) => lower.saturating_add(lower / 50).min(elapsed).max(lower),
             (Some(estimate), None) => estimate.saturating_sub(estimate / 500).min(elapsed),
         };
@@ -66,7 +68,11 @@ mod tests {
         let mut t = GenerationTimer::default();
         assert_eq!(t.expected(), None);
         t.finished(ms(260), Some(ms(150)));
-        assert_eq!(t.expected(), Some(ms(260)));
+        assert_eq!(
+            t.expected(),
+            Some(ms(205)),
+            "halfway between running and done"
+        );
     }
 
     #[test]
@@ -97,7 +103,8 @@ mod tests {
         let truth = ms(200);
         let step = ms(10); // the re-poll after a miss
         let mut t = GenerationTimer::default();
-        t.finished(ms(250), None);
+        // The first generation, timed by the quarter rule: seen running at 160 ms, done at 280.
+        t.finished(ms(280), Some(ms(160)));
         let mut misses = 0;
         let mut late = Duration::ZERO;
         for _ in 0..1000 {
