@@ -21,7 +21,7 @@ use crate::reconcile::plan::{
 };
 use crate::reconcile::reasons;
 use crate::reconcile::transitions::{
-    after_generate, after_update, observe, record_generate_outcome, settle, with_marker,
+    after_generate, after_update, record_generate_outcome, settle, take_in_remote, with_marker,
 };
 use crate::reconcile::Health;
 use crate::resource::{AgentDynamicsSpec, AgentDynamicsStatus};
@@ -276,7 +276,7 @@ impl Executor {
             // Any GET that sees a generation end hands its slot on at once.
             let holding = holds_generation_slot(&input);
             let at = self.epoch.elapsed();
-            self.with_guard(|guards| guards.observe(secret.account(), &obj.key, holding, at));
+            self.with_guard(|guards| guards.track(secret.account(), &obj.key, holding, at));
             input.timing = self.timing(&obj.key);
         }
         let result = self
@@ -364,9 +364,9 @@ impl Executor {
                     adopted,
                 };
             }
-            let observation = self.observe(obj, secret).await;
+            let observation = self.get_remote(obj, secret).await;
             if let Observation::Found(state) = &observation {
-                let observed = observe(&status, state);
+                let observed = take_in_remote(&status, state);
                 status = observed.status;
                 adopted = observed.adopted;
             }
@@ -421,7 +421,7 @@ impl Executor {
         }
     }
 
-    async fn observe(&self, obj: &ObjectView, secret: Option<&ApiSecret>) -> Observation {
+    async fn get_remote(&self, obj: &ObjectView, secret: Option<&ApiSecret>) -> Observation {
         let secret = secret.expect("plan observes only when the secret resolved");
         match self.client.get(secret, &obj.spec.agent_id).await {
             Ok(state) => Observation::Found(state),

@@ -48,7 +48,7 @@ impl GenerationGuard {
     }
 
     /// Ask to start a generation for `key` (namespace/name). On success the slot is held until
-    /// `observe` sees the remote finish or `forget` is called. Refused for want of a slot, the
+    /// `track` sees the remote finish or `forget` is called. Refused for want of a slot, the
     /// object joins the queue and is named by `take_woken` when its turn may have come;
     /// `retry` is how long it waits at most meanwhile.
     pub fn try_start(&mut self, key: &str, now: Timestamp, retry: Duration) -> Result<(), Refusal> {
@@ -99,7 +99,7 @@ impl GenerationGuard {
 
     /// Track what the remote reports: a running generation holds a slot (also one started before
     /// a restart), a finished one frees it.
-    pub fn observe(&mut self, key: &str, generating: bool) {
+    pub fn track(&mut self, key: &str, generating: bool) {
         if generating {
             self.in_flight.insert(key.to_string());
         } else {
@@ -244,8 +244,8 @@ impl AccountGuards {
 
     /// What a GET at `at` showed: whether the object holds a slot (its job runs, or its call is
     /// not visible yet). A generation seen ending frees its slot at once and teaches the timer.
-    pub fn observe(&mut self, account: AccountId, key: &str, holding: bool, at: Duration) {
-        self.guard(account, key).observe(key, holding);
+    pub fn track(&mut self, account: AccountId, key: &str, holding: bool, at: Duration) {
+        self.guard(account, key).track(key, holding);
         let Some(held) = self.objects.get_mut(key) else {
             return;
         };
@@ -320,7 +320,7 @@ mod tests {
         assert_eq!(refused.retry_after, POLL);
         // A resend for an object already holding a slot is not a new generation.
         assert!(g.try_start("a", t(1), POLL).is_ok());
-        g.observe("a", false);
+        g.track("a", false);
         assert!(g.try_start("c", t(2), POLL).is_ok());
         assert_eq!(g.in_flight(), 2);
     }
@@ -333,7 +333,7 @@ mod tests {
             assert!(g.try_start(key, t(0), POLL).is_err());
         }
         assert!(g.take_woken().is_empty(), "no slot free yet");
-        g.observe("a", false);
+        g.track("a", false);
         assert_eq!(
             g.take_woken(),
             vec!["b".to_string()],
@@ -341,7 +341,7 @@ mod tests {
         );
         assert!(g.try_start("b", t(1), POLL).is_ok());
         g.forget("c");
-        g.observe("b", false);
+        g.track("b", false);
         assert!(g.take_woken().is_empty(), "a forgotten waiter is not woken");
     }
 
@@ -387,9 +387,9 @@ mod tests {
         assert!(g.try_start(b, "b2", t(0), POLL).is_ok());
         assert_eq!(g.load(), (1, 4));
         // A generation of account b ending wakes nobody of account a.
-        g.observe(b, "b1", false, Duration::ZERO);
+        g.track(b, "b1", false, Duration::ZERO);
         assert!(g.take_woken().is_empty());
-        g.observe(a, "a1", false, Duration::ZERO);
+        g.track(a, "a1", false, Duration::ZERO);
         assert_eq!(g.take_woken(), vec!["a3".to_string()]);
     }
 
@@ -398,7 +398,7 @@ mod tests {
         let (a, b) = (account("secret-a"), account("secret-b"));
         let mut g = AccountGuards::new(1, None);
         assert!(g.try_start(a, "x", t(0), POLL).is_ok());
-        g.observe(b, "x", true, Duration::ZERO);
+        g.track(b, "x", true, Duration::ZERO);
         assert!(g.try_start(a, "y", t(0), POLL).is_ok(), "x left account a");
         assert!(g.try_start(b, "z", t(0), POLL).is_err());
     }
@@ -411,7 +411,7 @@ mod tests {
         assert!(g.try_start(a, "x", t(0), POLL).is_ok());
         g.accepted("x", t0);
         assert_eq!(g.timing("x", t0), None, "nothing learnt yet");
-        g.observe(a, "x", false, t0 + Duration::from_millis(300));
+        g.track(a, "x", false, t0 + Duration::from_millis(300));
         assert!(g.try_start(a, "y", t(1), POLL).is_ok());
         g.accepted("y", t0 + Duration::from_secs(1));
         let timing = g.timing("y", t0 + Duration::from_millis(1100)).unwrap();
@@ -422,8 +422,8 @@ mod tests {
     #[test]
     fn remote_generations_seen_after_restart_hold_slots() {
         let mut g = GenerationGuard::new(2, None);
-        g.observe("a", true);
-        g.observe("b", true);
+        g.track("a", true);
+        g.track("b", true);
         assert!(g.try_start("c", t(0), POLL).is_err());
         g.forget("b");
         assert!(g.try_start("c", t(0), POLL).is_ok());

@@ -290,7 +290,7 @@ pub fn plan(input: &Input) -> Action {
             return action;
         }
     }
-    // The last purchase, counting a pending call whose job GET now shows (`observe` records it
+    // The last purchase, counting a pending call whose job GET now shows (`take_in_remote` records it
     // before `plan` runs; counted here too, so that `plan` alone can never buy it twice).
     let bought = match &status.pending_generation {
         Some(p) if job_visible(p, remote) => Some(p.inputs_hash.as_str()),
@@ -375,7 +375,7 @@ fn plan_pending(
 ) -> Option<Action> {
     let settings = input.settings;
     if job_visible(pending, remote) {
-        // `observe` clears such a marker before `plan` runs; this only keeps `plan` safe alone.
+        // `take_in_remote` clears such a marker before `plan` runs; this only keeps `plan` safe alone.
         return None;
     }
     let age = since(&pending.since, input.now);

@@ -7,7 +7,7 @@ use jiff::Timestamp;
 
 use super::desired::{dynamics_hash, inputs_hash};
 use super::plan::*;
-use super::transitions::{after_generate, after_update, observe, settle, with_marker};
+use super::transitions::{after_generate, after_update, settle, take_in_remote, with_marker};
 use super::Health;
 use crate::api::{
     ApiErrorKind, DynamicsState, GenerateReply, Regeneration, RemoteStatus, UpdateReply,
@@ -875,7 +875,7 @@ fn generate_lifecycle_marks_then_records_and_keeps_the_marker_until_seen() {
     );
     assert_eq!(report.health.reason(), "GenerationStarted");
     // The API lags: the next GET shows nothing. Nothing is bought again.
-    let lagging = observe(&accepted, state);
+    let lagging = take_in_remote(&accepted, state);
     assert!(!lagging.adopted);
     let next = input(&s, &lagging.status, Some(&obs), &settings);
     assert_eq!(describe(&plan(&next)), "progressing:AwaitingGeneration");
@@ -885,7 +885,7 @@ fn generate_lifecycle_marks_then_records_and_keeps_the_marker_until_seen() {
         accepted
     );
     // GET then shows the job: the marker is cleared, nothing adopted (it was known bought).
-    let seen = observe(
+    let seen = take_in_remote(
         &accepted,
         &DynamicsState {
             status: Some(RemoteStatus::Generating),
@@ -915,7 +915,7 @@ fn generate_lifecycle_marks_then_records_and_keeps_the_marker_until_seen() {
     assert_eq!(report.health.reason(), "GenerationOutcomePending");
     assert!(report.transient);
     // Evidence (a new model) adopts it: bought, not counted twice.
-    let adopted = observe(
+    let adopted = take_in_remote(
         &unknown,
         &DynamicsState {
             status: Some(RemoteStatus::Ready),
@@ -949,7 +949,7 @@ fn generate_lifecycle_marks_then_records_and_keeps_the_marker_until_seen() {
     }
 
     // A crash between marker and reply: the next pass counts the call as unknown, once.
-    let found = observe(&marked, state);
+    let found = take_in_remote(&marked, state);
     assert_eq!(found.status.generations, 1);
     assert_eq!(
         found
@@ -959,7 +959,7 @@ fn generate_lifecycle_marks_then_records_and_keeps_the_marker_until_seen() {
             .and_then(|p| p.outcome),
         UNKNOWN
     );
-    assert_eq!(observe(&found.status, state).status.generations, 1);
+    assert_eq!(take_in_remote(&found.status, state).status.generations, 1);
 }
 
 #[test]

@@ -1,4 +1,4 @@
-//! How the status changes: after GET (`observe`), before a generate call (`with_marker`), after
+//! How the status changes: after GET (`take_in_remote`), before a generate call (`with_marker`), after
 //! the remote calls (`after_generate`, `after_update`), and at the end of every pass (`settle`).
 //! Pure functions, shared by the controller and the file mode.
 
@@ -20,7 +20,7 @@ use super::reasons;
 ///   the reply) becomes an unknown outcome, counted as a generation that may have been charged;
 /// - a marker whose job GET now shows is cleared, and a call of unknown outcome is adopted as
 ///   bought (its inputs recorded, never sent again).
-pub fn observe(status: &AgentDynamicsStatus, remote: &DynamicsState) -> Observed {
+pub fn take_in_remote(status: &AgentDynamicsStatus, remote: &DynamicsState) -> TakenIn {
     let mut status = status.clone();
     let mut adopted = false;
     if let Some(pending) = &mut status.pending_generation {
@@ -41,12 +41,12 @@ pub fn observe(status: &AgentDynamicsStatus, remote: &DynamicsState) -> Observed
     status.remote_status = remote.status.as_ref().map(|s| s.as_str().to_string());
     status.model_url = remote.model_url.clone();
     status.gestures = remote.gestures.keys().cloned().collect();
-    Observed { status, adopted }
+    TakenIn { status, adopted }
 }
 
 /// The status after a GET, and whether a generate call of unknown outcome was found to have landed.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Observed {
+pub struct TakenIn {
     pub status: AgentDynamicsStatus,
     pub adopted: bool,
 }
