@@ -245,7 +245,36 @@ pub(super) async fn run(args: ApplyArgs) -> anyhow::Result<i32> {
     if let Err(e) = store.compact() {
         eprintln!("warning: {e:#}");
     }
-    let rows: Vec<Row> = tracked
+    report(
+        &Outcome {
+            output: common.output,
+            tracked: &tracked,
+            initial_generations: &initial_generations,
+            simulated,
+            elapsed: start.elapsed(),
+            timeout: timed_out.then_some(args.timeout),
+            stop,
+        },
+        &store,
+    )
+}
+
+/// How the run ended, for the report.
+struct Outcome<'a> {
+    output: OutputFormat,
+    tracked: &'a [Tracked],
+    initial_generations: &'a [i64],
+    simulated: bool,
+    elapsed: Duration,
+    /// Set when the run timed out.
+    timeout: Option<Duration>,
+    stop: Option<i32>,
+}
+
+/// Print the result (stdout) and the summary (stderr), and give the exit code.
+fn report(run: &Outcome, store: &StateStore) -> anyhow::Result<i32> {
+    let rows: Vec<Row> = run
+        .tracked
         .iter()
         .map(|t| {
             let status = store
@@ -255,11 +284,11 @@ pub(super) async fn run(args: ApplyArgs) -> anyhow::Result<i32> {
             Row { t, status }
         })
         .collect();
-    print_result(common.output, &rows, &store, simulated)?;
+    print_result(run.output, &rows, store, run.simulated)?;
 
     let started: i64 = rows
         .iter()
-        .zip(&initial_generations)
+        .zip(run.initial_generations)
         .map(|(r, before)| (r.status.generations - before).max(0))
         .sum();
     let mut counts: std::collections::BTreeMap<&str, usize> = Default::default();
@@ -270,7 +299,7 @@ pub(super) async fn run(args: ApplyArgs) -> anyhow::Result<i32> {
         .iter()
         .map(|(state, n)| format!("{n} {state}"))
         .collect();
-    let elapsed = humantime::format_duration(Duration::from_secs(start.elapsed().as_secs()));
+    let elapsed = humantime::format_duration(Duration::from_secs(run.elapsed.as_secs()));
     eprintln!(
         "apply: {} in {elapsed}; {started} generation(s) started ({} credits){}",
         if summary.is_empty() {
@@ -279,19 +308,19 @@ pub(super) async fn run(args: ApplyArgs) -> anyhow::Result<i32> {
             summary.join(", ")
         },
         started as u64 * CREDITS_PER_GENERATION,
-        if simulated {
+        if run.simulated {
             " on the SIMULATED API"
         } else {
             ""
         }
     );
-    if timed_out {
+    if let Some(timeout) = run.timeout {
         eprintln!(
             "error: timed out after {} before every object was Ready; run apply again to continue",
-            humantime::format_duration(args.timeout)
+            humantime::format_duration(timeout)
         );
     }
-    if let Some(code) = stop.filter(|c| *c != exit::PENDING) {
+    if let Some(code) = run.stop.filter(|c| *c != exit::PENDING) {
         return Ok(code);
     }
     let all_ready = rows
