@@ -438,14 +438,19 @@ mod tests {
         assert_eq!(reread.get("default/a").unwrap().status.generations, 1);
     }
 
-    #[test]
-    fn a_line_cut_short_by_a_kill_is_ignored_and_a_broken_one_is_an_error() {
+    /// A state with one object saved (in the journal) by an apply that has ended.
+    fn one_object_applied() -> (tempfile::TempDir, ObjectState) {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("state.json");
-        let mut store = StateStore::open_locked(&path).unwrap();
+        let mut store = StateStore::open_locked(&dir.path().join("state.json")).unwrap();
         let record = store.admit("default/a", &spec(5), jiff::Timestamp::now());
         store.put("default/a", record.clone()).unwrap();
-        drop(store);
+        (dir, record)
+    }
+
+    #[test]
+    fn a_line_cut_short_by_a_kill_is_ignored_and_a_broken_one_is_an_error() {
+        let (dir, record) = one_object_applied();
+        let path = dir.path().join("state.json");
         let mut journal = OpenOptions::new()
             .append(true)
             .open(journal_path(&path))
@@ -462,12 +467,8 @@ mod tests {
 
     #[test]
     fn opening_for_apply_folds_the_journal_into_the_file() {
-        let dir = tempfile::tempdir().unwrap();
+        let (dir, record) = one_object_applied();
         let path = dir.path().join("state.json");
-        let mut store = StateStore::open_locked(&path).unwrap();
-        let record = store.admit("default/a", &spec(5), jiff::Timestamp::now());
-        store.put("default/a", record.clone()).unwrap();
-        drop(store);
         let store = StateStore::open_locked(&path).unwrap();
         assert_eq!(std::fs::read_to_string(journal_path(&path)).unwrap(), "");
         let file: StateData =
