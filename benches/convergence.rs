@@ -1,28 +1,47 @@
-//! Convergence, cost and memory of the operator at N AgentDynamics.
+//! Convergence, cost and memory of the operator (or of its peer, provider-http) at N objects.
 //!
 //! ```sh
-//! cargo bench --bench convergence -- --objects 1000                # account-realistic profile
+//! cargo bench --bench convergence -- --objects 1000                # account profile
+//! cargo bench --bench convergence -- --objects 1000 --accounts 2   # two accounts, 2 slots each
 //! cargo bench --bench convergence -- --objects 1000 --unlimited    # the operator's own overhead
+//! cargo bench --bench convergence -- --realistic                   # 30 s generations, defaults
+//! cargo bench --bench convergence -- --peer provider-http --peer-mapping plain   # the peer
 //! cargo bench --bench convergence -- --help
 //! ```
 //!
 //! It starts a real control plane (tests/support, binaries from tests/controlplane/build.sh), the
-//! simulator in this process and the operator binary (release) as a child process, creates N
-//! objects through the Kubernetes API and measures:
+//! simulator in this process and the target as a child process: this operator (release build)
+//! or crossplane-contrib/provider-http (built by benches/peer/build.sh, driven by the Request
+//! templates of benches/peer/). It creates N objects through the Kubernetes API and measures,
+//! in phases (setup, create, converge, counters, idle, edits, lost reply, report):
 //!
-//! * time from the first create until all N are Ready, against the floor the simulator sets;
-//! * remote calls per object by endpoint (simulator counters) and status writes per object (the
-//!   operator's metric, the AgentDynamics changes seen on a watch, and the API server's own
-//!   request counters);
+//! * time from the first create until every object has converged on the simulator's record (a
+//!   ready generation with the object's current inputs and its dynamics block applied) and, for
+//!   this operator, is also Ready; against the floor the simulator sets;
+//! * remote calls per object by endpoint (simulator counters), API-server writes per object
+//!   (`apiserver_request_total`) and, for this operator, its status writes and passes;
 //! * remote calls and API-server writes during an idle window after convergence;
-//! * the operator's peak RSS and CPU time (/proc);
-//! * the time for one spec edit to reach the simulator (watch-to-call latency).
+//! * the target's peak RSS and CPU time (/proc);
+//! * edit-to-call latency: a dynamics edit until the simulator has the new block (p50/p99/max);
+//! * what the target does when the reply of a generate call is lost (one extra object).
 //!
-//! Results go to stdout (a Markdown table) and to `target/bench/convergence-<N>-<profile>.json`.
+//! Results go to stdout (a Markdown table) and to `target/bench/convergence-<...>.json`.
 //! `cargo test --all-targets` runs this binary without `--bench`: it then does nothing.
+
+// The report's `json!` is deep.
+#![recursion_limit = "256"]
 
 #[path = "../tests/support/mod.rs"]
 mod support;
+
+#[path = "convergence/measure.rs"]
+mod measure;
+#[path = "convergence/oracle.rs"]
+mod oracle;
+#[path = "convergence/peer.rs"]
+mod peer;
+#[path = "convergence/watch.rs"]
+mod watch;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -34,22 +53,34 @@ use clap::{Parser, ValueEnum};
 use dynamics_operator::resource::AgentDynamics;
 use dynamics_operator::sim::{self, SimConfig, SimHandle, SimStats};
 use futures::{StreamExt, TryStreamExt};
-use kube::api::{Patch, PatchParams, PostParams};
-use kube::runtime::watcher;
-use kube::{Api, ResourceExt};
-use serde_json::json;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{DynamicObject, Patch, PatchParams, PostParams};
+use kube::Api;
+use serde_json::{json, Value};
 use support::controlplane::{self, ControlPlane};
 use support::process::ManagedChild;
 
+use measure::{
+    api_writes, apiserver_requests, diff_map, operator_metrics, proc_sample, self_sample,
+    OperatorMetrics, ProcSample,
+};
+use oracle::Expected;
+use watch::{spawn_watch, WatchState};
+
+/// Account 0's api-secret (the operator's own); account k > 0 is `bench-account-k`.
 const SECRET: &str = "bench-operator-secret";
 const CRD_NAME: &str = "agentdynamics.dynamics.bithuman.ai";
+const SECRET_LABEL: &str = "dynamics.bithuman.ai/api-secret";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Profile {
-    /// The account's limit: the simulator runs 2 generations at once, the operator starts at most 2.
+    /// The account's limit: the simulator runs 2 generations at once per account, the operator
+    /// starts at most 2 per account; 200 ms generations, polling scaled down to match.
     Account,
-    /// No limit anywhere and short generations: what is left is the operator's own overhead.
+    /// No limit anywhere and short generations: what is left is the target's own overhead.
     Unlimited,
+    /// 30 s generations, no limit, the targets' default poll flags, N=100 by default.
+    Realistic,
 }
 
 impl Profile {
@@ -57,50 +88,86 @@ impl Profile {
         match self {
             Profile::Account => "account",
             Profile::Unlimited => "unlimited",
+            Profile::Realistic => "realistic",
         }
     }
 }
 
-/// Convergence benchmark of dynamics-operator against a real control plane and the simulator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum PeerKind {
+    /// crossplane-contrib/provider-http v1.0.14 (benches/peer/).
+    ProviderHttp,
+}
+
+/// Convergence benchmark of dynamics-operator (or its peer) against a real control plane and
+/// the simulator.
 #[derive(Debug, Parser)]
 #[command(name = "convergence")]
 struct Args {
-    /// Number of AgentDynamics objects.
+    /// Number of objects.
     #[arg(long, default_value_t = 100)]
     objects: usize,
-    /// Account-realistic (2 generations at once) or unlimited.
+    /// Account (2 generations at once per account), unlimited, or realistic.
     #[arg(long, value_enum, default_value_t = Profile::Account)]
     profile: Profile,
     /// Shorthand for `--profile unlimited`.
     #[arg(long)]
     unlimited: bool,
-    /// Simulated generation time (default: 200ms account, 100ms unlimited).
+    /// Shorthand for `--profile realistic`.
+    #[arg(long)]
+    realistic: bool,
+    /// Simulated generation time (default: 200ms account, 100ms unlimited, 30s realistic).
     #[arg(long, value_parser = humantime::parse_duration)]
     generation_time: Option<Duration>,
-    /// Generations at once in the account profile (simulator and operator alike).
+    /// Generations at once per account in the account profile (simulator and operator alike).
     #[arg(long, default_value_t = 2)]
     max_concurrent: usize,
-    /// Operator --poll-min (its default is 1s; scaled down with the short simulated generations).
-    #[arg(long, default_value = "50ms", value_parser = humantime::parse_duration)]
-    poll_min: Duration,
-    /// Operator --poll-max (its default is 30s).
-    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
-    poll_max: Duration,
+    /// Simulator accounts; objects are spread evenly over as many labelled Secrets, each
+    /// referenced by `spec.apiSecretRef` (with 1, the operator's own secret, no Secret).
+    #[arg(long, default_value_t = 1)]
+    accounts: usize,
+    /// Operator --poll-min (default 50ms; none in the realistic profile: the operator's 1s).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    poll_min: Option<Duration>,
+    /// Operator --poll-max (default 1s; none in the realistic profile: the operator's 30s).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    poll_max: Option<Duration>,
     /// Operator --concurrency.
     #[arg(long, default_value_t = 16)]
     concurrency: u16,
     /// Creates in flight at once.
     #[arg(long, default_value_t = 32)]
     create_parallelism: usize,
-    /// Idle window after convergence (the issue asks for 60s).
+    /// Idle window after convergence.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     idle: Duration,
-    /// Spec edits for the watch-to-call latency (one at a time, on objects spread over N).
-    #[arg(long, default_value_t = 5)]
+    /// Dynamics edits for the edit-to-call latency (one at a time, on objects spread over N).
+    #[arg(long, default_value_t = 50)]
     edits: usize,
+    /// How long one edit may take to reach the simulator; after 3 misses in a row the edits stop.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    edit_timeout: Duration,
+    /// Skip the lost-reply probe (one extra object whose generate reply is dropped).
+    #[arg(long)]
+    no_lost_reply: bool,
+    /// How long to watch the lost-reply object (default 20s plus two generation times).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    lost_reply_window: Option<Duration>,
     /// Give up waiting for convergence after this long.
     #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
     timeout: Duration,
+    /// Run this peer instead of dynamics-operator.
+    #[arg(long, value_enum)]
+    peer: Option<PeerKind>,
+    /// The peer's mapping (benches/peer/README.md): plain (out of the box) or best (best effort).
+    #[arg(long, value_enum, default_value_t = peer::Mapping::Plain)]
+    peer_mapping: peer::Mapping,
+    /// provider-http --poll (default 1s; none in the realistic profile: its 1m).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    peer_poll: Option<Duration>,
+    /// provider-http --max-reconcile-rate (default 16; none in the realistic profile: its 10).
+    #[arg(long)]
+    peer_max_reconcile_rate: Option<u32>,
     /// Operator binary (default: the one cargo built for this bench, release under `cargo bench`).
     #[arg(long)]
     operator_bin: Option<PathBuf>,
@@ -110,7 +177,7 @@ struct Args {
     /// Extra operator flag (repeatable), e.g. --operator-arg=--resync=1m.
     #[arg(long = "operator-arg", allow_hyphen_values = true)]
     operator_args: Vec<String>,
-    /// Where to write the JSON (default: <target>/bench/convergence-<N>-<profile>.json).
+    /// Where to write the JSON (default: <target>/bench/convergence-<N>-<profile>[...].json).
     #[arg(long)]
     out: Option<PathBuf>,
     /// Passed by `cargo bench`; without it (cargo test) the benchmark does not run.
@@ -118,27 +185,126 @@ struct Args {
     bench: bool,
 }
 
-impl Args {
-    fn profile(&self) -> Profile {
-        if self.unlimited {
+/// Everything the arguments decide, resolved once.
+#[derive(Debug, Clone)]
+struct Plan {
+    n: usize,
+    profile: Profile,
+    generation_time: Duration,
+    /// Generations at once per account (0 = unlimited), for the simulator and the operator.
+    limit: usize,
+    accounts: usize,
+    poll_min: Option<Duration>,
+    poll_max: Option<Duration>,
+    peer: Option<peer::Mapping>,
+    peer_poll: Option<Duration>,
+    peer_rate: Option<u32>,
+    floor: Duration,
+    lost_reply_window: Option<Duration>,
+}
+
+impl Plan {
+    fn new(args: &Args) -> anyhow::Result<Plan> {
+        let profile = if args.realistic {
+            Profile::Realistic
+        } else if args.unlimited {
             Profile::Unlimited
         } else {
-            self.profile
+            args.profile
+        };
+        if args.accounts == 0 {
+            bail!("--accounts must be at least 1");
         }
-    }
-    fn generation_time(&self) -> Duration {
-        self.generation_time.unwrap_or(match self.profile() {
+        if args.objects == 0 {
+            bail!("--objects must be at least 1");
+        }
+        let generation_time = args.generation_time.unwrap_or(match profile {
             Profile::Account => Duration::from_millis(200),
             Profile::Unlimited => Duration::from_millis(100),
+            Profile::Realistic => Duration::from_secs(30),
+        });
+        let limit = match profile {
+            Profile::Account => args.max_concurrent,
+            Profile::Unlimited | Profile::Realistic => 0,
+        };
+        let scaled = profile != Profile::Realistic;
+        let n = args.objects;
+        let floor = if limit == 0 {
+            generation_time
+        } else {
+            generation_time.mul_f64((n as f64 / (limit * args.accounts) as f64).ceil())
+        };
+        Ok(Plan {
+            n,
+            profile,
+            generation_time,
+            limit,
+            accounts: args.accounts,
+            poll_min: args
+                .poll_min
+                .or(scaled.then_some(Duration::from_millis(50))),
+            poll_max: args.poll_max.or(scaled.then_some(Duration::from_secs(1))),
+            peer: args.peer.map(|_| args.peer_mapping),
+            peer_poll: args.peer_poll.or(scaled.then_some(Duration::from_secs(1))),
+            peer_rate: args.peer_max_reconcile_rate.or(scaled.then_some(16)),
+            floor,
+            lost_reply_window: (!args.no_lost_reply).then(|| {
+                args.lost_reply_window
+                    .unwrap_or(Duration::from_secs(20) + generation_time * 2)
+            }),
         })
     }
-    /// Generations at once (0 = unlimited), for the simulator and the operator.
-    fn limit(&self) -> usize {
-        match self.profile() {
-            Profile::Account => self.max_concurrent,
-            Profile::Unlimited => 0,
+
+    fn target_name(&self) -> String {
+        match self.peer {
+            None => "dynamics-operator".into(),
+            Some(m) => format!("provider-http ({} mapping)", m.name()),
         }
     }
+
+    /// `convergence-100-account`, `-2acc`, `-provider-http-plain`.
+    fn file_stem(&self) -> String {
+        let mut s = format!("convergence-{}-{}", self.n, self.profile.name());
+        if self.accounts > 1 {
+            s += &format!("-{}acc", self.accounts);
+        }
+        if let Some(m) = self.peer {
+            s += &format!("-provider-http-{}", m.name());
+        }
+        s
+    }
+
+    fn account_of(&self, i: usize) -> usize {
+        i % self.accounts
+    }
+
+    /// Whether objects name a Secret (always for the peer, which reads its header from one).
+    fn uses_secrets(&self) -> bool {
+        self.accounts > 1 || self.peer.is_some()
+    }
+
+    fn floor_formula(&self) -> String {
+        if self.limit == 0 {
+            "one generation".into()
+        } else {
+            format!(
+                "ceil(N/({} x {} accounts)) x generation",
+                self.limit, self.accounts
+            )
+        }
+    }
+}
+
+fn account_secret(k: usize) -> String {
+    if k == 0 {
+        SECRET.to_string()
+    } else {
+        format!("bench-account-{k}")
+    }
+}
+
+fn secret_name(k: usize) -> String {
+    format!("bench-api-{k}")
 }
 
 fn main() -> anyhow::Result<()> {
@@ -157,280 +323,26 @@ fn main() -> anyhow::Result<()> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Measurements of processes, the operator and the API server
+// The world: control plane, simulator, target
 
-#[derive(Debug, Clone, Copy, Default)]
-struct ProcSample {
-    cpu_s: f64,
-    rss_kib: u64,
-    hwm_kib: u64,
+/// The process under test.
+struct Target {
+    child: ManagedChild,
+    bin: PathBuf,
+    version: Option<String>,
+    build: &'static str,
+    log: PathBuf,
+    /// The operator's metrics port (none for the peer).
+    metrics_port: Option<u16>,
 }
-
-extern "C" {
-    fn sysconf(name: std::os::raw::c_int) -> std::os::raw::c_long;
-}
-const SC_CLK_TCK: std::os::raw::c_int = 2;
-
-fn clock_ticks() -> f64 {
-    let t = unsafe { sysconf(SC_CLK_TCK) };
-    if t > 0 {
-        t as f64
-    } else {
-        100.0
-    }
-}
-
-/// utime+stime (all threads) and VmRSS/VmHWM of a process.
-fn proc_sample(pid: u32) -> Option<ProcSample> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // After "(comm)": state is field 3, utime 14, stime 15 (1-based, in proc(5)).
-    let utime: f64 = fields.get(11)?.parse().ok()?;
-    let stime: f64 = fields.get(12)?.parse().ok()?;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kib = |key: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(key))
-            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    Some(ProcSample {
-        cpu_s: (utime + stime) / clock_ticks(),
-        rss_kib: kib("VmRSS:"),
-        hwm_kib: kib("VmHWM:"),
-    })
-}
-
-fn self_sample() -> ProcSample {
-    proc_sample(std::process::id()).unwrap_or_default()
-}
-
-/// The operator's counters from its /metrics.
-#[derive(Debug, Clone, Default)]
-struct OperatorMetrics {
-    status_writes: f64,
-    generations: f64,
-    remote_calls: BTreeMap<String, f64>,
-    reconciles: BTreeMap<String, f64>,
-}
-
-impl OperatorMetrics {
-    fn remote(&self, endpoint: &str) -> f64 {
-        self.remote_calls
-            .iter()
-            .filter(|(k, _)| k.starts_with(&format!("{endpoint}/")))
-            .map(|(_, v)| v)
-            .sum()
-    }
-    fn reconciles_total(&self) -> f64 {
-        self.reconciles.values().sum()
-    }
-}
-
-/// `name{labels} value` lines of the Prometheus/OpenMetrics text format.
-fn metric_lines(text: &str) -> impl Iterator<Item = (&str, BTreeMap<&str, &str>, f64)> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|line| {
-            let (head, value) = line.rsplit_once(' ')?;
-            let value: f64 = value.parse().ok()?;
-            let (name, labels) = match head.split_once('{') {
-                Some((name, rest)) => {
-                    let body = rest.strip_suffix('}')?;
-                    let mut labels = BTreeMap::new();
-                    // Label values here never contain `",`.
-                    for pair in body.split("\",") {
-                        let (k, v) = pair.split_once("=\"")?;
-                        labels.insert(k.trim_start_matches(','), v.trim_end_matches('"'));
-                    }
-                    (name, labels)
-                }
-                None => (head, BTreeMap::new()),
-            };
-            Some((name, labels, value))
-        })
-}
-
-async fn operator_metrics(http: &reqwest::Client, port: u16) -> anyhow::Result<OperatorMetrics> {
-    let text = http
-        .get(format!("http://127.0.0.1:{port}/metrics"))
-        .send()
-        .await?
-        .error_for_status()?
-        .text()
-        .await?;
-    let mut m = OperatorMetrics::default();
-    for (name, labels, value) in metric_lines(&text) {
-        match name {
-            "dynamics_operator_status_writes_total" => m.status_writes = value,
-            "dynamics_operator_generations_total" => m.generations = value,
-            "dynamics_operator_remote_calls_total" => {
-                let key = format!(
-                    "{}/{}",
-                    labels.get("endpoint").unwrap_or(&"?"),
-                    labels.get("code").unwrap_or(&"?")
-                );
-                *m.remote_calls.entry(key).or_default() += value;
-            }
-            "dynamics_operator_reconciles_total" => {
-                let key = labels.get("result").unwrap_or(&"?").to_string();
-                *m.reconciles.entry(key).or_default() += value;
-            }
-            _ => {}
-        }
-    }
-    Ok(m)
-}
-
-/// The API server's `apiserver_request_total` for AgentDynamics and Events, summed by
-/// "VERB resource[/subresource]" (all users: the benchmark's own creates and edits included).
-async fn apiserver_requests(
-    cp: &ControlPlane,
-    http: &reqwest::Client,
-) -> Option<BTreeMap<String, f64>> {
-    let token = cp.admin_token()?;
-    let text = http
-        .get(format!("{}/metrics", cp.server_url()))
-        .bearer_auth(token)
-        .send()
-        .await
-        .ok()?
-        .error_for_status()
-        .ok()?
-        .text()
-        .await
-        .ok()?;
-    let mut out = BTreeMap::new();
-    for (name, labels, value) in metric_lines(&text) {
-        if name != "apiserver_request_total" {
-            continue;
-        }
-        let resource = labels.get("resource").copied().unwrap_or("");
-        if resource != "agentdynamics" && resource != "events" {
-            continue;
-        }
-        let verb = labels.get("verb").copied().unwrap_or("?");
-        let key = match labels.get("subresource").copied().unwrap_or("") {
-            "" => format!("{verb} {resource}"),
-            sub => format!("{verb} {resource}/{sub}"),
-        };
-        *out.entry(key).or_default() += value;
-    }
-    Some(out)
-}
-
-fn api_writes(requests: &BTreeMap<String, f64>, resource: &str) -> f64 {
-    requests
-        .iter()
-        .filter(|(k, _)| {
-            let (verb, res) = k.split_once(' ').unwrap_or(("", ""));
-            matches!(verb, "POST" | "PUT" | "PATCH" | "APPLY" | "DELETE")
-                && (res == resource || res.starts_with(&format!("{resource}/")))
-        })
-        .map(|(_, v)| v)
-        .sum()
-}
-
-fn diff_map(
-    after: &BTreeMap<String, f64>,
-    before: &BTreeMap<String, f64>,
-) -> BTreeMap<String, f64> {
-    after
-        .iter()
-        .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0.0)))
-        .filter(|(_, v)| *v != 0.0)
-        .collect()
-}
-
-// ---------------------------------------------------------------------------------------------
-// What the watch sees
-
-#[derive(Debug, Default)]
-struct WatchState {
-    /// When the create call of each object returned.
-    created: HashMap<String, Instant>,
-    /// Last resourceVersion seen per object.
-    rv: HashMap<String, String>,
-    /// Changes (new resourceVersions) after the object was first seen.
-    changes: u64,
-    /// Generation at which the object is Ready (Ready=True, observedGeneration current), if it is.
-    ready_gen: HashMap<String, i64>,
-    /// First time each object was seen Ready for its first generation.
-    first_ready: HashMap<String, Instant>,
-    /// When the object became Ready for a given generation.
-    ready_at: HashMap<(String, i64), Instant>,
-    restarts: u64,
-}
-
-impl WatchState {
-    fn ready_count(&self) -> usize {
-        self.ready_gen.len()
-    }
-
-    fn apply(&mut self, obj: &AgentDynamics, now: Instant) {
-        let name = obj.name_any();
-        let rv = obj.resource_version().unwrap_or_default();
-        match self.rv.insert(name.clone(), rv.clone()) {
-            Some(old) if old != rv => self.changes += 1,
-            _ => {}
-        }
-        let generation = obj.metadata.generation.unwrap_or_default();
-        let ready = obj
-            .status
-            .as_ref()
-            .is_some_and(|s| s.is_ready() && s.observed_generation == Some(generation));
-        if ready {
-            if self.ready_gen.insert(name.clone(), generation) != Some(generation) {
-                self.ready_at.insert((name.clone(), generation), now);
-                self.first_ready.entry(name).or_insert(now);
-            }
-        } else {
-            self.ready_gen.remove(&name);
-        }
-    }
-}
-
-fn spawn_watch(
-    api: Api<AgentDynamics>,
-    state: Arc<Mutex<WatchState>>,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut stream = watcher(api, watcher::Config::default()).boxed();
-        while let Some(event) = stream.next().await {
-            let now = Instant::now();
-            let mut st = state.lock().unwrap();
-            match event {
-                Ok(watcher::Event::Apply(obj)) | Ok(watcher::Event::InitApply(obj)) => {
-                    st.apply(&obj, now)
-                }
-                Ok(watcher::Event::Delete(obj)) => {
-                    let name = obj.name_any();
-                    st.ready_gen.remove(&name);
-                }
-                Ok(watcher::Event::Init) => st.restarts += 1,
-                Ok(watcher::Event::InitDone) => {}
-                Err(err) => {
-                    eprintln!("bench: watch error (it retries): {err}");
-                    drop(st);
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-            }
-        }
-    })
-}
-
-// ---------------------------------------------------------------------------------------------
-// Snapshots
 
 #[derive(Debug, Clone)]
 struct Snapshot {
     at: Instant,
     sim: SimStats,
-    op: OperatorMetrics,
+    op: Option<OperatorMetrics>,
     api: Option<BTreeMap<String, f64>>,
-    operator: ProcSample,
+    target: ProcSample,
     apiserver: Option<ProcSample>,
     etcd: Option<ProcSample>,
     bench: ProcSample,
@@ -440,16 +352,24 @@ struct Snapshot {
 struct World {
     cp: ControlPlane,
     sim: SimHandle,
-    operator: ManagedChild,
-    metrics_port: u16,
+    ns: String,
+    client: kube::Client,
+    target: Target,
     http: reqwest::Client,
     apiserver_http: reqwest::Client,
+    /// This operator's objects as the benchmark's watch sees them (empty for the peer).
     watch: Arc<Mutex<WatchState>>,
+    watch_task: Option<tokio::task::JoinHandle<()>>,
+    /// What each object asks for now (edits change it); index n is the lost-reply object.
+    expected: Mutex<Vec<Expected>>,
 }
 
 impl World {
     async fn snapshot(&self) -> anyhow::Result<Snapshot> {
-        let op = operator_metrics(&self.http, self.metrics_port).await?;
+        let op = match self.target.metrics_port {
+            Some(port) => Some(operator_metrics(&self.http, port).await?),
+            None => None,
+        };
         let api = apiserver_requests(&self.cp, &self.apiserver_http).await;
         let pids = self.cp.pids();
         Ok(Snapshot {
@@ -457,13 +377,36 @@ impl World {
             sim: self.sim.stats(),
             op,
             api,
-            operator: proc_sample(self.operator.pid()).unwrap_or_default(),
+            target: proc_sample(self.target.child.pid()).unwrap_or_default(),
             // Start order in tests/support: etcd, kube-apiserver, kube-controller-manager.
             etcd: pids.first().and_then(|p| proc_sample(*p)),
             apiserver: pids.get(1).and_then(|p| proc_sample(*p)),
             bench: self_sample(),
             watch_changes: self.watch.lock().unwrap().changes,
         })
+    }
+
+    fn agent_api(&self) -> Api<AgentDynamics> {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+
+    fn object_vars(&self, plan: &Plan, i: usize) -> peer::ObjectVars {
+        peer::ObjectVars {
+            name: object_name(i),
+            namespace: self.ns.clone(),
+            api_url: self.sim.url(),
+            secret_name: secret_name(plan.account_of(i)),
+        }
+    }
+
+    fn check_target_alive(&mut self, what: &str) -> anyhow::Result<()> {
+        if let Some(status) = self.target.child.try_status() {
+            bail!(
+                "the target exited ({status}) {what}:\n{}",
+                self.target.child.log_tail(4000)
+            );
+        }
+        Ok(())
     }
 }
 
@@ -472,6 +415,7 @@ fn sim_calls(a: &SimStats, b: &SimStats, endpoint: &str) -> u64 {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Helpers
 
 fn target_dir() -> PathBuf {
     match std::env::var_os("CARGO_TARGET_DIR") {
@@ -531,86 +475,336 @@ fn object_name(i: usize) -> String {
 
 /// A representative object: every generate input and a dynamics block without batchResults
 /// (batchResults would make the simulator regenerate on the PUT, a second generation).
-fn manifest(i: usize) -> anyhow::Result<AgentDynamics> {
-    Ok(serde_json::from_value(json!({
+fn manifest(e: &Expected, i: usize, secret: Option<&str>) -> anyhow::Result<AgentDynamics> {
+    let mut obj = json!({
         "apiVersion": "dynamics.bithuman.ai/v1alpha1",
         "kind": "AgentDynamics",
         "metadata": {"name": object_name(i)},
         "spec": {
-            "agentId": agent_id(i),
-            "imageUrl": format!("https://example.com/agents/{i}.jpg"),
-            "duration": 5,
+            "agentId": e.agent_id,
+            "imageUrl": e.image_url,
+            "duration": e.duration,
             "model": "auto",
             "motionPrompts": ["wave", "nod", "smile"],
             "dynamics": {
                 "enabled": true,
-                "result": {
-                    "modelPath": format!("https://example.com/agents/{i}/model.bin"),
-                    "modelHash": format!("hash{i}")
-                }
+                "result": {"modelPath": e.model_path, "modelHash": e.model_hash}
             }
         }
-    }))?)
+    });
+    if let Some(name) = secret {
+        obj["spec"]["apiSecretRef"] = json!({"name": name, "key": "api-secret"});
+    }
+    Ok(serde_json::from_value(obj)?)
 }
 
-async fn create_all(
-    api: &Api<AgentDynamics>,
-    n: usize,
-    parallelism: usize,
-    watch: &Arc<Mutex<WatchState>>,
-) -> anyhow::Result<u64> {
-    let retries = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    futures::stream::iter(0..n)
-        .map(|i| {
-            let retries = retries.clone();
-            async move {
-                let obj = manifest(i)?;
-                let mut attempt = 0;
-                loop {
-                    match api.create(&PostParams::default(), &obj).await {
-                        Ok(_) => break,
-                        Err(kube::Error::Api(e))
-                            if (e.code == 429 || e.code >= 500) && attempt < 8 =>
-                        {
-                            attempt += 1;
-                            retries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            tokio::time::sleep(Duration::from_millis(100 << attempt.min(5))).await;
-                        }
-                        Err(e) => {
-                            return Err(anyhow::Error::from(e))
-                                .with_context(|| format!("creating {}", object_name(i)))
-                        }
-                    }
-                }
-                watch
-                    .lock()
-                    .unwrap()
-                    .created
-                    .insert(object_name(i), Instant::now());
-                anyhow::Ok(())
+/// Retries a create on 429 and 5xx (the API server under load), counting retries.
+async fn create_with_retries<F, Fut>(
+    mut call: F,
+    retries: &std::sync::atomic::AtomicU64,
+) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), kube::Error>>,
+{
+    let mut attempt = 0;
+    loop {
+        match call().await {
+            Ok(()) => return Ok(()),
+            Err(kube::Error::Api(e)) if (e.code == 429 || e.code >= 500) && attempt < 8 => {
+                attempt += 1;
+                retries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(100 << attempt.min(5))).await;
             }
-        })
-        .buffer_unordered(parallelism.max(1))
-        .try_collect::<Vec<()>>()
-        .await?;
-    Ok(retries.load(std::sync::atomic::Ordering::Relaxed))
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
-async fn wait_operator_ready(
-    http: &reqwest::Client,
-    port: u16,
-    operator: &mut ManagedChild,
+/// Creates object `i` as the target expects it (an AgentDynamics, or the peer's Request and
+/// DisposableRequest).
+async fn create_object(
+    world: &World,
+    plan: &Plan,
+    i: usize,
+    retries: &std::sync::atomic::AtomicU64,
 ) -> anyhow::Result<()> {
+    let e = world.expected.lock().unwrap()[i].clone();
+    let name = object_name(i);
+    match plan.peer {
+        None => {
+            let secret = plan.uses_secrets().then(|| secret_name(plan.account_of(i)));
+            let obj = manifest(&e, i, secret.as_deref())?;
+            let api = world.agent_api();
+            create_with_retries(
+                || async { api.create(&PostParams::default(), &obj).await.map(|_| ()) },
+                retries,
+            )
+            .await
+        }
+        Some(mapping) => {
+            for obj in peer::objects(mapping, &world.object_vars(plan, i), &e)? {
+                create_with_retries(|| peer::create(&world.client, &world.ns, &obj), retries)
+                    .await?;
+            }
+            Ok(())
+        }
+    }
+    .with_context(|| format!("creating {name}"))?;
+    world
+        .watch
+        .lock()
+        .unwrap()
+        .created
+        .insert(name, Instant::now());
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Phase 1: setup
+
+async fn setup(args: &Args, plan: &Plan) -> anyhow::Result<World> {
+    // The target binary first, so that a missing build fails before the control plane starts.
+    let built_peer = match plan.peer {
+        Some(_) => {
+            let built = peer::build(&target_dir())?;
+            if !peer::port_8080_free() {
+                bail!("provider-http serves its metrics on the fixed port 8080, which is in use here; free it and run again");
+            }
+            Some(built)
+        }
+        None => None,
+    };
+
+    let cp = ControlPlane::start().await?;
+    match &built_peer {
+        None => {
+            cp.apply_file(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/crds/agentdynamics.yaml"
+            ))?;
+            cp.wait_crd_established(CRD_NAME, Duration::from_secs(60))
+                .await?;
+        }
+        Some(b) => {
+            cp.kubectl_ok(["apply", "-f", &b.crds.to_string_lossy()])?;
+            for crd in peer::CRD_NAMES {
+                cp.wait_crd_established(crd, Duration::from_secs(60))
+                    .await?;
+            }
+        }
+    }
+    let ns = cp.create_namespace("bench").await?;
+    let client = cp.kube_client().await?;
+
+    // One simulator account per Secret; each pays for its objects plus the edits.
+    let cost = SimConfig::default().cost;
+    let per_account = (plan.n / plan.accounts + 1 + args.edits) as u64 + 100;
+    let sim = sim::start(SimConfig {
+        secret: SECRET.into(),
+        accounts: (1..plan.accounts).map(account_secret).collect(),
+        generation_time: plan.generation_time,
+        max_concurrent: plan.limit,
+        credits: SimConfig::default().credits.max(per_account * cost),
+        ..SimConfig::default()
+    })
+    .await?;
+    if plan.uses_secrets() {
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+        for k in 0..plan.accounts {
+            let s: Secret = serde_json::from_value(json!({
+                "metadata": {"name": secret_name(k), "labels": {SECRET_LABEL: "true"}},
+                "stringData": {"api-secret": account_secret(k)},
+            }))?;
+            secrets.create(&PostParams::default(), &s).await?;
+        }
+    }
+    if plan.peer.is_some() {
+        peer::create(&client, &ns, &peer::provider_config(&ns)?).await?;
+    }
+
+    let log_dir = target_dir().join("bench");
+    std::fs::create_dir_all(&log_dir)?;
+    let stem = args
+        .out
+        .as_ref()
+        .and_then(|o| o.file_stem())
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| plan.file_stem());
+    let log = log_dir.join(format!("{stem}.target.log"));
+    let _ = std::fs::remove_file(&log);
+    let kubeconfig = cp.kubeconfig_path().to_string_lossy().into_owned();
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()?;
+
+    let mut target = match built_peer {
+        None => start_operator(args, plan, &ns, &sim, &kubeconfig, &log)?,
+        Some(b) => start_peer(plan, b, &kubeconfig, &log)?,
+    };
+    wait_target_ready(&http, &mut target).await?;
+
+    let apiserver_http = match cp.ca_file() {
+        Some(ca) => reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(&std::fs::read(ca)?)?)
+            .timeout(Duration::from_secs(20))
+            .build()?,
+        None => reqwest::Client::new(),
+    };
+    let watch = Arc::new(Mutex::new(WatchState::default()));
+    let watch_task = plan
+        .peer
+        .is_none()
+        .then(|| spawn_watch(Api::namespaced(client.clone(), &ns), watch.clone()));
+    // Let the watch establish itself before the first create.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    Ok(World {
+        cp,
+        sim,
+        ns,
+        client,
+        target,
+        http,
+        apiserver_http,
+        watch,
+        watch_task,
+        expected: Mutex::new((0..=plan.n).map(Expected::for_object).collect()),
+    })
+}
+
+fn start_operator(
+    args: &Args,
+    plan: &Plan,
+    ns: &str,
+    sim: &SimHandle,
+    kubeconfig: &str,
+    log: &Path,
+) -> anyhow::Result<Target> {
+    let bin = args
+        .operator_bin
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_dynamics-operator")));
+    let build = if bin.components().any(|c| c.as_os_str() == "release") {
+        "release"
+    } else if bin.components().any(|c| c.as_os_str() == "debug") {
+        "debug"
+    } else {
+        "unknown"
+    };
+    if build == "debug" && !args.allow_debug {
+        bail!(
+            "{} is a debug build; run under `cargo bench` (release) or pass --allow-debug",
+            bin.display()
+        );
+    }
+    let metrics_port = free_port()?;
+    let mut argv: Vec<String> = vec![
+        "run".into(),
+        "--namespace".into(),
+        ns.to_string(),
+        "--api-url".into(),
+        sim.url(),
+        "--metrics-addr".into(),
+        format!("127.0.0.1:{metrics_port}"),
+        "--concurrency".into(),
+        args.concurrency.to_string(),
+        "--max-concurrent-generations".into(),
+        plan.limit.to_string(),
+    ];
+    if let Some(d) = plan.poll_min {
+        argv.extend([
+            "--poll-min".into(),
+            humantime::format_duration(d).to_string(),
+        ]);
+    }
+    if let Some(d) = plan.poll_max {
+        argv.extend([
+            "--poll-max".into(),
+            humantime::format_duration(d).to_string(),
+        ]);
+    }
+    argv.extend(args.operator_args.iter().cloned());
+    let rust_log = std::env::var("BENCH_OPERATOR_LOG")
+        .unwrap_or_else(|_| dynamics_operator::telemetry::SERVICE_FILTER.to_string());
+    eprintln!("bench: operator {} {}", bin.display(), argv.join(" "));
+    let child = ManagedChild::spawn(
+        "operator",
+        &bin,
+        &argv,
+        log,
+        &[
+            ("KUBECONFIG", kubeconfig),
+            ("BITHUMAN_API_SECRET", SECRET),
+            ("RUST_LOG", rust_log.as_str()),
+        ],
+    )?;
+    let version = std::process::Command::new(&bin)
+        .arg("--version")
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    Ok(Target {
+        child,
+        bin,
+        version,
+        build,
+        log: log.to_path_buf(),
+        metrics_port: Some(metrics_port),
+    })
+}
+
+fn start_peer(
+    plan: &Plan,
+    built: peer::Built,
+    kubeconfig: &str,
+    log: &Path,
+) -> anyhow::Result<Target> {
+    let mut argv: Vec<String> = Vec::new();
+    if let Some(d) = plan.peer_poll {
+        argv.push(format!("--poll={}", humantime::format_duration(d)));
+    }
+    if let Some(r) = plan.peer_rate {
+        argv.push(format!("--max-reconcile-rate={r}"));
+    }
+    eprintln!(
+        "bench: provider-http {} {} {}",
+        built.version,
+        built.bin.display(),
+        argv.join(" ")
+    );
+    let child = ManagedChild::spawn(
+        "provider-http",
+        &built.bin,
+        &argv,
+        log,
+        &[("KUBECONFIG", kubeconfig)],
+    )?;
+    Ok(Target {
+        child,
+        bin: built.bin,
+        version: Some(format!("provider-http {}", built.version)),
+        build: "go build -trimpath",
+        log: log.to_path_buf(),
+        metrics_port: None,
+    })
+}
+
+/// The operator's /readyz, or the peer's /metrics on :8080.
+async fn wait_target_ready(http: &reqwest::Client, target: &mut Target) -> anyhow::Result<()> {
+    let url = match target.metrics_port {
+        Some(port) => format!("http://127.0.0.1:{port}/readyz"),
+        None => "http://127.0.0.1:8080/metrics".to_string(),
+    };
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        if let Some(status) = operator.try_status() {
+        if let Some(status) = target.child.try_status() {
             bail!(
-                "the operator exited ({status}):\n{}",
-                operator.log_tail(4000)
+                "the target exited ({status}):\n{}",
+                target.child.log_tail(4000)
             );
         }
         let ok = http
-            .get(format!("http://127.0.0.1:{port}/readyz"))
+            .get(&url)
             .send()
             .await
             .is_ok_and(|r| r.status().is_success());
@@ -619,336 +813,554 @@ async fn wait_operator_ready(
         }
         if Instant::now() > deadline {
             bail!(
-                "the operator was not ready within 60s:\n{}",
-                operator.log_tail(4000)
+                "the target was not ready within 60s ({url}):\n{}",
+                target.child.log_tail(4000)
             );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Phase 2: create
+
+struct Created {
+    first: Instant,
+    took: Duration,
+    retries: u64,
+}
+
+async fn create_phase(world: &World, plan: &Plan, parallelism: usize) -> anyhow::Result<Created> {
+    let retries = std::sync::atomic::AtomicU64::new(0);
+    let first = Instant::now();
+    futures::stream::iter(0..plan.n)
+        .map(|i| create_object(world, plan, i, &retries))
+        .buffer_unordered(parallelism.max(1))
+        .try_collect::<Vec<()>>()
+        .await?;
+    let took = first.elapsed();
+    let retries = retries.load(std::sync::atomic::Ordering::Relaxed);
+    eprintln!(
+        "bench: created {} in {:.1}s ({:.0}/s, {retries} retries)",
+        plan.n,
+        secs(took),
+        plan.n as f64 / secs(took)
+    );
+    Ok(Created {
+        first,
+        took,
+        retries,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Phase 3: converge
+
+struct Converged {
+    /// From the first create until the simulator's record shows every object converged and
+    /// (this operator) every object is Ready; `None` on timeout.
+    all: Option<Duration>,
+    /// On the simulator's record alone.
+    record: Option<Duration>,
+    /// This operator's Ready on the watch alone.
+    ready: Option<Duration>,
+    /// Per object: when the record first showed it converged.
+    per_object: HashMap<String, Instant>,
+}
+
+async fn converge_phase(
+    world: &mut World,
+    plan: &Plan,
+    created: &Created,
+    timeout: Duration,
+) -> anyhow::Result<Converged> {
+    let n = plan.n;
+    let t0 = created.first;
+    let expected: Vec<Expected> = world.expected.lock().unwrap()[..n].to_vec();
+    let mut per_object: HashMap<String, Instant> = HashMap::new();
+    let mut record = None;
+    let mut ready = plan.peer.is_some().then_some(Duration::ZERO);
+    let mut last_progress = Instant::now();
+    let mut last_change = (0, Instant::now());
+    let all = loop {
+        let now = Instant::now();
+        if record.is_none() {
+            let agents = world.sim.agents();
+            let by_id: HashMap<&str, &dynamics_operator::sim::SimAgent> =
+                agents.iter().map(|a| (a.agent_id.as_str(), a)).collect();
+            for e in &expected {
+                if per_object.contains_key(&e.agent_id) {
+                    continue;
+                }
+                if by_id.get(e.agent_id.as_str()).is_some_and(|a| e.met_by(a)) {
+                    per_object.insert(e.agent_id.clone(), now);
+                }
+            }
+            if per_object.len() >= n {
+                record = Some(t0.elapsed());
+            }
+        }
+        let (ready_count, restarts) = {
+            let st = world.watch.lock().unwrap();
+            (st.ready_count(), st.restarts)
+        };
+        if ready.is_none() && ready_count >= n {
+            ready = Some(t0.elapsed());
+        }
+        if let (Some(a), Some(b)) = (record, ready) {
+            break Some(a.max(b));
+        }
+        if t0.elapsed() > timeout {
+            eprintln!(
+                "bench: timed out with {}/{n} converged on the record, {ready_count} Ready",
+                per_object.len()
+            );
+            break None;
+        }
+        let progress = per_object.len() + ready_count;
+        if progress != last_change.0 {
+            last_change = (progress, Instant::now());
+        } else if last_change.1.elapsed() > Duration::from_secs(180) {
+            eprintln!(
+                "bench: no progress for 180s; stuck at {}/{n} converged, {ready_count} Ready",
+                per_object.len()
+            );
+            break None;
+        }
+        world.check_target_alive("before convergence")?;
+        if last_progress.elapsed() >= Duration::from_secs(10) {
+            last_progress = Instant::now();
+            let p = proc_sample(world.target.child.pid()).unwrap_or_default();
+            eprintln!(
+                "bench: {:>6.1}s {}/{n} converged on the record, {ready_count} Ready; target cpu {:.1}s rss {} MiB; watch lists {restarts}",
+                secs(t0.elapsed()),
+                per_object.len(),
+                p.cpu_s,
+                p.rss_kib / 1024
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    if let Some(t) = all {
+        eprintln!("bench: all {n} converged after {:.1}s", secs(t));
+    }
+    Ok(Converged {
+        all,
+        record,
+        ready: ready.filter(|_| plan.peer.is_none()),
+        per_object,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Phase 5: idle (phase 4, the counters, is a snapshot)
+
+async fn idle_phase(world: &World, idle: Duration) -> anyhow::Result<(Snapshot, Snapshot)> {
+    eprintln!("bench: idle for {idle:?}");
+    let start = world.snapshot().await?;
+    tokio::time::sleep(idle).await;
+    let end = world.snapshot().await?;
+    Ok((start, end))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Phase 6: edits
+
 struct EditResult {
-    to_call: Duration,
+    /// From the start of the edit until the simulator stored the new dynamics block.
+    to_call: Option<Duration>,
+    /// This operator: until the object is Ready again for the edit.
     to_ready: Option<Duration>,
 }
 
-/// Edit one object's spec (duration 5 -> 3) and time until the simulator has the new POST, then
-/// until the object is Ready again for the new generation.
+/// Edit object `i`'s dynamics block (a new modelHash) and time until the simulator has it.
 async fn edit_one(
-    api: &Api<AgentDynamics>,
-    sim: &SimHandle,
-    watch: &Arc<Mutex<WatchState>>,
+    world: &World,
+    plan: &Plan,
     i: usize,
+    k: usize,
+    timeout: Duration,
 ) -> anyhow::Result<EditResult> {
-    let agent = agent_id(i);
     let name = object_name(i);
-    let before = sim.agent(&agent).charged_generations;
-    let t0 = Instant::now();
-    let patched = api
-        .patch(
-            &name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"duration": 3}})),
-        )
-        .await?;
-    let generation = patched.metadata.generation.unwrap_or_default();
-    let deadline = t0 + Duration::from_secs(60);
-    let to_call = loop {
-        if sim.agent(&agent).charged_generations > before {
-            break t0.elapsed();
-        }
-        if Instant::now() > deadline {
-            bail!("the edit of {name} did not reach the simulator within 60s");
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
+    let e = {
+        let mut all = world.expected.lock().unwrap();
+        all[i].model_hash = format!("hash{i}-edit{k}");
+        all[i].clone()
     };
-    let to_ready = loop {
-        if let Some(at) = watch
-            .lock()
-            .unwrap()
-            .ready_at
-            .get(&(name.clone(), generation))
-        {
-            break Some(at.saturating_duration_since(t0));
+    let t0 = Instant::now();
+    let generation = match plan.peer {
+        None => {
+            let patched = world
+                .agent_api()
+                .patch(
+                    &name,
+                    &PatchParams::default(),
+                    &Patch::Merge(
+                        json!({"spec": {"dynamics": {"result": {"modelHash": e.model_hash}}}}),
+                    ),
+                )
+                .await?;
+            patched.metadata.generation
+        }
+        Some(mapping) => {
+            peer::edit_dynamics(&world.client, mapping, &world.object_vars(plan, i), &e, k).await?;
+            None
+        }
+    };
+    let deadline = t0 + timeout;
+    let applied = |world: &World| {
+        world
+            .sim
+            .agent(&e.agent_id)
+            .dynamics
+            .as_ref()
+            .and_then(|d| d.pointer("/result/model_hash").cloned())
+            == Some(Value::String(e.model_hash.clone()))
+    };
+    let to_call = loop {
+        if applied(world) {
+            break Some(t0.elapsed());
         }
         if Instant::now() > deadline {
             break None;
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     };
+    let to_ready = match (generation, to_call) {
+        (Some(generation), Some(_)) => loop {
+            if let Some(at) = world
+                .watch
+                .lock()
+                .unwrap()
+                .ready_at
+                .get(&(name.clone(), generation))
+            {
+                break Some(at.saturating_duration_since(t0));
+            }
+            if Instant::now() > deadline {
+                break None;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        },
+        _ => None,
+    };
     Ok(EditResult { to_call, to_ready })
+}
+
+async fn edits_phase(
+    world: &World,
+    plan: &Plan,
+    edits: usize,
+    timeout: Duration,
+) -> Vec<EditResult> {
+    let n = plan.n;
+    let mut out = Vec::new();
+    let mut misses = 0;
+    // Spread over N; when there are more edits than objects, objects are edited again.
+    for k in 0..edits {
+        let slot = k % n;
+        let per = edits.min(n);
+        let i = ((slot * n) / per + n / (2 * per)).min(n - 1);
+        match edit_one(world, plan, i, k, timeout).await {
+            Ok(r) => {
+                misses = if r.to_call.is_none() { misses + 1 } else { 0 };
+                out.push(r);
+            }
+            Err(e) => eprintln!("bench: edit {k}: {e:#}"),
+        }
+        if misses >= 3 {
+            eprintln!(
+                "bench: 3 edits in a row did not reach the simulator within {timeout:?}; stopping the edits"
+            );
+            break;
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// Phase 7: a lost generate reply
+
+#[derive(Debug, Default)]
+struct LostReply {
+    window_s: f64,
+    /// Charged generate calls for the object's agent at the end of the window.
+    charged: u64,
+    /// Generate calls the simulator answered (or dropped) for it.
+    posts: u64,
+    /// When the record showed the object converged, from its create.
+    converged_after_s: Option<f64>,
+    /// The target's own view of the object at the end (Ready condition: status, reason).
+    target_view: Option<String>,
+}
+
+async fn lost_reply_phase(
+    world: &World,
+    plan: &Plan,
+    window: Duration,
+) -> anyhow::Result<LostReply> {
+    let i = plan.n;
+    let e = world.expected.lock().unwrap()[i].clone();
+    eprintln!(
+        "bench: lost reply: object {} ({}), its generate reply dropped; watching {window:?}",
+        object_name(i),
+        e.agent_id
+    );
+    world.sim.drop_next_generate_reply(&e.agent_id);
+    let posts_before = world.sim.stats().count("generate", Some(&e.agent_id), None);
+    let retries = std::sync::atomic::AtomicU64::new(0);
+    let t0 = Instant::now();
+    create_object(world, plan, i, &retries).await?;
+    let mut converged_after_s = None;
+    while t0.elapsed() < window {
+        if converged_after_s.is_none() && e.met_by(&world.sim.agent(&e.agent_id)) {
+            converged_after_s = Some(secs(t0.elapsed()));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let agent = world.sim.agent(&e.agent_id);
+    let name = object_name(i);
+    let ready_of = |conds: Option<&Value>| {
+        conds
+            .and_then(Value::as_array)
+            .and_then(|cs| cs.iter().find(|c| c["type"] == "Ready"))
+            .map(|c| {
+                format!(
+                    "Ready={} {}",
+                    c["status"].as_str().unwrap_or("?"),
+                    c["reason"].as_str().unwrap_or("")
+                )
+            })
+    };
+    let target_view = match plan.peer {
+        None => world
+            .agent_api()
+            .get(&name)
+            .await
+            .ok()
+            .and_then(|o| serde_json::to_value(o).ok())
+            .and_then(|v| ready_of(v.pointer("/status/conditions"))),
+        Some(_) => peer::requests(world.client.clone(), &world.ns)
+            .get(&name)
+            .await
+            .ok()
+            .and_then(|o: DynamicObject| ready_of(o.data.pointer("/status/conditions"))),
+    };
+    Ok(LostReply {
+        window_s: secs(window),
+        charged: agent.charged_generations,
+        posts: world.sim.stats().count("generate", Some(&e.agent_id), None) - posts_before,
+        converged_after_s,
+        target_view,
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
 
 async fn run(args: Args) -> anyhow::Result<()> {
     let wall = Instant::now();
-    let n = args.objects;
-    let profile = args.profile();
-    let generation_time = args.generation_time();
-    let limit = args.limit();
-    let operator_bin = args
-        .operator_bin
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_dynamics-operator")));
-    let operator_profile = if operator_bin
-        .components()
-        .any(|c| c.as_os_str() == "release")
-    {
-        "release"
-    } else if operator_bin.components().any(|c| c.as_os_str() == "debug") {
-        "debug"
-    } else {
-        "unknown"
-    };
-    if operator_profile == "debug" && !args.allow_debug {
-        bail!(
-            "{} is a debug build; run under `cargo bench` (release) or pass --allow-debug",
-            operator_bin.display()
-        );
-    }
+    let plan = Plan::new(&args)?;
     let load_before = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     eprintln!(
-        "bench: {n} objects, profile {}, generation {:?}, limit {}, operator {} ({operator_profile}); load {}",
-        profile.name(),
-        generation_time,
-        if limit == 0 { "none".to_string() } else { limit.to_string() },
-        operator_bin.display(),
+        "bench: {} objects, profile {}, {} account(s), generation {:?}, limit {} per account, target {}; load {}",
+        plan.n,
+        plan.profile.name(),
+        plan.accounts,
+        plan.generation_time,
+        if plan.limit == 0 { "none".to_string() } else { plan.limit.to_string() },
+        plan.target_name(),
         load_before.trim()
     );
 
-    // Control plane, CRD, namespace.
-    let cp = ControlPlane::start().await?;
-    cp.apply_file(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/crds/agentdynamics.yaml"
-    ))?;
-    cp.wait_crd_established(CRD_NAME, Duration::from_secs(60))
-        .await?;
-    let ns = cp.create_namespace("bench").await?;
-    let client = cp.kube_client().await?;
-    let api: Api<AgentDynamics> = Api::namespaced(client, &ns);
-
-    // Simulator and operator.
-    let sim = sim::start(SimConfig {
-        secret: SECRET.into(),
-        generation_time,
-        max_concurrent: limit,
-        // The default balance pays for 4,000 generations; the run needs N plus the edits.
-        credits: SimConfig::default()
-            .credits
-            .max(((n + args.edits) as u64 + 100) * SimConfig::default().cost),
-        ..SimConfig::default()
-    })
-    .await?;
-    let metrics_port = free_port()?;
-    let log_dir = target_dir().join("bench");
-    std::fs::create_dir_all(&log_dir)?;
-    let out = args
-        .out
-        .clone()
-        .unwrap_or_else(|| log_dir.join(format!("convergence-{n}-{}.json", profile.name())));
-    let log = out.with_extension("operator.log");
-    let _ = std::fs::remove_file(&log);
-    let mut operator_args: Vec<String> = vec![
-        "run".into(),
-        "--namespace".into(),
-        ns.clone(),
-        "--api-url".into(),
-        sim.url(),
-        "--metrics-addr".into(),
-        format!("127.0.0.1:{metrics_port}"),
-        "--concurrency".into(),
-        args.concurrency.to_string(),
-        "--max-concurrent-generations".into(),
-        limit.to_string(),
-        "--poll-min".into(),
-        humantime::format_duration(args.poll_min).to_string(),
-        "--poll-max".into(),
-        humantime::format_duration(args.poll_max).to_string(),
-    ];
-    operator_args.extend(args.operator_args.iter().cloned());
-    let kubeconfig = cp.kubeconfig_path().to_string_lossy().into_owned();
-    let rust_log = std::env::var("BENCH_OPERATOR_LOG")
-        .unwrap_or_else(|_| dynamics_operator::telemetry::SERVICE_FILTER.to_string());
-    let mut operator = ManagedChild::spawn(
-        "operator",
-        &operator_bin,
-        &operator_args,
-        &log,
-        &[
-            ("KUBECONFIG", kubeconfig.as_str()),
-            ("BITHUMAN_API_SECRET", SECRET),
-            ("RUST_LOG", rust_log.as_str()),
-        ],
-    )?;
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()?;
-    wait_operator_ready(&http, metrics_port, &mut operator).await?;
-    let apiserver_http = match cp.ca_file() {
-        Some(ca) => reqwest::Client::builder()
-            .add_root_certificate(reqwest::Certificate::from_pem(&std::fs::read(ca)?)?)
-            .timeout(Duration::from_secs(20))
-            .build()?,
-        None => reqwest::Client::new(),
+    // 1. setup
+    let mut world = setup(&args, &plan).await?;
+    let start = world.snapshot().await?;
+    // 2. create
+    let created = create_phase(&world, &plan, args.create_parallelism).await?;
+    // 3. converge
+    let converged = converge_phase(&mut world, &plan, &created, args.timeout).await?;
+    // 4. counters
+    let at_convergence = world.snapshot().await?;
+    // 5. idle
+    let (idle_start, idle_end) = idle_phase(&world, args.idle).await?;
+    // 6. edits
+    let edits = if converged.all.is_some() {
+        edits_phase(&world, &plan, args.edits, args.edit_timeout).await
+    } else {
+        Vec::new()
     };
+    let after_edits = world.snapshot().await?;
+    // 7. lost reply
+    let lost = match plan.lost_reply_window {
+        Some(w) if converged.all.is_some() => match lost_reply_phase(&world, &plan, w).await {
+            Ok(l) => Some(l),
+            Err(e) => {
+                eprintln!("bench: lost reply: {e:#}");
+                None
+            }
+        },
+        _ => None,
+    };
+    if let Some(task) = world.watch_task.take() {
+        task.abort();
+    }
+    // 8. report
+    let phases = Phases {
+        start,
+        created,
+        converged,
+        at_convergence,
+        idle_start,
+        idle_end,
+        edits,
+        after_edits,
+        lost,
+        load_before,
+        wall: wall.elapsed(),
+    };
+    let out = args.out.clone().unwrap_or_else(|| {
+        target_dir()
+            .join("bench")
+            .join(format!("{}.json", plan.file_stem()))
+    });
+    report(&args, &plan, &world, &phases, &out)?;
 
-    let watch = Arc::new(Mutex::new(WatchState::default()));
-    let watch_task = spawn_watch(api.clone(), watch.clone());
-    // Let the watch establish itself before the first create.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-
-    let mut world = World {
+    // Teardown: the target first (so it does not log the control plane going away), then the
+    // simulator and the control plane (ManagedChild/ControlPlane drops reap them).
+    let converged_ok = phases.converged.all.is_some();
+    let World {
         cp,
         sim,
-        operator,
-        metrics_port,
-        http,
-        apiserver_http,
-        watch: watch.clone(),
-    };
-    let start = world.snapshot().await?;
-
-    // Create N objects and wait until all are Ready.
-    let t_first_create = Instant::now();
-    let create_retries = create_all(&api, n, args.create_parallelism, &watch).await?;
-    let create_time = t_first_create.elapsed();
-    eprintln!(
-        "bench: created {n} in {:.1}s ({:.0}/s, {create_retries} retries)",
-        secs(create_time),
-        n as f64 / secs(create_time)
-    );
-    let mut last_progress = Instant::now();
-    let mut last_change = (0, Instant::now());
-    let converged_in = loop {
-        let (ready, restarts) = {
-            let st = watch.lock().unwrap();
-            (st.ready_count(), st.restarts)
-        };
-        if ready >= n {
-            break Some(t_first_create.elapsed());
-        }
-        if t_first_create.elapsed() > args.timeout {
-            eprintln!("bench: timed out with {ready}/{n} Ready");
-            break None;
-        }
-        if ready != last_change.0 {
-            last_change = (ready, Instant::now());
-        } else if last_change.1.elapsed() > Duration::from_secs(180) {
-            eprintln!("bench: no object became Ready for 180s; stuck at {ready}/{n}");
-            break None;
-        }
-        if let Some(status) = world.operator.try_status() {
-            bail!(
-                "the operator exited ({status}) with {ready}/{n} Ready:\n{}",
-                world.operator.log_tail(4000)
-            );
-        }
-        if last_progress.elapsed() >= Duration::from_secs(10) {
-            last_progress = Instant::now();
-            let op = proc_sample(world.operator.pid()).unwrap_or_default();
-            eprintln!(
-                "bench: {:>6.1}s {ready}/{n} Ready; operator cpu {:.1}s rss {} MiB; watch lists {restarts}",
-                secs(t_first_create.elapsed()),
-                op.cpu_s,
-                op.rss_kib / 1024
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    let converged = world.snapshot().await?;
-    if let Some(t) = converged_in {
-        eprintln!("bench: all {n} Ready after {:.1}s", secs(t));
+        mut target,
+        ..
+    } = world;
+    target.child.stop(Duration::from_secs(5));
+    drop(target);
+    sim.shutdown().await;
+    drop(cp);
+    if !converged_ok {
+        bail!("not all objects converged within {:?}", args.timeout);
     }
+    Ok(())
+}
 
-    // Idle window.
-    eprintln!("bench: idle for {:?}", args.idle);
-    let idle_start = world.snapshot().await?;
-    tokio::time::sleep(args.idle).await;
-    let idle_end = world.snapshot().await?;
+// ---------------------------------------------------------------------------------------------
+// Phase 8: report
 
-    // Watch-to-call latency: edits one at a time, on objects spread over N.
-    let mut edits = Vec::new();
-    if converged_in.is_some() {
-        for k in 0..args.edits.min(n) {
-            let i = (k * n) / args.edits.min(n) + n / (2 * args.edits.min(n));
-            match edit_one(&api, &world.sim, &watch, i.min(n - 1)).await {
-                Ok(r) => edits.push(r),
-                Err(e) => eprintln!("bench: edit {k}: {e:#}"),
-            }
-        }
+struct Phases {
+    start: Snapshot,
+    created: Created,
+    converged: Converged,
+    at_convergence: Snapshot,
+    idle_start: Snapshot,
+    idle_end: Snapshot,
+    edits: Vec<EditResult>,
+    after_edits: Snapshot,
+    lost: Option<LostReply>,
+    load_before: String,
+    wall: Duration,
+}
+
+fn fmt_opt(v: Option<f64>, prec: usize) -> String {
+    match v {
+        // `+ 0.0` turns -0.0 into 0.0.
+        Some(v) if v.is_finite() => format!("{:.prec$}", v + 0.0),
+        _ => "n/a".to_string(),
     }
-    let after_edits = world.snapshot().await?;
-    watch_task.abort();
+}
 
-    // ---- figures ---------------------------------------------------------------------------
+fn sorted(mut v: Vec<f64>) -> Vec<f64> {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v
+}
+
+fn report(args: &Args, plan: &Plan, world: &World, p: &Phases, out: &Path) -> anyhow::Result<()> {
+    let n = plan.n;
     let nf = n as f64;
-    let conv = &converged;
     let per_obj = |x: f64| x / nf;
+    let (start, conv) = (&p.start, &p.at_convergence);
     let posts = sim_calls(&conv.sim, &start.sim, "generate");
     let gets = sim_calls(&conv.sim, &start.sim, "get");
     let puts = sim_calls(&conv.sim, &start.sim, "update");
-    let status_writes = conv.op.status_writes - start.op.status_writes;
+    let op = |s: &Snapshot, f: &dyn Fn(&OperatorMetrics) -> f64| s.op.as_ref().map(f);
+    let op_delta = |f: &dyn Fn(&OperatorMetrics) -> f64, a: &Snapshot, b: &Snapshot| match (
+        op(a, f),
+        op(b, f),
+    ) {
+        (Some(x), Some(y)) => Some(x - y),
+        _ => None,
+    };
+    let status_writes = op_delta(&|m| m.status_writes, conv, start);
+    let reconciles = op_delta(&|m| m.reconciles_total(), conv, start);
     let watch_changes = conv.watch_changes - start.watch_changes;
     let api_conv = match (&conv.api, &start.api) {
         (Some(a), Some(b)) => Some(diff_map(a, b)),
         _ => None,
     };
-    // The benchmark's own N creates are the only AgentDynamics writes that are not the operator's.
-    let operator_object_writes = api_conv
-        .as_ref()
-        .map(|m| api_writes(m, "agentdynamics") - nf);
-    let event_writes = api_conv.as_ref().map(|m| api_writes(m, "events"));
-    let reconciles = conv.op.reconciles_total() - start.op.reconciles_total();
-
-    let floor = match profile {
-        Profile::Account => generation_time.mul_f64((n as f64 / limit.max(1) as f64).ceil()),
-        Profile::Unlimited => generation_time,
+    // The target's own kinds; the benchmark's N creates (per kind) are subtracted.
+    let kinds: &[&str] = match plan.peer {
+        None => &["agentdynamics"],
+        Some(_) => &["requests", "disposablerequests"],
     };
+    let bench_creates = nf * plan.peer.map_or(1, |m| m.objects_per_object()) as f64;
+    let object_writes = api_conv.as_ref().map(|m| {
+        kinds.iter().map(|k| api_writes(m, k)).sum::<f64>() - bench_creates
+            + api_writes(m, "providerconfigusages")
+    });
+    let event_writes = api_conv.as_ref().map(|m| api_writes(m, "events"));
+
     let mut latencies: Vec<f64> = {
-        let st = watch.lock().unwrap();
-        st.first_ready
-            .iter()
-            .filter_map(|(name, ready)| {
-                st.created
-                    .get(name)
-                    .map(|c| secs(ready.saturating_duration_since(*c)))
+        let st = world.watch.lock().unwrap();
+        let created_at = |i: usize| st.created.get(&object_name(i)).copied();
+        (0..n)
+            .filter_map(|i| {
+                let done = p.converged.per_object.get(&agent_id(i))?;
+                Some(secs(done.saturating_duration_since(created_at(i)?)))
             })
             .collect()
     };
-    latencies.sort_by(|a, b| a.total_cmp(b));
-    let last_ready_after_last_create = {
-        let st = watch.lock().unwrap();
-        let last_create = st.created.values().max().copied();
-        let last_ready = st.first_ready.values().max().copied();
-        match (last_create, last_ready) {
-            (Some(c), Some(r)) => Some(secs(r.saturating_duration_since(c))),
-            _ => None,
-        }
+    latencies = sorted(latencies);
+    let last_create = {
+        let st = world.watch.lock().unwrap();
+        (0..n)
+            .filter_map(|i| st.created.get(&object_name(i)).copied())
+            .max()
+    };
+    let last_done = p.converged.per_object.values().max().copied();
+    let last_create_to_done = match (last_create, last_done) {
+        (Some(c), Some(d)) => Some(secs(d.saturating_duration_since(c))),
+        _ => None,
     };
 
-    let idle_posts = sim_calls(&idle_end.sim, &idle_start.sim, "generate");
-    let idle_gets = sim_calls(&idle_end.sim, &idle_start.sim, "get");
-    let idle_puts = sim_calls(&idle_end.sim, &idle_start.sim, "update");
-    let idle_status_writes = idle_end.op.status_writes - idle_start.op.status_writes;
-    let idle_watch_changes = idle_end.watch_changes - idle_start.watch_changes;
-    let idle_api = match (&idle_end.api, &idle_start.api) {
+    let (is, ie) = (&p.idle_start, &p.idle_end);
+    let idle_posts = sim_calls(&ie.sim, &is.sim, "generate");
+    let idle_gets = sim_calls(&ie.sim, &is.sim, "get");
+    let idle_puts = sim_calls(&ie.sim, &is.sim, "update");
+    let idle_status_writes = op_delta(&|m| m.status_writes, ie, is);
+    let idle_reconciles = op_delta(&|m| m.reconciles_total(), ie, is);
+    let idle_watch_changes = ie.watch_changes - is.watch_changes;
+    let idle_api = match (&ie.api, &is.api) {
         (Some(a), Some(b)) => Some(diff_map(a, b)),
         _ => None,
     };
-    let idle_api_writes = idle_api
-        .as_ref()
-        .map(|m| api_writes(m, "agentdynamics") + api_writes(m, "events") + 0.0);
-    let idle_cpu = idle_end.operator.cpu_s - idle_start.operator.cpu_s;
-    let idle_reconciles = idle_end.op.reconciles_total() - idle_start.op.reconciles_total();
+    let idle_api_writes = idle_api.as_ref().map(|m| {
+        measure::COUNTED_RESOURCES
+            .iter()
+            .map(|r| api_writes(m, r))
+            .sum::<f64>()
+    });
+    let idle_cpu = ie.target.cpu_s - is.target.cpu_s;
 
-    let mut to_call: Vec<f64> = edits.iter().map(|e| secs(e.to_call)).collect();
-    to_call.sort_by(|a, b| a.total_cmp(b));
-    let mut to_ready: Vec<f64> = edits.iter().filter_map(|e| e.to_ready.map(secs)).collect();
-    to_ready.sort_by(|a, b| a.total_cmp(b));
+    let to_call = sorted(p.edits.iter().filter_map(|e| e.to_call.map(secs)).collect());
+    let edits_missed = p.edits.iter().filter(|e| e.to_call.is_none()).count();
+    let to_ready = sorted(
+        p.edits
+            .iter()
+            .filter_map(|e| e.to_ready.map(secs))
+            .collect(),
+    );
 
-    let cpu_conv = conv.operator.cpu_s - start.operator.cpu_s;
+    let cpu_conv = conv.target.cpu_s - start.target.cpu_s;
     let delta_cpu = |a: Option<ProcSample>, b: Option<ProcSample>| match (a, b) {
         (Some(a), Some(b)) => Some(a.cpu_s - b.cpu_s),
         _ => None,
@@ -956,56 +1368,76 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let apiserver_cpu = delta_cpu(conv.apiserver, start.apiserver);
     let etcd_cpu = delta_cpu(conv.etcd, start.etcd);
     let bench_cpu = conv.bench.cpu_s - start.bench.cpu_s;
-    let peak_rss_mib = after_edits.operator.hwm_kib as f64 / 1024.0;
-    let rss_after_idle_mib = idle_end.operator.rss_kib as f64 / 1024.0;
+    let peak_rss_mib = p.after_edits.target.hwm_kib as f64 / 1024.0;
+    let rss_after_idle_mib = ie.target.rss_kib as f64 / 1024.0;
     let cores = std::thread::available_parallelism().map_or(0, |c| c.get());
-    let wall_time = wall.elapsed();
+    let converged_s = p.converged.all.map(secs);
+    let ms = |v: &[f64], q: f64| percentile(v, q) * 1000.0;
 
-    // ---- output ----------------------------------------------------------------------------
-    let fmt_opt = |v: Option<f64>, prec: usize| match v {
-        // `+ 0.0` turns -0.0 into 0.0.
-        Some(v) if v.is_finite() => format!("{:.prec$}", v + 0.0),
-        _ => "n/a".to_string(),
-    };
-    let converged_s = converged_in.map(secs);
     let mut rows: Vec<(String, String, String)> = vec![
         (
-            "objects / profile".into(),
-            format!("{n} / {}", profile.name()),
+            "target".into(),
+            plan.target_name(),
+            match plan.peer {
+                None => format!(
+                    "--concurrency {} --max-concurrent-generations {} {}",
+                    args.concurrency,
+                    plan.limit,
+                    [("--poll-min", plan.poll_min), ("--poll-max", plan.poll_max)]
+                        .iter()
+                        .filter_map(|(f, d)| d.map(|d| format!("{f} {}", humantime::format_duration(d))))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                ),
+                Some(_) => format!(
+                    "{} {}",
+                    plan.peer_poll
+                        .map(|d| format!("--poll {}", humantime::format_duration(d)))
+                        .unwrap_or_else(|| "--poll (default 1m)".into()),
+                    plan.peer_rate
+                        .map(|r| format!("--max-reconcile-rate {r}"))
+                        .unwrap_or_else(|| "--max-reconcile-rate (default 10)".into())
+                ),
+            },
+        ),
+        (
+            "objects / profile / accounts".into(),
+            format!("{n} / {} / {}", plan.profile.name(), plan.accounts),
             format!(
-                "generation {}, limit {}, operator --concurrency {} --poll-min {} --poll-max {}",
-                humantime::format_duration(generation_time),
-                if limit == 0 { "none".to_string() } else { limit.to_string() },
-                args.concurrency,
-                humantime::format_duration(args.poll_min),
-                humantime::format_duration(args.poll_max)
+                "generation {}, limit {} per account",
+                humantime::format_duration(plan.generation_time),
+                if plan.limit == 0 { "none".to_string() } else { plan.limit.to_string() },
             ),
         ),
         (
             "create N (s)".into(),
-            format!("{:.2}", secs(create_time)),
-            format!("{:.0} creates/s, parallelism {}, {create_retries} retries", nf / secs(create_time), args.create_parallelism),
-        ),
-        (
-            "first create -> all Ready (s)".into(),
-            fmt_opt(converged_s, 2),
+            format!("{:.2}", secs(p.created.took)),
             format!(
-                "floor {:.2}s ({}); x{} of floor",
-                secs(floor),
-                match profile {
-                    Profile::Account => format!("ceil(N/{limit}) x generation"),
-                    Profile::Unlimited => "one generation".to_string(),
-                },
-                fmt_opt(converged_s.map(|c| c / secs(floor)), 1)
+                "{:.0} creates/s, parallelism {}, {} retries",
+                nf / secs(p.created.took),
+                args.create_parallelism,
+                p.created.retries
             ),
         ),
         (
-            "last create -> all Ready (s)".into(),
-            fmt_opt(last_ready_after_last_create, 2),
-            "after the last create returned".into(),
+            "first create -> all converged (s)".into(),
+            fmt_opt(converged_s, 2),
+            format!(
+                "floor {:.2}s ({}); x{} of floor; simulator record {} s, Ready {} s",
+                secs(plan.floor),
+                plan.floor_formula(),
+                fmt_opt(converged_s.map(|c| c / secs(plan.floor)), 2),
+                fmt_opt(p.converged.record.map(secs), 2),
+                fmt_opt(p.converged.ready.map(secs), 2),
+            ),
         ),
         (
-            "create -> Ready per object p50/p90/p99/max (s)".into(),
+            "last create -> all converged (s)".into(),
+            fmt_opt(last_create_to_done, 2),
+            "on the simulator's record, after the last create returned".into(),
+        ),
+        (
+            "create -> converged per object p50/p90/p99/max (s)".into(),
             format!(
                 "{:.2} / {:.2} / {:.2} / {:.2}",
                 percentile(&latencies, 0.5),
@@ -1013,7 +1445,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 percentile(&latencies, 0.99),
                 percentile(&latencies, 1.0)
             ),
-            "from its create call returning to Ready on the watch".into(),
+            "from its create call returning to the simulator's record showing it".into(),
         ),
         (
             "remote calls per object POST / GET / PUT".into(),
@@ -1024,53 +1456,64 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 per_obj(puts as f64)
             ),
             format!(
-                "simulator counters; totals {posts} / {gets} / {puts} (operator metric {:.0} / {:.0} / {:.0}); generations started {}, overlapping {}",
-                conv.op.remote("generate") - start.op.remote("generate"),
-                conv.op.remote("get") - start.op.remote("get"),
-                conv.op.remote("update") - start.op.remote("update"),
+                "simulator counters; totals {posts} / {gets} / {puts}{}; generations started {}, overlapping {}",
+                match (&conv.op, &start.op) {
+                    (Some(a), Some(b)) => format!(
+                        " (operator metric {:.0} / {:.0} / {:.0})",
+                        a.remote("generate") - b.remote("generate"),
+                        a.remote("get") - b.remote("get"),
+                        a.remote("update") - b.remote("update")
+                    ),
+                    _ => String::new(),
+                },
                 conv.sim.generations_started - start.sim.generations_started,
                 conv.sim.overlapping_generations - start.sim.overlapping_generations
             ),
         ),
         (
-            "status writes per object".into(),
-            format!("{:.2}", per_obj(status_writes)),
+            "API-server writes per object (objects / Events)".into(),
             format!(
-                "operator metric; AgentDynamics changes on the watch {:.2}/object (incl. finalizer)",
+                "{} / {}",
+                fmt_opt(object_writes.map(per_obj), 2),
+                fmt_opt(event_writes.map(per_obj), 2)
+            ),
+            format!(
+                "apiserver_request_total for {}, the benchmark's creates subtracted",
+                kinds.join(" + ")
+            ),
+        ),
+        (
+            "status writes / reconcile passes per object".into(),
+            format!(
+                "{} / {}",
+                fmt_opt(status_writes.map(per_obj), 2),
+                fmt_opt(reconciles.map(per_obj), 2)
+            ),
+            format!(
+                "operator metrics; AgentDynamics changes on the watch {:.2}/object",
                 per_obj(watch_changes as f64)
             ),
         ),
         (
-            "API-server writes per object (AgentDynamics / Events)".into(),
-            format!(
-                "{} / {}",
-                fmt_opt(operator_object_writes.map(per_obj), 2),
-                fmt_opt(event_writes.map(per_obj), 2)
-            ),
-            "apiserver_request_total, the benchmark's creates subtracted".into(),
-        ),
-        (
-            "reconcile passes per object".into(),
-            format!("{:.2}", per_obj(reconciles)),
-            format!("{:?}", diff_map(&conv.op.reconciles, &start.op.reconciles)),
-        ),
-        (
             format!("idle {}s: remote calls POST / GET / PUT", args.idle.as_secs()),
             format!("{idle_posts} / {idle_gets} / {idle_puts}"),
-            format!("reconcile passes {idle_reconciles}"),
+            format!("reconcile passes {}", fmt_opt(idle_reconciles, 0)),
         ),
         (
             format!("idle {}s: API-server writes", args.idle.as_secs()),
             fmt_opt(idle_api_writes, 0),
-            format!("status writes {idle_status_writes}, watch changes {idle_watch_changes}, operator CPU {idle_cpu:.2}s"),
+            format!(
+                "status writes {}, watch changes {idle_watch_changes}, target CPU {idle_cpu:.2}s",
+                fmt_opt(idle_status_writes, 0)
+            ),
         ),
         (
-            "operator peak RSS (MiB)".into(),
+            "target peak RSS (MiB)".into(),
             format!("{peak_rss_mib:.1}"),
             format!("VmHWM; RSS after idle {rss_after_idle_mib:.1} MiB"),
         ),
         (
-            "operator CPU, convergence (s)".into(),
+            "target CPU, convergence (s)".into(),
             format!("{cpu_conv:.2}"),
             format!(
                 "{:.1} ms/object; kube-apiserver {} s, etcd {} s, bench+simulator {bench_cpu:.2} s",
@@ -1080,30 +1523,55 @@ async fn run(args: Args) -> anyhow::Result<()> {
             ),
         ),
         (
-            "watch-to-call latency p50/max (ms)".into(),
+            "edit-to-call latency p50/p99/max (ms)".into(),
             format!(
-                "{:.0} / {:.0}",
-                percentile(&to_call, 0.5) * 1000.0,
-                percentile(&to_call, 1.0) * 1000.0
+                "{:.0} / {:.0} / {:.0}",
+                ms(&to_call, 0.5),
+                ms(&to_call, 0.99),
+                ms(&to_call, 1.0)
             ),
             format!(
-                "{} edits; edit -> Ready again p50 {:.0} ms",
+                "{} dynamics edits reached the simulator, {edits_missed} not within {:?}; edit -> Ready again p50 {} ms",
                 to_call.len(),
-                percentile(&to_ready, 0.5) * 1000.0
+                args.edit_timeout,
+                fmt_opt(Some(ms(&to_ready, 0.5)), 0)
             ),
-        ),
-        (
-            "wall time of the run (s)".into(),
-            format!("{:.0}", secs(wall_time)),
-            format!("{cores} cores; load before {}", load_before.split_whitespace().take(3).collect::<Vec<_>>().join(" ")),
         ),
     ];
-    if converged_in.is_none() {
+    if let Some(l) = &p.lost {
+        rows.push((
+            "lost generate reply: charged / POSTs".into(),
+            format!("{} / {}", l.charged, l.posts),
+            format!(
+                "converged after {} s (window {:.0} s); target says {}",
+                fmt_opt(l.converged_after_s, 2),
+                l.window_s,
+                l.target_view.as_deref().unwrap_or("n/a")
+            ),
+        ));
+    }
+    rows.push((
+        "wall time of the run (s)".into(),
+        format!("{:.0}", secs(p.wall)),
+        format!(
+            "{cores} cores; load before {}",
+            p.load_before
+                .split_whitespace()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" ")
+        ),
+    ));
+    if converged_s.is_none() {
         rows.insert(
             0,
             (
                 "NOT CONVERGED".into(),
-                format!("{}/{n} Ready", watch.lock().unwrap().ready_count()),
+                format!(
+                    "{}/{n} on the record, {} Ready",
+                    p.converged.per_object.len(),
+                    world.watch.lock().unwrap().ready_count()
+                ),
                 format!("after {:?}", args.timeout),
             ),
         );
@@ -1113,13 +1581,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
         println!("| {k} | {v} | {note} |");
     }
 
-    let git = command_output("git", &["describe", "--always", "--dirty"]);
-    let rustc = command_output("rustc", &["--version"]);
-    let operator_version = std::process::Command::new(&operator_bin)
-        .arg("--version")
-        .output()
-        .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
     let snapshot_json = |s: &Snapshot, base: &Snapshot| {
         json!({
             "seconds": secs(s.at.saturating_duration_since(base.at)),
@@ -1130,66 +1591,77 @@ async fn run(args: Args) -> anyhow::Result<()> {
             },
             "sim_generations_started": s.sim.generations_started,
             "sim_overlapping_generations": s.sim.overlapping_generations,
-            "operator_status_writes": s.op.status_writes,
-            "operator_generations": s.op.generations,
-            "operator_remote_calls": s.op.remote_calls,
-            "operator_reconciles": s.op.reconciles,
+            "sim_accounts": s.sim.accounts,
+            "operator_status_writes": s.op.as_ref().map(|m| m.status_writes),
+            "operator_generations": s.op.as_ref().map(|m| m.generations),
+            "operator_remote_calls": s.op.as_ref().map(|m| &m.remote_calls),
+            "operator_reconciles": s.op.as_ref().map(|m| &m.reconciles),
             "apiserver_requests": s.api,
-            "operator_cpu_s": s.operator.cpu_s,
-            "operator_rss_kib": s.operator.rss_kib,
-            "operator_hwm_kib": s.operator.hwm_kib,
+            "target_cpu_s": s.target.cpu_s,
+            "target_rss_kib": s.target.rss_kib,
+            "target_hwm_kib": s.target.hwm_kib,
             "apiserver_cpu_s": s.apiserver.map(|p| p.cpu_s),
             "etcd_cpu_s": s.etcd.map(|p| p.cpu_s),
             "bench_cpu_s": s.bench.cpu_s,
             "watch_changes": s.watch_changes,
         })
     };
+    let t = &world.target;
     let report = json!({
         "benchmark": "convergence",
+        "target": plan.peer.map_or("dynamics-operator", |_| "provider-http"),
+        "peer_mapping": plan.peer.map(|m| m.name()),
         "objects": n,
-        "profile": profile.name(),
-        "converged": converged_in.is_some(),
+        "profile": plan.profile.name(),
+        "accounts": plan.accounts,
+        "converged": converged_s.is_some(),
         "machine": {
             "cores": cores,
             "cpu": cpu_model(),
-            "loadavg_before": load_before.trim(),
+            "loadavg_before": p.load_before.trim(),
         },
         "versions": {
-            "operator": operator_version,
-            "operator_binary": operator_bin.display().to_string(),
-            "operator_build": operator_profile,
+            "target": t.version,
+            "target_binary": t.bin.display().to_string(),
+            "target_build": t.build,
             // `git` is the tree when the benchmark ran; the binary may have been built earlier.
-            "operator_binary_modified": std::fs::metadata(&operator_bin)
+            "target_binary_modified": std::fs::metadata(&t.bin)
                 .and_then(|m| m.modified())
                 .ok()
                 .and_then(|t| jiff::Timestamp::try_from(t).ok())
                 .map(|t| t.to_string()),
-            "git": git,
-            "rustc": rustc,
+            "git": command_output("git", &["describe", "--always", "--dirty"]),
+            "rustc": command_output("rustc", &["--version"]),
             "kubernetes": controlplane::pinned_kube_version(),
             "etcd": controlplane::pinned_etcd_version(),
         },
         "parameters": {
-            "generation_time_ms": generation_time.as_millis() as u64,
-            "max_concurrent_generations": limit,
+            "generation_time_ms": plan.generation_time.as_millis() as u64,
+            "max_concurrent_generations_per_account": plan.limit,
             "operator_concurrency": args.concurrency,
-            "poll_min_ms": args.poll_min.as_millis() as u64,
-            "poll_max_ms": args.poll_max.as_millis() as u64,
+            "poll_min_ms": plan.poll_min.map(|d| d.as_millis() as u64),
+            "poll_max_ms": plan.poll_max.map(|d| d.as_millis() as u64),
             "operator_extra_args": args.operator_args,
+            "peer_poll_ms": plan.peer.and(plan.peer_poll).map(|d| d.as_millis() as u64),
+            "peer_max_reconcile_rate": plan.peer.and(plan.peer_rate),
             "create_parallelism": args.create_parallelism,
             "idle_s": args.idle.as_secs_f64(),
             "edits": args.edits,
+            "edit_timeout_s": args.edit_timeout.as_secs_f64(),
             "timeout_s": args.timeout.as_secs_f64(),
+            "sim_idle_timeout_s": SimConfig::default().idle_timeout.map(|d| d.as_secs_f64()),
         },
         "results": {
-            "create_s": secs(create_time),
-            "create_per_s": nf / secs(create_time),
-            "create_retries": create_retries,
+            "create_s": secs(p.created.took),
+            "create_per_s": nf / secs(p.created.took),
+            "create_retries": p.created.retries,
             "converge_s": converged_s,
-            "floor_s": secs(floor),
-            "converge_over_floor": converged_s.map(|c| c / secs(floor)),
-            "last_create_to_all_ready_s": last_ready_after_last_create,
-            "create_to_ready_s": {
+            "converge_record_s": p.converged.record.map(secs),
+            "converge_ready_s": p.converged.ready.map(secs),
+            "floor_s": secs(plan.floor),
+            "converge_over_floor": converged_s.map(|c| c / secs(plan.floor)),
+            "last_create_to_all_converged_s": last_create_to_done,
+            "create_to_converged_s": {
                 "p50": percentile(&latencies, 0.5),
                 "p90": percentile(&latencies, 0.9),
                 "p99": percentile(&latencies, 0.99),
@@ -1200,12 +1672,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 "get": per_obj(gets as f64),
                 "update": per_obj(puts as f64),
             },
-            "status_writes_per_object": per_obj(status_writes),
+            "status_writes_per_object": status_writes.map(per_obj),
             "watch_changes_per_object": per_obj(watch_changes as f64),
-            "apiserver_agentdynamics_writes_per_object": operator_object_writes.map(per_obj),
+            "apiserver_object_writes_per_object": object_writes.map(per_obj),
             "apiserver_event_writes_per_object": event_writes.map(per_obj),
             "apiserver_requests_during_convergence": api_conv,
-            "reconciles_per_object": per_obj(reconciles),
+            "reconciles_per_object": reconciles.map(per_obj),
             "idle": {
                 "seconds": args.idle.as_secs_f64(),
                 "remote_calls": {"generate": idle_posts, "get": idle_gets, "update": idle_puts},
@@ -1214,44 +1686,45 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 "apiserver_writes": idle_api_writes,
                 "apiserver_requests": idle_api,
                 "reconciles": idle_reconciles,
-                "operator_cpu_s": idle_cpu,
+                "target_cpu_s": idle_cpu,
             },
-            "operator_peak_rss_mib": peak_rss_mib,
-            "operator_rss_after_idle_mib": rss_after_idle_mib,
-            "operator_cpu_convergence_s": cpu_conv,
-            "operator_cpu_ms_per_object": cpu_conv * 1000.0 / nf,
+            "target_peak_rss_mib": peak_rss_mib,
+            "target_rss_after_idle_mib": rss_after_idle_mib,
+            "target_cpu_convergence_s": cpu_conv,
+            "target_cpu_ms_per_object": cpu_conv * 1000.0 / nf,
             "apiserver_cpu_convergence_s": apiserver_cpu,
             "etcd_cpu_convergence_s": etcd_cpu,
             "bench_and_simulator_cpu_convergence_s": bench_cpu,
-            "watch_to_call_ms": to_call.iter().map(|s| s * 1000.0).collect::<Vec<_>>(),
+            "edit_to_call_ms": {
+                "p50": ms(&to_call, 0.5),
+                "p99": ms(&to_call, 0.99),
+                "max": ms(&to_call, 1.0),
+                "reached": to_call.len(),
+                "missed": edits_missed,
+                "all": to_call.iter().map(|s| s * 1000.0).collect::<Vec<_>>(),
+            },
             "edit_to_ready_ms": to_ready.iter().map(|s| s * 1000.0).collect::<Vec<_>>(),
-            "wall_s": secs(wall_time),
+            "lost_reply": p.lost.as_ref().map(|l| json!({
+                "window_s": l.window_s,
+                "charged": l.charged,
+                "posts": l.posts,
+                "converged_after_s": l.converged_after_s,
+                "target_view": l.target_view,
+            })),
+            "wall_s": secs(p.wall),
         },
         "snapshots": {
-            "start": snapshot_json(&start, &start),
-            "converged": snapshot_json(&converged, &start),
-            "idle_start": snapshot_json(&idle_start, &start),
-            "idle_end": snapshot_json(&idle_end, &start),
-            "after_edits": snapshot_json(&after_edits, &start),
+            "start": snapshot_json(start, start),
+            "converged": snapshot_json(conv, start),
+            "idle_start": snapshot_json(is, start),
+            "idle_end": snapshot_json(ie, start),
+            "after_edits": snapshot_json(&p.after_edits, start),
         },
     });
-    std::fs::write(&out, serde_json::to_string_pretty(&report)? + "\n")?;
-    println!("\nJSON: {}\noperator log: {}", out.display(), log.display());
-
-    // Teardown: the operator first (so it does not log the control plane going away), then
-    // the simulator and the control plane (ManagedChild/ControlPlane drops reap them).
-    let World {
-        cp,
-        sim,
-        mut operator,
-        ..
-    } = world;
-    operator.stop(Duration::from_secs(5));
-    drop(operator);
-    sim.shutdown().await;
-    drop(cp);
-    if converged_in.is_none() {
-        bail!("not all objects became Ready within {:?}", args.timeout);
+    if let Some(dir) = out.parent() {
+        std::fs::create_dir_all(dir)?;
     }
+    std::fs::write(out, serde_json::to_string_pretty(&report)? + "\n")?;
+    println!("\nJSON: {}\ntarget log: {}", out.display(), t.log.display());
     Ok(())
 }

@@ -150,13 +150,13 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Everything the simulator needs to start.
 #[derive(Clone, Debug)]
 pub struct SimConfig {
-    /// The one account's api-secret.
+    /// The first account's api-secret.
     pub secret: String,
     /// How long one generation runs once it has a worker.
     pub generation_time: Duration,
     /// Generations running at once per account; 0 = unlimited.
     pub max_concurrent: usize,
-    /// Initial credit balance.
+    /// Initial credit balance of each account.
     pub credits: u64,
     /// Credits charged per generate call.
     pub cost: u64,
@@ -170,6 +170,11 @@ pub struct SimConfig {
     /// Further api-secrets accepted for the same account (file mode's `--simulator`, where
     /// objects carry the secrets of their Secret documents).
     pub extra_secrets: Vec<String>,
+    /// Further accounts, one api-secret each. Each has its own credits (`credits`), its own
+    /// `max_concurrent` workers and queue, and its own agents: an agent belongs to the account
+    /// whose secret first generated it, and GET, PUT or generate with another account's secret
+    /// answer 404 for it, as the real API does for an agent that is not yours.
+    pub accounts: Vec<String>,
     /// Hard modes for every agent without its own (see [`Modes`]).
     pub modes: Modes,
     /// Whether generate honours Idempotency-Key (the real API does not
@@ -194,6 +199,7 @@ impl Default for SimConfig {
             seed: None,
             default_prompts: ["wave", "nod", "smile"].map(String::from).to_vec(),
             extra_secrets: Vec::new(),
+            accounts: Vec::new(),
             modes: Modes::default(),
             honour_idempotency_key: true,
             idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
@@ -227,10 +233,13 @@ pub struct SimArgs {
     /// How long one generation takes once running (e.g. "300ms", "2m").
     #[arg(long, value_parser = humantime::parse_duration, default_value = "300ms")]
     pub generation_time: Duration,
-    /// Generations running at once; further ones wait in "processing" (0 = unlimited).
+    /// Generations running at once per account; further ones wait in "processing" (0 = unlimited).
     #[arg(long, default_value_t = 2)]
     pub max_concurrent: usize,
-    /// Initial credit balance.
+    /// The api-secret of a further account (repeatable): its own credits, workers and agents.
+    #[arg(long = "account-secret", value_name = "SECRET", hide_env_values = true)]
+    pub account_secrets: Vec<String>,
+    /// Initial credit balance of each account.
     #[arg(long, default_value_t = 1_000_000)]
     pub credits: u64,
     /// Credits charged per generation.
@@ -312,6 +321,11 @@ impl SimArgs {
             secret: self.secret.trim_end().to_string(),
             generation_time: self.generation_time,
             max_concurrent: self.max_concurrent,
+            accounts: self
+                .account_secrets
+                .iter()
+                .map(|s| s.trim_end().to_string())
+                .collect(),
             credits: self.credits,
             cost: self.cost,
             reply_shape: self.reply_shape,
@@ -401,6 +415,12 @@ mod tests {
         assert_eq!(c.seed, Some(7));
         assert_eq!(c.max_concurrent, 2);
         assert_eq!(c.cost, 250);
+        assert!(c.accounts.is_empty());
+        let c = Cli::try_parse_from(["x", "--account-secret", "t1", "--account-secret", "t2\n"])
+            .unwrap()
+            .sim
+            .to_config();
+        assert_eq!(c.accounts, ["t1", "t2"]);
     }
 
     #[test]

@@ -12,7 +12,9 @@ use super::config::{
     ConvergedReply, Faults, Modes, ReplyShape, ScriptedFault, SimConfig, UpdateReplyShape,
     FIXED_MODEL_URL,
 };
-use super::stats::{CallCount, GenerationRecord, GenerationReply, SimAgent, SimStats};
+use super::stats::{
+    AccountStats, CallCount, GenerationRecord, GenerationReply, SimAgent, SimStats,
+};
 
 /// An HTTP answer, before it becomes one.
 #[derive(Clone, Debug, PartialEq)]
@@ -25,6 +27,9 @@ pub(crate) struct Reply {
     pub agent: Option<String>,
     /// The `GenerationRecord` this call added, if it was an accepted generate.
     pub generation_seq: Option<u64>,
+    /// Close the connection instead of answering, after processing (an agent's
+    /// `drop-next-generate-reply`).
+    pub drop: bool,
 }
 
 impl Reply {
@@ -35,6 +40,7 @@ impl Reply {
             retry_after: None,
             agent: Some(agent.to_string()),
             generation_seq: None,
+            drop: false,
         }
     }
 
@@ -45,6 +51,7 @@ impl Reply {
             retry_after: None,
             agent: agent.map(String::from),
             generation_seq: None,
+            drop: false,
         }
     }
 
@@ -115,8 +122,14 @@ struct Agent {
     updated_at: Option<String>,
     fail_next: bool,
     refuse_next_regeneration: bool,
+    /// The next accepted generate for it is processed (charged, started) and its connection
+    /// closed without a reply.
+    drop_next_generate_reply: bool,
     /// Replaces `SimConfig::modes` for this agent.
     modes: Option<Modes>,
+    /// The account whose secret first generated it (index into `Engine::accounts`); other
+    /// accounts get 404 for it. `None` until its first charged generate.
+    account: Option<usize>,
 }
 
 /// What GET shows of an agent's generation.
@@ -145,7 +158,9 @@ impl Agent {
             updated_at: None,
             fail_next: false,
             refuse_next_regeneration: false,
+            drop_next_generate_reply: false,
             modes: None,
+            account: None,
         }
     }
 }
@@ -162,17 +177,89 @@ struct Counters {
     injected_faults: u64,
 }
 
-pub(crate) struct Engine {
-    cfg: SimConfig,
-    rng: StdRng,
+/// One account: its credits and its own workers (`SimConfig::max_concurrent` of them).
+#[derive(Clone, Debug, Default)]
+struct Account {
     credits: u64,
-    agents: BTreeMap<String, Agent>,
+    credits_charged: u64,
+    generations_started: u64,
     /// Generations holding a worker.
     running: Vec<Job>,
     /// Generations waiting for a worker, first come first served.
     queue: VecDeque<Job>,
     /// Accepted generations not yet visible nor queued (`Modes::invisible_ms`).
     invisible: Vec<Job>,
+}
+
+impl Account {
+    fn new(credits: u64) -> Self {
+        Account {
+            credits,
+            ..Account::default()
+        }
+    }
+
+    fn has_free_worker(&self, max: usize) -> bool {
+        max == 0 || self.running.len() < max
+    }
+
+    /// Hands free workers to queued jobs at `at`.
+    fn fill(&mut self, max: usize, at: Instant) {
+        while self.has_free_worker(max) {
+            let Some(mut job) = self.queue.pop_front() else {
+                break;
+            };
+            job.started_at = at.max(job.queued_at);
+            self.running.push(job);
+        }
+    }
+
+    /// The next event of this account no later than `now`: a generation that ends (`Ok`,
+    /// index into `running`) or an invisible one that shows (`Err`, index into `invisible`).
+    fn next_event(
+        &self,
+        gen_time: Duration,
+        now: Instant,
+    ) -> Option<(Instant, Result<usize, usize>)> {
+        let done = self
+            .running
+            .iter()
+            .enumerate()
+            .map(|(i, j)| (j.started_at + gen_time, i))
+            .min_by_key(|(t, _)| *t);
+        let shown = self
+            .invisible
+            .iter()
+            .enumerate()
+            .map(|(i, j)| (j.visible_at, j.id, i))
+            .min_by_key(|(t, id, _)| (*t, *id));
+        match (done, shown) {
+            (Some((t, i)), shown) if t <= now && shown.is_none_or(|(s, _, _)| t <= s) => {
+                Some((t, Ok(i)))
+            }
+            (_, Some((t, _, i))) if t <= now => Some((t, Err(i))),
+            _ => None,
+        }
+    }
+
+    fn holds(&self, job: u64) -> Option<bool> {
+        if self.queue.iter().any(|j| j.id == job) {
+            return Some(false);
+        }
+        if self.running.iter().any(|j| j.id == job) {
+            return Some(true);
+        }
+        None
+    }
+}
+
+pub(crate) struct Engine {
+    cfg: SimConfig,
+    rng: StdRng,
+    /// Account 0 answers to `SimConfig::secret` and `extra_secrets`; account `i + 1` to
+    /// `SimConfig::accounts[i]`.
+    accounts: Vec<Account>,
+    agents: BTreeMap<String, Agent>,
     next_job: u64,
     idempotency: HashMap<String, Reply>,
     counters: Counters,
@@ -189,13 +276,12 @@ impl Engine {
             None => StdRng::from_os_rng(),
         };
         Engine {
-            credits: cfg.credits,
+            accounts: (0..=cfg.accounts.len())
+                .map(|_| Account::new(cfg.credits))
+                .collect(),
             cfg,
             rng,
             agents: BTreeMap::new(),
-            running: Vec::new(),
-            queue: VecDeque::new(),
-            invisible: Vec::new(),
             next_job: 1,
             idempotency: HashMap::new(),
             counters: Counters::default(),
@@ -220,50 +306,26 @@ impl Engine {
     /// queue at that moment).
     pub fn advance(&mut self, now: Instant) {
         let gen_time = self.cfg.generation_time;
-        loop {
-            let done = self
-                .running
-                .iter()
-                .enumerate()
-                .map(|(i, j)| (i, j.started_at + gen_time))
-                .min_by_key(|(_, t)| *t);
-            let shown = self
-                .invisible
-                .iter()
-                .enumerate()
-                .map(|(i, j)| (i, j.visible_at))
-                .min_by_key(|(i, t)| (*t, self.invisible[*i].id));
-            match (done, shown) {
-                (Some((idx, done_at)), shown)
-                    if done_at <= now && shown.is_none_or(|(_, t)| done_at <= t) =>
-                {
-                    let job = self.running.swap_remove(idx);
-                    self.complete(job);
-                    self.fill(done_at);
+        let max = self.cfg.max_concurrent;
+        // Accounts share no workers, so each one replays its own events.
+        for a in 0..self.accounts.len() {
+            while let Some((at, event)) = self.accounts[a].next_event(gen_time, now) {
+                let account = &mut self.accounts[a];
+                match event {
+                    Ok(i) => {
+                        let job = account.running.swap_remove(i);
+                        self.complete(job);
+                        self.accounts[a].fill(max, at);
+                    }
+                    Err(i) => {
+                        let mut job = account.invisible.remove(i);
+                        job.queued_at = at;
+                        job.started_at = at;
+                        account.queue.push_back(job);
+                        account.fill(max, at);
+                    }
                 }
-                (_, Some((idx, at))) if at <= now => {
-                    let mut job = self.invisible.remove(idx);
-                    job.queued_at = at;
-                    job.started_at = at;
-                    self.queue.push_back(job);
-                    self.fill(at);
-                }
-                _ => break,
             }
-        }
-    }
-
-    fn has_free_worker(&self) -> bool {
-        self.cfg.max_concurrent == 0 || self.running.len() < self.cfg.max_concurrent
-    }
-
-    fn fill(&mut self, at: Instant) {
-        while self.has_free_worker() {
-            let Some(mut job) = self.queue.pop_front() else {
-                break;
-            };
-            job.started_at = at.max(job.queued_at);
-            self.running.push(job);
         }
     }
 
@@ -308,7 +370,13 @@ impl Engine {
 
     /// Queues a generation for `agent`; returns whether one was already in
     /// progress (which the stats count as overlapping).
-    fn start_generation(&mut self, agent_id: &str, now: Instant, invisible: Duration) -> bool {
+    fn start_generation(
+        &mut self,
+        account: usize,
+        agent_id: &str,
+        now: Instant,
+        invisible: Duration,
+    ) -> bool {
         let fail_rate = self.cfg.faults.fail_generation_rate;
         let random_fail = fail_rate > 0.0 && self.rng.random::<f64>() < fail_rate;
         let id = self.next_job;
@@ -339,11 +407,13 @@ impl Engine {
         if overlapping {
             self.counters.overlapping_generations += 1;
         }
+        let max = self.cfg.max_concurrent;
+        let pool = &mut self.accounts[account];
         if job.visible_at > now {
-            self.invisible.push(job);
+            pool.invisible.push(job);
         } else {
-            self.queue.push_back(job);
-            self.fill(now);
+            pool.queue.push_back(job);
+            pool.fill(max, now);
         }
         overlapping
     }
@@ -352,15 +422,18 @@ impl Engine {
     fn visible(&self, agent_id: &str, agent: &Agent) -> Visible {
         let modes = self.modes_for(Some(agent_id));
         if let Some(id) = agent.current_job {
-            if self.queue.iter().any(|j| j.id == id) {
-                let s = modes.waiting_status.as_deref().unwrap_or("processing");
-                return Visible::InProgress(s.to_string());
+            match self.job_state(agent, id) {
+                Some(false) => {
+                    let s = modes.waiting_status.as_deref().unwrap_or("processing");
+                    return Visible::InProgress(s.to_string());
+                }
+                Some(true) => {
+                    let s = modes.running_status.as_deref().unwrap_or("generating");
+                    return Visible::InProgress(s.to_string());
+                }
+                // Invisible: the previous state shows through.
+                None => {}
             }
-            if self.running.iter().any(|j| j.id == id) {
-                let s = modes.running_status.as_deref().unwrap_or("generating");
-                return Visible::InProgress(s.to_string());
-            }
-            // Invisible: the previous state shows through.
         }
         match &agent.outcome {
             Some(o) => Visible::Done(o.clone()),
@@ -368,11 +441,17 @@ impl Engine {
         }
     }
 
+    /// Whether the agent's job is running (`Some(true)`), queued (`Some(false)`) or not yet
+    /// visible (`None`), in the agent's account.
+    fn job_state(&self, agent: &Agent, job: u64) -> Option<bool> {
+        self.accounts[agent.account.unwrap_or(0)].holds(job)
+    }
+
     /// The agent's true status, for `/_sim/agents` (invisible jobs count as
     /// `processing`; hard modes' status names are not applied).
     fn status_of(&self, agent: &Agent) -> Option<&'static str> {
         if let Some(id) = agent.current_job {
-            if self.running.iter().any(|j| j.id == id) {
+            if self.job_state(agent, id) == Some(true) {
                 return Some("generating");
             }
             return Some("processing");
@@ -462,13 +541,17 @@ impl Engine {
 
     // ---- the /v1 endpoints ----------------------------------------------
 
-    fn check_secret(&self, secret: Option<&str>, agent: Option<&str>) -> Result<(), Reply> {
+    /// The account a secret belongs to, or 401.
+    fn check_secret(&self, secret: Option<&str>, agent: Option<&str>) -> Result<usize, Reply> {
         let details = match secret {
             None => "missing api-secret header",
             Some(s) if s == self.cfg.secret || self.cfg.extra_secrets.iter().any(|x| x == s) => {
-                return Ok(())
+                return Ok(0)
             }
-            Some(_) => "invalid api-secret",
+            Some(s) => match self.cfg.accounts.iter().position(|x| x == s) {
+                Some(i) => return Ok(i + 1),
+                None => "invalid api-secret",
+            },
         };
         Err(Reply::error(
             401,
@@ -479,8 +562,12 @@ impl Engine {
         ))
     }
 
-    fn is_known(&self, agent: &str) -> bool {
-        self.agents.get(agent).is_none_or(|a| a.known)
+    /// Known, and not another account's: the real API answers 404 for an agent that is not
+    /// yours. An agent no account generated yet is everyone's.
+    fn is_known(&self, agent: &str, account: usize) -> bool {
+        self.agents
+            .get(agent)
+            .is_none_or(|a| a.known && a.account.is_none_or(|o| o == account))
     }
 
     pub fn record(&mut self, endpoint: &str, agent: Option<&str>, status: u16) {
@@ -497,9 +584,10 @@ impl Engine {
         body: &[u8],
     ) -> Reply {
         let hint = agent_hint(body);
-        if let Err(r) = self.check_secret(secret, hint.as_deref()) {
-            return r;
-        }
+        let account = match self.check_secret(secret, hint.as_deref()) {
+            Ok(a) => a,
+            Err(r) => return r,
+        };
         let honour = self
             .modes_for(hint.as_deref())
             .honour_idempotency_key
@@ -517,36 +605,42 @@ impl Engine {
             Err(details) => return Reply::invalid(hint.as_deref(), details),
         };
         let agent_id = req.agent_id.clone();
-        if !self.is_known(&agent_id) {
+        if !self.is_known(&agent_id, account) {
             return Reply::not_found(&agent_id);
         }
-        if self.credits < self.cfg.cost {
+        let credits = self.accounts[account].credits;
+        if credits < self.cfg.cost {
             return Reply::error(
                 402,
                 Some(&agent_id),
                 "Insufficient credits",
                 "INSUFFICIENT_CREDITS",
                 format!(
-                    "dynamics generation costs {} credits; {} remaining",
-                    self.cfg.cost, self.credits
+                    "dynamics generation costs {} credits; {credits} remaining",
+                    self.cfg.cost
                 ),
             );
         }
         self.advance(now);
-        self.credits -= self.cfg.cost;
+        let pool = &mut self.accounts[account];
+        pool.credits -= self.cfg.cost;
+        pool.credits_charged += self.cfg.cost;
+        pool.generations_started += 1;
         self.counters.credits_charged += self.cfg.cost;
         self.counters.generations_started += 1;
         let agent = self
             .agents
             .entry(agent_id.clone())
             .or_insert_with(Agent::new);
+        agent.account.get_or_insert(account);
         agent.charged_generations += 1;
+        let drop = std::mem::take(&mut agent.drop_next_generate_reply);
         agent.last_generate_request = Some(req.raw);
         if let Some(p) = req.prompts {
             agent.prompts = p;
         }
         let invisible = Duration::from_millis(self.modes_for(Some(&agent_id)).invisible_ms);
-        self.start_generation(&agent_id, now, invisible);
+        self.start_generation(account, &agent_id, now, invisible);
         let mut reply = Reply::ok(
             &agent_id,
             json!({
@@ -560,6 +654,10 @@ impl Engine {
             self.idempotency.insert(k.to_string(), reply.clone());
         }
         reply.generation_seq = Some(self.log_generation(agent_id, body, idempotency_key, false));
+        if drop {
+            self.counters.dropped_connections += 1;
+            reply.drop = true;
+        }
         reply
     }
 
@@ -599,10 +697,11 @@ impl Engine {
 
     /// GET /v1/dynamics/{agent_id}
     pub fn get(&mut self, now: Instant, secret: Option<&str>, agent_id: &str) -> Reply {
-        if let Err(r) = self.check_secret(secret, Some(agent_id)) {
-            return r;
-        }
-        if !self.is_known(agent_id) {
+        let account = match self.check_secret(secret, Some(agent_id)) {
+            Ok(a) => a,
+            Err(r) => return r,
+        };
+        if !self.is_known(agent_id, account) {
             return Reply::not_found(agent_id);
         }
         self.advance(now);
@@ -660,14 +759,15 @@ impl Engine {
         agent_id: &str,
         body: &[u8],
     ) -> Reply {
-        if let Err(r) = self.check_secret(secret, Some(agent_id)) {
-            return r;
-        }
+        let account = match self.check_secret(secret, Some(agent_id)) {
+            Ok(a) => a,
+            Err(r) => return r,
+        };
         let (dynamics, toggle) = match validate_update(body) {
             Ok(v) => v,
             Err(details) => return Reply::invalid(Some(agent_id), details),
         };
-        if !self.is_known(agent_id) {
+        if !self.is_known(agent_id, account) {
             return Reply::not_found(agent_id);
         }
         self.advance(now);
@@ -706,8 +806,11 @@ impl Engine {
                     }),
                 );
             }
+            // A regeneration runs on the owner's workers (the caller's, for an agent no
+            // account generated yet).
+            let owner = *agent.account.get_or_insert(account);
             self.counters.regenerations_started += 1;
-            self.start_generation(agent_id, now, Duration::ZERO);
+            self.start_generation(owner, agent_id, now, Duration::ZERO);
             return Reply::ok(
                 agent_id,
                 json!({
@@ -750,13 +853,26 @@ impl Engine {
                 })
                 .collect(),
             credits_charged: c.credits_charged,
-            credits_remaining: self.credits,
+            credits_remaining: self.accounts.iter().map(|a| a.credits).sum(),
             generations_started: c.generations_started,
             regenerations_started: c.regenerations_started,
             overlapping_generations: c.overlapping_generations,
             dropped_connections: c.dropped_connections,
             idempotent_replays: c.idempotent_replays,
             injected_faults: c.injected_faults,
+            accounts: self
+                .accounts
+                .iter()
+                .enumerate()
+                .map(|(i, a)| AccountStats {
+                    account: i,
+                    credits_remaining: a.credits,
+                    credits_charged: a.credits_charged,
+                    generations_started: a.generations_started,
+                    running: a.running.len(),
+                    queued: a.queue.len(),
+                })
+                .collect(),
         }
     }
 
@@ -765,8 +881,11 @@ impl Engine {
         self.generation_log.clear();
     }
 
+    /// Sets every account's balance.
     pub fn set_credits(&mut self, credits: u64) {
-        self.credits = credits;
+        for a in &mut self.accounts {
+            a.credits = credits;
+        }
     }
 
     fn agent_mut(&mut self, id: &str) -> &mut Agent {
@@ -783,6 +902,10 @@ impl Engine {
 
     pub fn refuse_next_regeneration(&mut self, id: &str) {
         self.agent_mut(id).refuse_next_regeneration = true;
+    }
+
+    pub fn drop_next_generate_reply(&mut self, id: &str) {
+        self.agent_mut(id).drop_next_generate_reply = true;
     }
 
     /// Hard modes for one agent (`None`: back to the global set).
@@ -828,7 +951,9 @@ impl Engine {
             updated_at: a.updated_at.clone(),
             fail_next: a.fail_next,
             refuse_next_regeneration: a.refuse_next_regeneration,
+            drop_next_generate_reply: a.drop_next_generate_reply,
             modes: a.modes.clone(),
+            account: a.account,
         }
     }
 
@@ -1025,6 +1150,166 @@ mod tests {
         );
         assert_eq!(status(&mut e, t0 + ms(200), "c").as_deref(), Some("ready"));
         assert_eq!(status(&mut e, t0 + ms(200), "a").as_deref(), Some("ready"));
+    }
+
+    const T: Option<&str> = Some("team-secret");
+
+    /// Account 0 (`S`, and `extra` as the same account) and account 1 (`T`), 2 workers each.
+    fn two_accounts(gen_ms: u64) -> Engine {
+        Engine::new(SimConfig {
+            generation_time: Duration::from_millis(gen_ms),
+            max_concurrent: 2,
+            seed: Some(1),
+            extra_secrets: vec!["extra".into()],
+            accounts: vec!["team-secret".into()],
+            credits: 1000,
+            ..SimConfig::default()
+        })
+    }
+
+    fn gen_as(e: &mut Engine, now: Instant, secret: Option<&str>, agent: &str) -> u16 {
+        e.generate(
+            now,
+            secret,
+            None,
+            format!(r#"{{"agent_id":"{agent}"}}"#).as_bytes(),
+        )
+        .status
+    }
+
+    fn status_as(e: &mut Engine, now: Instant, secret: Option<&str>, agent: &str) -> String {
+        let r = e.get(now, secret, agent);
+        match r.body["data"]["status"].as_str() {
+            Some(s) if r.status == 200 => s.to_string(),
+            _ => r.status.to_string(),
+        }
+    }
+
+    #[test]
+    fn each_account_runs_its_own_two_and_queues_apart() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut e = two_accounts(100);
+        // Account 0: a, b, c; account 1: x, y, z. Each runs 2 at once, the third waits for its
+        // own account's worker only.
+        for (secret, agent) in [(S, "a"), (S, "b"), (T, "x"), (T, "y"), (S, "c"), (T, "z")] {
+            assert_eq!(gen_as(&mut e, t0, secret, agent), 200, "{agent}");
+        }
+        // (time ms, secret, agent, status)
+        let table: &[(u64, Option<&str>, &str, &str)] = &[
+            (0, S, "a", "generating"),
+            (0, S, "b", "generating"),
+            (0, S, "c", "processing"),
+            (0, T, "x", "generating"),
+            (0, T, "y", "generating"),
+            (0, T, "z", "processing"),
+            (100, S, "a", "ready"),
+            (100, S, "c", "generating"),
+            (100, T, "z", "generating"),
+            (200, S, "c", "ready"),
+            (200, T, "z", "ready"),
+        ];
+        for (at, secret, agent, want) in table {
+            assert_eq!(
+                status_as(&mut e, t0 + ms(*at), *secret, agent),
+                *want,
+                "{agent} at {at} ms"
+            );
+        }
+        let st = e.stats();
+        assert_eq!(st.accounts.len(), 2);
+        assert_eq!(
+            st.accounts
+                .iter()
+                .map(|a| (a.generations_started, a.credits_remaining))
+                .collect::<Vec<_>>(),
+            [(3, 250), (3, 250)]
+        );
+        assert_eq!(st.credits_remaining, 500);
+        assert_eq!(st.generations_started, 6);
+    }
+
+    #[test]
+    fn a_busy_account_never_delays_the_other() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut e = two_accounts(100);
+        e.set_credits(100_000);
+        // Account 0 queues 10 generations (5 rounds of 100 ms); account 1's one starts at once.
+        for i in 0..10 {
+            gen_as(&mut e, t0, S, &format!("s{i}"));
+        }
+        gen_as(&mut e, t0 + ms(10), T, "t");
+        assert_eq!(status_as(&mut e, t0 + ms(10), T, "t"), "generating");
+        assert_eq!(status_as(&mut e, t0 + ms(110), T, "t"), "ready");
+        assert_eq!(status_as(&mut e, t0 + ms(110), S, "s9"), "processing");
+        assert_eq!(status_as(&mut e, t0 + ms(500), S, "s9"), "ready");
+    }
+
+    #[test]
+    fn another_accounts_agent_is_not_found() {
+        let t0 = Instant::now();
+        let mut e = two_accounts(0);
+        let put = br#"{"dynamics":{"enabled":true}}"#;
+        // Nobody generated it yet: every account sees an agent without dynamics.
+        assert_eq!(e.get(t0, T, "a").status, 200);
+        assert_eq!(gen_as(&mut e, t0, S, "a"), 200);
+        // (secret, GET, PUT, generate): the owner, its extra secret, the other account, a
+        // stranger.
+        let table: &[(Option<&str>, u16, u16, u16)] = &[
+            (S, 200, 200, 200),
+            (Some("extra"), 200, 200, 200),
+            (T, 404, 404, 404),
+            (Some("nope"), 401, 401, 401),
+        ];
+        for (secret, get, update, generate) in table {
+            let got = (
+                e.get(t0, *secret, "a").status,
+                e.update(t0, wall(), *secret, "a", put).status,
+                gen_as(&mut e, t0, *secret, "a"),
+            );
+            assert_eq!(got, (*get, *update, *generate), "{secret:?}");
+        }
+        assert_eq!(e.get(t0, T, "a").body["code"], "AGENT_NOT_FOUND");
+        assert_eq!(e.agent(t0, "a").account, Some(0));
+        // The other account's agents are its own.
+        assert_eq!(gen_as(&mut e, t0, T, "b"), 200);
+        assert_eq!(e.get(t0, S, "b").status, 404);
+        assert_eq!(e.agent(t0, "b").account, Some(1));
+    }
+
+    #[test]
+    fn credits_are_per_account() {
+        let t0 = Instant::now();
+        let mut e = two_accounts(0);
+        for i in 0..4 {
+            assert_eq!(gen_as(&mut e, t0, S, &format!("a{i}")), 200);
+        }
+        assert_eq!(gen_as(&mut e, t0, S, "a4"), 402);
+        assert_eq!(gen_as(&mut e, t0, T, "b0"), 200);
+        assert_eq!(
+            e.stats()
+                .accounts
+                .iter()
+                .map(|a| a.credits_remaining)
+                .collect::<Vec<_>>(),
+            [0, 750]
+        );
+    }
+
+    #[test]
+    fn drop_next_generate_reply_charges_then_drops_once() {
+        let t0 = Instant::now();
+        let mut e = engine(0, 2);
+        e.drop_next_generate_reply("a");
+        // Other calls and other agents are not affected.
+        assert!(!e.get(t0, S, "a").drop);
+        assert!(!gen(&mut e, t0, "b").drop);
+        let r = gen(&mut e, t0, "a");
+        assert!(r.drop && r.status == 200 && r.generation_seq.is_some());
+        assert!(!gen(&mut e, t0, "a").drop);
+        assert_eq!(e.agent(t0, "a").charged_generations, 2);
+        assert_eq!(e.stats().dropped_connections, 1);
     }
 
     #[test]

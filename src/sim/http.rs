@@ -138,14 +138,15 @@ async fn v1_call(
         if reply.agent.is_none() {
             reply.agent = agent;
         }
+        let drop = plan.drop || reply.drop;
         let delay = match endpoint {
-            "generate" | "update" if !injected && !plan.drop => {
+            "generate" | "update" if !injected && !drop => {
                 Duration::from_millis(e.modes_for(reply.agent.as_deref()).reply_delay_ms)
             }
             _ => Duration::ZERO,
         };
         if let Some(seq) = reply.generation_seq {
-            if plan.drop {
+            if drop {
                 e.set_generation_reply(seq, GenerationReply::Dropped);
             } else if !delay.is_zero() {
                 e.set_generation_reply(seq, GenerationReply::Delayed);
@@ -157,12 +158,12 @@ async fn v1_call(
             agent = reply.agent.as_deref().unwrap_or("-"),
             status = reply.status,
             injected,
-            dropped = plan.drop,
+            dropped = drop,
             delay_ms = delay.as_millis() as u64,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "sim call"
         );
-        (reply, plan.drop, delay)
+        (reply, drop, delay)
     };
     if dropped {
         conn.kill();
@@ -274,10 +275,11 @@ async fn agent_action(
         "known" => e.set_known(&agent_id, true),
         "fail-next" => e.fail_next(&agent_id),
         "refuse-next-regeneration" => e.refuse_next_regeneration(&agent_id),
+        "drop-next-generate-reply" => e.drop_next_generate_reply(&agent_id),
         _ => {
             let body = json!({
                 "error": "unknown action",
-                "details": "use unknown, known, fail-next or refuse-next-regeneration",
+                "details": "use unknown, known, fail-next, refuse-next-regeneration or drop-next-generate-reply",
             });
             return (StatusCode::NOT_FOUND, Json(body)).into_response();
         }

@@ -33,7 +33,7 @@ pub use config::{
     ConvergedReply, Faults, Modes, ReplyShape, ScriptedFault, SimArgs, SimConfig, UpdateReplyShape,
     DEFAULT_IDLE_TIMEOUT, FIXED_MODEL_URL,
 };
-pub use stats::{CallCount, GenerationRecord, GenerationReply, SimAgent, SimStats};
+pub use stats::{AccountStats, CallCount, GenerationRecord, GenerationReply, SimAgent, SimStats};
 
 use conn::{ConnKiller, KillableListener};
 use engine::Engine;
@@ -87,6 +87,7 @@ pub async fn run_foreground(args: SimArgs) -> anyhow::Result<()> {
         url = %format!("http://{addr}"),
         generation_time = %humantime::format_duration(config.generation_time),
         max_concurrent = config.max_concurrent,
+        accounts = 1 + config.accounts.len(),
         credits = config.credits,
         reply_shape = ?config.reply_shape,
         update_reply_shape = ?config.update_reply_shape,
@@ -143,7 +144,7 @@ impl SimHandle {
         lock(&self.shared).reset_stats();
     }
 
-    /// `PUT /_sim/credits`
+    /// `PUT /_sim/credits`: every account's balance.
     pub fn set_credits(&self, credits: u64) {
         lock(&self.shared).set_credits(credits);
     }
@@ -177,6 +178,13 @@ impl SimHandle {
     /// would regenerate answers `regeneration_status: failed` instead.
     pub fn refuse_next_regeneration(&self, agent_id: &str) {
         lock(&self.shared).refuse_next_regeneration(agent_id);
+    }
+
+    /// `POST /_sim/agents/{id}/drop-next-generate-reply`: its next accepted
+    /// generate is processed and charged, then the connection is closed
+    /// without a reply (a lost reply, for one agent only).
+    pub fn drop_next_generate_reply(&self, agent_id: &str) {
+        lock(&self.shared).drop_next_generate_reply(agent_id);
     }
 
     /// `GET /_sim/generations`: every generate call accepted (charged or

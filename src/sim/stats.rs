@@ -42,6 +42,22 @@ pub struct SimStats {
     /// Calls answered with an injected 500, 503 or 429.
     #[serde(default)]
     pub injected_faults: u64,
+    /// Per account (0 = `SimConfig::secret`, then `SimConfig::accounts` in order).
+    #[serde(default)]
+    pub accounts: Vec<AccountStats>,
+}
+
+/// One account's balance and workers (`GET /_sim/stats`, `accounts`). `running` and `queued`
+/// are as of the last call that advanced the simulator's clock.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountStats {
+    pub account: usize,
+    pub credits_remaining: u64,
+    pub credits_charged: u64,
+    /// Charged generations started by this account's secrets.
+    pub generations_started: u64,
+    pub running: usize,
+    pub queued: usize,
 }
 
 impl SimStats {
@@ -88,9 +104,15 @@ pub struct SimAgent {
     pub updated_at: Option<String>,
     pub fail_next: bool,
     pub refuse_next_regeneration: bool,
+    /// Its next accepted generate is answered by closing the connection.
+    #[serde(default)]
+    pub drop_next_generate_reply: bool,
     /// The agent's own hard modes, if set (else the global ones apply).
     #[serde(default)]
     pub modes: Option<super::config::Modes>,
+    /// The account that owns it (the one whose secret first generated it), if any.
+    #[serde(default)]
+    pub account: Option<usize>,
 }
 
 /// How the simulator answered an accepted generate call.
