@@ -623,7 +623,7 @@ impl Executor {
                 },
             );
             return Ok(PassResult::Requeue {
-                after: jitter(report.requeue),
+                after: requeue_after(&report),
                 health: report.health,
                 transient: false,
             });
@@ -697,7 +697,7 @@ impl Executor {
         }
         tracing::debug!(object = %obj.key, reason = report.health.reason(), requeue_ms = report.requeue.as_millis() as u64, "pass finished");
         Ok(PassResult::Requeue {
-            after: jitter(report.requeue),
+            after: requeue_after(&report),
             health: report.health,
             transient: report.transient,
         })
@@ -712,6 +712,15 @@ fn newly_stalled(saved: &AgentDynamicsStatus, health: &Health) -> bool {
     };
     let before = saved.condition(crate::resource::status::CONDITION_STALLED);
     !before.is_some_and(|c| c.status == "True" && &c.reason == reason)
+}
+
+/// The requeue with jitter, unless it is the expected end of a generation.
+fn requeue_after(report: &Report) -> Duration {
+    if report.exact {
+        report.requeue
+    } else {
+        jitter(report.requeue)
+    }
 }
 
 fn note(warning: bool, reason: &str, message: &str) -> Note {

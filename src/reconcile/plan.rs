@@ -198,6 +198,9 @@ pub struct Report {
     pub requeue: Duration,
     /// The error was transient: the caller counts it for the next backoff.
     pub transient: bool,
+    /// The requeue is the expected end of a running generation: taken as it is, without the
+    /// jitter that spreads other requeues (generations already end at different times).
+    pub exact: bool,
 }
 
 impl Report {
@@ -206,6 +209,16 @@ impl Report {
             health,
             requeue,
             transient: false,
+            exact: false,
+        }
+    }
+
+    /// Look at a running generation again: at its expected end when its account's generation
+    /// time is known (exactly then), else by the fallback poll.
+    pub fn poll(health: Health, input: &Input) -> Self {
+        Report {
+            exact: input.timing.is_some(),
+            ..Report::new(health, poll_interval(input))
         }
     }
 }
@@ -305,9 +318,9 @@ pub fn plan(input: &Input) -> Action {
         if bought != Some(hash.as_str()) {
             message.push_str("; the spec changed meanwhile: one more generation follows this one");
         }
-        return Action::Report(Report::new(
+        return Action::Report(Report::poll(
             Health::progressing(reasons::GENERATING, message),
-            poll_interval(input),
+            input,
         ));
     }
 

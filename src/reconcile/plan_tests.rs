@@ -7,6 +7,7 @@ use jiff::Timestamp;
 
 use super::desired::{dynamics_hash, inputs_hash};
 use super::plan::*;
+use super::timing::GenerationTiming;
 use super::transitions::{after_generate, after_update, settle, take_in_remote, with_marker};
 use super::Health;
 use crate::api::{
@@ -711,6 +712,13 @@ fn input<'a>(
     }
 }
 
+fn plan_report(action: Action) -> Report {
+    match action {
+        Action::Report(r) => r,
+        other => panic!("expected a report, got {other:?}"),
+    }
+}
+
 fn requeue_of(action: Action) -> Duration {
     match action {
         Action::Report(r) => r.requeue,
@@ -778,6 +786,26 @@ fn requeues_follow_the_rules() {
     assert_eq!(poll_after(0), settings.poll_min);
     assert_eq!(poll_after(40), Duration::from_secs(10));
     assert_eq!(poll_after(3600), settings.poll_max);
+
+    // Once the account's generation time is known, the poll comes at the expected end, exactly
+    // (no jitter), and a thirty-second of a generation after it while it runs late.
+    let timed = |elapsed: u64, expected: u64| {
+        let st = converged(&s);
+        let action = plan(&Input {
+            timing: Some(GenerationTiming {
+                elapsed: Duration::from_secs(elapsed),
+                expected: Duration::from_secs(expected),
+            }),
+            ..input(&s, &st, Some(&generating), &settings)
+        });
+        match action {
+            Action::Report(r) => (r.requeue, r.exact),
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(timed(10, 30), (Duration::from_secs(20), true));
+    assert_eq!(timed(200, 64), (Duration::from_secs(2), true));
+    assert!(!plan_report(plan(&input(&s, &st, Some(&generating), &settings))).exact);
 
     // A pending call is polled like a generation, and never beyond the end of its window.
     let nothing = remote(None, None);

@@ -9,8 +9,8 @@ use crate::resource::{AgentDynamicsStatus, GenerateOutcome, PendingGeneration};
 
 use super::conditions::{conditions, Health};
 use super::plan::{
-    backoff, job_visible, poll_interval, ready_message, report_error, GeneratePlan, Input,
-    RemoteError, Report, CREDITS_PER_GENERATION,
+    backoff, job_visible, ready_message, report_error, GeneratePlan, Input, RemoteError, Report,
+    CREDITS_PER_GENERATION,
 };
 use super::reasons;
 
@@ -144,7 +144,7 @@ pub fn after_generate(
 ) -> (AgentDynamicsStatus, Report) {
     let status = record_generate_outcome(input.status, plan, outcome, input.now);
     let report = match outcome {
-        Ok(_) => Report::new(
+        Ok(_) => Report::poll(
             Health::progressing(
                 reasons::GENERATION_STARTED,
                 format!(
@@ -152,7 +152,7 @@ pub fn after_generate(
                     status.generations
                 ),
             ),
-            poll_interval(input),
+            input,
         ),
         Err(err) if err.kind.refused_before_processing() => report_error(err, input),
         Err(err) => {
