@@ -44,6 +44,10 @@ struct Tracked {
     last_printed: Option<(String, String)>,
 }
 
+/// Passes run at once. Enough to keep the API busy; few enough that an interrupted or timed-out
+/// run only waits for these.
+const PASSES_IN_FLIGHT: usize = 64;
+
 pub(super) async fn run(args: ApplyArgs) -> anyhow::Result<i32> {
     if args.timeout.is_zero() {
         anyhow::bail!("--timeout must be greater than 0");
@@ -117,7 +121,9 @@ pub(super) async fn run(args: ApplyArgs) -> anyhow::Result<i32> {
         }
         if stop.is_none() {
             while let Some(&Reverse((at, index))) = due.peek() {
-                if at > now {
+                // Bounded, so that at --timeout only a few calls are still to finish, and
+                // memory does not grow with the number of objects due at once.
+                if at > now || running.len() >= PASSES_IN_FLIGHT {
                     break;
                 }
                 due.pop();
@@ -142,9 +148,11 @@ pub(super) async fn run(args: ApplyArgs) -> anyhow::Result<i32> {
             break;
         }
 
-        let next_due = due
-            .peek()
-            .map_or(deadline, |Reverse((at, _))| (*at).min(deadline));
+        // With every pass slot taken, the next finished pass wakes the loop, not the clock.
+        let next_due = match due.peek() {
+            Some(Reverse((at, _))) if running.len() < PASSES_IN_FLIGHT => (*at).min(deadline),
+            _ => deadline,
+        };
         let wake = if stop.is_some() {
             deadline.max(now) + Duration::from_secs(3600)
         } else {
