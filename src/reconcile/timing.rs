@@ -9,7 +9,16 @@ use std::time::Duration;
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct GenerationTimer {
     estimate: Option<Duration>,
+    /// Polls in a row that found the job already done: the longer the run, the bigger the step
+    /// down, so an estimate learnt from one late poll does not linger for hundreds of jobs.
+    done_in_a_row: u32,
 }
+
+/// The first steps down are a 512th of the estimate; after `STEADY_HITS` hits in a row each
+/// step doubles, up to an eighth.
+const STEADY_HITS: u32 = 3;
+const FIRST_STEP_SHIFT: u32 = 9;
+const LAST_STEP_SHIFT: u32 = 3;
 
 /// A running generation as `plan` sees it: how long ago its call was accepted, and how long
 /// one is expected to take.
@@ -28,16 +37,30 @@ impl GenerationTimer {
     /// the latest time a poll still saw it running, if one did.
     ///
     /// The true time lies between the two. A poll that came too early (`seen_running`) raises the
-    /// estimate just above that lower bound; a poll that found it done lowers the estimate a
-    /// little (0.2%), to probe for a shorter one. The estimate thus hovers just above the generation
-    /// time: most polls find the job just finished, few find it still running.
+    /// estimate just above that lower bound; a poll that found it done lowers the estimate, to
+    /// probe for a shorter one: by a 512th at first, then, after a few such polls in a row, by
+    /// twice as much each time (at most an eighth). The estimate thus hovers just above the
+    /// generation time (most polls find the job just finished), and one learnt from a poll that
+    /// came late (a busy start) falls to the truth within a few dozen jobs.
     pub fn finished(&mut self, elapsed: Duration, seen_running: Option<Duration>) {
         let next = match (self.estimate, seen_running) {
             // The first: between the last poll that saw it running and the one that saw it done.
             (None, Some(lower)) => lower + elapsed.saturating_sub(lower) / 2,
             (None, None) => elapsed,
-            (Some(_), Some(lower)) => lower.saturating_add(lower / 50).min(elapsed).max(lower),
-            (Some(estimate), None) => estimate.saturating_sub(estimate / 500).min(elapsed),
+            (Some(_), Some(lower)) => {
+                self.done_in_a_row = 0;
+                lower.saturating_add(lower / 50).min(elapsed).max(lower)
+            }
+            (Some(estimate), None) => {
+                self.done_in_a_row = self.done_in_a_row.saturating_add(1);
+                let doublings = self.done_in_a_row.saturating_sub(STEADY_HITS);
+                let shift = FIRST_STEP_SHIFT
+                    .saturating_sub(doublings)
+                    .max(LAST_STEP_SHIFT);
+                estimate
+                    .saturating_sub(estimate / (1 << shift))
+                    .min(elapsed)
+            }
         };
         self.estimate = Some(next.max(Duration::from_millis(1)));
     }
@@ -87,39 +110,43 @@ mod tests {
     }
 
     #[test]
-    fn polls_that_find_the_job_done_lower_the_estimate_slowly() {
+    fn polls_that_find_the_job_done_lower_the_estimate_faster_the_longer_they_run() {
         let mut t = GenerationTimer::default();
-        t.finished(ms(400), None);
-        t.finished(ms(400), None);
-        assert_eq!(t.expected(), Some(ms(400) - ms(400) / 500));
+        t.finished(ms(4096), None);
+        let mut divisors = Vec::new();
+        for _ in 0..10 {
+            let before = t.expected().unwrap();
+            t.finished(ms(5000), None);
+            let step = before - t.expected().unwrap();
+            divisors.push((before.as_secs_f64() / step.as_secs_f64()).round() as u32);
+        }
+        // A 512th three times, then doubling up to an eighth.
+        assert_eq!(divisors, [512, 512, 512, 256, 128, 64, 32, 16, 8, 8]);
+        // A poll that came too early starts the slow steps again.
+        let before = t.expected().unwrap();
+        t.finished(before + ms(10), Some(before));
+        let after_miss = t.expected().unwrap();
+        t.finished(ms(5000), None);
+        assert_eq!(after_miss - t.expected().unwrap(), after_miss / 512);
         // A job seen done sooner than expected is an upper bound at once.
         t.finished(ms(100), None);
         assert_eq!(t.expected(), Some(ms(100)));
     }
 
-    /// Against a fixed generation time, the estimate settles just above it: few polls miss.
+    /// One late first poll (a busy start) taught a generation time 15 times the truth: the
+    /// estimate is back within 10% of the truth after a few dozen jobs, not hundreds.
     #[test]
-    fn settles_just_above_a_steady_generation_time() {
+    fn an_estimate_learnt_from_a_late_poll_falls_to_the_truth_quickly() {
         let truth = ms(200);
-        let step = ms(10); // the re-poll after a miss
         let mut t = GenerationTimer::default();
-        // The first generation, timed by the quarter rule: seen running at 160 ms, done at 280.
-        t.finished(ms(280), Some(ms(160)));
-        let mut misses = 0;
-        let mut late = Duration::ZERO;
-        for _ in 0..1000 {
+        t.finished(ms(3000), None);
+        let mut jobs = 0;
+        while t.expected().unwrap() > truth + truth / 10 {
             let first = t.expected().unwrap();
-            if first >= truth {
-                late += first - truth;
-                t.finished(first, None);
-            } else {
-                misses += 1;
-                late += first + step - truth;
-                t.finished(first + step, Some(first));
-            }
+            t.finished(first, None);
+            jobs += 1;
+            assert!(jobs < 40, "still at {:?} after {jobs} jobs", t.expected());
         }
-        assert!(misses < 150, "{misses} of 1000 polls came too early");
-        assert!(late / 1000 < ms(4), "on average {:?} late", late / 1000);
     }
 
     #[test]
