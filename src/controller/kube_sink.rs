@@ -42,6 +42,7 @@ impl StatusSink for KubeStatusSink {
     async fn save(&mut self, status: &AgentDynamicsStatus) -> Result<(), SaveError> {
         let mut next = self.object.clone();
         next.status = Some(status.clone());
+        let started = std::time::Instant::now();
         // Only the status subresource is written: spec and metadata stay as the user (or Argo CD) left them.
         match self
             .api
@@ -49,6 +50,7 @@ impl StatusSink for KubeStatusSink {
             .await
         {
             Ok(written) => {
+                tracing::debug!(object = %self.object.name_any(), elapsed_ms = started.elapsed().as_millis() as u64, "status written");
                 self.metrics.status_written();
                 self.replaced.extend(self.object.resource_version());
                 self.object = written;

@@ -273,6 +273,7 @@ async fn shutdown_signal(stop: impl std::future::Future<Output = ()>) {
 async fn reconcile(obj: Arc<AgentDynamics>, ctx: Arc<Context>) -> Result<ControllerAction, Error> {
     // The cache may not have caught up with this object's last status write yet.
     let obj = ctx.freshest(obj);
+    tracing::debug!(object = %context::key_of(&obj), "reconcile started");
     let namespace = obj.namespace().unwrap_or_default();
     let api: Api<AgentDynamics> = Api::namespaced(ctx.client.clone(), &namespace);
     finalizer(&api, FINALIZER, obj, |event| async {

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
@@ -184,7 +184,7 @@ struct Unrecorded {
 pub struct Executor {
     client: DynamicsClient,
     /// One generation guard and timer per account.
-    guards: Mutex<AccountGuards>,
+    guards: Arc<Mutex<AccountGuards>>,
     /// Which object holds each agent, taken before the first generate call (atomic ownership).
     claims: Mutex<AgentClaims>,
     settings: Settings,
@@ -202,7 +202,7 @@ impl Executor {
     pub fn new(client: DynamicsClient, guards: AccountGuards, settings: Settings) -> Self {
         Executor {
             client,
-            guards: Mutex::new(guards),
+            guards: Arc::new(Mutex::new(guards)),
             claims: Mutex::new(AgentClaims::default()),
             settings,
             record_accepted: RecordAccepted::AtOnce,
@@ -245,14 +245,26 @@ impl Executor {
 
     /// Change the guard, then wake the waiters whose turn that may have brought.
     fn with_guard<R>(&self, change: impl FnOnce(&mut AccountGuards) -> R) -> R {
-        let mut guard = self.guards.lock().expect("guard lock");
-        let result = change(&mut guard);
-        if let Some(wake) = &self.wake {
-            for key in guard.take_woken() {
-                let _ = wake.send(key);
-            }
-        }
-        result
+        change_and_wake(&self.guards, self.wake.as_ref(), self.epoch, change)
+    }
+
+    /// Hand `key`'s running generation over to the next waiter just before its expected end
+    /// (see `reconcile::guard`), from a timer of its own: the object's own poll comes at the end.
+    fn schedule_hand_over(&self, key: &str) {
+        let Some(wake) = self.wake.clone() else {
+            return;
+        };
+        let Some((when, accepted_at)) = self.guards.lock().expect("guard lock").hand_over_at(key)
+        else {
+            return;
+        };
+        let (guards, epoch, key) = (self.guards.clone(), self.epoch, key.to_string());
+        tokio::spawn(async move {
+            tokio::time::sleep(when.saturating_sub(epoch.elapsed())).await;
+            change_and_wake(&guards, Some(&wake), epoch, |g| {
+                g.hand_over(&key, accepted_at)
+            });
+        });
     }
 
     /// One pass. `failures` counts this object's consecutive transient failures.
@@ -263,6 +275,9 @@ impl Executor {
         sink: &mut impl StatusSink,
     ) -> Result<PassResult, PassError> {
         let now = Timestamp::now();
+        tracing::debug!(object = %obj.key, "pass started");
+        // A slot kept for this object since it was woken: its own, or the next waiter's.
+        let woken = self.guards.lock().expect("guard lock").is_woken(&obj.key);
         let secret = obj.access.secret();
         // The stored status, with an accepted call this process has not written yet.
         let (stored, unrecorded) = self.with_unrecorded(obj);
@@ -282,6 +297,9 @@ impl Executor {
         let result = self
             .act(obj, &input, action, status.clone(), secret, sink)
             .await;
+        if woken {
+            self.with_guard(|guards| guards.release(&obj.key));
+        }
         if unrecorded && result.is_ok() {
             // The pass's write carried it (or the object is released).
             self.unrecorded
@@ -575,6 +593,7 @@ impl Executor {
         if outcome.is_ok() {
             let at = self.epoch.elapsed();
             self.with_guard(|guards| guards.accepted(&obj.key, at));
+            self.schedule_hand_over(&obj.key);
         }
         let marked_input = Input {
             status: &marked,
@@ -702,6 +721,24 @@ impl Executor {
             transient: report.transient,
         })
     }
+}
+
+/// Change the guards, then send the waiters whose turn that may have brought to `wake`.
+fn change_and_wake<R>(
+    guards: &Mutex<AccountGuards>,
+    wake: Option<&tokio::sync::mpsc::UnboundedSender<String>>,
+    epoch: Instant,
+    change: impl FnOnce(&mut AccountGuards) -> R,
+) -> R {
+    let mut guards = guards.lock().expect("guard lock");
+    let result = change(&mut guards);
+    if let Some(wake) = wake {
+        for key in guards.take_woken(Timestamp::now(), epoch.elapsed()) {
+            tracing::debug!(object = %key, "woken: a generation slot is free");
+            let _ = wake.send(key);
+        }
+    }
+    result
 }
 
 /// A Warning note only when the object enters Stalled or changes its stalled reason, so a stuck
