@@ -19,6 +19,7 @@ use crate::resource::{AgentDynamics, RECONCILE_REQUESTED_AT};
 use super::events::EventPublisher;
 use super::index::ObjectIndex;
 use super::kube_sink::KubeStatusSink;
+use super::lane::KeyLocks;
 use super::{secrets, Error, RunConfig};
 
 pub struct Context {
@@ -29,6 +30,21 @@ pub struct Context {
     index: Arc<ObjectIndex>,
     default_secret: Option<ApiSecret>,
     failures: Mutex<HashMap<String, u32>>,
+    /// One pass per object at a time, from the controller or the generation lane.
+    pub locks: KeyLocks,
+    /// Looks at running generations, for the generation lane (see `lane`).
+    polls: tokio::sync::mpsc::UnboundedSender<(String, Duration)>,
+}
+
+/// What follows a pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// Look at the running generation again after this long, in the generation lane.
+    Lane(Duration),
+    /// Look again after this long.
+    Requeue(Duration),
+    /// Nothing until the object changes.
+    AwaitChange,
 }
 
 pub fn key_of(obj: &AgentDynamics) -> String {
@@ -42,6 +58,7 @@ impl Context {
         metrics: Arc<Metrics>,
         index: Arc<ObjectIndex>,
         wake: tokio::sync::mpsc::UnboundedSender<String>,
+        polls: tokio::sync::mpsc::UnboundedSender<(String, Duration)>,
     ) -> Self {
         let api = DynamicsClient::new(config.api.clone())
             .expect("the API client builds from a valid configuration")
@@ -60,16 +77,37 @@ impl Context {
             index,
             default_secret: config.default_secret.clone(),
             failures: Mutex::new(HashMap::new()),
+            locks: KeyLocks::default(),
+            polls,
         }
     }
 
-    /// One pass for one object (apply or cleanup).
-    pub async fn pass(
+    /// One pass of the controller (apply or cleanup). A look at a running generation is left to
+    /// the generation lane; the controller keeps only the drift resync of the object then.
+    pub async fn controller_pass(
         &self,
         api: &Api<AgentDynamics>,
         obj: Arc<AgentDynamics>,
         deleting: bool,
     ) -> Result<ControllerAction, Error> {
+        let key = key_of(&obj);
+        Ok(match self.pass(api, obj, deleting).await? {
+            Next::Lane(after) => {
+                let _ = self.polls.send((key, after));
+                ControllerAction::requeue(self.resync())
+            }
+            Next::Requeue(after) => ControllerAction::requeue(after),
+            Next::AwaitChange => ControllerAction::await_change(),
+        })
+    }
+
+    /// One pass for one object (apply or cleanup). Callers hold the object's lock.
+    pub async fn pass(
+        &self,
+        api: &Api<AgentDynamics>,
+        obj: Arc<AgentDynamics>,
+        deleting: bool,
+    ) -> Result<Next, Error> {
         let key = key_of(&obj);
         let access = if obj.spec.suspend {
             Access::NotNeeded
@@ -105,12 +143,13 @@ impl Context {
                 self.metrics.object_ready(&key, None);
                 self.metrics.object_state(&key, None);
                 self.failures.lock().expect("failures lock").remove(&key);
-                Ok(ControllerAction::await_change())
+                Ok(Next::AwaitChange)
             }
             PassResult::Requeue {
                 after,
                 health,
                 transient,
+                generation_running,
             } => {
                 let result = match &health {
                     Health::Ready { .. } => "ready",
@@ -141,9 +180,18 @@ impl Context {
                         after,
                     });
                 }
-                Ok(ControllerAction::requeue(after))
+                Ok(if generation_running {
+                    Next::Lane(after)
+                } else {
+                    Next::Requeue(after)
+                })
             }
         }
+    }
+
+    /// The drift resync: how long the controller leaves an object it handed to the lane.
+    pub fn resync(&self) -> Duration {
+        self.executor.settings().resync
     }
 
     /// `obj`, or the newer copy this process's own status write returned.

@@ -6,6 +6,7 @@ mod context;
 mod events;
 mod index;
 mod kube_sink;
+mod lane;
 mod leader;
 mod secrets;
 
@@ -18,7 +19,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action as ControllerAction, Controller};
 use kube::runtime::finalizer::{finalizer, Event as FinalizerEvent};
-use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::reflector;
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client, ResourceExt};
 
@@ -186,22 +187,24 @@ async fn run_controller(
     .default_backoff()
     .touched_objects();
 
-    // Objects waiting for a generation slot are reconciled when their turn comes.
+    // Objects woken for a free generation slot, and looks at running generations, go through
+    // the generation lane; what the lane hands back goes through the controller's queue.
     let (wake, woken) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let (polls_tx, polls) = tokio::sync::mpsc::unbounded_channel();
+    let (handed_back, from_lane) = tokio::sync::mpsc::unbounded_channel();
     let ctx = Arc::new(Context::new(
         client.clone(),
         &config,
         metrics.clone(),
         index,
         wake,
+        polls_tx,
     ));
-    let woken = futures::stream::unfold(woken, |mut rx| async move {
-        let key = rx.recv().await?;
-        Some((key, rx))
-    })
-    .filter_map(|key: String| async move {
-        let (namespace, name) = key.split_once('/')?;
-        Some(ObjectRef::<AgentDynamics>::new(name).within(namespace))
+    let lane =
+        tokio::spawn(lane::Lane::new(ctx.clone(), reader.clone(), handed_back).run(woken, polls));
+    let from_lane = futures::stream::unfold(from_lane, |mut rx| async move {
+        let reference = rx.recv().await?;
+        Some((reference, rx))
     });
     let ready_store = reader.clone();
     let ready_metrics = metrics.clone();
@@ -232,7 +235,7 @@ async fn run_controller(
                 &secret.name_any(),
             )
         })
-        .reconcile_on(woken)
+        .reconcile_on(from_lane)
         .with_config(kube::runtime::controller::Config::default().concurrency(config.concurrency))
         .graceful_shutdown_on(shutdown_signal(stop))
         .run(reconcile, error_policy, ctx)
@@ -242,6 +245,7 @@ async fn run_controller(
             }
         })
         .await;
+    lane.abort();
     tracing::info!("controller stopped");
 }
 
@@ -272,14 +276,17 @@ async fn shutdown_signal(stop: impl std::future::Future<Output = ()>) {
 
 async fn reconcile(obj: Arc<AgentDynamics>, ctx: Arc<Context>) -> Result<ControllerAction, Error> {
     // The cache may not have caught up with this object's last status write yet.
+    let key = context::key_of(&obj);
+    let _lock = ctx.locks.lock(&key).await;
+    // Read after the lock: a generation-lane pass may just have written.
     let obj = ctx.freshest(obj);
-    tracing::debug!(object = %context::key_of(&obj), "reconcile started");
+    tracing::debug!(object = %key, "reconcile started");
     let namespace = obj.namespace().unwrap_or_default();
     let api: Api<AgentDynamics> = Api::namespaced(ctx.client.clone(), &namespace);
     finalizer(&api, FINALIZER, obj, |event| async {
         match event {
-            FinalizerEvent::Apply(obj) => ctx.pass(&api, obj, false).await,
-            FinalizerEvent::Cleanup(obj) => ctx.pass(&api, obj, true).await,
+            FinalizerEvent::Apply(obj) => ctx.controller_pass(&api, obj, false).await,
+            FinalizerEvent::Cleanup(obj) => ctx.controller_pass(&api, obj, true).await,
         }
     })
     .await
@@ -289,20 +296,25 @@ async fn reconcile(obj: Arc<AgentDynamics>, ctx: Arc<Context>) -> Result<Control
 /// Unexpected errors (API server trouble, write conflicts, cleanup refused): retry with
 /// per-object exponential backoff and jitter, never hot.
 fn error_policy(obj: Arc<AgentDynamics>, err: &Error, ctx: Arc<Context>) -> ControllerAction {
-    let key = context::key_of(&obj);
+    ControllerAction::requeue(retry_after_error(&obj, err, &ctx))
+}
+
+/// When to look again after a failed pass, from the controller or the generation lane.
+fn retry_after_error(obj: &AgentDynamics, err: &Error, ctx: &Context) -> Duration {
+    let key = context::key_of(obj);
     if let Some(after) = err.cleanup_wait() {
         // Not a failure: the pass said when to look again, and the status says why.
-        return ControllerAction::requeue(after);
+        return after;
     }
     let conflict = err.is_write_conflict();
     ctx.metrics.reconciled("error");
     if conflict {
         // Another writer changed the object: look again soon with a fresh copy.
         tracing::debug!(object = %key, "status write conflict; retrying");
-        return ControllerAction::requeue(Duration::from_millis(500));
+        return Duration::from_millis(500);
     }
     ctx.metrics.error("ControllerError");
     let delay = ctx.backoff_after_error(&key);
     tracing::warn!(object = %key, error = %err, retry_in_ms = delay.as_millis() as u64, "reconcile failed");
-    ControllerAction::requeue(delay)
+    delay
 }

@@ -125,10 +125,12 @@ const OUTCOME_SAVE_ATTEMPTS: usize = 5;
 #[derive(Debug, Clone, PartialEq)]
 pub enum PassResult {
     /// Look again after `after` (jitter included). `transient`: count it towards backoff.
+    /// `generation_running`: the next look is at a running generation.
     Requeue {
         after: Duration,
         health: Health,
         transient: bool,
+        generation_running: bool,
     },
     /// Nothing left to do remotely for a deleted object: drop the finalizer / forget it.
     Released,
@@ -643,6 +645,7 @@ impl Executor {
             );
             return Ok(PassResult::Requeue {
                 after: requeue_after(&report),
+                generation_running: report.generation_running,
                 health: report.health,
                 transient: false,
             });
@@ -717,6 +720,7 @@ impl Executor {
         tracing::debug!(object = %obj.key, reason = report.health.reason(), requeue_ms = report.requeue.as_millis() as u64, "pass finished");
         Ok(PassResult::Requeue {
             after: requeue_after(&report),
+            generation_running: report.generation_running,
             health: report.health,
             transient: report.transient,
         })

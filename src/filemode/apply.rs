@@ -173,7 +173,7 @@ pub(super) async fn run(args: ApplyArgs) -> anyhow::Result<i32> {
                     t.object.view.status = record.status.clone();
                 }
                 match result {
-                    Ok(PassResult::Requeue { after, health, transient }) => {
+                    Ok(PassResult::Requeue { after, health, transient, .. }) => {
                         t.failures = if transient { t.failures.saturating_add(1) } else { 0 };
                         t.next_at = Instant::now() + after;
                         due.push(Reverse((t.next_at, index)));

@@ -201,6 +201,8 @@ pub struct Report {
     /// The requeue is the expected end of a running generation: taken as it is, without the
     /// jitter that spreads other requeues (generations already end at different times).
     pub exact: bool,
+    /// The requeue looks at a running generation (whose end frees a generation slot).
+    pub generation_running: bool,
 }
 
 impl Report {
@@ -210,6 +212,7 @@ impl Report {
             requeue,
             transient: false,
             exact: false,
+            generation_running: false,
         }
     }
 
@@ -218,6 +221,7 @@ impl Report {
     pub fn poll(health: Health, input: &Input) -> Self {
         Report {
             exact: input.timing.is_some(),
+            generation_running: true,
             ..Report::new(health, poll_interval(input))
         }
     }
