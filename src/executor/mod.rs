@@ -269,6 +269,26 @@ impl Executor {
         });
     }
 
+    /// Look at each of these objects at its time (monotonic, from `epoch`), through the wake
+    /// channel: running generations whose expected end just became known.
+    fn schedule_looks(&self, mut due: Vec<(String, Duration)>) {
+        let Some(wake) = self.wake.clone() else {
+            return;
+        };
+        if due.is_empty() {
+            return;
+        }
+        due.sort_by_key(|(_, at)| *at);
+        let epoch = tokio::time::Instant::from_std(self.epoch);
+        tokio::spawn(async move {
+            for (key, at) in due {
+                tokio::time::sleep_until(epoch + at).await;
+                tracing::debug!(object = %key, "looked at: its generation is expected to end");
+                let _ = wake.send(key);
+            }
+        });
+    }
+
     /// One pass. `failures` counts this object's consecutive transient failures.
     pub async fn pass(
         &self,
@@ -285,6 +305,7 @@ impl Executor {
         let (stored, unrecorded) = self.with_unrecorded(obj);
         let decided = self.decide(obj, &stored, secret, failures, now).await;
         let (action, remote, status) = (decided.action, decided.remote, decided.status);
+        let write_waits = matches!(&action, Action::Report(r) if r.write_can_wait);
         let mut input = self.input(obj, &status, remote.as_ref(), failures, now);
         if decided.adopted {
             sink.note(note(false, reasons::GENERATION_ADOPTED, "a generate call of unknown outcome did land (the API shows its job); it is followed, not sent again"));
@@ -293,7 +314,9 @@ impl Executor {
             // Any GET that sees a generation end hands its slot on at once.
             let holding = holds_generation_slot(&input);
             let at = self.epoch.elapsed();
-            self.with_guard(|guards| guards.track(secret.account(), &obj.key, holding, at));
+            let due =
+                self.with_guard(|guards| guards.track(secret.account(), &obj.key, holding, at));
+            self.schedule_looks(due);
             input.timing = self.timing(&obj.key);
         }
         let result = self
@@ -302,7 +325,7 @@ impl Executor {
         if woken {
             self.with_guard(|guards| guards.release(&obj.key));
         }
-        if unrecorded && result.is_ok() {
+        if unrecorded && result.is_ok() && !write_waits {
             // The pass's write carried it (or the object is released).
             self.unrecorded
                 .lock()
@@ -711,7 +734,7 @@ impl Executor {
         sink: &mut impl StatusSink,
     ) -> Result<PassResult, PassError> {
         let settled = settle(input, status, &report);
-        if &settled != saved {
+        if &settled != saved && !report.write_can_wait {
             if newly_stalled(saved, &report.health) {
                 sink.note(note(true, report.health.reason(), report.health.message()));
             }

@@ -507,26 +507,36 @@ async fn a_restart_before_the_accepted_call_is_recorded_counts_it_once_and_adopt
     assert_eq!(sink.stored.generations, 1, "counted once");
 }
 
-#[tokio::test]
-async fn the_account_timer_sends_the_poll_to_the_expected_end() {
-    let sim = simulator(10_000).await;
-    let exec = executor_polling(&sim, Duration::from_secs(5), Duration::from_secs(2));
-    // A first generation teaches the account's timer how long one takes (200 ms here).
+/// A first generation, run to Ready, teaches the account's timer how long one takes (200 ms).
+async fn teach_the_timer(exec: &Executor) {
     let mut first = MemorySink::default();
     exec.pass(&object(first.stored.clone()), 0, &mut first)
         .await
         .unwrap();
-    until_ready(&exec, &mut first, Duration::from_millis(20)).await;
+    until_ready(exec, &mut first, Duration::from_millis(20)).await;
     assert!(first.stored.is_ready());
+}
+
+/// Another object on the same account, for another agent.
+fn second_object() -> ObjectView {
+    let mut view = object(AgentDynamicsStatus::default());
+    view.key = "agents/second".into();
+    view.uid = "uid-2".into();
+    view.spec.agent_id = "B22XMB7113".into();
+    view
+}
+
+#[tokio::test]
+async fn the_account_timer_sends_the_poll_to_the_expected_end() {
+    let sim = simulator(10_000).await;
+    let exec = executor_polling(&sim, Duration::from_secs(5), Duration::from_secs(2));
+    teach_the_timer(&exec).await;
 
     // A second object on the same account: its pass after the POST asks to look again at
     // about the expected end (200 ms and a little, plus up to 10% jitter), not at the fastest
     // poll (50 ms) nor the slowest (2 s).
     let mut second = MemorySink::default();
-    let mut view = object(second.stored.clone());
-    view.key = "agents/second".into();
-    view.uid = "uid-2".into();
-    view.spec.agent_id = "B22XMB7113".into();
+    let view = second_object();
     let result = exec.pass(&view, 0, &mut second).await.unwrap();
     let PassResult::Requeue { after, health, .. } = result else {
         panic!("{result:?}")
@@ -536,4 +546,43 @@ async fn the_account_timer_sends_the_poll_to_the_expected_end() {
         after >= Duration::from_millis(150) && after <= Duration::from_millis(300),
         "looks again after {after:?}"
     );
+}
+
+#[tokio::test]
+async fn a_look_that_finds_the_generation_still_running_on_time_writes_nothing() {
+    let sim = simulator(10_000).await;
+    let exec =
+        executor(&sim, Duration::from_secs(5)).with_record_accepted(RecordAccepted::WithNextWrite);
+    teach_the_timer(&exec).await;
+    let mut second = MemorySink::default();
+    let mut view = second_object();
+    exec.pass(&view, 0, &mut second).await.unwrap();
+    assert_eq!(second.saves, 1, "the marker");
+    // Too early: the job still runs. Nothing is written; the accepted call stays in memory.
+    view.status = second.stored.clone();
+    let result = exec.pass(&view, 0, &mut second).await.unwrap();
+    let PassResult::Requeue { health, .. } = result else {
+        panic!("{result:?}")
+    };
+    assert_eq!(health.reason(), "Generating");
+    assert_eq!(
+        second.saves, 1,
+        "no write for a status that stands a moment"
+    );
+    assert_eq!(
+        second.stored.pending_generation.as_ref().unwrap().outcome,
+        None
+    );
+    // The look at its end writes the purchase and the result at once.
+    let mut passes = 0;
+    while !second.stored.is_ready() && passes < 40 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        view.status = second.stored.clone();
+        exec.pass(&view, 0, &mut second).await.unwrap();
+        passes += 1;
+    }
+    assert!(second.stored.is_ready(), "{:?}", second.stored.conditions);
+    assert_eq!(second.saves, 2, "marker, then the purchase with its result");
+    assert_eq!(second.stored.generations, 1, "counted once");
+    assert_eq!(generate_calls(&sim), 2);
 }

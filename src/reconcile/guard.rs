@@ -375,23 +375,46 @@ impl AccountGuards {
 
     /// What a GET at `at` showed: whether the object holds a slot (its job runs, or its call is
     /// not visible yet). A generation seen ending frees its slot at once and teaches the timer.
-    pub fn track(&mut self, account: AccountId, key: &str, holding: bool, at: Duration) {
+    ///
+    /// Returns the looks now due elsewhere: when this is the account's first generation seen to
+    /// end, the other generations of the account still running, each with its expected end
+    /// (monotonic, like `at`). Until then they were polled blind (a quarter of the time they had
+    /// run); now each can be looked at as it ends. Once per account, so the walk over the
+    /// objects does not recur.
+    pub fn track(
+        &mut self,
+        account: AccountId,
+        key: &str,
+        holding: bool,
+        at: Duration,
+    ) -> Vec<(String, Duration)> {
         self.guard(account, key).track(key, holding);
         let Some(held) = self.objects.get_mut(key) else {
-            return;
+            return Vec::new();
         };
         let Some(accepted_at) = held.accepted_at else {
-            return;
+            return Vec::new();
         };
         let elapsed = at.saturating_sub(accepted_at);
         if holding {
             held.seen_running = Some(elapsed);
-        } else {
-            let seen_running = held.seen_running.take();
-            held.accepted_at = None;
-            if let Some(account) = self.accounts.get_mut(&account) {
-                account.timer.finished(elapsed, seen_running);
-            }
+            return Vec::new();
+        }
+        let seen_running = held.seen_running.take();
+        held.accepted_at = None;
+        let Some(timer) = self.accounts.get_mut(&account).map(|a| &mut a.timer) else {
+            return Vec::new();
+        };
+        let first = timer.expected().is_none();
+        timer.finished(elapsed, seen_running);
+        match (first, timer.expected()) {
+            (true, Some(expected)) => self
+                .objects
+                .iter()
+                .filter(|(_, held)| held.account == account)
+                .filter_map(|(key, held)| Some((key.clone(), held.accepted_at? + expected)))
+                .collect(),
+            _ => Vec::new(),
         }
     }
 
@@ -662,6 +685,30 @@ mod tests {
         let timing = g.timing("y", t0 + Duration::from_millis(1100)).unwrap();
         assert_eq!(timing.elapsed, Duration::from_millis(100));
         assert_eq!(timing.expected, Duration::from_millis(300));
+    }
+
+    #[test]
+    fn the_first_generation_seen_ending_times_the_others_of_its_account() {
+        let (a, b) = (account("secret-a"), account("secret-b"));
+        let mut g = AccountGuards::new(0, None);
+        let s = Duration::from_secs;
+        for (account, key, accepted) in [(a, "x", 0), (a, "y", 1), (a, "z", 2), (b, "w", 0)] {
+            assert!(g.try_start(account, key, t(0), POLL).is_ok());
+            g.accepted(key, s(accepted));
+        }
+        // y is still running at 20 s; x is seen done at 31 s, having been seen running at 29 s.
+        assert!(g.track(a, "y", true, s(20)).is_empty());
+        assert!(g.track(a, "x", true, s(29)).is_empty());
+        let mut due = g.track(a, "x", false, s(31));
+        due.sort();
+        // Estimate 30 s: y and z are due 30 s after their calls; w is of another account.
+        assert_eq!(due, [("y".to_string(), s(31)), ("z".to_string(), s(32))]);
+        // Later ends of the same account teach the timer but wake nobody.
+        assert!(g.track(a, "y", false, s(31)).is_empty());
+        assert!(
+            g.track(b, "w", false, s(31)).is_empty(),
+            "nothing else runs on account b"
+        );
     }
 
     #[test]

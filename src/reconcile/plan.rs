@@ -203,6 +203,9 @@ pub struct Report {
     pub exact: bool,
     /// The requeue looks at a running generation (whose end frees a generation slot).
     pub generation_running: bool,
+    /// What this look found changes nothing of substance: the status need not be written now
+    /// and waits for the next write (see `write_can_wait`).
+    pub write_can_wait: bool,
 }
 
 impl Report {
@@ -213,6 +216,7 @@ impl Report {
             transient: false,
             exact: false,
             generation_running: false,
+            write_can_wait: false,
         }
     }
 
@@ -322,10 +326,9 @@ pub fn plan(input: &Input) -> Action {
         if bought != Some(hash.as_str()) {
             message.push_str("; the spec changed meanwhile: one more generation follows this one");
         }
-        return Action::Report(Report::poll(
-            Health::progressing(reasons::GENERATING, message),
-            input,
-        ));
+        let mut report = Report::poll(Health::progressing(reasons::GENERATING, message), input);
+        report.write_can_wait = bought == Some(hash.as_str()) && write_can_wait(input);
+        return Action::Report(report);
     }
 
     // Only a user's change buys: a spec never generated, or generate inputs that differ from
@@ -572,6 +575,18 @@ pub(crate) fn poll_interval(input: &Input) -> Duration {
         .as_deref()
         .map_or(Duration::ZERO, |t| since(t, input.now));
     (elapsed / 4).clamp(input.settings.poll_min, input.settings.poll_max)
+}
+
+/// A look at the expected end of a generation bought for the current inputs found it still
+/// running: it is expected to end within moments, and the stored status already says a generation
+/// is under way (the marker, or an earlier "generating"). Writing "generating" now would be an
+/// API-server write for a status that stands a moment; the write that records its end carries
+/// it. Only while the generation is late by less than its expected time (at most `poll_max`):
+/// one that runs on is shown as running.
+pub(crate) fn write_can_wait(input: &Input) -> bool {
+    input
+        .timing
+        .is_some_and(|t| t.elapsed < t.expected + t.expected.min(input.settings.poll_max))
 }
 
 /// Exponential backoff for the n-th consecutive transient failure (jitter is added by the caller).

@@ -835,6 +835,47 @@ fn requeues_follow_the_rules() {
     );
 }
 
+/// A look at a generation's expected end that finds it still running leaves the status for the
+/// next write, unless the generation runs long or was bought for other inputs.
+#[test]
+fn a_look_that_finds_a_generation_running_on_time_leaves_the_write_for_later() {
+    let settings = Settings::default();
+    let s = spec();
+    let st = converged(&s);
+    let changed = AgentDynamicsSpec {
+        duration: Some(s.duration.unwrap_or(10) + 1),
+        ..s.clone()
+    };
+    let generating = remote(Some(RemoteStatus::Generating), None);
+    let secs = Duration::from_secs;
+    // (spec, elapsed and expected in seconds or untimed, the write can wait)
+    type Case<'a> = (&'a AgentDynamicsSpec, Option<(u64, u64)>, bool);
+    let rows: [Case; 7] = [
+        (&s, Some((30, 30)), true),
+        (&s, Some((59, 30)), true),
+        (&s, Some((60, 30)), false), // late by a whole generation: shown as running
+        (&s, Some((599, 570)), true), // late by less than poll_max (30 s)
+        (&s, Some((600, 570)), false),
+        (&s, None, false), // no estimate: the first look of an account writes
+        (&changed, Some((30, 30)), false), // the spec changed: say so now
+    ];
+    for (spec, timing, expected) in rows {
+        let report = plan_report(plan(&Input {
+            timing: timing.map(|(elapsed, expected)| GenerationTiming {
+                elapsed: secs(elapsed),
+                expected: secs(expected),
+            }),
+            ..input(spec, &st, Some(&generating), &settings)
+        }));
+        assert_eq!(
+            report.write_can_wait,
+            expected,
+            "timing {timing:?}, spec changed: {}",
+            !std::ptr::eq(spec, &s)
+        );
+    }
+}
+
 #[test]
 fn no_error_path_loops_hot() {
     let settings = Settings::default();
