@@ -75,6 +75,9 @@ pub struct Lane {
     store: Store<AgentDynamics>,
     /// Into the controller's queue: objects the lane does not handle.
     controller: UnboundedSender<ObjectRef<AgentDynamics>>,
+    /// Lane passes running at once (`--concurrency`, beside the controller's own): a burst of
+    /// due looks waits here instead of opening as many connections and pass states at once.
+    running: Arc<tokio::sync::Semaphore>,
 }
 
 impl Lane {
@@ -82,11 +85,13 @@ impl Lane {
         ctx: Arc<Context>,
         store: Store<AgentDynamics>,
         controller: UnboundedSender<ObjectRef<AgentDynamics>>,
+        concurrency: usize,
     ) -> Self {
         Lane {
             ctx,
             store,
             controller,
+            running: Arc::new(tokio::sync::Semaphore::new(concurrency.max(1))),
         }
     }
 
@@ -111,7 +116,13 @@ impl Lane {
         let lane = self.clone();
         tokio::spawn(async move {
             tokio::time::sleep(after).await;
-            lane.pass(&key).await;
+            let Ok(_running) = lane.running.clone().acquire_owned().await else {
+                return; // Never closed.
+            };
+            // Boxed: a task is as large as its future, and a pass's is kilobytes. Thousands of
+            // tasks wait at once (one per running generation); each holds only a pointer to
+            // its pass until it runs.
+            Box::pin(lane.pass(&key)).await;
         });
     }
 

@@ -200,8 +200,13 @@ async fn run_controller(
         wake,
         polls_tx,
     ));
-    let lane =
-        tokio::spawn(lane::Lane::new(ctx.clone(), reader.clone(), handed_back).run(woken, polls));
+    let lane = lane::Lane::new(
+        ctx.clone(),
+        reader.clone(),
+        handed_back,
+        config.concurrency.into(),
+    );
+    let lane = tokio::spawn(lane.run(woken, polls));
     let from_lane = futures::stream::unfold(from_lane, |mut rx| async move {
         let reference = rx.recv().await?;
         Some((reference, rx))
