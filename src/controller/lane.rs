@@ -78,6 +78,38 @@ pub struct Lane {
     /// Lane passes running at once (`--concurrency`, beside the controller's own): a burst of
     /// due looks waits here instead of opening as many connections and pass states at once.
     running: Arc<tokio::sync::Semaphore>,
+    turns: Arc<Turns>,
+}
+
+/// The latest pass asked for each object, by ticket: an earlier one still waiting is dropped
+/// when its time comes, because the later ask was made with fresher knowledge (a blind poll
+/// overtaken by a look at the generation's expected end). Entries live while a pass waits.
+#[derive(Default)]
+struct Turns {
+    latest: Mutex<HashMap<String, u64>>,
+    next: std::sync::atomic::AtomicU64,
+}
+
+impl Turns {
+    /// A pass is asked for `key`: its ticket, which supersedes any earlier one.
+    fn ask(&self, key: &str) -> u64 {
+        let ticket = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.latest
+            .lock()
+            .expect("lane turns")
+            .insert(key.to_string(), ticket);
+        ticket
+    }
+
+    /// Whether `ticket` is still the latest asked for `key`; if so, it is taken.
+    fn take(&self, key: &str, ticket: u64) -> bool {
+        let mut latest = self.latest.lock().expect("lane turns");
+        if latest.get(key) != Some(&ticket) {
+            return false;
+        }
+        latest.remove(key);
+        true
+    }
 }
 
 impl Lane {
@@ -92,6 +124,7 @@ impl Lane {
             store,
             controller,
             running: Arc::new(tokio::sync::Semaphore::new(concurrency.max(1))),
+            turns: Arc::default(),
         }
     }
 
@@ -113,9 +146,13 @@ impl Lane {
 
     /// A pass for `key` ("namespace/name") after `after`, in a task of its own.
     fn schedule(&self, key: String, after: Duration) {
+        let ticket = self.turns.ask(&key);
         let lane = self.clone();
         tokio::spawn(async move {
             tokio::time::sleep(after).await;
+            if !lane.turns.take(&key, ticket) {
+                return;
+            }
             let Ok(_running) = lane.running.clone().acquire_owned().await else {
                 return; // Never closed.
             };
@@ -171,6 +208,22 @@ impl Lane {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_latest_pass_asked_for_an_object_runs() {
+        let turns = Turns::default();
+        let blind = turns.ask("ns/a");
+        let other = turns.ask("ns/b");
+        let look = turns.ask("ns/a");
+        assert!(!turns.take("ns/a", blind), "overtaken by the later ask");
+        assert!(turns.take("ns/b", other));
+        assert!(turns.take("ns/a", look));
+        assert!(!turns.take("ns/a", look), "taken once");
+        assert!(
+            turns.latest.lock().unwrap().is_empty(),
+            "nothing left behind"
+        );
+    }
 
     #[tokio::test]
     async fn one_pass_per_key_at_a_time_and_no_entry_left_behind() {
