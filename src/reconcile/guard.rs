@@ -9,7 +9,8 @@
 //! pass, which takes a while (a GET, the marker write), then sends its call as the generation
 //! ends, not after. A handed-over generation still runs but no longer counts against the limit;
 //! at most one successor per running generation, so no more than twice the limit are ever
-//! outstanding, and the API queues the early one for the moment it takes to end.
+//! outstanding, and the API queues the early one for the moment it takes to end. Only with a
+//! limit of at least the account's own (2): below it the API would run the early call at once.
 //! `AccountGuards` keeps one guard and one generation timer per account (accounts are told
 //! apart by their secret, never stored). Plain data with the time passed in (`at`: monotonic
 //! time from any fixed origin); the caller shares it behind a mutex.
@@ -45,6 +46,9 @@ pub struct Refusal {
 }
 
 const HOUR: Duration = Duration::from_secs(3600);
+
+/// How many generations the API runs at once per account; it queues further ones.
+pub const ACCOUNT_RUNS_AT_ONCE: usize = 2;
 
 /// How long a slot is kept for a woken object whose pass has not come (a lost wake-up).
 pub const WOKEN_SLOT_KEPT: Duration = Duration::from_secs(5);
@@ -131,9 +135,12 @@ impl GenerationGuard {
     }
 
     /// `key`'s generation is about to end: its slot goes to the next waiter now. False if there
-    /// is nothing to hand over (no limit, not in flight, or handed over already).
+    /// is nothing to hand over (no limit, not in flight, or handed over already), and below the
+    /// account's own limit: the successor's call, sent before the end, is queued by the API only
+    /// because the account already runs all it can. With a lower limit it would run at once,
+    /// beside the one still running, and break the limit the user set.
     pub fn hand_over(&mut self, key: &str) -> bool {
-        self.max_in_flight > 0
+        self.max_in_flight >= ACCOUNT_RUNS_AT_ONCE
             && self.in_flight.contains(key)
             && self.handed.insert(key.to_string())
     }
@@ -592,8 +599,9 @@ mod tests {
 
     #[test]
     fn a_generation_handed_over_near_its_end_lets_one_successor_start() {
-        let mut g = GenerationGuard::new(1, None);
+        let mut g = GenerationGuard::new(2, None);
         assert!(g.try_start("a", t(0), POLL).is_ok());
+        assert!(g.try_start("x", t(0), POLL).is_ok());
         for key in ["b", "c"] {
             assert!(g.try_start(key, t(0), POLL).is_err());
         }
@@ -601,7 +609,7 @@ mod tests {
         g.hand_over("a");
         assert_eq!(g.take_woken(t(1)), vec!["b".to_string()], "one successor");
         assert!(g.try_start("b", t(1), POLL).is_ok());
-        assert_eq!(g.in_flight(), 2, "a still runs");
+        assert_eq!(g.in_flight(), 3, "a still runs");
         // a's end frees nothing more: its slot is b's already.
         g.track("a", false);
         assert!(g.take_woken(t(2)).is_empty());
@@ -611,6 +619,15 @@ mod tests {
         assert!(unlimited.try_start("a", t(0), POLL).is_ok());
         unlimited.hand_over("a");
         assert_eq!(unlimited.busy(), 1);
+        // Below the account's own limit the API would run an early call at once: the slot
+        // frees only when the generation is seen ending.
+        let mut one = GenerationGuard::new(1, None);
+        assert!(one.try_start("a", t(0), POLL).is_ok());
+        assert!(one.try_start("b", t(0), POLL).is_err());
+        assert!(!one.hand_over("a"));
+        assert!(one.take_woken(t(1)).is_empty());
+        one.track("a", false);
+        assert_eq!(one.take_woken(t(1)), vec!["b".to_string()]);
     }
 
     #[test]
@@ -714,9 +731,11 @@ mod tests {
     #[test]
     fn the_hand_over_comes_as_early_as_a_woken_object_takes_to_start() {
         let a = account("secret-a");
-        let mut g = AccountGuards::new(1, None);
+        let mut g = AccountGuards::new(2, None);
         let ms = Duration::from_millis;
-        // x's generation teaches the timer 200 ms; y waits meanwhile.
+        // o holds the other slot throughout; x's generation teaches the timer 200 ms; y waits
+        // meanwhile.
+        assert!(g.try_start(a, "o", t(0), POLL).is_ok());
         assert!(g.try_start(a, "x", t(0), POLL).is_ok());
         g.accepted("x", ms(0));
         assert_eq!(g.hand_over_at("x"), None, "no estimate yet");
