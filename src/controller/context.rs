@@ -132,9 +132,12 @@ impl Context {
         let failures = self.failures(&key);
         let mut sink = KubeStatusSink::new(api.clone(), (*obj).clone(), self.metrics.clone());
         let result = self.executor.pass(&view, failures, &mut sink).await;
-        let (notes, replaced, written) = sink.finish();
+        let (notes, replaced, mut written) = sink.finish();
+        super::index::trim_for_cache(&mut written);
+        let written = Arc::new(written);
+        // Remembered before the Event goes out: the watch may deliver the write meanwhile.
+        self.index.wrote(&obj, replaced, written.clone());
         self.events.publish(&written, notes).await;
-        self.index.wrote(&obj, replaced, written);
         let (waiting, in_flight) = self.executor.guard_load();
         self.metrics.generation_guard(waiting, in_flight);
         match result? {

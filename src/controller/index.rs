@@ -8,13 +8,26 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher::Event;
 use kube::ResourceExt;
 
 use crate::reconcile::ownership::Claimant;
-use crate::resource::AgentDynamics;
+use crate::resource::{AgentDynamics, RECONCILE_REQUESTED_AT};
 
 use super::context::key_of;
+
+/// Drops what no pass reads before an object is kept in memory, from the watch or from a
+/// write's reply: managedFields are most of an object's size, and labels and foreign
+/// annotations (kubectl's last-applied copy can be as big as the object) are never read. A
+/// status replace ignores metadata, so the API server keeps them all.
+pub fn trim_for_cache(obj: &mut AgentDynamics) {
+    obj.metadata.managed_fields = None;
+    obj.metadata.labels = None;
+    if let Some(annotations) = &mut obj.metadata.annotations {
+        annotations.retain(|key, _| key == RECONCILE_REQUESTED_AT);
+    }
+}
 
 /// How many of an object's resourceVersions our writes are remembered to have replaced.
 const SUPERSEDED_KEPT: usize = 16;
@@ -22,12 +35,16 @@ const SUPERSEDED_KEPT: usize = 16;
 #[derive(Default)]
 pub struct ObjectIndex {
     inner: Mutex<Inner>,
+    /// kube's object cache, fed before this index: a write the watch already delivered there
+    /// is not remembered (it would stay until the object's next pass, hours away).
+    cache: Option<Store<AgentDynamics>>,
 }
 
 #[derive(Default)]
 struct Inner {
-    /// agentId -> uid -> the object as the ownership rule sees it.
-    agents: HashMap<String, HashMap<String, Claimant>>,
+    /// agentId -> (uid, the object as the ownership rule sees it). Nearly always one object
+    /// per agent, so a list: a map per agent would cost four slots for one.
+    agents: HashMap<String, Vec<(String, Claimant)>>,
     /// uid -> agentId, to move or drop an object's entry.
     agent_of: HashMap<String, String>,
     /// Objects listed since the watch (re)started, swapped in when the list is complete.
@@ -52,7 +69,15 @@ fn claimant(obj: &AgentDynamics) -> Claimant {
 }
 
 impl ObjectIndex {
-    /// Follow one watch event (call it for every event, before the cache sees it).
+    /// An index beside `cache`; feed it each watch event after the cache.
+    pub fn beside(cache: Store<AgentDynamics>) -> Self {
+        ObjectIndex {
+            inner: Mutex::default(),
+            cache: Some(cache),
+        }
+    }
+
+    /// Follow one watch event (call it for every event, after the cache has seen it).
     pub fn apply_event(&self, event: &Event<AgentDynamics>) {
         let mut inner = self.inner.lock().expect("index lock");
         match event {
@@ -96,7 +121,7 @@ impl ObjectIndex {
             .map(|objects| {
                 objects
                     .iter()
-                    .filter(|(other, _)| **other != uid)
+                    .filter(|(other, _)| *other != uid)
                     .map(|(_, c)| c.clone())
                     .collect()
             })
@@ -125,12 +150,23 @@ impl ObjectIndex {
 
     /// A pass that started from `read` ended with the object as `written`, replacing the
     /// versions in `replaced` (`read`'s among them).
-    pub fn wrote(&self, read: &AgentDynamics, replaced: Vec<String>, written: AgentDynamics) {
+    pub fn wrote(&self, read: &AgentDynamics, replaced: Vec<String>, written: Arc<AgentDynamics>) {
         if replaced.is_empty() {
             return;
         }
         let mut inner = self.inner.lock().expect("index lock");
         let key = key_of(read);
+        // Checked under the lock: the watch feeds the cache, then this index, so either the
+        // cache holds the write already or `caught_up` will see it.
+        if let Some(cache) = &self.cache {
+            let cached = cache.get(
+                &ObjectRef::new(&read.name_any()).within(&read.namespace().unwrap_or_default()),
+            );
+            if cached.is_some_and(|c| c.resource_version() == written.resource_version()) {
+                inner.written.remove(&key);
+                return;
+            }
+        }
         let mut superseded = match inner.written.remove(&key) {
             // The pass read our earlier write: what that one replaced is still stale.
             Some(earlier) if earlier.object.resource_version() == read.resource_version() => {
@@ -145,7 +181,7 @@ impl ObjectIndex {
             key,
             Written {
                 superseded,
-                object: Arc::new(written),
+                object: written,
             },
         );
     }
@@ -162,13 +198,17 @@ impl Inner {
             self.remove(&uid);
         }
         self.agent_of.insert(uid.clone(), agent.clone());
-        self.agents.entry(agent).or_default().insert(uid, claimant);
+        let objects = self.agents.entry(agent).or_default();
+        match objects.iter_mut().find(|(known, _)| *known == uid) {
+            Some(entry) => entry.1 = claimant,
+            None => objects.push((uid, claimant)),
+        }
     }
 
     fn remove(&mut self, uid: &str) {
         if let Some(agent) = self.agent_of.remove(uid) {
             if let Some(objects) = self.agents.get_mut(&agent) {
-                objects.remove(uid);
+                objects.retain(|(known, _)| known != uid);
                 if objects.is_empty() {
                     self.agents.remove(&agent);
                 }
@@ -256,7 +296,11 @@ mod tests {
         let index = ObjectIndex::default();
         let read = obj("a", "A1", "10");
         // A pass wrote twice (marker, then outcome): 10 -> 11 -> 12.
-        index.wrote(&read, vec!["10".into(), "11".into()], obj("a", "A1", "12"));
+        index.wrote(
+            &read,
+            vec!["10".into(), "11".into()],
+            Arc::new(obj("a", "A1", "12")),
+        );
         let fresh = |v: &str| {
             index
                 .freshest(Arc::new(obj("a", "A1", v)))
@@ -276,7 +320,7 @@ mod tests {
         index.wrote(
             &obj("a", "A1", "12"),
             vec!["12".into()],
-            obj("a", "A1", "13"),
+            Arc::new(obj("a", "A1", "13")),
         );
         assert_eq!(
             fresh("10").as_deref(),
@@ -290,12 +334,63 @@ mod tests {
     }
 
     #[test]
+    fn a_write_the_cache_already_holds_is_not_remembered() {
+        use kube::runtime::reflector;
+        let (cache, mut feed) = reflector::store();
+        let index = ObjectIndex::beside(cache);
+        let read = obj("a", "A1", "10");
+        // The watch delivered the marker (11) before the pass ended: the outcome (12) is kept.
+        feed.apply_watcher_event(&Event::Apply(obj("a", "A1", "11")));
+        index.apply_event(&Event::Apply(obj("a", "A1", "11")));
+        index.wrote(
+            &read,
+            vec!["10".into(), "11".into()],
+            Arc::new(obj("a", "A1", "12")),
+        );
+        assert_eq!(index.remembered(), 1);
+        // The next pass's write (13) reached the cache before that pass ended (it sent an
+        // Event meanwhile): nothing to remember, and the older copy goes too.
+        feed.apply_watcher_event(&Event::Apply(obj("a", "A1", "13")));
+        index.apply_event(&Event::Apply(obj("a", "A1", "13")));
+        index.wrote(
+            &obj("a", "A1", "12"),
+            vec!["12".into()],
+            Arc::new(obj("a", "A1", "13")),
+        );
+        assert_eq!(index.remembered(), 0);
+    }
+
+    #[test]
+    fn only_what_passes_read_is_kept_of_an_object() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
+        let mut o = obj("a", "A1", "1");
+        o.metadata.managed_fields = Some(vec![ManagedFieldsEntry::default()]);
+        o.metadata.labels = Some([("app".to_string(), "x".to_string())].into());
+        o.metadata.annotations = Some(
+            [
+                (
+                    "kubectl.kubernetes.io/last-applied-configuration".to_string(),
+                    "{}".to_string(),
+                ),
+                (RECONCILE_REQUESTED_AT.to_string(), "now".to_string()),
+            ]
+            .into(),
+        );
+        trim_for_cache(&mut o);
+        assert_eq!(o.metadata.managed_fields, None);
+        assert_eq!(o.metadata.labels, None);
+        let kept: Vec<&String> = o.metadata.annotations.as_ref().unwrap().keys().collect();
+        assert_eq!(kept, vec![RECONCILE_REQUESTED_AT]);
+        assert_eq!(o.spec.agent_id, "A1");
+    }
+
+    #[test]
     fn someone_elses_newer_write_wins() {
         let index = ObjectIndex::default();
         index.wrote(
             &obj("a", "A1", "10"),
             vec!["10".into()],
-            obj("a", "A1", "11"),
+            Arc::new(obj("a", "A1", "11")),
         );
         let fresh = index.freshest(Arc::new(obj("a", "A1", "12")));
         assert_eq!(fresh.resource_version().as_deref(), Some("12"));

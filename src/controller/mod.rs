@@ -156,24 +156,15 @@ async fn run_controller(
     };
 
     let (reader, writer) = reflector::store();
-    let index = Arc::new(index::ObjectIndex::default());
+    let index = Arc::new(index::ObjectIndex::beside(reader.clone()));
     let index_feed = index.clone();
     // Status writes change neither generation nor finalizers nor the refresh annotation, so the
     // operator's own writes do not wake it up again.
     let changes = watcher(objects.clone(), watcher::Config::default().any_semantic())
         .default_backoff()
-        // managedFields are most of an object's size and the operator never reads them, nor
-        // labels, nor annotations but its own (kubectl's last-applied copy can be as big as the
-        // object). A status replace ignores metadata, so the API server keeps them all.
-        .modify(|obj: &mut AgentDynamics| {
-            obj.metadata.managed_fields = None;
-            obj.metadata.labels = None;
-            if let Some(annotations) = &mut obj.metadata.annotations {
-                annotations.retain(|key, _| key == RECONCILE_REQUESTED_AT);
-            }
-        })
-        .inspect_ok(move |event| index_feed.apply_event(event))
+        .modify(index::trim_for_cache)
         .reflect(writer)
+        .inspect_ok(move |event| index_feed.apply_event(event))
         .applied_objects()
         .predicate_filter(relevant_change, Default::default());
     // Only Secrets labelled for this operator: it neither sees nor caches the others.
