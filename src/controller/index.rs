@@ -159,9 +159,7 @@ impl ObjectIndex {
         // Checked under the lock: the watch feeds the cache, then this index, so either the
         // cache holds the write already or `caught_up` will see it.
         if let Some(cache) = &self.cache {
-            let cached = cache.get(
-                &ObjectRef::new(&read.name_any()).within(&read.namespace().unwrap_or_default()),
-            );
+            let cached = cache.get(&ObjectRef::from_obj(read));
             if cached.is_some_and(|c| c.resource_version() == written.resource_version()) {
                 inner.written.remove(&key);
                 return;
