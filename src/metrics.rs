@@ -71,12 +71,12 @@ pub struct Metrics {
     generations: Counter,
     status_writes: Counter,
     objects: Family<ReadyLabel, Gauge>,
-    readiness: Mutex<HashMap<String, bool>>,
     ready: AtomicBool,
     ready_gauge: Gauge,
     credits: Counter,
     generate_calls: Family<OutcomeLabel, Counter>,
     object_states: Family<StateLabel, Gauge>,
+    /// Each object's state: both gauges follow it, so one entry per object serves them.
     states: Mutex<HashMap<String, &'static str>>,
     queue_depth: Gauge,
     in_flight: Gauge,
@@ -190,7 +190,6 @@ impl Metrics {
             generations,
             status_writes,
             objects,
-            readiness: Mutex::new(HashMap::new()),
             ready: AtomicBool::new(false),
             ready_gauge,
             credits,
@@ -233,27 +232,39 @@ impl Metrics {
         }
     }
 
-    /// Track one object's state (one of [`OBJECT_STATES`]); `None` when it is gone.
+    /// Track one object's state (one of [`OBJECT_STATES`]; only "ready" counts as Ready);
+    /// `None` when it is gone.
     pub fn object_state(&self, key: &str, state: Option<&str>) {
         let state = state.and_then(|s| OBJECT_STATES.into_iter().find(|known| *known == s));
         let mut map = self.states.lock().expect("states lock");
-        let before = match state {
-            Some(s) => map.insert(key.to_string(), s),
-            None => map.remove(key),
+        let before = match (state, map.get_mut(key)) {
+            (Some(s), Some(known)) => Some(std::mem::replace(known, s)),
+            (Some(s), None) => map.insert(key.to_string(), s),
+            (None, _) => map.remove(key),
         };
         // Counted as objects move, never by a scan: a pass costs the same at any number of objects.
-        if before != state {
-            let gauge = |s: &str| {
-                self.object_states
-                    .get_or_create(&StateLabel { state: s.into() })
-                    .clone()
-            };
-            if let Some(s) = before {
-                gauge(s).dec();
-            }
-            if let Some(s) = state {
-                gauge(s).inc();
-            }
+        if before == state {
+            return;
+        }
+        let state_gauge = |s: &str| {
+            self.object_states
+                .get_or_create(&StateLabel { state: s.into() })
+                .clone()
+        };
+        let ready_gauge = |s: &str| {
+            self.objects
+                .get_or_create(&ReadyLabel {
+                    ready: if s == "ready" { "true" } else { "false" }.into(),
+                })
+                .clone()
+        };
+        if let Some(s) = before {
+            state_gauge(s).dec();
+            ready_gauge(s).dec();
+        }
+        if let Some(s) = state {
+            state_gauge(s).inc();
+            ready_gauge(s).inc();
         }
     }
 
@@ -265,31 +276,6 @@ impl Metrics {
 
     pub fn status_written(&self) {
         self.status_writes.inc();
-    }
-
-    /// Track one object's readiness; `None` when it is gone. Counted as objects move, never by
-    /// a scan.
-    pub fn object_ready(&self, key: &str, ready: Option<bool>) {
-        let mut map = self.readiness.lock().expect("readiness lock");
-        let before = match ready {
-            Some(r) => map.insert(key.to_string(), r),
-            None => map.remove(key),
-        };
-        if before != ready {
-            let gauge = |r: bool| {
-                self.objects
-                    .get_or_create(&ReadyLabel {
-                        ready: if r { "true" } else { "false" }.into(),
-                    })
-                    .clone()
-            };
-            if let Some(r) = before {
-                gauge(r).dec();
-            }
-            if let Some(r) = ready {
-                gauge(r).inc();
-            }
-        }
     }
 
     /// `/readyz` answers 200 from now on.
@@ -366,12 +352,11 @@ mod tests {
         m.observe(Endpoint::Generate, Some(200), Duration::from_millis(12));
         m.observe(Endpoint::Get, None, Duration::from_millis(3));
         m.generate_call("refused");
-        m.object_ready("a/x", Some(true));
-        m.object_ready("a/y", Some(false));
-        m.object_ready("a/y", None);
         m.generate_call("accepted");
+        m.object_state("a/x", Some("progressing"));
         m.object_state("a/x", Some("ready"));
         m.object_state("a/y", Some("stalled"));
+        m.object_state("a/z", Some("stalled"));
         m.object_state("a/y", None);
         m.generation_guard(3, 2);
         m.set_ready(true);
@@ -380,7 +365,10 @@ mod tests {
             r#"dynamics_operator_generate_calls_total{outcome="accepted"} 1"#,
             r#"dynamics_operator_generate_calls_total{outcome="unknown"} 0"#,
             r#"dynamics_operator_object_states{state="ready"} 1"#,
-            r#"dynamics_operator_object_states{state="stalled"} 0"#,
+            r#"dynamics_operator_object_states{state="stalled"} 1"#,
+            r#"dynamics_operator_object_states{state="progressing"} 0"#,
+            r#"dynamics_operator_objects{ready="true"} 1"#,
+            r#"dynamics_operator_objects{ready="false"} 1"#,
             "dynamics_operator_credits_spent_total 250",
             "dynamics_operator_generation_queue_depth 3",
             "dynamics_operator_generations_in_flight 2",
@@ -400,14 +388,6 @@ mod tests {
         );
         assert!(
             text.contains("dynamics_operator_generations_total 1"),
-            "{text}"
-        );
-        assert!(
-            text.contains(r#"dynamics_operator_objects{ready="true"} 1"#),
-            "{text}"
-        );
-        assert!(
-            text.contains(r#"dynamics_operator_objects{ready="false"} 0"#),
             "{text}"
         );
     }

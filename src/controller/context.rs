@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kube::runtime::controller::Action as ControllerAction;
+use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Client, ResourceExt};
 
 use crate::api::{ApiSecret, DynamicsClient};
@@ -49,6 +50,13 @@ pub enum Next {
 
 pub fn key_of(obj: &AgentDynamics) -> String {
     format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any())
+}
+
+/// The reference a pass is scheduled by: namespace and name only. `ObjectRef::from_obj` also
+/// carries the resourceVersion and uid, which nothing here reads, and kube's scheduler keeps two
+/// copies of each scheduled reference (about 200 bytes per object more).
+pub fn reference_to(obj: &AgentDynamics) -> ObjectRef<AgentDynamics> {
+    ObjectRef::new(&obj.name_any()).within(&obj.namespace().unwrap_or_default())
 }
 
 impl Context {
@@ -143,7 +151,6 @@ impl Context {
         match result? {
             PassResult::Released => {
                 self.metrics.reconciled("released");
-                self.metrics.object_ready(&key, None);
                 self.metrics.object_state(&key, None);
                 self.failures.lock().expect("failures lock").remove(&key);
                 Ok(Next::AwaitChange)
@@ -165,8 +172,6 @@ impl Context {
                 if matches!(health, Health::Stalled { .. }) || transient {
                     self.metrics.error(health.reason());
                 }
-                self.metrics
-                    .object_ready(&key, Some(matches!(health, Health::Ready { .. })));
                 let mut failures = self.failures.lock().expect("failures lock");
                 if transient {
                     *failures.entry(key.clone()).or_default() += 1;
@@ -271,7 +276,7 @@ mod tests {
         let busy = Arc::new(busy);
         let index = ObjectIndex::default();
         for o in [&first, &second, &other, &busy] {
-            index.apply_event(&kube::runtime::watcher::Event::Apply((**o).clone()));
+            index.follow(kube::runtime::watcher::Event::Apply((**o).clone()));
         }
         let owner = |o: &AgentDynamics| conflict_owner(o, &index.others_naming(o));
         assert_eq!(owner(&first), None);

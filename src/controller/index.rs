@@ -1,6 +1,8 @@
 //! What the controller keeps beside kube's object cache, fed by the same watch events, so that a
 //! pass does the same small work at 10 or 10,000 objects and never writes from a stale copy:
 //! - which objects name each agent (the ownership rule looks only at those, never at the cache);
+//! - what of each object makes a pass worth it (spec, deletion, finalizers, the refresh
+//!   annotation), so that the operator's own status writes do not wake it up again;
 //! - the objects the operator's own status writes returned, until the watch delivers them. A pass
 //!   that starts before the cache caught up with the previous pass's write reads the object it
 //!   wrote instead of the copy its write replaced, and so does not get a 409 for it.
@@ -45,18 +47,46 @@ struct Inner {
     /// agentId -> (uid, the object as the ownership rule sees it). Nearly always one object
     /// per agent, so a list: a map per agent would cost four slots for one.
     agents: HashMap<String, Vec<(String, Claimant)>>,
-    /// uid -> agentId, to move or drop an object's entry.
-    agent_of: HashMap<String, String>,
+    /// uid -> what was last seen of the object.
+    seen: HashMap<String, Seen>,
     /// Objects listed since the watch (re)started, swapped in when the list is complete.
-    relisting: Option<Vec<(String, String, Claimant)>>,
+    relisting: Option<Vec<(String, Seen, Claimant)>>,
     /// key -> what our last status write returned.
     written: HashMap<String, Written>,
+}
+
+/// One object as the index last saw it. Kept here rather than in kube's predicate filter, which
+/// would keep three more strings per object.
+#[derive(Clone)]
+struct Seen {
+    /// Its agentId, to move or drop its entry in `agents`.
+    agent: String,
+    /// `relevant_state` of the last version seen.
+    relevant: u64,
 }
 
 struct Written {
     /// resourceVersions our writes replaced: a cached copy at one of them is stale.
     superseded: Vec<String>,
     object: Arc<AgentDynamics>,
+}
+
+/// A fingerprint of what makes a watch event worth a pass: spec (generation), deletion,
+/// finalizers and the reconcile-requested-at annotation. Status writes change none of them.
+fn relevant_state(obj: &AgentDynamics) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    obj.metadata.generation.hash(&mut hasher);
+    obj.metadata
+        .deletion_timestamp
+        .as_ref()
+        .map(|t| t.0.as_second())
+        .hash(&mut hasher);
+    obj.finalizers().hash(&mut hasher);
+    obj.annotations()
+        .get(RECONCILE_REQUESTED_AT)
+        .hash(&mut hasher);
+    hasher.finish()
 }
 
 fn claimant(obj: &AgentDynamics) -> Claimant {
@@ -77,36 +107,45 @@ impl ObjectIndex {
         }
     }
 
-    /// Follow one watch event (call it for every event, after the cache has seen it).
-    pub fn apply_event(&self, event: &Event<AgentDynamics>) {
+    /// Follow one watch event (call it for every event, after the cache has seen it). Returns
+    /// the object when the event is worth a pass: new to the index, or changed in what
+    /// `relevant_state` covers.
+    pub fn follow(&self, event: Event<AgentDynamics>) -> Option<AgentDynamics> {
         let mut inner = self.inner.lock().expect("index lock");
         match event {
             Event::Apply(obj) => {
-                inner.caught_up(obj);
-                if let Some(uid) = obj.uid() {
-                    inner.insert(uid, obj.spec.agent_id.clone(), claimant(obj));
-                }
+                let (uid, seen, changed) = inner.saw(&obj)?;
+                inner.insert(uid, seen, claimant(&obj));
+                changed.then_some(obj)
             }
             Event::Delete(obj) => {
-                inner.written.remove(&key_of(obj));
+                inner.written.remove(&key_of(&obj));
                 if let Some(uid) = obj.uid() {
                     inner.remove(&uid);
                 }
+                None
             }
-            Event::Init => inner.relisting = Some(Vec::new()),
+            Event::Init => {
+                inner.relisting = Some(Vec::new());
+                None
+            }
             Event::InitApply(obj) => {
-                inner.caught_up(obj);
-                if let (Some(uid), Some(listed)) = (obj.uid(), inner.relisting.as_mut()) {
-                    listed.push((uid, obj.spec.agent_id.clone(), claimant(obj)));
-                }
+                // Compared with what was seen before the relist: an unchanged object is not
+                // passed again just because the watch restarted.
+                let (uid, seen, changed) = inner.saw(&obj)?;
+                let listed = inner.relisting.get_or_insert_with(Vec::new);
+                listed.push((uid, seen, claimant(&obj)));
+                changed.then_some(obj)
             }
             Event::InitDone => {
+                // Objects deleted while the watch was down are not listed: they are dropped.
                 let listed = inner.relisting.take().unwrap_or_default();
                 inner.agents.clear();
-                inner.agent_of.clear();
-                for (uid, agent, claimant) in listed {
-                    inner.insert(uid, agent, claimant);
+                inner.seen.clear();
+                for (uid, seen, claimant) in listed {
+                    inner.insert(uid, seen, claimant);
                 }
+                None
             }
         }
     }
@@ -191,24 +230,44 @@ impl ObjectIndex {
 }
 
 impl Inner {
-    fn insert(&mut self, uid: String, agent: String, claimant: Claimant) {
-        if self.agent_of.get(&uid).is_some_and(|prev| *prev != agent) {
+    /// An applied object: (its uid, what is kept of it, whether it changed in what makes a
+    /// pass). None for an object without a uid, which the API server never sends.
+    fn saw(&mut self, obj: &AgentDynamics) -> Option<(String, Seen, bool)> {
+        self.caught_up(obj);
+        let uid = obj.uid()?;
+        let seen = Seen {
+            agent: obj.spec.agent_id.clone(),
+            relevant: relevant_state(obj),
+        };
+        let changed = self
+            .seen
+            .get(&uid)
+            .is_none_or(|before| before.relevant != seen.relevant);
+        Some((uid, seen, changed))
+    }
+
+    fn insert(&mut self, uid: String, seen: Seen, claimant: Claimant) {
+        if self
+            .seen
+            .get(&uid)
+            .is_some_and(|prev| prev.agent != seen.agent)
+        {
             self.remove(&uid);
         }
-        self.agent_of.insert(uid.clone(), agent.clone());
-        let objects = self.agents.entry(agent).or_default();
+        let objects = self.agents.entry(seen.agent.clone()).or_default();
         match objects.iter_mut().find(|(known, _)| *known == uid) {
             Some(entry) => entry.1 = claimant,
-            None => objects.push((uid, claimant)),
+            None => objects.push((uid.clone(), claimant)),
         }
+        self.seen.insert(uid, seen);
     }
 
     fn remove(&mut self, uid: &str) {
-        if let Some(agent) = self.agent_of.remove(uid) {
-            if let Some(objects) = self.agents.get_mut(&agent) {
+        if let Some(seen) = self.seen.remove(uid) {
+            if let Some(objects) = self.agents.get_mut(&seen.agent) {
                 objects.retain(|(known, _)| known != uid);
                 if objects.is_empty() {
-                    self.agents.remove(&agent);
+                    self.agents.remove(&seen.agent);
                 }
             }
         }
@@ -261,11 +320,11 @@ mod tests {
             obj("c", "A2", "3"),
         );
         for o in [&a, &b, &c] {
-            index.apply_event(&Event::Apply(o.clone()));
+            index.follow(Event::Apply(o.clone()));
         }
         assert_eq!(owners(&index, &a), vec!["ns/b"]);
         assert!(owners(&index, &c).is_empty());
-        index.apply_event(&Event::Delete(b.clone()));
+        index.follow(Event::Delete(b.clone()));
         assert!(owners(&index, &a).is_empty());
     }
 
@@ -273,20 +332,87 @@ mod tests {
     fn a_relist_replaces_the_index_when_complete() {
         let index = ObjectIndex::default();
         let (a, b) = (obj("a", "A1", "1"), obj("b", "A1", "2"));
-        index.apply_event(&Event::Apply(a.clone()));
-        index.apply_event(&Event::Apply(b.clone()));
-        index.apply_event(&Event::Init);
-        index.apply_event(&Event::InitApply(a.clone()));
+        index.follow(Event::Apply(a.clone()));
+        index.follow(Event::Apply(b.clone()));
+        index.follow(Event::Init);
+        index.follow(Event::InitApply(a.clone()));
         assert_eq!(
             owners(&index, &a),
             vec!["ns/b"],
             "the old index serves until done"
         );
-        index.apply_event(&Event::InitDone);
+        index.follow(Event::InitDone);
         assert!(
             owners(&index, &a).is_empty(),
             "b was deleted while the watch was down"
         );
+        // Forgotten altogether: seen again (as a test can, under the same uid), it is new.
+        assert!(index.follow(Event::Apply(b)).is_some());
+        assert!(index.follow(Event::Apply(a)).is_none(), "a is unchanged");
+    }
+
+    #[test]
+    fn only_changes_worth_a_pass_are_passed_on() {
+        use crate::resource::AgentDynamicsStatus;
+        let base = obj("a", "A1", "1");
+        let with = |version: &str, change: &dyn Fn(&mut AgentDynamics)| {
+            let mut o = base.clone();
+            o.metadata.resource_version = Some(version.into());
+            change(&mut o);
+            o
+        };
+        let refreshed = with("5", &|o| {
+            o.metadata.generation = Some(2);
+            o.metadata.finalizers = Some(vec!["f".into()]);
+            o.metadata.annotations =
+                Some([(RECONCILE_REQUESTED_AT.to_string(), "now".to_string())].into());
+        });
+        let index = ObjectIndex::default();
+        // (event, passed on, why), in order: each row follows the rows before it.
+        let rows: Vec<(Event<AgentDynamics>, bool, &str)> = vec![
+            (Event::Apply(base.clone()), true, "new to the index"),
+            (
+                Event::Apply(with("2", &|o| {
+                    o.status = Some(AgentDynamicsStatus {
+                        generations: 1,
+                        ..Default::default()
+                    })
+                })),
+                false,
+                "a status write",
+            ),
+            (
+                Event::Apply(with("3", &|o| o.metadata.generation = Some(2))),
+                true,
+                "a spec change",
+            ),
+            (
+                Event::Apply(with("4", &|o| {
+                    o.metadata.generation = Some(2);
+                    o.metadata.finalizers = Some(vec!["f".into()]);
+                })),
+                true,
+                "a finalizer added",
+            ),
+            (Event::Apply(refreshed.clone()), true, "a refresh requested"),
+            (Event::Init, false, "a relist starts"),
+            (Event::InitApply(refreshed), false, "relisted unchanged"),
+            (
+                Event::InitApply(obj("b", "A2", "6")),
+                true,
+                "created while the watch was down",
+            ),
+            (Event::InitDone, false, "the relist ends"),
+            (Event::Delete(obj("b", "A2", "7")), false, "a deletion"),
+            (
+                Event::Apply(obj("b", "A2", "8")),
+                true,
+                "seen again after its deletion",
+            ),
+        ];
+        for (event, expected, why) in rows {
+            assert_eq!(index.follow(event).is_some(), expected, "{why}");
+        }
     }
 
     #[test]
@@ -326,7 +452,7 @@ mod tests {
             "still behind both writes"
         );
         // The watch delivers 13: forgotten.
-        index.apply_event(&Event::Apply(obj("a", "A1", "13")));
+        index.follow(Event::Apply(obj("a", "A1", "13")));
         assert_eq!(index.remembered(), 0);
         assert_eq!(fresh("13").as_deref(), Some("13"));
     }
@@ -339,7 +465,7 @@ mod tests {
         let read = obj("a", "A1", "10");
         // The watch delivered the marker (11) before the pass ended: the outcome (12) is kept.
         feed.apply_watcher_event(&Event::Apply(obj("a", "A1", "11")));
-        index.apply_event(&Event::Apply(obj("a", "A1", "11")));
+        index.follow(Event::Apply(obj("a", "A1", "11")));
         index.wrote(
             &read,
             vec!["10".into(), "11".into()],
@@ -349,7 +475,7 @@ mod tests {
         // The next pass's write (13) reached the cache before that pass ended (it sent an
         // Event meanwhile): nothing to remember, and the older copy goes too.
         feed.apply_watcher_event(&Event::Apply(obj("a", "A1", "13")));
-        index.apply_event(&Event::Apply(obj("a", "A1", "13")));
+        index.follow(Event::Apply(obj("a", "A1", "13")));
         index.wrote(
             &obj("a", "A1", "12"),
             vec!["12".into()],

@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action as ControllerAction, Controller};
@@ -27,7 +27,7 @@ use crate::api::{ApiSecret, ClientConfig};
 use crate::executor::PassError;
 use crate::metrics::Metrics;
 use crate::reconcile::Settings;
-use crate::resource::{AgentDynamics, API_SECRET_LABEL, FINALIZER, RECONCILE_REQUESTED_AT};
+use crate::resource::{AgentDynamics, API_SECRET_LABEL, FINALIZER};
 
 pub use context::Context;
 
@@ -158,15 +158,21 @@ async fn run_controller(
     let (reader, writer) = reflector::store();
     let index = Arc::new(index::ObjectIndex::beside(reader.clone()));
     let index_feed = index.clone();
-    // Status writes change neither generation nor finalizers nor the refresh annotation, so the
-    // operator's own writes do not wake it up again.
+    // The index passes on only the events worth a pass: the operator's own status writes change
+    // neither generation nor finalizers nor the refresh annotation, so they do not wake it up.
     let changes = watcher(objects.clone(), watcher::Config::default().any_semantic())
         .default_backoff()
         .modify(index::trim_for_cache)
         .reflect(writer)
-        .inspect_ok(move |event| index_feed.apply_event(event))
-        .applied_objects()
-        .predicate_filter(relevant_change, Default::default());
+        .filter_map(move |event| {
+            std::future::ready(match event {
+                Ok(event) => index_feed.follow(event).map(|obj| context::reference_to(&obj)),
+                Err(err) => {
+                    tracing::warn!(error = %err, "watch of AgentDynamics failed; retrying with backoff");
+                    None
+                }
+            })
+        });
     // Only Secrets labelled for this operator: it neither sees nor caches the others.
     let secret_selector = format!("{API_SECRET_LABEL}=true");
     let secret_changes = watcher(
@@ -223,7 +229,10 @@ async fn run_controller(
     });
 
     let secret_users = reader.clone();
-    Controller::for_stream(changes, reader)
+    // Changes come in as plain references (`reference_to`), so the controller's own trigger
+    // stream is empty; the cache it reads from is fed by the watch above.
+    let no_objects = futures::stream::pending::<Result<AgentDynamics, watcher::Error>>();
+    Controller::for_stream(no_objects, reader)
         .watches_stream(secret_changes, move |secret| {
             secrets::objects_using(
                 &secret_users,
@@ -231,6 +240,7 @@ async fn run_controller(
                 &secret.name_any(),
             )
         })
+        .reconcile_on(changes)
         .reconcile_on(from_lane)
         .with_config(kube::runtime::controller::Config::default().concurrency(config.concurrency))
         .graceful_shutdown_on(shutdown_signal(stop))
@@ -243,24 +253,6 @@ async fn run_controller(
         .await;
     lane.abort();
     tracing::info!("controller stopped");
-}
-
-/// What makes a watch event worth a pass: spec (generation), deletion, finalizers, and the
-/// reconcile-requested-at annotation.
-fn relevant_change(obj: &AgentDynamics) -> Option<u64> {
-    use std::hash::{Hash, Hasher};
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    obj.metadata.generation.hash(&mut hasher);
-    obj.metadata
-        .deletion_timestamp
-        .as_ref()
-        .map(|t| t.0.as_second())
-        .hash(&mut hasher);
-    obj.finalizers().hash(&mut hasher);
-    obj.annotations()
-        .get(RECONCILE_REQUESTED_AT)
-        .hash(&mut hasher);
-    Some(hasher.finish())
 }
 
 async fn shutdown_signal(stop: impl std::future::Future<Output = ()>) {

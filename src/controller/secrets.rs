@@ -89,6 +89,6 @@ pub fn objects_using(
                 .as_ref()
                 .is_some_and(|r| r.name == name)
         })
-        .map(|o| ObjectRef::from(o.as_ref()))
+        .map(|o| super::context::reference_to(o))
         .collect()
 }
