@@ -158,6 +158,14 @@ impl GenerationGuard {
         self.take_reservation(key);
     }
 
+    /// Whether anything is kept for `key`: a slot, a hand-over, a kept slot or a place in the queue.
+    fn knows(&self, key: &str) -> bool {
+        self.in_flight.contains(key)
+            || self.handed.contains(key)
+            || self.is_woken(key)
+            || self.waiting.iter().any(|k| k == key)
+    }
+
     /// Whether a slot is kept for `key`, woken and not yet passed.
     pub fn is_woken(&self, key: &str) -> bool {
         self.woken.iter().any(|(k, _)| k == key)
@@ -321,6 +329,26 @@ impl AccountGuards {
                 account.guard.cancel(key);
             }
         }
+        self.prune(key);
+    }
+
+    /// Drops `key`'s entry once it holds nothing on its account. Most objects hold nothing
+    /// (they are converged), and an entry for each would cost about 150 bytes per object; the
+    /// next `guard` call makes a new one with the object's account.
+    fn prune(&mut self, key: &str) {
+        let Some(held) = self.objects.get(key) else {
+            return;
+        };
+        let running = held.accepted_at.is_some() || held.woken_at.is_some();
+        if running
+            || self
+                .accounts
+                .get(&held.account)
+                .is_some_and(|account| account.guard.knows(key))
+        {
+            return;
+        }
+        self.objects.remove(key);
     }
 
     /// The generate call for `key` was accepted at `at`: its generation is timed from then, or
@@ -400,6 +428,9 @@ impl AccountGuards {
             return Vec::new();
         };
         let Some(accepted_at) = held.accepted_at else {
+            if !holding {
+                self.prune(key);
+            }
             return Vec::new();
         };
         let elapsed = at.saturating_sub(accepted_at);
@@ -414,7 +445,7 @@ impl AccountGuards {
         };
         let first = timer.expected().is_none();
         timer.finished(elapsed, seen_running);
-        match (first, timer.expected()) {
+        let due = match (first, timer.expected()) {
             (true, Some(expected)) => self
                 .objects
                 .iter()
@@ -422,7 +453,9 @@ impl AccountGuards {
                 .filter_map(|(key, held)| Some((key.clone(), held.accepted_at? + expected)))
                 .collect(),
             _ => Vec::new(),
-        }
+        };
+        self.prune(key);
+        due
     }
 
     /// How far the object's running generation is, if it is timed and its account has an estimate.
@@ -469,11 +502,13 @@ impl AccountGuards {
 
     /// `GenerationGuard::release` on the object's account.
     pub fn release(&mut self, key: &str) {
-        if let Some(held) = self.objects.get(key) {
+        if let Some(held) = self.objects.get_mut(key) {
+            held.woken_at = None;
             if let Some(account) = self.accounts.get_mut(&held.account) {
                 account.guard.release(key);
             }
         }
+        self.prune(key);
     }
 
     fn account_of(&self, key: &str) -> Option<&Account> {
@@ -676,6 +711,37 @@ mod tests {
         assert!(g.take_woken(t(0), Duration::ZERO).is_empty());
         g.track(a, "a1", false, Duration::ZERO);
         assert_eq!(g.take_woken(t(0), Duration::ZERO), vec!["a3".to_string()]);
+    }
+
+    #[test]
+    fn objects_that_hold_nothing_leave_nothing_behind() {
+        let a = account("secret-a");
+        let mut g = AccountGuards::new(1, None);
+        let ms = Duration::from_millis;
+        g.track(a, "converged", false, ms(0));
+        assert!(g.objects.is_empty(), "looked at, holding nothing");
+        assert!(g.try_start(a, "x", t(0), POLL).is_ok());
+        g.accepted("x", ms(0));
+        assert!(g.try_start(a, "y", t(0), POLL).is_err());
+        g.track(a, "y", false, ms(10));
+        assert!(g.objects.contains_key("y"), "y waits for a slot");
+        g.track(a, "x", false, ms(300));
+        assert!(!g.objects.contains_key("x"), "x's generation ended");
+        assert_eq!(g.take_woken(t(1), ms(300)), ["y"]);
+        assert!(g.objects.contains_key("y"), "a slot is kept for y");
+        g.release("y");
+        assert!(g.objects.is_empty(), "y needed no slot after all");
+        // What was dropped comes back with the object's account when it asks again.
+        assert!(g.try_start(a, "y", t(2), POLL).is_ok());
+        assert!(
+            g.try_start(a, "z", t(2), POLL).is_err(),
+            "y holds the only slot"
+        );
+        g.cancel("y");
+        assert!(
+            !g.objects.contains_key("y"),
+            "its call was refused: nothing runs"
+        );
     }
 
     #[test]
