@@ -414,6 +414,13 @@ fn sim_calls(a: &SimStats, b: &SimStats, endpoint: &str) -> u64 {
     a.total(endpoint) - b.total(endpoint)
 }
 
+/// (ms, waits) the simulator's workers waited between generations, over all accounts.
+fn worker_idle(s: &SimStats) -> (u64, u64) {
+    s.accounts.iter().fold((0, 0), |(ms, n), a| {
+        (ms + a.worker_idle_ms, n + a.worker_idle_gaps)
+    })
+}
+
 // ---------------------------------------------------------------------------------------------
 // Helpers
 
@@ -931,12 +938,14 @@ async fn converge_phase(
         if last_progress.elapsed() >= Duration::from_secs(10) {
             last_progress = Instant::now();
             let p = proc_sample(world.target.child.pid()).unwrap_or_default();
+            let (idle_ms, _) = worker_idle(&world.sim.stats());
             eprintln!(
-                "bench: {:>6.1}s {}/{n} converged on the record, {ready_count} Ready; target cpu {:.1}s rss {} MiB; watch lists {restarts}",
+                "bench: {:>6.1}s {}/{n} converged on the record, {ready_count} Ready; target cpu {:.1}s rss {} MiB; watch lists {restarts}; API workers idle {:.1}s",
                 secs(t0.elapsed()),
                 per_object.len(),
                 p.cpu_s,
-                p.rss_kib / 1024
+                p.rss_kib / 1024,
+                idle_ms as f64 / 1000.0
             );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -1280,6 +1289,10 @@ fn report(args: &Args, plan: &Plan, world: &World, p: &Phases, out: &Path) -> an
     let per_obj = |x: f64| x / nf;
     let (start, conv) = (&p.start, &p.at_convergence);
     let posts = sim_calls(&conv.sim, &start.sim, "generate");
+    let (idle_ms, idle_waits) = {
+        let (a, b) = (worker_idle(&conv.sim), worker_idle(&start.sim));
+        (a.0 - b.0, a.1 - b.1)
+    };
     let gets = sim_calls(&conv.sim, &start.sim, "get");
     let puts = sim_calls(&conv.sim, &start.sim, "update");
     let op = |s: &Snapshot, f: &dyn Fn(&OperatorMetrics) -> f64| s.op.as_ref().map(f);
@@ -1429,6 +1442,13 @@ fn report(args: &Args, plan: &Plan, world: &World, p: &Phases, out: &Path) -> an
                 fmt_opt(converged_s.map(|c| c / secs(plan.floor)), 2),
                 fmt_opt(p.converged.record.map(secs), 2),
                 fmt_opt(p.converged.ready.map(secs), 2),
+            ),
+        ),
+        (
+            "API workers idle between generations (s)".into(),
+            format!("{:.2}", idle_ms as f64 / 1000.0),
+            format!(
+                "{idle_waits} waits; each second here costs 1/limit s over the floor (limited profiles only)"
             ),
         ),
         (
@@ -1661,6 +1681,11 @@ fn report(args: &Args, plan: &Plan, world: &World, p: &Phases, out: &Path) -> an
             "floor_s": secs(plan.floor),
             "converge_over_floor": converged_s.map(|c| c / secs(plan.floor)),
             "last_create_to_all_converged_s": last_create_to_done,
+            "api_worker_idle": {
+                "seconds": idle_ms as f64 / 1000.0,
+                "waits": idle_waits,
+                "mean_ms": (idle_waits > 0).then(|| idle_ms as f64 / idle_waits as f64),
+            },
             "create_to_converged_s": {
                 "p50": percentile(&latencies, 0.5),
                 "p90": percentile(&latencies, 0.9),

@@ -189,6 +189,12 @@ struct Account {
     queue: VecDeque<Job>,
     /// Accepted generations not yet visible nor queued (`Modes::invisible_ms`).
     invisible: Vec<Job>,
+    /// When each worker freed by a generation and not yet given another was freed, oldest first.
+    freed: VecDeque<Instant>,
+    /// Time workers waited between one generation and the next: what a caller that keeps the
+    /// queue fed never loses (`AccountStats::worker_idle_ms`).
+    worker_idle: Duration,
+    worker_idle_gaps: u64,
 }
 
 impl Account {
@@ -210,6 +216,13 @@ impl Account {
                 break;
             };
             job.started_at = at.max(job.queued_at);
+            if let Some(freed) = self.freed.pop_front() {
+                let gap = job.started_at.saturating_duration_since(freed);
+                if !gap.is_zero() {
+                    self.worker_idle += gap;
+                    self.worker_idle_gaps += 1;
+                }
+            }
             self.running.push(job);
         }
     }
@@ -314,6 +327,9 @@ impl Engine {
                 match event {
                     Ok(i) => {
                         let job = account.running.swap_remove(i);
+                        if max > 0 {
+                            account.freed.push_back(at);
+                        }
                         self.complete(job);
                         self.accounts[a].fill(max, at);
                     }
@@ -871,6 +887,8 @@ impl Engine {
                     generations_started: a.generations_started,
                     running: a.running.len(),
                     queued: a.queue.len(),
+                    worker_idle_ms: a.worker_idle.as_millis() as u64,
+                    worker_idle_gaps: a.worker_idle_gaps,
                 })
                 .collect(),
         }
@@ -1310,6 +1328,22 @@ mod tests {
         assert!(!gen(&mut e, t0, "a").drop);
         assert_eq!(e.agent(t0, "a").charged_generations, 2);
         assert_eq!(e.stats().dropped_connections, 1);
+    }
+
+    #[test]
+    fn workers_waiting_between_generations_are_counted() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut e = engine(100, 1);
+        e.set_credits(100_000);
+        gen(&mut e, t0, "a");
+        // a ends at 100 ms; b comes at 150: the worker waited 50 ms.
+        gen(&mut e, t0 + ms(150), "b");
+        // c comes while b runs: it starts as b ends, without a wait.
+        gen(&mut e, t0 + ms(200), "c");
+        assert_eq!(status(&mut e, t0 + ms(400), "c").as_deref(), Some("ready"));
+        let account = &e.stats().accounts[0];
+        assert_eq!((account.worker_idle_ms, account.worker_idle_gaps), (50, 1));
     }
 
     #[test]

@@ -58,6 +58,13 @@ pub struct AccountStats {
     pub generations_started: u64,
     pub running: usize,
     pub queued: usize,
+    /// Time this account's workers waited for the next generation after finishing one, in
+    /// total, and how many such waits there were. With a limit of L at once, a caller that
+    /// keeps work queued converges in N x generation / L plus this / L.
+    #[serde(default)]
+    pub worker_idle_ms: u64,
+    #[serde(default)]
+    pub worker_idle_gaps: u64,
 }
 
 impl SimStats {
