@@ -110,7 +110,8 @@ pub struct RunArgs {
     #[arg(long, env = "RESYNC", default_value = "10m", value_parser = humantime::parse_duration, help_heading = "Scope and throughput")]
     pub resync: Duration,
     /// Generations running at once per account (objects whose Secrets hold the same api-secret
-    /// share one account); 0: no limit. The account runs 2.
+    /// share one account); 0: no limit. The account runs 2; with 2 or more, one more call per
+    /// slot waits in the API's queue.
     #[arg(
         long,
         env = "MAX_CONCURRENT_GENERATIONS",
@@ -264,8 +265,8 @@ pub struct ApplyArgs {
     #[arg(long, value_parser = humantime::parse_duration, default_value = "10m")]
     pub timeout: Duration,
 
-    /// Generations running at once per account (the account runs two; more only queue remotely).
-    /// 0: no limit.
+    /// Generations running at once per account (the account runs two; with 2 or more, one more
+    /// call per slot waits in the API's queue). 0: no limit.
     #[arg(long, default_value_t = 2)]
     pub max_concurrent_generations: usize,
 

@@ -178,7 +178,7 @@ impl Metrics {
         let in_flight = Gauge::default();
         registry.register(
             "generations_in_flight",
-            "Generations running now, as the generation guard counts them",
+            "Generate calls outstanding (running, or queued by the API), as the generation guard counts them",
             in_flight.clone(),
         );
         Metrics {

@@ -247,26 +247,7 @@ impl Executor {
 
     /// Change the guard, then wake the waiters whose turn that may have brought.
     fn with_guard<R>(&self, change: impl FnOnce(&mut AccountGuards) -> R) -> R {
-        change_and_wake(&self.guards, self.wake.as_ref(), self.epoch, change)
-    }
-
-    /// Hand `key`'s running generation over to the next waiter just before its expected end
-    /// (see `reconcile::guard`), from a timer of its own: the object's own poll comes at the end.
-    fn schedule_hand_over(&self, key: &str) {
-        let Some(wake) = self.wake.clone() else {
-            return;
-        };
-        let Some((when, accepted_at)) = self.guards.lock().expect("guard lock").hand_over_at(key)
-        else {
-            return;
-        };
-        let (guards, epoch, key) = (self.guards.clone(), self.epoch, key.to_string());
-        tokio::spawn(async move {
-            tokio::time::sleep(when.saturating_sub(epoch.elapsed())).await;
-            change_and_wake(&guards, Some(&wake), epoch, |g| {
-                g.hand_over(&key, accepted_at)
-            });
-        });
+        change_and_wake(&self.guards, self.wake.as_ref(), change)
     }
 
     /// Look at each of these objects at its time (monotonic, from `epoch`), through the wake
@@ -618,7 +599,6 @@ impl Executor {
         if outcome.is_ok() {
             let at = self.epoch.elapsed();
             self.with_guard(|guards| guards.accepted(&obj.key, at));
-            self.schedule_hand_over(&obj.key);
         }
         let marked_input = Input {
             status: &marked,
@@ -754,13 +734,12 @@ impl Executor {
 fn change_and_wake<R>(
     guards: &Mutex<AccountGuards>,
     wake: Option<&tokio::sync::mpsc::UnboundedSender<String>>,
-    epoch: Instant,
     change: impl FnOnce(&mut AccountGuards) -> R,
 ) -> R {
     let mut guards = guards.lock().expect("guard lock");
     let result = change(&mut guards);
     if let Some(wake) = wake {
-        for key in guards.take_woken(Timestamp::now(), epoch.elapsed()) {
+        for key in guards.take_woken(Timestamp::now()) {
             tracing::debug!(object = %key, "woken: a generation slot is free");
             let _ = wake.send(key);
         }

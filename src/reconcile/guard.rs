@@ -1,16 +1,21 @@
-//! The generation guard, one per account: at most `max_in_flight` generations running at once
-//! (an account runs two; more would only queue remotely while looking "started" here) and at
-//! most `per_hour` new ones in any hour. Beyond either, objects wait with a reason; nothing fails.
-//! Objects refused a slot queue in arrival order, and `take_woken` names those to look at again
-//! when slots free up, so a waiting object need not poll the API until its turn. A freed slot is
-//! kept for the object it woke until that object's pass comes (or a short while passes): an
-//! object that happens to pass first does not take it and send the woken one to the back.
-//! A generation is handed over just before its expected end (`hand_over`): its successor's
-//! pass, which takes a while (a GET, the marker write), then sends its call as the generation
-//! ends, not after. A handed-over generation still runs but no longer counts against the limit;
-//! at most one successor per running generation, so no more than twice the limit are ever
-//! outstanding, and the API queues the early one for the moment it takes to end. Only with a
-//! limit of at least the account's own (2): below it the API would run the early call at once.
+//! The generation guard, one per account: at most `max_running` generations running at once
+//! (an account runs two) and at most `per_hour` new ones in any hour. Beyond either, objects wait
+//! with a reason; nothing fails. Objects refused a slot queue in arrival order, and `take_woken`
+//! names those to look at again when slots free up, so a waiting object need not poll the API
+//! until its turn. A freed slot is kept for the object it woke until that object's pass comes
+//! (or a short while passes): an object that happens to pass first does not take it and send
+//! the woken one to the back.
+//!
+//! Behind each running generation one more call may wait in the API's own queue (only with a
+//! limit of at least the account's own 2: below it the API would run that call at once, beside
+//! the others). When a generation ends the API starts the queued one at that instant, so its
+//! worker never stands idle while this process notices the end, wakes the next object and sends
+//! its call; that has a whole generation to happen in. So at most twice the limit are ever
+//! outstanding and never more than the limit running; each call is still sent once, after its
+//! marker. A queued call is promoted to running when a generation of its account is seen ending
+//! (the API's queue is first in, first out), and timed from that end as observed: between the
+//! last look that saw it running and the one that saw it done.
+//!
 //! `AccountGuards` keeps one guard and one generation timer per account (accounts are told
 //! apart by their secret, never stored). Plain data with the time passed in (`at`: monotonic
 //! time from any fixed origin); the caller shares it behind a mutex.
@@ -25,11 +30,13 @@ use crate::api::AccountId;
 
 #[derive(Debug, Clone)]
 pub struct GenerationGuard {
-    max_in_flight: usize,
+    max_running: usize,
     per_hour: Option<usize>,
-    in_flight: BTreeSet<String>,
-    /// Generations in flight whose slot is already handed to a successor (near their end).
-    handed: BTreeSet<String>,
+    /// Generations running remotely, as far as this process can tell.
+    running: BTreeSet<String>,
+    /// Calls sent while all slots ran, waiting in the API's queue; oldest first, as the API
+    /// starts them.
+    queued: VecDeque<String>,
     started: VecDeque<Timestamp>,
     /// Objects refused a slot, oldest first.
     waiting: VecDeque<String>,
@@ -54,16 +61,26 @@ pub const ACCOUNT_RUNS_AT_ONCE: usize = 2;
 pub const WOKEN_SLOT_KEPT: Duration = Duration::from_secs(5);
 
 impl GenerationGuard {
-    /// `max_in_flight` 0 means no limit.
-    pub fn new(max_in_flight: usize, per_hour: Option<usize>) -> Self {
+    /// `max_running` 0 means no limit.
+    pub fn new(max_running: usize, per_hour: Option<usize>) -> Self {
         GenerationGuard {
-            max_in_flight,
+            max_running,
             per_hour,
-            in_flight: BTreeSet::new(),
-            handed: BTreeSet::new(),
+            running: BTreeSet::new(),
+            queued: VecDeque::new(),
             started: VecDeque::new(),
             waiting: VecDeque::new(),
             woken: Vec::new(),
+        }
+    }
+
+    /// Calls outstanding at most: the running ones, and one queued behind each when the API
+    /// queues them (see the module's comment).
+    fn capacity(&self) -> usize {
+        if self.max_running >= ACCOUNT_RUNS_AT_ONCE {
+            2 * self.max_running
+        } else {
+            self.max_running
         }
     }
 
@@ -73,11 +90,11 @@ impl GenerationGuard {
     /// `retry` is how long it waits at most meanwhile.
     pub fn try_start(&mut self, key: &str, now: Timestamp, retry: Duration) -> Result<(), Refusal> {
         self.expire(now);
-        let already_holding = self.in_flight.contains(key);
+        let already_holding = self.holds(key);
         let was_woken = self.take_reservation(key);
         let kept_for_others = self.woken.len();
-        let free = self.max_in_flight.saturating_sub(self.busy());
-        if !already_holding && self.max_in_flight > 0 && free <= kept_for_others {
+        let free = self.capacity().saturating_sub(self.outstanding());
+        if !already_holding && self.max_running > 0 && free <= kept_for_others {
             if was_woken {
                 // Its slot went to a generation seen running meanwhile: it keeps its place.
                 self.waiting.push_front(key.to_string());
@@ -89,7 +106,7 @@ impl GenerationGuard {
                 reason: "WaitingForGenerationSlot",
                 message: format!(
                     "the limit of {} generations at once is reached (--max-concurrent-generations); this one starts when a slot frees, in arrival order",
-                    self.max_in_flight
+                    self.max_running
                 ),
                 retry_after: retry,
             });
@@ -110,60 +127,89 @@ impl GenerationGuard {
             }
         }
         self.waiting.retain(|k| k != key);
-        self.in_flight.insert(key.to_string());
+        if !already_holding {
+            self.hold(key);
+        }
         self.started.push_back(now);
         Ok(())
     }
 
     /// Give back a slot taken by `try_start` whose call was refused by the API (nothing runs).
-    pub fn cancel(&mut self, key: &str) {
-        self.handed.remove(key);
-        if self.in_flight.remove(key) {
+    /// A call queued behind it runs in its place. Returns that call's key.
+    pub fn cancel(&mut self, key: &str) -> Option<String> {
+        let (held, promoted) = self.drop_slot(key);
+        if held {
             self.started.pop_back();
         }
+        promoted
     }
 
     /// Track what the remote reports: a running generation holds a slot (also one started before
-    /// a restart), a finished one frees it.
-    pub fn track(&mut self, key: &str, generating: bool) {
+    /// a restart), a finished one frees it. When a generation believed running ends, the API
+    /// starts the oldest queued call: its key is returned.
+    pub fn track(&mut self, key: &str, generating: bool) -> Option<String> {
         if generating {
-            self.in_flight.insert(key.to_string());
+            if !self.holds(key) {
+                self.hold(key);
+            }
+            None
         } else {
-            self.in_flight.remove(key);
-            self.handed.remove(key);
+            self.drop_slot(key).1
         }
     }
 
-    /// `key`'s generation is about to end: its slot goes to the next waiter now. False if there
-    /// is nothing to hand over (no limit, not in flight, or handed over already), and below the
-    /// account's own limit: the successor's call, sent before the end, is queued by the API only
-    /// because the account already runs all it can. With a lower limit it would run at once,
-    /// beside the one still running, and break the limit the user set.
-    pub fn hand_over(&mut self, key: &str) -> bool {
-        self.max_in_flight >= ACCOUNT_RUNS_AT_ONCE
-            && self.in_flight.contains(key)
-            && self.handed.insert(key.to_string())
+    /// Takes a slot for `key`: running if one is free, else queued behind the running ones.
+    fn hold(&mut self, key: &str) {
+        if self.max_running == 0 || self.running.len() < self.max_running {
+            self.running.insert(key.to_string());
+        } else {
+            self.queued.push_back(key.to_string());
+        }
     }
 
-    /// Slots counted against the limit: generations in flight, less those handed over.
-    fn busy(&self) -> usize {
-        self.in_flight.len() - self.handed.len()
+    /// Frees `key`'s slot: whether it held one, and the queued call a running one leaves its
+    /// place to.
+    fn drop_slot(&mut self, key: &str) -> (bool, Option<String>) {
+        if self.running.remove(key) {
+            let promoted = self.queued.pop_front();
+            if let Some(next) = &promoted {
+                self.running.insert(next.clone());
+            }
+            return (true, promoted);
+        }
+        let before = self.queued.len();
+        self.queued.retain(|k| k != key);
+        (self.queued.len() != before, None)
+    }
+
+    fn holds(&self, key: &str) -> bool {
+        self.running.contains(key) || self.queued.iter().any(|k| k == key)
+    }
+
+    /// Whether `key`'s call waits in the API's queue behind the running ones.
+    pub fn is_queued(&self, key: &str) -> bool {
+        self.queued.iter().any(|k| k == key)
+    }
+
+    /// Where `key` stands in the API's queue (0: next to start).
+    fn queue_position(&self, key: &str) -> Option<usize> {
+        self.queued.iter().position(|k| k == key)
+    }
+
+    fn outstanding(&self) -> usize {
+        self.running.len() + self.queued.len()
     }
 
     /// The object is gone or suspended.
     pub fn forget(&mut self, key: &str) {
-        self.in_flight.remove(key);
-        self.handed.remove(key);
+        self.drop_slot(key);
         self.waiting.retain(|k| k != key);
         self.take_reservation(key);
     }
 
-    /// Whether anything is kept for `key`: a slot, a hand-over, a kept slot or a place in the queue.
+    /// Whether anything is kept for `key`: a slot, a kept slot or a place in the queue.
     fn knows(&self, key: &str) -> bool {
-        self.in_flight.contains(key)
-            || self.handed.contains(key)
-            || self.is_woken(key)
-            || self.waiting.iter().any(|k| k == key)
+        self.holds(key) || self.is_woken(key) || self.waiting.iter().any(|k| k == key)
     }
 
     /// Whether a slot is kept for `key`, woken and not yet passed.
@@ -182,10 +228,11 @@ impl GenerationGuard {
         self.woken.retain(|(_, at)| {
             Duration::try_from(now.duration_since(*at)).map_or(true, |age| age < WOKEN_SLOT_KEPT)
         });
-        let free = match self.max_in_flight {
+        let free = match self.max_running {
             0 => self.waiting.len(),
-            max => max
-                .saturating_sub(self.busy())
+            _ => self
+                .capacity()
+                .saturating_sub(self.outstanding())
                 .saturating_sub(self.woken.len()),
         };
         let n = free.min(self.waiting.len());
@@ -200,8 +247,9 @@ impl GenerationGuard {
         self.woken.len() != before
     }
 
+    /// Generations outstanding: running, or queued by the API.
     pub fn in_flight(&self) -> usize {
-        self.in_flight.len()
+        self.outstanding()
     }
 
     /// Objects queued for a slot.
@@ -224,7 +272,7 @@ impl GenerationGuard {
 /// A guard and a timer per account, and what each object holds.
 #[derive(Debug, Clone)]
 pub struct AccountGuards {
-    max_in_flight: usize,
+    max_running: usize,
     per_hour: Option<usize>,
     accounts: HashMap<AccountId, Account>,
     objects: HashMap<String, Held>,
@@ -234,33 +282,43 @@ pub struct AccountGuards {
 struct Account {
     guard: GenerationGuard,
     timer: GenerationTimer,
-    /// How long a woken object takes from its wake-up to its accepted call: how early a
-    /// generation is handed over. It follows the slowest recent one and lets go slowly.
-    lead: Duration,
-    /// The expected ends of generations handed over whose slot no call has taken yet: the call
-    /// that takes it is queued by the API until then, so its generation is timed from there.
-    handed_ends: VecDeque<Duration>,
 }
 
 /// The account an object was last seen with, and its running generation, timed.
 #[derive(Debug, Clone)]
 struct Held {
     account: AccountId,
-    /// When its running generation started, as far as this process can tell: when its call
-    /// was accepted, or, if that call took a handed-over slot, when the generation it follows
-    /// was expected to end.
-    accepted_at: Option<Duration>,
+    /// When its generate call was accepted.
+    called_at: Option<Duration>,
+    /// When its generation started, as far as this process can tell: when its call was
+    /// accepted; for a queued call, the expected end of the generation it waits behind until
+    /// one is seen ending, then that end as seen.
+    started_at: Option<Duration>,
     /// How long after that a poll last saw it still running.
     seen_running: Option<Duration>,
-    /// When it was last woken for a free slot, until its call is accepted or refused.
-    woken_at: Option<Duration>,
+}
+
+impl Held {
+    fn new(account: AccountId) -> Self {
+        Held {
+            account,
+            called_at: None,
+            started_at: None,
+            seen_running: None,
+        }
+    }
+
+    /// The latest time a look saw its generation still running (its start if none did).
+    fn last_seen_running(&self) -> Option<Duration> {
+        Some(self.started_at? + self.seen_running.unwrap_or_default())
+    }
 }
 
 impl AccountGuards {
-    /// The limits hold for each account on its own; `max_in_flight` 0 means no limit.
-    pub fn new(max_in_flight: usize, per_hour: Option<usize>) -> Self {
+    /// The limits hold for each account on its own; `max_running` 0 means no limit.
+    pub fn new(max_running: usize, per_hour: Option<usize>) -> Self {
         AccountGuards {
-            max_in_flight,
+            max_running,
             per_hour,
             accounts: HashMap::new(),
             objects: HashMap::new(),
@@ -272,34 +330,22 @@ impl AccountGuards {
         match self.objects.get_mut(key) {
             Some(held) if held.account == account => {}
             Some(held) => {
-                let previous = std::mem::replace(&mut held.account, account);
-                held.accepted_at = None;
-                held.woken_at = None;
-                if let Some(old) = self.accounts.get_mut(&previous) {
+                let previous = std::mem::replace(held, Held::new(account));
+                if let Some(old) = self.accounts.get_mut(&previous.account) {
                     old.guard.forget(key);
                 }
             }
             None => {
-                self.objects.insert(
-                    key.to_string(),
-                    Held {
-                        account,
-                        accepted_at: None,
-                        seen_running: None,
-                        woken_at: None,
-                    },
-                );
+                self.objects.insert(key.to_string(), Held::new(account));
             }
         }
-        let (max, per_hour) = (self.max_in_flight, self.per_hour);
+        let (max, per_hour) = (self.max_running, self.per_hour);
         &mut self
             .accounts
             .entry(account)
             .or_insert_with(|| Account {
                 guard: GenerationGuard::new(max, per_hour),
                 timer: GenerationTimer::default(),
-                lead: Duration::ZERO,
-                handed_ends: VecDeque::new(),
             })
             .guard
     }
@@ -312,22 +358,18 @@ impl AccountGuards {
         now: Timestamp,
         retry: Duration,
     ) -> Result<(), Refusal> {
-        let result = self.guard(account, key).try_start(key, now, retry);
-        if result.is_err() {
-            if let Some(held) = self.objects.get_mut(key) {
-                held.woken_at = None;
-            }
-        }
-        result
+        self.guard(account, key).try_start(key, now, retry)
     }
 
-    /// The generate call for `key` was refused: its slot and budget go back.
+    /// The generate call for `key` was refused: its slot and budget go back, and a call queued
+    /// behind it has been running since it was accepted.
     pub fn cancel(&mut self, key: &str) {
-        if let Some(held) = self.objects.get_mut(key) {
-            held.woken_at = None;
-            if let Some(account) = self.accounts.get_mut(&held.account) {
-                account.guard.cancel(key);
-            }
+        let promoted = self.objects.get(key).and_then(|held| {
+            let account = self.accounts.get_mut(&held.account)?;
+            account.guard.cancel(key)
+        });
+        if let Some(next) = promoted.and_then(|next| self.objects.get_mut(&next)) {
+            next.started_at = next.called_at;
         }
         self.prune(key);
     }
@@ -339,8 +381,7 @@ impl AccountGuards {
         let Some(held) = self.objects.get(key) else {
             return;
         };
-        let running = held.accepted_at.is_some() || held.woken_at.is_some();
-        if running
+        if held.started_at.is_some()
             || self
                 .accounts
                 .get(&held.account)
@@ -351,71 +392,46 @@ impl AccountGuards {
         self.objects.remove(key);
     }
 
-    /// The generate call for `key` was accepted at `at`: its generation is timed from then, or
-    /// from the expected end of the one whose handed-over slot it took.
+    /// The generate call for `key` was accepted at `at`. A call that found a slot running is
+    /// timed from now; a queued one from the expected end of the running generation it waits
+    /// behind (the API's queue is first in, first out), until a generation is seen ending.
     pub fn accepted(&mut self, key: &str, at: Duration) {
-        let Some(held) = self.objects.get_mut(key) else {
-            return;
-        };
-        held.seen_running = None;
-        held.accepted_at = Some(at);
-        let Some(account) = self.accounts.get_mut(&held.account) else {
-            return;
-        };
-        if let Some(end) = account.handed_ends.pop_front() {
-            held.accepted_at = Some(end.max(at));
-        }
-        if let Some(woken_at) = held.woken_at.take() {
-            let took = at.saturating_sub(woken_at);
-            account.lead = took.max(account.lead.saturating_sub(account.lead / 16));
-        }
-    }
-
-    /// When `key`'s running generation should be handed over (monotonic, like `at`), and the
-    /// time its call was accepted, which names that generation to `hand_over`. None while the
-    /// account has no estimate or the object runs no timed generation. The lead is the time a
-    /// woken object takes to start plus a sixteenth of a generation (the estimate hovers a little
-    /// above the truth, and a call that comes early only waits in the API's queue), at most a
-    /// quarter of a generation.
-    pub fn hand_over_at(&self, key: &str) -> Option<(Duration, Duration)> {
-        let held = self.objects.get(key)?;
-        let accepted_at = held.accepted_at?;
-        let account = self.accounts.get(&held.account)?;
-        let expected = account.timer.expected()?;
-        let lead = (account.lead + expected / 16).min(expected / 4);
-        Some((accepted_at + expected.saturating_sub(lead), accepted_at))
-    }
-
-    /// Hand over `key`'s generation accepted at `accepted_at`, if it still runs.
-    pub fn hand_over(&mut self, key: &str, accepted_at: Duration) {
         let Some(held) = self.objects.get(key) else {
             return;
         };
-        if held.accepted_at != Some(accepted_at) {
-            return;
-        }
-        let Some(account) = self.accounts.get_mut(&held.account) else {
+        let Some(account) = self.accounts.get(&held.account) else {
             return;
         };
-        let Some(expected) = account.timer.expected() else {
-            return;
-        };
-        if account.guard.hand_over(key) {
-            if account.handed_ends.len() >= self.max_in_flight {
-                account.handed_ends.pop_front();
+        let started_at = match account.guard.queue_position(key) {
+            None => Some(at),
+            Some(place) => {
+                let expected = account.timer.expected();
+                let mut ends: Vec<Duration> = account
+                    .guard
+                    .running
+                    .iter()
+                    .filter_map(|k| Some(self.objects.get(k)?.started_at? + expected?))
+                    .collect();
+                ends.sort_unstable();
+                ends.get(place).map(|end| (*end).max(at))
             }
-            account.handed_ends.push_back(accepted_at + expected);
+        };
+        if let Some(held) = self.objects.get_mut(key) {
+            held.called_at = Some(at);
+            held.started_at = started_at;
+            held.seen_running = None;
         }
     }
 
     /// What a GET at `at` showed: whether the object holds a slot (its job runs, or its call is
-    /// not visible yet). A generation seen ending frees its slot at once and teaches the timer.
+    /// not visible yet). A generation seen ending frees its slot at once and teaches the timer;
+    /// the call queued behind it started as it ended.
     ///
-    /// Returns the looks now due elsewhere: when this is the account's first generation seen to
-    /// end, the other generations of the account still running, each with its expected end
-    /// (monotonic, like `at`). Until then they were polled blind (a quarter of the time they had
-    /// run); now each can be looked at as it ends. Once per account, so the walk over the
-    /// objects does not recur.
+    /// Returns the looks now due elsewhere (monotonic, like `at`): the queued call that now runs,
+    /// at its expected end; and when this is the account's first generation seen to end, the
+    /// other generations of the account still running. Until then they were polled blind (a
+    /// quarter of the time they had run); now each can be looked at as it ends. Once per
+    /// account, so the walk over the objects does not recur.
     pub fn track(
         &mut self,
         account: AccountId,
@@ -423,37 +439,59 @@ impl AccountGuards {
         holding: bool,
         at: Duration,
     ) -> Vec<(String, Duration)> {
-        self.guard(account, key).track(key, holding);
+        let was_queued = self.guard(account, key).is_queued(key);
+        let promoted = self.guard(account, key).track(key, holding);
         let Some(held) = self.objects.get_mut(key) else {
             return Vec::new();
         };
-        let Some(accepted_at) = held.accepted_at else {
-            if !holding {
-                self.prune(key);
+        if holding {
+            if let Some(started_at) = held.started_at {
+                held.seen_running = Some(at.saturating_sub(started_at));
             }
             return Vec::new();
-        };
-        let elapsed = at.saturating_sub(accepted_at);
-        if holding {
-            held.seen_running = Some(elapsed);
-            return Vec::new();
         }
-        let seen_running = held.seen_running.take();
-        held.accepted_at = None;
+        // The generation it leaves its worker to ended between these two.
+        let ended = (held.last_seen_running().map_or(at, |seen| seen.min(at)), at);
+        let finished = held
+            .started_at
+            .take()
+            .map(|started_at| (at.saturating_sub(started_at), held.seen_running.take()));
+        held.called_at = None;
         let Some(timer) = self.accounts.get_mut(&account).map(|a| &mut a.timer) else {
             return Vec::new();
         };
         let first = timer.expected().is_none();
-        timer.finished(elapsed, seen_running);
-        let due = match (first, timer.expected()) {
-            (true, Some(expected)) => self
-                .objects
-                .iter()
-                .filter(|(_, held)| held.account == account)
-                .filter_map(|(key, held)| Some((key.clone(), held.accepted_at? + expected)))
-                .collect(),
-            _ => Vec::new(),
-        };
+        // A call seen done while still thought queued started at a time unknown: it teaches
+        // nothing.
+        if let (Some((elapsed, seen_running)), false) = (finished, was_queued) {
+            timer.finished(elapsed, seen_running);
+        }
+        let expected = timer.expected();
+        let mut due = Vec::new();
+        if let Some((next, held)) =
+            promoted.and_then(|next| self.objects.get_mut(&next).map(|held| (next, held)))
+        {
+            if let Some(called_at) = held.called_at {
+                let (earliest, latest) = (ended.0.max(called_at), ended.1.max(called_at));
+                let start = match (held.started_at, expected) {
+                    (Some(guess), Some(_)) => guess.clamp(earliest, latest),
+                    _ => earliest + (latest - earliest) / 2,
+                };
+                held.started_at = Some(start);
+                held.seen_running = None;
+                if let Some(expected) = expected {
+                    due.push((next, start + expected));
+                }
+            }
+        }
+        if let (true, Some(expected)) = (first, expected) {
+            due.extend(
+                self.objects
+                    .iter()
+                    .filter(|(_, held)| held.account == account)
+                    .filter_map(|(key, held)| Some((key.clone(), held.started_at? + expected))),
+            );
+        }
         self.prune(key);
         due
     }
@@ -461,13 +499,12 @@ impl AccountGuards {
     /// How far the object's running generation is, if it is timed and its account has an estimate.
     pub fn timing(&self, key: &str, at: Duration) -> Option<GenerationTiming> {
         let held = self.objects.get(key)?;
-        let accepted_at = held.accepted_at?;
+        let started_at = held.started_at?;
         let expected = self.accounts.get(&held.account)?.timer.expected()?;
-        // A generation queued behind a handed-over one starts later than now: it is expected
-        // to take that much longer from now.
+        // A queued call starts later than now: it is expected to take that much longer from now.
         Some(GenerationTiming {
-            elapsed: at.saturating_sub(accepted_at),
-            expected: expected + accepted_at.saturating_sub(at),
+            elapsed: at.saturating_sub(started_at),
+            expected: expected + started_at.saturating_sub(at),
         })
     }
 
@@ -480,17 +517,11 @@ impl AccountGuards {
         }
     }
 
-    /// `GenerationGuard::take_woken` over every account; `at` (monotonic) times how long
-    /// each woken object takes to start its generation.
-    pub fn take_woken(&mut self, now: Timestamp, at: Duration) -> Vec<String> {
+    /// `GenerationGuard::take_woken` over every account.
+    pub fn take_woken(&mut self, now: Timestamp) -> Vec<String> {
         let mut woken = Vec::new();
         for account in self.accounts.values_mut() {
             woken.extend(account.guard.take_woken(now));
-        }
-        for key in &woken {
-            if let Some(held) = self.objects.get_mut(key) {
-                held.woken_at = Some(at);
-            }
         }
         woken
     }
@@ -502,8 +533,7 @@ impl AccountGuards {
 
     /// `GenerationGuard::release` on the object's account.
     pub fn release(&mut self, key: &str) {
-        if let Some(held) = self.objects.get_mut(key) {
-            held.woken_at = None;
+        if let Some(held) = self.objects.get(key) {
             if let Some(account) = self.accounts.get_mut(&held.account) {
                 account.guard.release(key);
             }
@@ -515,7 +545,7 @@ impl AccountGuards {
         self.accounts.get(&self.objects.get(key)?.account)
     }
 
-    /// (objects waiting for a slot, slots in use), summed over accounts.
+    /// (objects waiting for a slot, generations outstanding), summed over accounts.
     pub fn load(&self) -> (usize, usize) {
         self.accounts.values().fold((0, 0), |(w, f), a| {
             (w + a.guard.waiting(), f + a.guard.in_flight())
@@ -534,17 +564,144 @@ mod tests {
 
     #[test]
     fn concurrency_limit_holds_until_a_generation_finishes() {
-        let mut g = GenerationGuard::new(2, None);
+        let mut g = GenerationGuard::new(1, None);
         assert!(g.try_start("a", t(0), POLL).is_ok());
-        assert!(g.try_start("b", t(0), POLL).is_ok());
-        let refused = g.try_start("c", t(0), POLL).unwrap_err();
+        let refused = g.try_start("b", t(0), POLL).unwrap_err();
         assert_eq!(refused.reason, "WaitingForGenerationSlot");
         assert_eq!(refused.retry_after, POLL);
         // A resend for an object already holding a slot is not a new generation.
         assert!(g.try_start("a", t(1), POLL).is_ok());
-        g.track("a", false);
-        assert!(g.try_start("c", t(2), POLL).is_ok());
-        assert_eq!(g.in_flight(), 2);
+        assert_eq!(g.in_flight(), 1);
+        assert_eq!(g.track("a", false), None);
+        assert!(g.try_start("b", t(2), POLL).is_ok());
+        assert_eq!(g.in_flight(), 1);
+    }
+
+    #[test]
+    fn one_call_waits_in_the_api_queue_behind_each_running_generation() {
+        let mut g = GenerationGuard::new(2, None);
+        for key in ["a", "b", "c", "d"] {
+            assert!(g.try_start(key, t(0), POLL).is_ok(), "{key}");
+        }
+        assert_eq!(
+            ["a", "b", "c", "d"].map(|k| g.is_queued(k)),
+            [false, false, true, true],
+            "two run, two wait behind them"
+        );
+        assert!(
+            g.try_start("e", t(0), POLL).is_err(),
+            "twice the limit at most"
+        );
+        // The first generation seen ending leaves its worker to the oldest queued call.
+        assert_eq!(g.track("b", false), Some("c".to_string()));
+        assert!(!g.is_queued("c"));
+        assert_eq!(g.take_woken(t(1)), ["e"]);
+        assert!(g.try_start("e", t(1), POLL).is_ok());
+        assert!(g.is_queued("e"), "behind a, c, and d");
+        // A queued call seen done (its start was missed) frees its place and promotes nobody.
+        assert_eq!(g.track("d", false), None);
+        assert_eq!(g.in_flight(), 3);
+        // A refused call gives its place to the call queued behind it.
+        assert_eq!(g.cancel("a"), Some("e".to_string()));
+        assert!(!g.is_queued("e"));
+        // Below the account's own 2 the API would run a second call at once: nothing queues.
+        let mut one = GenerationGuard::new(1, None);
+        assert!(one.try_start("a", t(0), POLL).is_ok());
+        assert!(one.try_start("b", t(0), POLL).is_err());
+        assert!(one.take_woken(t(1)).is_empty());
+        one.track("a", false);
+        assert_eq!(one.take_woken(t(1)), ["b"]);
+        // Without a limit every call runs.
+        let mut unlimited = GenerationGuard::new(0, None);
+        for key in ["a", "b", "c"] {
+            assert!(unlimited.try_start(key, t(0), POLL).is_ok());
+            assert!(!unlimited.is_queued(key));
+        }
+    }
+
+    #[test]
+    fn remote_generations_seen_after_restart_hold_slots() {
+        let mut g = GenerationGuard::new(2, None);
+        for key in ["a", "b", "c", "d"] {
+            g.track(key, true);
+        }
+        assert!(g.try_start("e", t(0), POLL).is_err());
+        g.forget("b");
+        assert!(g.try_start("e", t(0), POLL).is_ok());
+    }
+
+    #[test]
+    fn each_account_has_its_own_slots() {
+        let (a, b) = (account("secret-a"), account("secret-b"));
+        let mut g = AccountGuards::new(2, None);
+        for key in ["a1", "a2", "a3", "a4"] {
+            assert!(g.try_start(a, key, t(0), POLL).is_ok());
+        }
+        assert!(g.try_start(a, "a5", t(0), POLL).is_err());
+        assert!(g.try_start(b, "b1", t(0), POLL).is_ok());
+        assert!(g.try_start(b, "b2", t(0), POLL).is_ok());
+        assert_eq!(g.load(), (1, 6));
+        // A generation of account b ending wakes nobody of account a.
+        g.track(b, "b1", false, Duration::ZERO);
+        assert!(g.take_woken(t(0)).is_empty());
+        g.track(a, "a1", false, Duration::ZERO);
+        assert_eq!(g.take_woken(t(0)), ["a5"]);
+    }
+
+    #[test]
+    fn a_queued_call_is_timed_from_the_end_it_waits_behind() {
+        let a = account("secret-a");
+        let mut g = AccountGuards::new(2, None);
+        let ms = Duration::from_millis;
+        let estimate = |g: &AccountGuards| g.accounts[&a].timer.expected();
+        for key in ["x", "o"] {
+            assert!(g.try_start(a, key, t(0), POLL).is_ok());
+        }
+        g.accepted("x", ms(0));
+        g.accepted("o", ms(100));
+        // x teaches 200 ms; o, still running, is due at its expected end.
+        assert_eq!(
+            g.track(a, "x", false, ms(200)),
+            [("o".to_string(), ms(300))]
+        );
+        assert!(g.try_start(a, "y", t(0), POLL).is_ok());
+        g.accepted("y", ms(210));
+        // Two calls queue behind o (ends at 300) and y (at 410), in that order.
+        for (key, at) in [("q1", 220), ("q2", 230)] {
+            assert!(g.try_start(a, key, t(0), POLL).is_ok());
+            g.accepted(key, ms(at));
+        }
+        let q1 = g.timing("q1", ms(220)).unwrap();
+        assert_eq!(q1.expected - q1.elapsed, ms(280), "80 ms queued, then 200");
+        let q2 = g.timing("q2", ms(230)).unwrap();
+        assert_eq!(q2.expected - q2.elapsed, ms(380));
+        assert!(g.try_start(a, "z", t(0), POLL).is_err(), "four outstanding");
+        // o is seen done at 320, never seen running: it ended between its start and 320, and
+        // q1's guess (300) lies within, so q1 runs from 300.
+        let due = g.track(a, "o", false, ms(320));
+        let after_o = ms(200) - ms(200) / 512;
+        assert_eq!(estimate(&g), Some(after_o));
+        assert_eq!(due, [("q1".to_string(), ms(300) + after_o)]);
+        assert_eq!(g.take_woken(t(0)), ["z"]);
+        // y ends sooner than expected: seen running at 350, done at 380. q2 (guessed 410) ran
+        // from within that window, at its latest. The look that saw y running is the lower
+        // bound the estimate now sits just above.
+        g.track(a, "y", true, ms(350));
+        let due = g.track(a, "y", false, ms(380));
+        let after_y = ms(140) + ms(140) / 50;
+        assert_eq!(estimate(&g), Some(after_y));
+        assert_eq!(due, [("q2".to_string(), ms(380) + after_y)]);
+        // z queues behind q1 (ends at 300 + after_y) and is seen done before q1 is: its start
+        // was missed, so it teaches nothing.
+        assert!(g.try_start(a, "z", t(0), POLL).is_ok());
+        g.accepted("z", ms(390));
+        let z = g.timing("z", ms(390)).unwrap();
+        assert_eq!(
+            z.expected - z.elapsed,
+            ms(300) + after_y - ms(390) + after_y
+        );
+        assert!(g.track(a, "z", false, ms(395)).is_empty());
+        assert_eq!(estimate(&g), Some(after_y));
     }
 
     #[test]
@@ -633,39 +790,6 @@ mod tests {
     }
 
     #[test]
-    fn a_generation_handed_over_near_its_end_lets_one_successor_start() {
-        let mut g = GenerationGuard::new(2, None);
-        assert!(g.try_start("a", t(0), POLL).is_ok());
-        assert!(g.try_start("x", t(0), POLL).is_ok());
-        for key in ["b", "c"] {
-            assert!(g.try_start(key, t(0), POLL).is_err());
-        }
-        g.hand_over("a");
-        g.hand_over("a");
-        assert_eq!(g.take_woken(t(1)), vec!["b".to_string()], "one successor");
-        assert!(g.try_start("b", t(1), POLL).is_ok());
-        assert_eq!(g.in_flight(), 3, "a still runs");
-        // a's end frees nothing more: its slot is b's already.
-        g.track("a", false);
-        assert!(g.take_woken(t(2)).is_empty());
-        assert!(g.try_start("c", t(2), POLL).is_err());
-        // Without a limit there is nothing to hand over.
-        let mut unlimited = GenerationGuard::new(0, None);
-        assert!(unlimited.try_start("a", t(0), POLL).is_ok());
-        unlimited.hand_over("a");
-        assert_eq!(unlimited.busy(), 1);
-        // Below the account's own limit the API would run an early call at once: the slot
-        // frees only when the generation is seen ending.
-        let mut one = GenerationGuard::new(1, None);
-        assert!(one.try_start("a", t(0), POLL).is_ok());
-        assert!(one.try_start("b", t(0), POLL).is_err());
-        assert!(!one.hand_over("a"));
-        assert!(one.take_woken(t(1)).is_empty());
-        one.track("a", false);
-        assert_eq!(one.take_woken(t(1)), vec!["b".to_string()]);
-    }
-
-    #[test]
     fn zero_means_unlimited() {
         let mut g = GenerationGuard::new(0, None);
         for i in 0..100 {
@@ -697,23 +821,6 @@ mod tests {
     }
 
     #[test]
-    fn each_account_has_its_own_slots() {
-        let (a, b) = (account("secret-a"), account("secret-b"));
-        let mut g = AccountGuards::new(2, None);
-        assert!(g.try_start(a, "a1", t(0), POLL).is_ok());
-        assert!(g.try_start(a, "a2", t(0), POLL).is_ok());
-        assert!(g.try_start(a, "a3", t(0), POLL).is_err());
-        assert!(g.try_start(b, "b1", t(0), POLL).is_ok());
-        assert!(g.try_start(b, "b2", t(0), POLL).is_ok());
-        assert_eq!(g.load(), (1, 4));
-        // A generation of account b ending wakes nobody of account a.
-        g.track(b, "b1", false, Duration::ZERO);
-        assert!(g.take_woken(t(0), Duration::ZERO).is_empty());
-        g.track(a, "a1", false, Duration::ZERO);
-        assert_eq!(g.take_woken(t(0), Duration::ZERO), vec!["a3".to_string()]);
-    }
-
-    #[test]
     fn objects_that_hold_nothing_leave_nothing_behind() {
         let a = account("secret-a");
         let mut g = AccountGuards::new(1, None);
@@ -727,7 +834,7 @@ mod tests {
         assert!(g.objects.contains_key("y"), "y waits for a slot");
         g.track(a, "x", false, ms(300));
         assert!(!g.objects.contains_key("x"), "x's generation ended");
-        assert_eq!(g.take_woken(t(1), ms(300)), ["y"]);
+        assert_eq!(g.take_woken(t(1)), ["y"]);
         assert!(g.objects.contains_key("y"), "a slot is kept for y");
         g.release("y");
         assert!(g.objects.is_empty(), "y needed no slot after all");
@@ -792,67 +899,5 @@ mod tests {
             g.track(b, "w", false, s(31)).is_empty(),
             "nothing else runs on account b"
         );
-    }
-
-    #[test]
-    fn the_hand_over_comes_as_early_as_a_woken_object_takes_to_start() {
-        let a = account("secret-a");
-        let mut g = AccountGuards::new(2, None);
-        let ms = Duration::from_millis;
-        // o holds the other slot throughout; x's generation teaches the timer 200 ms; y waits
-        // meanwhile.
-        assert!(g.try_start(a, "o", t(0), POLL).is_ok());
-        assert!(g.try_start(a, "x", t(0), POLL).is_ok());
-        g.accepted("x", ms(0));
-        assert_eq!(g.hand_over_at("x"), None, "no estimate yet");
-        assert!(g.try_start(a, "y", t(0), POLL).is_err());
-        g.track(a, "x", false, ms(200));
-        assert_eq!(g.take_woken(t(0), ms(200)), vec!["y".to_string()]);
-        // y's call is accepted 30 ms after its wake-up: the lead is that plus a sixteenth of
-        // a generation.
-        assert!(g.try_start(a, "y", t(0), POLL).is_ok());
-        g.accepted("y", ms(230));
-        let margin = ms(200) / 16;
-        assert_eq!(g.hand_over_at("y"), Some((ms(400) - margin, ms(230))));
-        // Handing over a generation that is no longer the one timed does nothing.
-        assert!(g.try_start(a, "z", t(0), POLL).is_err());
-        g.hand_over("y", ms(1));
-        assert!(g.take_woken(t(0), ms(400)).is_empty());
-        g.hand_over("y", ms(230));
-        assert_eq!(g.take_woken(t(0), ms(400)), vec!["z".to_string()]);
-        // z's call, accepted 10 ms after its wake-up, is queued by the API until y's expected
-        // end (430 ms): it is timed from there. The lead lets go of the slower 30 ms slowly.
-        assert!(g.try_start(a, "z", t(0), POLL).is_ok());
-        g.accepted("z", ms(410));
-        let lead = ms(30) - ms(30) / 16 + margin;
-        assert_eq!(g.hand_over_at("z"), Some((ms(630) - lead, ms(430))));
-        let timing = g.timing("z", ms(410)).unwrap();
-        assert_eq!(
-            timing.expected - timing.elapsed,
-            ms(220),
-            "20 ms queued, then 200"
-        );
-        // A slow start raises the lead at once, but never past a quarter of a generation.
-        assert!(g.try_start(a, "w", t(0), POLL).is_err());
-        g.track(a, "z", false, ms(630));
-        assert_eq!(g.take_woken(t(0), ms(630)), vec!["w".to_string()]);
-        assert!(g.try_start(a, "w", t(0), POLL).is_ok());
-        g.accepted("w", ms(1500));
-        // (z's generation, seen done on time, took the estimate a 512th lower.)
-        let expected = ms(200) - ms(200) / 512;
-        assert_eq!(
-            g.hand_over_at("w"),
-            Some((ms(1500) + expected - expected / 4, ms(1500)))
-        );
-    }
-
-    #[test]
-    fn remote_generations_seen_after_restart_hold_slots() {
-        let mut g = GenerationGuard::new(2, None);
-        g.track("a", true);
-        g.track("b", true);
-        assert!(g.try_start("c", t(0), POLL).is_err());
-        g.forget("b");
-        assert!(g.try_start("c", t(0), POLL).is_ok());
     }
 }
