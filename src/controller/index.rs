@@ -167,9 +167,15 @@ impl ObjectIndex {
             .unwrap_or_default()
     }
 
-    /// The newest copy of `cached` this process knows: what its own write returned, while the
-    /// cache still holds a version that write replaced.
-    pub fn freshest(&self, cached: Arc<AgentDynamics>) -> Arc<AgentDynamics> {
+    /// The newest copy of `taken` this process knows: the cache's copy now (a caller takes its
+    /// copy before waiting for the object's lock, and a pass may have written meanwhile), or
+    /// what its own write returned, while the cache still holds a version that write replaced.
+    pub fn freshest(&self, taken: Arc<AgentDynamics>) -> Arc<AgentDynamics> {
+        let cached = self
+            .cache
+            .as_ref()
+            .and_then(|cache| cache.get(&ObjectRef::from_obj(&*taken)))
+            .unwrap_or(taken);
         let mut inner = self.inner.lock().expect("index lock");
         let key = key_of(&cached);
         let Some(written) = inner.written.get(&key) else {
@@ -482,6 +488,32 @@ mod tests {
             Arc::new(obj("a", "A1", "13")),
         );
         assert_eq!(index.remembered(), 0);
+    }
+
+    /// A pass took its copy from the cache, then waited for the object's lock while another
+    /// pass wrote, and the watch delivered that write (so the index let go of it): the pass
+    /// reads the cache's copy now, not the one it took.
+    #[test]
+    fn a_copy_taken_before_the_lock_gives_way_to_the_cache() {
+        use kube::runtime::reflector;
+        let (cache, mut feed) = reflector::store();
+        let index = ObjectIndex::beside(cache);
+        feed.apply_watcher_event(&Event::Apply(obj("a", "A1", "11")));
+        let taken = Arc::new(obj("a", "A1", "11"));
+        feed.apply_watcher_event(&Event::Apply(obj("a", "A1", "12")));
+        index.follow(Event::Apply(obj("a", "A1", "12")));
+        index.wrote(
+            &obj("a", "A1", "11"),
+            vec!["11".into()],
+            Arc::new(obj("a", "A1", "12")),
+        );
+        assert_eq!(index.remembered(), 0, "the cache holds the write");
+        let fresh = index.freshest(taken);
+        assert_eq!(fresh.resource_version().as_deref(), Some("12"));
+        // Gone from the cache meanwhile: the copy taken is all there is.
+        feed.apply_watcher_event(&Event::Delete(obj("a", "A1", "13")));
+        let fresh = index.freshest(Arc::new(obj("a", "A1", "12")));
+        assert_eq!(fresh.resource_version().as_deref(), Some("12"));
     }
 
     #[test]
