@@ -34,9 +34,13 @@ pub struct GenerationGuard {
     per_hour: Option<usize>,
     /// Generations running remotely, as far as this process can tell.
     running: BTreeSet<String>,
-    /// Calls sent while all slots ran, waiting in the API's queue; oldest first, as the API
-    /// starts them.
+    /// Accepted calls waiting in the API's queue behind the running ones, in the order they
+    /// were accepted: the order the API starts them in.
     queued: VecDeque<String>,
+    /// Slots taken behind the running ones whose call is not accepted yet (its marker is being
+    /// written, or the call is on its way). They join `queued` as their calls are accepted: a
+    /// slow marker write lets a later call reach the API first.
+    sending: VecDeque<String>,
     started: VecDeque<Timestamp>,
     /// Objects refused a slot, oldest first.
     waiting: VecDeque<String>,
@@ -68,6 +72,7 @@ impl GenerationGuard {
             per_hour,
             running: BTreeSet::new(),
             queued: VecDeque::new(),
+            sending: VecDeque::new(),
             started: VecDeque::new(),
             waiting: VecDeque::new(),
             woken: Vec::new(),
@@ -158,11 +163,21 @@ impl GenerationGuard {
         }
     }
 
-    /// Takes a slot for `key`: running if one is free, else queued behind the running ones.
+    /// Takes a slot for `key`: running if one is free, else behind the running ones.
     fn hold(&mut self, key: &str) {
         if self.max_running == 0 || self.running.len() < self.max_running {
             self.running.insert(key.to_string());
         } else {
+            self.sending.push_back(key.to_string());
+        }
+    }
+
+    /// `key`'s call was accepted: if it waits behind the running ones, it queues behind the calls
+    /// accepted before it.
+    pub fn called(&mut self, key: &str) {
+        let before = self.sending.len();
+        self.sending.retain(|k| k != key);
+        if self.sending.len() != before {
             self.queued.push_back(key.to_string());
         }
     }
@@ -171,24 +186,26 @@ impl GenerationGuard {
     /// place to.
     fn drop_slot(&mut self, key: &str) -> (bool, Option<String>) {
         if self.running.remove(key) {
-            let promoted = self.queued.pop_front();
+            // The API starts the oldest call it holds; a call still on its way starts on arrival.
+            let promoted = self.queued.pop_front().or_else(|| self.sending.pop_front());
             if let Some(next) = &promoted {
                 self.running.insert(next.clone());
             }
             return (true, promoted);
         }
-        let before = self.queued.len();
+        let before = self.queued.len() + self.sending.len();
         self.queued.retain(|k| k != key);
-        (self.queued.len() != before, None)
+        self.sending.retain(|k| k != key);
+        (self.queued.len() + self.sending.len() != before, None)
     }
 
     fn holds(&self, key: &str) -> bool {
-        self.running.contains(key) || self.queued.iter().any(|k| k == key)
+        self.running.contains(key) || self.is_queued(key)
     }
 
-    /// Whether `key`'s call waits in the API's queue behind the running ones.
+    /// Whether `key` waits behind the running ones: its call queued by the API, or on its way.
     pub fn is_queued(&self, key: &str) -> bool {
-        self.queued.iter().any(|k| k == key)
+        self.queued.iter().chain(&self.sending).any(|k| k == key)
     }
 
     /// Where `key` stands in the API's queue (0: next to start).
@@ -197,7 +214,7 @@ impl GenerationGuard {
     }
 
     fn outstanding(&self) -> usize {
-        self.running.len() + self.queued.len()
+        self.running.len() + self.queued.len() + self.sending.len()
     }
 
     /// The object is gone or suspended.
@@ -399,9 +416,11 @@ impl AccountGuards {
         let Some(held) = self.objects.get(key) else {
             return;
         };
-        let Some(account) = self.accounts.get(&held.account) else {
+        let Some(account) = self.accounts.get_mut(&held.account) else {
             return;
         };
+        account.guard.called(key);
+        let account = &*account;
         let started_at = match account.guard.queue_position(key) {
             None => Some(at),
             Some(place) => {
@@ -617,6 +636,26 @@ mod tests {
             assert!(unlimited.try_start(key, t(0), POLL).is_ok());
             assert!(!unlimited.is_queued(key));
         }
+    }
+
+    #[test]
+    fn queued_calls_start_in_the_order_they_were_accepted() {
+        let mut g = GenerationGuard::new(2, None);
+        for key in ["a", "b", "c", "d"] {
+            assert!(g.try_start(key, t(0), POLL).is_ok());
+        }
+        // d's marker was written sooner: its call reached the API before c's.
+        g.called("d");
+        g.called("c");
+        assert_eq!(g.track("a", false), Some("d".to_string()));
+        assert_eq!(g.track("b", false), Some("c".to_string()));
+        // A call still on its way when a worker frees starts as it arrives.
+        for key in ["e", "f"] {
+            assert!(g.try_start(key, t(0), POLL).is_ok());
+        }
+        g.called("f");
+        assert_eq!(g.track("d", false), Some("f".to_string()));
+        assert_eq!(g.track("c", false), Some("e".to_string()));
     }
 
     #[test]
