@@ -138,7 +138,7 @@ impl Context {
             access,
         };
         let failures = self.failures(&key);
-        let mut sink = KubeStatusSink::new(api.clone(), (*obj).clone(), self.metrics.clone());
+        let mut sink = KubeStatusSink::new(api, (*obj).clone(), self.metrics.clone());
         let result = self.executor.pass(&view, failures, &mut sink).await;
         let (notes, replaced, mut written) = sink.finish();
         super::index::trim_for_cache(&mut written);

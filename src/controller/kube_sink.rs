@@ -7,12 +7,14 @@ use std::sync::Arc;
 use kube::api::PostParams;
 use kube::{Api, ResourceExt};
 
+use super::lean::LeanAgentDynamics;
 use crate::executor::{GenerateCall, Note, SaveError, StatusSink};
 use crate::metrics::Metrics;
 use crate::resource::{AgentDynamics, AgentDynamicsStatus};
 
 pub struct KubeStatusSink {
-    api: Api<AgentDynamics>,
+    /// The replies are parsed lean (see `lean`).
+    api: Api<LeanAgentDynamics>,
     /// The object as last read or written: its resourceVersion is the write precondition.
     object: AgentDynamics,
     /// The resourceVersions this pass's writes (and re-reads) replaced.
@@ -22,9 +24,12 @@ pub struct KubeStatusSink {
 }
 
 impl KubeStatusSink {
-    pub fn new(api: Api<AgentDynamics>, object: AgentDynamics, metrics: Arc<Metrics>) -> Self {
+    pub fn new(api: &Api<AgentDynamics>, object: AgentDynamics, metrics: Arc<Metrics>) -> Self {
         KubeStatusSink {
-            api,
+            api: Api::namespaced(
+                api.clone().into_client(),
+                &object.namespace().unwrap_or_default(),
+            ),
             object,
             replaced: Vec::new(),
             metrics,
@@ -40,8 +45,8 @@ impl KubeStatusSink {
 
 impl StatusSink for KubeStatusSink {
     async fn save(&mut self, status: &AgentDynamicsStatus) -> Result<(), SaveError> {
-        let mut next = self.object.clone();
-        next.status = Some(status.clone());
+        let mut next = LeanAgentDynamics(self.object.clone());
+        next.0.status = Some(status.clone());
         let started = std::time::Instant::now();
         // Only the status subresource is written: spec and metadata stay as the user (or Argo CD) left them.
         match self
@@ -53,7 +58,7 @@ impl StatusSink for KubeStatusSink {
                 tracing::debug!(object = %self.object.name_any(), elapsed_ms = started.elapsed().as_millis() as u64, "status written");
                 self.metrics.status_written();
                 self.replaced.extend(self.object.resource_version());
-                self.object = written;
+                self.object = written.0;
                 Ok(())
             }
             Err(kube::Error::Api(status)) if status.is_conflict() => Err(SaveError::Conflict),
@@ -65,7 +70,7 @@ impl StatusSink for KubeStatusSink {
         match self.api.get_status(&self.object.name_any()).await {
             Ok(fresh) => {
                 self.replaced.extend(self.object.resource_version());
-                self.object = fresh;
+                self.object = fresh.0;
                 Ok(self.object.status.clone().unwrap_or_default())
             }
             Err(err) => Err(SaveError::Other(err.to_string())),

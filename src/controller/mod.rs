@@ -8,13 +8,14 @@ mod index;
 mod kube_sink;
 mod lane;
 mod leader;
+mod lean;
 mod secrets;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Secret;
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action as ControllerAction, Controller};
@@ -145,10 +146,6 @@ async fn run_controller(
     metrics: Arc<Metrics>,
     stop: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let objects: Api<AgentDynamics> = match &config.namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    };
     // Metadata only: the operator never keeps Secret values in memory; it reads one when a pass needs it.
     let secrets: Api<PartialObjectMeta<Secret>> = match &config.namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
@@ -160,9 +157,14 @@ async fn run_controller(
     let index_feed = index.clone();
     // The index passes on only the events worth a pass: the operator's own status writes change
     // neither generation nor finalizers nor the refresh annotation, so they do not wake it up.
-    let changes = watcher(objects.clone(), watcher::Config::default().any_semantic())
+    // Parsed lean: without managedFields and labels (see `lean`).
+    let lean_objects: Api<lean::LeanAgentDynamics> = match &config.namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let changes = watcher(lean_objects, watcher::Config::default().any_semantic())
         .default_backoff()
-        .modify(index::trim_for_cache)
+        .map_ok(lean::full_event)
         .reflect(writer)
         .filter_map(move |event| {
             std::future::ready(match event {
