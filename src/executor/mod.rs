@@ -251,7 +251,9 @@ impl Executor {
     }
 
     /// Look at each of these objects at its time (monotonic, from `epoch`), through the wake
-    /// channel: running generations whose expected end just became known.
+    /// channel: running generations whose expected end just became known. An object whose
+    /// generation was seen ending meanwhile (its own look came first) is left alone: a look
+    /// then would cost a GET for nothing, and might fall in an idle time.
     fn schedule_looks(&self, mut due: Vec<(String, Duration)>) {
         let Some(wake) = self.wake.clone() else {
             return;
@@ -261,9 +263,13 @@ impl Executor {
         }
         due.sort_by_key(|(_, at)| *at);
         let epoch = tokio::time::Instant::from_std(self.epoch);
+        let guards = self.guards.clone();
         tokio::spawn(async move {
             for (key, at) in due {
                 tokio::time::sleep_until(epoch + at).await;
+                if !guards.lock().expect("guard lock").runs(&key) {
+                    continue;
+                }
                 tracing::debug!(object = %key, "looked at: its generation is expected to end");
                 let _ = wake.send(key);
             }

@@ -515,6 +515,13 @@ impl AccountGuards {
         due
     }
 
+    /// Whether `key` runs a generation this process times (accepted, not yet seen ending).
+    pub fn runs(&self, key: &str) -> bool {
+        self.objects
+            .get(key)
+            .is_some_and(|held| held.started_at.is_some())
+    }
+
     /// How far the object's running generation is, if it is timed and its account has an estimate.
     pub fn timing(&self, key: &str, at: Duration) -> Option<GenerationTiming> {
         let held = self.objects.get(key)?;
@@ -721,6 +728,9 @@ mod tests {
         let after_o = ms(200) - ms(200) / 512;
         assert_eq!(estimate(&g), Some(after_o));
         assert_eq!(due, [("q1".to_string(), ms(300) + after_o)]);
+        // A look due at o's end would find nothing to look at now; q1's is worth it.
+        assert!(!g.runs("o"));
+        assert!(g.runs("q1"));
         assert_eq!(g.take_woken(t(0)), ["z"]);
         // y ends sooner than expected: seen running at 350, done at 380. q2 (guessed 410) ran
         // from within that window, at its latest. The look that saw y running is the lower
