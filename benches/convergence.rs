@@ -61,8 +61,8 @@ use support::controlplane::{self, ControlPlane};
 use support::process::ManagedChild;
 
 use measure::{
-    api_writes, apiserver_requests, diff_map, operator_metrics, proc_sample, self_sample,
-    OperatorMetrics, ProcSample,
+    api_conflicts, api_writes, apiserver_requests, diff_map, operator_metrics, proc_sample,
+    self_sample, OperatorMetrics, ProcSample,
 };
 use oracle::Expected;
 use watch::{spawn_watch, WatchState};
@@ -1321,6 +1321,7 @@ fn report(args: &Args, plan: &Plan, world: &World, p: &Phases, out: &Path) -> an
             + api_writes(m, "providerconfigusages")
     });
     let event_writes = api_conv.as_ref().map(|m| api_writes(m, "events"));
+    let conflicts = api_conv.as_ref().map(api_conflicts);
 
     let mut latencies: Vec<f64> = {
         let st = world.watch.lock().unwrap();
@@ -1501,6 +1502,11 @@ fn report(args: &Args, plan: &Plan, world: &World, p: &Phases, out: &Path) -> an
                 "apiserver_request_total for {}, the benchmark's creates subtracted",
                 kinds.join(" + ")
             ),
+        ),
+        (
+            "409 Conflicts from the API server".into(),
+            fmt_opt(conflicts, 0),
+            "apiserver_request_total with code 409 during convergence, all users and kinds".into(),
         ),
         (
             "status writes / reconcile passes per object".into(),
@@ -1701,6 +1707,7 @@ fn report(args: &Args, plan: &Plan, world: &World, p: &Phases, out: &Path) -> an
             "watch_changes_per_object": per_obj(watch_changes as f64),
             "apiserver_object_writes_per_object": object_writes.map(per_obj),
             "apiserver_event_writes_per_object": event_writes.map(per_obj),
+            "apiserver_conflicts_during_convergence": conflicts,
             "apiserver_requests_during_convergence": api_conv,
             "reconciles_per_object": reconciles.map(per_obj),
             "idle": {

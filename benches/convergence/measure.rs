@@ -151,6 +151,8 @@ pub const COUNTED_RESOURCES: [&str; 6] = [
 
 /// The API server's `apiserver_request_total` for [`COUNTED_RESOURCES`], summed by
 /// "VERB resource[/subresource]" (all users: the benchmark's own creates and edits included).
+/// Requests refused with 409 Conflict are also summed apart, as "409 VERB resource[/subresource]"
+/// (never counted as writes by [`api_writes`]).
 pub async fn apiserver_requests(
     cp: &ControlPlane,
     http: &reqwest::Client,
@@ -181,9 +183,24 @@ pub async fn apiserver_requests(
             "" => format!("{verb} {resource}"),
             sub => format!("{verb} {resource}/{sub}"),
         };
+        if labels.get("code").copied() == Some("409") {
+            *out.entry(format!("{CONFLICT_PREFIX}{key}")).or_default() += value;
+        }
         *out.entry(key).or_default() += value;
     }
     Some(out)
+}
+
+/// How the requests refused with 409 Conflict are keyed in [`apiserver_requests`].
+pub const CONFLICT_PREFIX: &str = "409 ";
+
+/// Requests refused with 409 Conflict, all kinds.
+pub fn api_conflicts(requests: &BTreeMap<String, f64>) -> f64 {
+    requests
+        .iter()
+        .filter(|(k, _)| k.starts_with(CONFLICT_PREFIX))
+        .map(|(_, v)| v)
+        .sum()
 }
 
 pub fn api_writes(requests: &BTreeMap<String, f64>, resource: &str) -> f64 {
