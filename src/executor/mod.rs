@@ -167,8 +167,8 @@ pub struct Preview {
 pub enum RecordAccepted {
     /// Written right after the reply (the file mode: a local append costs nothing).
     AtOnce,
-    /// Written with the object's next status write, at most one poll later (the controller:
-    /// one API-server write less per generation). Until then the marker written before the call
+    /// Written with the object's next status write, at the generation's end at the latest (the
+    /// controller: one API-server write less per generation). Until then the marker written before the call
     /// stands for it: a restart in between finds the marker, counts the call once and adopts
     /// its job, exactly as for a lost reply.
     WithNextWrite,
@@ -583,7 +583,7 @@ impl Executor {
         let sending = Report::new(
             Health::progressing(
                 reasons::GENERATION_STARTED,
-                format!("one generate call is sent for these inputs ({CREDITS_PER_GENERATION} credits); waiting for the API to run it"),
+                format!("one generate call is sent for these inputs ({CREDITS_PER_GENERATION} credits); waiting for its job to finish"),
             ),
             self.settings.poll_min,
         );

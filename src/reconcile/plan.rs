@@ -577,16 +577,24 @@ pub(crate) fn poll_interval(input: &Input) -> Duration {
     (elapsed / 4).clamp(input.settings.poll_min, input.settings.poll_max)
 }
 
-/// A look at the expected end of a generation bought for the current inputs found it still
-/// running: it is expected to end within moments, and the stored status already says a generation
-/// is under way (the marker, or an earlier "generating"). Writing "generating" now would be an
-/// API-server write for a status that stands a moment; the write that records its end carries
-/// it. Only while the generation is late by less than its expected time (at most `poll_max`):
-/// one that runs on is shown as running.
+/// A look found a generation bought for the current inputs still under way, and the stored
+/// status already says one is (the marker, or an earlier "generating"). Writing "generating" now
+/// would be an API-server write for a status that stands a moment; the write that records its
+/// end carries it. So the write waits while the generation is young (sent less than `poll_max`
+/// ago, the longest wait between two looks) or on time (late by less than its expected time, at
+/// most `poll_max`). One that runs on is shown as running.
 pub(crate) fn write_can_wait(input: &Input) -> bool {
-    input
+    let poll_max = input.settings.poll_max;
+    // The stamp is whole seconds: one second more, so a call just sent is never taken for older.
+    let young = input
+        .status
+        .last_generation_time
+        .as_deref()
+        .is_some_and(|t| since(t, input.now) < poll_max + Duration::from_secs(1));
+    let on_time = input
         .timing
-        .is_some_and(|t| t.elapsed < t.expected + t.expected.min(input.settings.poll_max))
+        .is_some_and(|t| t.elapsed < t.expected + t.expected.min(poll_max));
+    young || on_time
 }
 
 /// Exponential backoff for the n-th consecutive transient failure (jitter is added by the caller).

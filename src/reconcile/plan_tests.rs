@@ -835,31 +835,38 @@ fn requeues_follow_the_rules() {
     );
 }
 
-/// A look at a generation's expected end that finds it still running leaves the status for the
-/// next write, unless the generation runs long or was bought for other inputs.
+/// A look that finds a generation still running leaves the status for the next write while the
+/// generation is young or on time, unless it was bought for other inputs.
 #[test]
 fn a_look_that_finds_a_generation_running_on_time_leaves_the_write_for_later() {
-    let settings = Settings::default();
+    let settings = Settings::default(); // poll_max 30 s
     let s = spec();
-    let st = converged(&s);
     let changed = AgentDynamicsSpec {
         duration: Some(s.duration.unwrap_or(10) + 1),
         ..s.clone()
     };
     let generating = remote(Some(RemoteStatus::Generating), None);
     let secs = Duration::from_secs;
-    // (spec, elapsed and expected in seconds or untimed, the write can wait)
-    type Case<'a> = (&'a AgentDynamicsSpec, Option<(u64, u64)>, bool);
-    let rows: [Case; 7] = [
-        (&s, Some((30, 30)), true),
-        (&s, Some((59, 30)), true),
-        (&s, Some((60, 30)), false), // late by a whole generation: shown as running
-        (&s, Some((599, 570)), true), // late by less than poll_max (30 s)
-        (&s, Some((600, 570)), false),
-        (&s, None, false), // no estimate: the first look of an account writes
-        (&changed, Some((30, 30)), false), // the spec changed: say so now
+    // (spec, seconds since the call, elapsed and expected in seconds or untimed, the write can wait)
+    type Case<'a> = (&'a AgentDynamicsSpec, i64, Option<(u64, u64)>, bool);
+    let rows: [Case; 11] = [
+        (&s, 600, Some((30, 30)), true),
+        (&s, 600, Some((59, 30)), true),
+        (&s, 600, Some((60, 30)), false), // late by a whole generation: shown as running
+        (&s, 600, Some((599, 570)), true), // late by less than poll_max (30 s)
+        (&s, 600, Some((600, 570)), false),
+        (&s, 600, None, false), // no estimate, running for minutes: shown as running
+        (&s, 2, None, true),    // no estimate yet, sent moments ago: it may end any moment
+        (&s, 30, None, true),   // the stamp's whole seconds: up to poll_max + 1 s
+        (&s, 31, None, false),
+        (&s, 2, Some((1, 0)), true), // late against a tiny estimate, but young
+        (&changed, 2, Some((30, 30)), false), // the spec changed: say so now
     ];
-    for (spec, timing, expected) in rows {
+    for (spec, age, timing, expected) in rows {
+        let st = AgentDynamicsStatus {
+            last_generation_time: Some(ago(age)),
+            ..converged(&s)
+        };
         let report = plan_report(plan(&Input {
             timing: timing.map(|(elapsed, expected)| GenerationTiming {
                 elapsed: secs(elapsed),
@@ -870,7 +877,7 @@ fn a_look_that_finds_a_generation_running_on_time_leaves_the_write_for_later() {
         assert_eq!(
             report.write_can_wait,
             expected,
-            "timing {timing:?}, spec changed: {}",
+            "sent {age} s ago, timing {timing:?}, spec changed: {}",
             !std::ptr::eq(spec, &s)
         );
     }
