@@ -17,7 +17,7 @@ use kube::ResourceExt;
 use crate::reconcile::ownership::Claimant;
 use crate::resource::{AgentDynamics, RECONCILE_REQUESTED_AT};
 
-use super::context::key_of;
+use super::context::{key_of, reference_to};
 
 /// Drops what no pass reads before an object is kept in memory, from the watch or from a
 /// write's reply: managedFields are most of an object's size, and labels and foreign
@@ -51,6 +51,10 @@ struct Inner {
     seen: HashMap<String, Seen>,
     /// Objects listed since the watch (re)started, swapped in when the list is complete.
     relisting: Option<Vec<(String, Seen, Claimant)>>,
+    /// The listed objects worth a pass, passed on when the list is complete: kube's cache
+    /// swaps in a relist only then, and a pass scheduled for an object the cache does not hold
+    /// yet is dropped (an object created while the watch was down would never get one).
+    relisted_changes: Vec<ObjectRef<AgentDynamics>>,
     /// key -> what our last status write returned.
     written: HashMap<String, Written>,
 }
@@ -108,34 +112,49 @@ impl ObjectIndex {
     }
 
     /// Follow one watch event (call it for every event, after the cache has seen it). Returns
-    /// the object when the event is worth a pass: new to the index, or changed in what
-    /// `relevant_state` covers.
-    pub fn follow(&self, event: Event<AgentDynamics>) -> Option<AgentDynamics> {
+    /// the objects to pass: the event's object when it is new to the index or changed in what
+    /// `relevant_state` covers; during a relist, none until the list is complete, then every
+    /// such object listed.
+    pub fn follow(&self, event: Event<AgentDynamics>) -> Vec<ObjectRef<AgentDynamics>> {
         let mut inner = self.inner.lock().expect("index lock");
         match event {
             Event::Apply(obj) => {
-                let (uid, seen, changed) = inner.saw(&obj)?;
+                let Some((uid, seen, changed)) = inner.saw(&obj) else {
+                    return Vec::new();
+                };
                 inner.insert(uid, seen, claimant(&obj));
-                changed.then_some(obj)
+                if changed {
+                    vec![reference_to(&obj)]
+                } else {
+                    Vec::new()
+                }
             }
             Event::Delete(obj) => {
                 inner.written.remove(&key_of(&obj));
                 if let Some(uid) = obj.uid() {
                     inner.remove(&uid);
                 }
-                None
+                Vec::new()
             }
             Event::Init => {
                 inner.relisting = Some(Vec::new());
-                None
+                inner.relisted_changes.clear();
+                Vec::new()
             }
             Event::InitApply(obj) => {
                 // Compared with what was seen before the relist: an unchanged object is not
                 // passed again just because the watch restarted.
-                let (uid, seen, changed) = inner.saw(&obj)?;
-                let listed = inner.relisting.get_or_insert_with(Vec::new);
-                listed.push((uid, seen, claimant(&obj)));
-                changed.then_some(obj)
+                let Some((uid, seen, changed)) = inner.saw(&obj) else {
+                    return Vec::new();
+                };
+                inner
+                    .relisting
+                    .get_or_insert_with(Vec::new)
+                    .push((uid, seen, claimant(&obj)));
+                if changed {
+                    inner.relisted_changes.push(reference_to(&obj));
+                }
+                Vec::new()
             }
             Event::InitDone => {
                 // Objects deleted while the watch was down are not listed: they are dropped.
@@ -145,7 +164,7 @@ impl ObjectIndex {
                 for (uid, seen, claimant) in listed {
                     inner.insert(uid, seen, claimant);
                 }
-                None
+                std::mem::take(&mut inner.relisted_changes)
             }
         }
     }
@@ -353,8 +372,48 @@ mod tests {
             "b was deleted while the watch was down"
         );
         // Forgotten altogether: seen again (as a test can, under the same uid), it is new.
-        assert!(index.follow(Event::Apply(b)).is_some());
-        assert!(index.follow(Event::Apply(a)).is_none(), "a is unchanged");
+        assert_eq!(index.follow(Event::Apply(b)).len(), 1);
+        assert!(index.follow(Event::Apply(a)).is_empty(), "a is unchanged");
+    }
+
+    /// kube's controller drops a pass for an object its cache does not hold. Fed through kube's
+    /// own reflector, as in the controller, every object passed on is in the cache by then,
+    /// also one first seen in a relist (created while the watch was down).
+    #[tokio::test]
+    async fn every_object_passed_on_is_in_the_cache_by_then() {
+        use futures::StreamExt;
+        use kube::runtime::{reflector, WatchStreamExt};
+        let (reader, writer) = reflector::store();
+        let index = Arc::new(ObjectIndex::beside(reader.clone()));
+        let (a, b, c) = (
+            obj("a", "A1", "1"),
+            obj("b", "A2", "5"),
+            obj("c", "A3", "6"),
+        );
+        let events = vec![
+            Event::Init,
+            Event::InitApply(a.clone()),
+            Event::InitDone,
+            // The watch broke; b and c were created before it was listed again.
+            Event::Init,
+            Event::InitApply(a),
+            Event::InitApply(b),
+            Event::InitApply(c),
+            Event::InitDone,
+        ];
+        let feed = index.clone();
+        let passed: Vec<(String, bool)> = futures::stream::iter(events)
+            .map(Ok::<_, kube::runtime::watcher::Error>)
+            .reflect(writer)
+            .flat_map(|event| futures::stream::iter(feed.follow(event.unwrap())))
+            .map(|reference| {
+                let cached = reader.get(&reference).is_some();
+                (reference.name, cached)
+            })
+            .collect()
+            .await;
+        let expected = [("a", true), ("b", true), ("c", true)].map(|(n, c)| (n.to_string(), c));
+        assert_eq!(passed, expected);
     }
 
     #[test]
@@ -374,9 +433,9 @@ mod tests {
                 Some([(RECONCILE_REQUESTED_AT.to_string(), "now".to_string())].into());
         });
         let index = ObjectIndex::default();
-        // (event, passed on, why), in order: each row follows the rows before it.
-        let rows: Vec<(Event<AgentDynamics>, bool, &str)> = vec![
-            (Event::Apply(base.clone()), true, "new to the index"),
+        // (event, the objects passed on, why), in order: each row follows the rows before it.
+        let rows: Vec<(Event<AgentDynamics>, &[&str], &str)> = vec![
+            (Event::Apply(base.clone()), &["a"], "new to the index"),
             (
                 Event::Apply(with("2", &|o| {
                     o.status = Some(AgentDynamicsStatus {
@@ -384,12 +443,12 @@ mod tests {
                         ..Default::default()
                     })
                 })),
-                false,
+                &[],
                 "a status write",
             ),
             (
                 Event::Apply(with("3", &|o| o.metadata.generation = Some(2))),
-                true,
+                &["a"],
                 "a spec change",
             ),
             (
@@ -397,27 +456,37 @@ mod tests {
                     o.metadata.generation = Some(2);
                     o.metadata.finalizers = Some(vec!["f".into()]);
                 })),
-                true,
+                &["a"],
                 "a finalizer added",
             ),
-            (Event::Apply(refreshed.clone()), true, "a refresh requested"),
-            (Event::Init, false, "a relist starts"),
-            (Event::InitApply(refreshed), false, "relisted unchanged"),
+            (
+                Event::Apply(refreshed.clone()),
+                &["a"],
+                "a refresh requested",
+            ),
+            (Event::Init, &[], "a relist starts"),
+            (Event::InitApply(refreshed), &[], "relisted unchanged"),
             (
                 Event::InitApply(obj("b", "A2", "6")),
-                true,
-                "created while the watch was down",
+                &[],
+                "created while the watch was down: not yet in kube's cache",
             ),
-            (Event::InitDone, false, "the relist ends"),
-            (Event::Delete(obj("b", "A2", "7")), false, "a deletion"),
+            (Event::InitApply(obj("c", "A3", "7")), &[], "another one"),
             (
-                Event::Apply(obj("b", "A2", "8")),
-                true,
+                Event::InitDone,
+                &["b", "c"],
+                "the relist is in the cache: both are passed",
+            ),
+            (Event::Delete(obj("b", "A2", "8")), &[], "a deletion"),
+            (
+                Event::Apply(obj("b", "A2", "9")),
+                &["b"],
                 "seen again after its deletion",
             ),
         ];
         for (event, expected, why) in rows {
-            assert_eq!(index.follow(event).is_some(), expected, "{why}");
+            let passed: Vec<String> = index.follow(event).iter().map(|r| r.name.clone()).collect();
+            assert_eq!(passed, expected, "{why}");
         }
     }
 

@@ -166,12 +166,12 @@ async fn run_controller(
         .default_backoff()
         .map_ok(lean::full_event)
         .reflect(writer)
-        .filter_map(move |event| {
-            std::future::ready(match event {
-                Ok(event) => index_feed.follow(event).map(|obj| context::reference_to(&obj)),
+        .flat_map(move |event| {
+            futures::stream::iter(match event {
+                Ok(event) => index_feed.follow(event),
                 Err(err) => {
                     tracing::warn!(error = %err, "watch of AgentDynamics failed; retrying with backoff");
-                    None
+                    Vec::new()
                 }
             })
         });
