@@ -18,10 +18,26 @@ const VERSION: &str = concat!(
     ")"
 );
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let matches = Cli::command().version(VERSION).get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    runtime_for(&cli.command)?.block_on(run(cli))
+}
+
+/// The controller waits on the network nearly all the time (10,000 objects take a fraction of
+/// one core): one worker thread serves it, and a second only adds wake-ups between threads,
+/// about a fifth more CPU per object (BENCHMARKS.md). `TOKIO_WORKER_THREADS` overrides it; the
+/// other commands keep tokio's default of one per core.
+fn runtime_for(command: &Command) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if matches!(command, Command::Run(_)) && std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
+        builder.worker_threads(1);
+    }
+    builder.build()
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     let filter = match cli.command {
         Command::Run(_) | Command::Sim(_) => telemetry::SERVICE_FILTER,
         _ => telemetry::COMMAND_FILTER,
