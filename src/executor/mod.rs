@@ -168,9 +168,9 @@ pub enum RecordAccepted {
     /// Written right after the reply (the file mode: a local append costs nothing).
     AtOnce,
     /// Written with the object's next status write, at the generation's end at the latest (the
-    /// controller: one API-server write less per generation). Until then the marker written before the call
-    /// stands for it: a restart in between finds the marker, counts the call once and adopts
-    /// its job, exactly as for a lost reply.
+    /// controller: one API-server write less per generation). Until then the marker written
+    /// before the call stands for it: a restart in between finds the marker, counts the call
+    /// once and adopts its job, exactly as for a lost reply.
     WithNextWrite,
 }
 
