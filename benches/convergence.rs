@@ -590,8 +590,17 @@ async fn setup(args: &Args, plan: &Plan) -> anyhow::Result<World> {
                 env!("CARGO_MANIFEST_DIR"),
                 "/crds/agentdynamics.yaml"
             ))?;
+            cp.apply_file(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/crds/dynamicsledgers.yaml"
+            ))?;
             cp.wait_crd_established(CRD_NAME, Duration::from_secs(60))
                 .await?;
+            cp.wait_crd_established(
+                "dynamicsledgers.dynamics.bithuman.ai",
+                Duration::from_secs(60),
+            )
+            .await?;
         }
         Some(b) => {
             cp.kubectl_ok(["apply", "-f", &b.crds.to_string_lossy()])?;

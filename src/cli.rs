@@ -44,8 +44,13 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// Serve the bitHuman Dynamics API simulator.
     Sim(crate::sim::SimArgs),
-    /// Print the AgentDynamics CustomResourceDefinition (YAML).
-    Crd,
+    /// Print the AgentDynamics CustomResourceDefinition (YAML), or with --ledger the
+    /// DynamicsLedger one (the cluster's record of purchases).
+    Crd {
+        /// Print the DynamicsLedger CRD instead.
+        #[arg(long)]
+        ledger: bool,
+    },
     /// Show what apply would do for a file or folder of manifests, and what it would cost.
     Plan(PlanArgs),
     /// Converge a file or folder of manifests without a cluster, keeping status in a state file.

@@ -46,8 +46,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run(args) => dynamics_operator::controller::run(args.into_config()?).await,
         Command::Sim(args) => dynamics_operator::sim::run_foreground(args).await,
-        Command::Crd => {
-            print!("{}", dynamics_operator::resource::crd_yaml());
+        Command::Crd { ledger } => {
+            if ledger {
+                print!("{}", dynamics_operator::resource::ledger_crd_yaml());
+            } else {
+                print!("{}", dynamics_operator::resource::crd_yaml());
+            }
             Ok(())
         }
         Command::Plan(args) => {

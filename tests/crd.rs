@@ -1,6 +1,6 @@
 //! The committed CRD is exactly what the Rust types generate, and it carries the rules users rely on.
 
-use dynamics_operator::resource::crd_yaml;
+use dynamics_operator::resource::{crd_yaml, ledger_crd_yaml};
 
 #[test]
 fn committed_crd_matches_the_types() {
@@ -12,6 +12,24 @@ fn committed_crd_matches_the_types() {
     assert!(
         committed == crd_yaml(),
         "crds/agentdynamics.yaml is out of date: run `cargo run -- crd > crds/agentdynamics.yaml` and commit it"
+    );
+}
+
+#[test]
+fn committed_ledger_crd_matches_the_types() {
+    let committed = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/crds/dynamicsledgers.yaml"
+    ))
+    .expect("crds/dynamicsledgers.yaml exists");
+    assert!(
+        committed == ledger_crd_yaml(),
+        "crds/dynamicsledgers.yaml is out of date: run `cargo run -- crd --ledger > crds/dynamicsledgers.yaml` and commit it"
+    );
+    let crd: serde_json::Value = serde_yaml::from_str(&committed).unwrap();
+    assert_eq!(
+        crd["spec"]["scope"], "Cluster",
+        "one record per agent for the whole cluster"
     );
 }
 

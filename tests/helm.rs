@@ -106,14 +106,15 @@ fn container(deployment: &Json) -> &Json {
 }
 
 #[test]
-fn chart_crd_is_the_committed_crd() {
-    let committed = std::fs::read(Path::new(ROOT).join("crds/agentdynamics.yaml")).unwrap();
-    let chart = std::fs::read(chart().join("crds/agentdynamics.yaml")).unwrap();
-    assert!(
-        committed == chart,
-        "{CHART}/crds/agentdynamics.yaml differs from crds/agentdynamics.yaml: \
-         cp crds/agentdynamics.yaml {CHART}/crds/agentdynamics.yaml"
-    );
+fn chart_crds_are_the_committed_crds() {
+    for file in ["agentdynamics.yaml", "dynamicsledgers.yaml"] {
+        let committed = std::fs::read(Path::new(ROOT).join("crds").join(file)).unwrap();
+        let chart = std::fs::read(chart().join("crds").join(file)).unwrap();
+        assert!(
+            committed == chart,
+            "{CHART}/crds/{file} differs from crds/{file}: cp crds/{file} {CHART}/crds/{file}"
+        );
+    }
 }
 
 #[test]
@@ -145,6 +146,11 @@ fn template_grants_the_kustomize_rules_and_hardens_the_pod_the_same() {
         rules(&chart, "ClusterRole", "dynamics-operator"),
         rules(&base, "ClusterRole", "dynamics-operator"),
         "ClusterRole rules"
+    );
+    assert_eq!(
+        rules(&chart, "ClusterRole", "dynamics-operator-ledger"),
+        rules(&base, "ClusterRole", "dynamics-operator-ledger"),
+        "purchase ledger ClusterRole rules"
     );
     assert_eq!(
         rules(&chart, "Role", "dynamics-operator-leader-election"),
@@ -235,8 +241,14 @@ fn template_passes_only_flags_the_binary_knows() {
     ] {
         assert!(args.contains(&json!(want)), "{want} missing in {args:?}");
     }
-    // The watched namespace gets Roles, not cluster-wide grants.
-    assert!(!docs.iter().any(|d| d["kind"] == "ClusterRole"));
+    // The watched namespace gets Roles, not cluster-wide grants; only the purchase ledger,
+    // which is the cluster's, is granted cluster-wide.
+    let cluster_roles: Vec<&Json> = docs.iter().filter(|d| d["kind"] == "ClusterRole").collect();
+    assert_eq!(cluster_roles.len(), 1, "{cluster_roles:?}");
+    assert_eq!(
+        cluster_roles[0]["rules"],
+        json!([{"apiGroups": ["dynamics.bithuman.ai"], "resources": ["dynamicsledgers"], "verbs": ["get", "create", "update"]}])
+    );
     assert_eq!(
         find(&docs, "Role", "dynamics-operator")["metadata"]["namespace"],
         "agents"

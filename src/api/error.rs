@@ -101,9 +101,11 @@ impl ApiErrorKind {
         )
     }
 
-    /// Whether a failed generate call certainly bought nothing: the API refused it (400, 401,
-    /// 402, 404, 422, 429) or the connection never opened. Anything else (a timeout, a dropped
-    /// connection, a 5xx, a reply we cannot read) may have been processed and charged.
+    /// Whether a failed generate call of this kind certainly bought nothing: the API refused it
+    /// (400, 401, 402, 404, 422, 429, 503 "workers busy": the call was not taken) or the
+    /// connection never opened. A timeout, a dropped connection or a reply we cannot read may
+    /// have been processed and charged. A 500 is a refusal only with the API's own error body
+    /// (see [`ApiError::refused_before_processing`]).
     pub fn refused_before_processing(&self) -> bool {
         matches!(
             self,
@@ -112,6 +114,7 @@ impl ApiErrorKind {
                 | ApiErrorKind::InsufficientCredits
                 | ApiErrorKind::NotFound
                 | ApiErrorKind::RateLimited
+                | ApiErrorKind::Unavailable
                 | ApiErrorKind::Connect
         )
     }
@@ -362,6 +365,21 @@ impl ApiError {
         self.0.attempts
     }
 
+    /// Whether this failed call certainly bought nothing: a refusal by its kind, or a 500 that
+    /// carries the API's documented error body (`{error, code, details}`): the API itself
+    /// answered that it failed. A 5xx without that body (a proxy, a crash mid-request) may have
+    /// been processed.
+    pub fn refused_before_processing(&self) -> bool {
+        self.0.kind.refused_before_processing()
+            || (self.0.kind == ApiErrorKind::Server
+                && self.0.http_status == Some(500)
+                && self
+                    .0
+                    .remote
+                    .as_ref()
+                    .is_some_and(|b| b.code.is_some() && b.error.is_some()))
+    }
+
     pub fn is_retryable(&self) -> bool {
         self.0.kind.is_retryable()
     }
@@ -396,7 +414,9 @@ impl ApiError {
             ),
             None => "no Retry-After was given, retrying with backoff".to_string(),
         };
-        let unsure_generate = if self.0.endpoint == Endpoint::Generate {
+        let unsure_generate = if self.0.endpoint == Endpoint::Generate
+            && !self.refused_before_processing()
+        {
             "; the generation may have started anyway, so check with GET before generating again"
         } else {
             ""
@@ -514,10 +534,40 @@ mod tests {
                 InsufficientCredits,
                 NotFound,
                 RateLimited,
+                Unavailable,
                 Connect
             ]
         );
         assert_eq!(ApiErrorKind::from_http_status(422), InvalidRequest);
+    }
+
+    #[test]
+    fn a_500_is_a_refusal_only_with_the_apis_own_error_body() {
+        let documented = RemoteErrorBody::parse(
+            br#"{"error":"generation backend failed","code":"INTERNAL_ERROR","details":null}"#,
+        );
+        let cases = [
+            (500, documented.clone(), true),
+            (500, None, false),
+            // A gateway's JSON without the API's code is not the API's answer.
+            (
+                500,
+                RemoteErrorBody::parse(br#"{"message":"Internal Server Error"}"#),
+                false,
+            ),
+            (502, documented.clone(), false),
+            (503, None, true),
+        ];
+        for (status, body, refused) in cases {
+            let err = ApiError::new(ApiErrorKind::from_http_status(status), Endpoint::Generate)
+                .with_http_status(status)
+                .with_remote(body.clone());
+            assert_eq!(
+                err.refused_before_processing(),
+                refused,
+                "{status} {body:?}"
+            );
+        }
     }
 
     #[test]

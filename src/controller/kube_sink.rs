@@ -1,20 +1,25 @@
 //! The executor's status store in a cluster: the status subresource, written with a full
 //! replace that carries the resourceVersion read, so a concurrent writer gets 409 instead of
-//! both writers going on to POST. Notes become Events (see `events`).
+//! both writers going on to POST. Notes become Events (see `events`). The purchase ledger is a
+//! cluster-scoped `DynamicsLedger` per agent, written the same way (conditional on its
+//! resourceVersion).
 
 use std::sync::Arc;
 
-use kube::api::PostParams;
+use kube::api::{ObjectMeta, PostParams};
 use kube::{Api, ResourceExt};
 
 use super::lean::LeanAgentDynamics;
-use crate::executor::{GenerateCall, Note, SaveError, StatusSink};
+use crate::executor::{GenerateCall, LedgerStore, Note, SaveError, StatusSink};
 use crate::metrics::Metrics;
-use crate::resource::{AgentDynamics, AgentDynamicsStatus};
+use crate::reconcile::ledger::{record_name, LedgerState};
+use crate::reconcile::plan::LedgerWrite;
+use crate::resource::{AgentDynamics, AgentDynamicsStatus, DynamicsLedger};
 
 pub struct KubeStatusSink {
     /// The replies are parsed lean (see `lean`).
     api: Api<LeanAgentDynamics>,
+    ledgers: Api<DynamicsLedger>,
     /// The object as last read or written: its resourceVersion is the write precondition.
     object: AgentDynamics,
     /// The resourceVersions this pass's writes (and re-reads) replaced.
@@ -25,11 +30,10 @@ pub struct KubeStatusSink {
 
 impl KubeStatusSink {
     pub fn new(api: &Api<AgentDynamics>, object: AgentDynamics, metrics: Arc<Metrics>) -> Self {
+        let client = api.clone().into_client();
         KubeStatusSink {
-            api: Api::namespaced(
-                api.clone().into_client(),
-                &object.namespace().unwrap_or_default(),
-            ),
+            ledgers: Api::all(client.clone()),
+            api: Api::namespaced(client, &object.namespace().unwrap_or_default()),
             object,
             replaced: Vec::new(),
             metrics,
@@ -40,6 +44,64 @@ impl KubeStatusSink {
     /// The pass's notes (for Events), the versions it replaced and the object as it left it.
     pub fn finish(self) -> (Vec<Note>, Vec<String>, AgentDynamics) {
         (self.notes, self.replaced, self.object)
+    }
+}
+
+impl LedgerStore for KubeStatusSink {
+    async fn read_ledger(&mut self, agent_id: &str) -> LedgerState {
+        match self.ledgers.get_opt(&record_name(agent_id)).await {
+            Ok(None) => LedgerState::Read {
+                record: None,
+                version: None,
+            },
+            // Names are collision-free by construction; a record of another agent under this
+            // name was not written by this operator, and is never taken as this agent's.
+            Ok(Some(found)) if found.spec.agent_id != agent_id => {
+                LedgerState::Unavailable(format!(
+                    "DynamicsLedger {} belongs to agent {}, not {agent_id}",
+                    found.name_any(),
+                    found.spec.agent_id
+                ))
+            }
+            Ok(Some(found)) => LedgerState::Read {
+                version: found.resource_version(),
+                record: Some(found.spec),
+            },
+            Err(err) => LedgerState::Unavailable(format!("reading DynamicsLedger: {err}")),
+        }
+    }
+
+    async fn write_ledger(
+        &mut self,
+        agent_id: &str,
+        write: &LedgerWrite,
+    ) -> Result<Option<String>, SaveError> {
+        let name = record_name(agent_id);
+        let object = DynamicsLedger {
+            metadata: ObjectMeta {
+                name: Some(name.clone()),
+                resource_version: write.version.clone(),
+                ..Default::default()
+            },
+            spec: write.record.clone(),
+        };
+        let params = PostParams::default();
+        let written = match &write.version {
+            None => self.ledgers.create(&params, &object).await,
+            Some(_) => self.ledgers.replace(&name, &params, &object).await,
+        };
+        match written {
+            Ok(written) => {
+                tracing::debug!(object = %self.object.name_any(), ledger = %name, "purchase ledger written");
+                self.metrics.status_written();
+                Ok(written.resource_version())
+            }
+            // 409: changed since read (or created meanwhile): another writer got there first.
+            Err(kube::Error::Api(status)) if status.is_conflict() => Err(SaveError::Conflict),
+            Err(err) => Err(SaveError::Other(format!(
+                "writing DynamicsLedger {name}: {err}"
+            ))),
+        }
     }
 }
 
@@ -67,7 +129,9 @@ impl StatusSink for KubeStatusSink {
     }
 
     async fn reload(&mut self) -> Result<AgentDynamicsStatus, SaveError> {
-        match self.api.get_status(&self.object.name_any()).await {
+        // The main resource carries the status too, and `get` on it is granted (not on
+        // agentdynamics/status).
+        match self.api.get(&self.object.name_any()).await {
             Ok(fresh) => {
                 self.replaced.extend(self.object.resource_version());
                 self.object = fresh.0;

@@ -13,15 +13,18 @@ use jiff::Timestamp;
 use crate::api::{ApiErrorKind, ApiSecret, DynamicsClient, GenerateReply, UpdateRequest};
 use crate::backoff::jitter;
 use crate::failpoint;
+use crate::reconcile::desired::upgrade_recorded_keys;
 use crate::reconcile::guard::AccountGuards;
+use crate::reconcile::ledger::{self, Asker, LedgerState};
 use crate::reconcile::ownership::AgentClaims;
 use crate::reconcile::plan::{
-    holds_generation_slot, plan, report_error, Action, Blocker, GeneratePlan, Input, Observation,
-    RemoteError, Report, Settings, CREDITS_PER_GENERATION,
+    holds_generation_slot, plan, report_error, Action, AdoptFrom, Blocker, GeneratePlan, Input,
+    LedgerWrite, Observation, RemoteError, Report, Settings, CREDITS_PER_GENERATION,
 };
 use crate::reconcile::reasons;
 use crate::reconcile::transitions::{
-    after_generate, after_update, record_generate_outcome, settle, take_in_remote, with_marker,
+    adopted, after_generate, after_update, record_generate_outcome, settle, take_in_remote,
+    with_marker,
 };
 use crate::reconcile::Health;
 use crate::resource::{AgentDynamicsSpec, AgentDynamicsStatus};
@@ -104,8 +107,21 @@ impl GenerateCall {
     }
 }
 
+/// Where the purchase ledger is kept: one record per agent (see `reconcile::ledger`).
+pub trait LedgerStore: Send {
+    /// The agent's record and its version; `Unavailable` when it cannot be read.
+    fn read_ledger(&mut self, agent_id: &str) -> impl Future<Output = LedgerState> + Send;
+    /// Write the agent's record if its version is still `write.version` (`None`: create it);
+    /// `SaveError::Conflict` otherwise. Returns the new version.
+    fn write_ledger(
+        &mut self,
+        agent_id: &str,
+        write: &LedgerWrite,
+    ) -> impl Future<Output = Result<Option<String>, SaveError>> + Send;
+}
+
 /// Where a pass keeps status and sends notes.
-pub trait StatusSink: Send {
+pub trait StatusSink: LedgerStore {
     /// Persist `status`; fail with `SaveError::Conflict` if the object changed since it was read.
     fn save(
         &mut self,
@@ -145,7 +161,7 @@ pub enum PassError {
     Cleanup { key: String, message: String },
 }
 
-/// `plan`'s answer with the GET it needed.
+/// `plan`'s answer with the GET and the ledger it needed.
 struct Decided {
     action: Action,
     remote: Option<Observation>,
@@ -153,7 +169,15 @@ struct Decided {
     status: AgentDynamicsStatus,
     /// A generate call of unknown outcome was found to have landed.
     adopted: bool,
+    /// The agent's purchase record, when it was read.
+    ledger: Option<LedgerState>,
+    /// Inputs taken as bought without a call, and from where.
+    took: Option<AdoptFrom>,
 }
+
+/// How many times one pass reads the ledger again after a write of its own lost a race, before
+/// it leaves the object for a later pass.
+const LEDGER_ROUNDS: usize = 3;
 
 /// What `plan` would do for an object, without doing it (for `dynamics-operator plan`).
 #[derive(Debug, Clone, PartialEq)]
@@ -290,12 +314,28 @@ impl Executor {
         let secret = obj.access.secret();
         // The stored status, with an accepted call this process has not written yet.
         let (stored, unrecorded) = self.with_unrecorded(obj);
-        let decided = self.decide(obj, &stored, secret, failures, now).await;
+        let stored = upgrade_recorded_keys(&stored, &obj.spec);
+        let decided = self
+            .decide(obj, &stored, secret, failures, now, sink, true)
+            .await;
         let (action, remote, status) = (decided.action, decided.remote, decided.status);
+        let ledger_state = decided.ledger;
         let write_waits = matches!(&action, Action::Report(r) if r.write_can_wait);
         let mut input = self.input(obj, &status, remote.as_ref(), failures, now);
+        input.ledger = ledger_state.as_ref();
         if decided.adopted {
             sink.note(note(false, reasons::GENERATION_ADOPTED, "a generate call of unknown outcome did land (the API shows its job); it is followed, not sent again"));
+        }
+        match decided.took {
+            Some(AdoptFrom::Existing) => sink.note(note(false, reasons::ADOPTED, &format!(
+                "agent {} already had dynamics and nothing was on record as bought for it: adopted for these inputs, nothing bought",
+                obj.spec.agent_id
+            ))),
+            Some(AdoptFrom::Ledger) => sink.note(note(false, reasons::ADOPTED, &format!(
+                "these generate inputs were already bought for agent {} (the purchase ledger has them): taken over, nothing bought",
+                obj.spec.agent_id
+            ))),
+            None => {}
         }
         if let (Some(_), Some(secret)) = (&remote, secret) {
             // Any GET that sees a generation end hands its slot on at once.
@@ -335,7 +375,9 @@ impl Executor {
         // `plan` asks for a remote call only once the secret resolved.
         let secret = || secret.expect("plan calls the API only with a secret");
         match action {
-            Action::Observe => unreachable!("decide observes before it returns"),
+            Action::Observe | Action::ConsultLedger | Action::Adopt(_) => {
+                unreachable!("decide observes, reads the ledger and adopts before it returns")
+            }
             Action::Report(report) => {
                 if matches!(report.health, Health::Suspended) {
                     self.forget(&obj.key);
@@ -355,16 +397,26 @@ impl Executor {
             }
             Action::Disable(request) => self.disable(obj, input, &request, secret(), sink).await,
             Action::Release => {
+                release_claim(obj, sink).await;
                 self.forget(&obj.key);
                 Ok(PassResult::Released)
             }
         }
     }
 
-    /// GET and plan only: no POST, no PUT, no status write.
-    pub async fn preview(&self, obj: &ObjectView) -> Preview {
+    /// GET, the ledger and plan only: no POST, no PUT, no write.
+    pub async fn preview(&self, obj: &ObjectView, ledger: &mut impl LedgerStore) -> Preview {
+        let status = upgrade_recorded_keys(&obj.status, &obj.spec);
         let decided = self
-            .decide(obj, &obj.status, obj.access.secret(), 0, Timestamp::now())
+            .decide(
+                obj,
+                &status,
+                obj.access.secret(),
+                0,
+                Timestamp::now(),
+                ledger,
+                false,
+            )
             .await;
         Preview {
             action: decided.action,
@@ -372,7 +424,9 @@ impl Executor {
         }
     }
 
-    /// Ask `plan`, doing the GET it asks for first.
+    /// Ask `plan`, doing the GET and the ledger read it asks for first, and taking adopted
+    /// inputs into the status (with their ledger write, unless `write` is false: a preview).
+    #[allow(clippy::too_many_arguments)]
     async fn decide(
         &self,
         obj: &ObjectView,
@@ -380,27 +434,82 @@ impl Executor {
         secret: Option<&ApiSecret>,
         failures: u32,
         now: Timestamp,
+        store: &mut impl LedgerStore,
+        write: bool,
     ) -> Decided {
         let mut remote = None;
         let mut status = stored.clone();
-        let mut adopted = false;
+        let mut adopted_call = false;
+        let mut ledger_state: Option<LedgerState> = None;
+        let mut took = None;
+        let mut rounds = 0;
         loop {
-            let action = plan(&self.input(obj, &status, remote.as_ref(), failures, now));
-            if action != Action::Observe {
-                return Decided {
-                    action,
-                    remote,
-                    status,
-                    adopted,
-                };
+            let mut input = self.input(obj, &status, remote.as_ref(), failures, now);
+            input.ledger = ledger_state.as_ref();
+            let action = plan(&input);
+            match action {
+                Action::Observe => {
+                    let observation = self.get_remote(obj, secret).await;
+                    if let Observation::Found(state) = &observation {
+                        let observed = take_in_remote(&status, state);
+                        status = observed.status;
+                        adopted_call = observed.adopted;
+                    }
+                    remote = Some(observation);
+                }
+                Action::ConsultLedger => {
+                    ledger_state = Some(store.read_ledger(&obj.spec.agent_id).await);
+                }
+                Action::Adopt(adopt) => {
+                    if write {
+                        // Adopting holds the agent like buying does (see `generate`).
+                        let claimed = self
+                            .claims
+                            .lock()
+                            .expect("claims lock")
+                            .claim(&obj.spec.agent_id, &obj.key);
+                        if let Err(owner) = claimed {
+                            input.blocker = Some(Blocker::Conflict { owner });
+                            return Decided {
+                                action: plan(&input),
+                                remote,
+                                status,
+                                adopted: adopted_call,
+                                ledger: ledger_state,
+                                took,
+                            };
+                        }
+                    }
+                    if let (Some(change), true) = (&adopt.ledger, write) {
+                        match store.write_ledger(&obj.spec.agent_id, change).await {
+                            Ok(_) => {}
+                            Err(err) => {
+                                rounds += 1;
+                                ledger_state = Some(if rounds >= LEDGER_ROUNDS {
+                                    LedgerState::Unavailable(format!(
+                                        "it changed under {rounds} writes in a row ({err})"
+                                    ))
+                                } else {
+                                    store.read_ledger(&obj.spec.agent_id).await
+                                });
+                                continue;
+                            }
+                        }
+                    }
+                    status = adopted(&status, &adopt);
+                    took = Some(adopt.from);
+                }
+                action => {
+                    return Decided {
+                        action,
+                        remote,
+                        status,
+                        adopted: adopted_call,
+                        ledger: ledger_state,
+                        took,
+                    }
+                }
             }
-            let observation = self.get_remote(obj, secret).await;
-            if let Observation::Found(state) = &observation {
-                let observed = take_in_remote(&status, state);
-                status = observed.status;
-                adopted = observed.adopted;
-            }
-            remote = Some(observation);
         }
     }
 
@@ -413,6 +522,10 @@ impl Executor {
         now: Timestamp,
     ) -> Input<'a> {
         Input {
+            asker: Asker {
+                object: &obj.key,
+                uid: &obj.uid,
+            },
             spec: &obj.spec,
             status,
             generation: obj.generation,
@@ -420,6 +533,7 @@ impl Executor {
             deleting: obj.deleting,
             blocker: obj.access.blocker(),
             remote,
+            ledger: None,
             failures,
             timing: self.timing(&obj.key),
             now,
@@ -454,6 +568,16 @@ impl Executor {
     async fn get_remote(&self, obj: &ObjectView, secret: Option<&ApiSecret>) -> Observation {
         let secret = secret.expect("plan observes only when the secret resolved");
         match self.client.get(secret, &obj.spec.agent_id).await {
+            // A reply about another agent says nothing about this one: never evidence, never adopted.
+            Ok(state) if state.agent_id != obj.spec.agent_id => {
+                Observation::Failed(RemoteError::of_kind(
+                    ApiErrorKind::Decode,
+                    format!(
+                        "the Dynamics API answered a GET for agent {} with the state of agent {}; ignored, retrying with backoff",
+                        obj.spec.agent_id, state.agent_id
+                    ),
+                ))
+            }
             Ok(state) => Observation::Found(state),
             Err(err) => Observation::Failed(RemoteError::from(&err)),
         }
@@ -528,6 +652,7 @@ impl Executor {
             }
         };
         sink.note(released);
+        release_claim(obj, sink).await;
         self.forget(&obj.key);
         Ok(PassResult::Released)
     }
@@ -588,8 +713,21 @@ impl Executor {
             self.settings.poll_min,
         );
         let marked = settle(input, marker, &sending);
+        // The purchase goes on record for the agent first: another object, install or replica
+        // that read the same record fails here and sends nothing.
+        let ledger_version = match sink
+            .write_ledger(&obj.spec.agent_id, &generate.ledger)
+            .await
+        {
+            Ok(version) => version,
+            Err(err) => {
+                self.with_guard(|guards| guards.cancel(&obj.key));
+                return Err(err.into());
+            }
+        };
         if let Err(err) = sink.save(&marked).await {
-            // Someone else wrote first; they own this change. Nothing was sent.
+            // Someone else wrote first; they own this change. Nothing was sent. The ledger
+            // keeps the purchase: whoever won sends it, and this object adopts it.
             self.with_guard(|guards| guards.cancel(&obj.key));
             return Err(err.into());
         }
@@ -625,8 +763,13 @@ impl Executor {
                 ));
                 GenerateCall::Accepted
             }
-            Err(err) if err.kind.refused_before_processing() => {
+            Err(err) if err.refused => {
                 self.with_guard(|guards| guards.cancel(&obj.key));
+                let asker = Asker {
+                    object: &obj.key,
+                    uid: &obj.uid,
+                };
+                undo_ledger_call(sink, obj, generate, ledger_version, asker).await;
                 GenerateCall::Refused
             }
             Err(err) => {
@@ -734,6 +877,72 @@ impl Executor {
             transient: report.transient,
         })
     }
+}
+
+/// A generate call the API certainly did not take comes off the ledger again, so the object's
+/// next attempt is not taken for a purchase. Best effort: a record left as it is only ever
+/// stops a purchase (the object then says so, and how to buy on purpose).
+async fn undo_ledger_call(
+    store: &mut impl LedgerStore,
+    obj: &ObjectView,
+    generate: &GeneratePlan,
+    version: Option<String>,
+    asker: Asker<'_>,
+) {
+    let agent = &obj.spec.agent_id;
+    let mut current = (Some(generate.ledger.record.clone()), version);
+    for _ in 0..LEDGER_ROUNDS {
+        let Some(record) = ledger::without_call(current.0.as_ref(), &generate.inputs_hash, asker)
+        else {
+            return;
+        };
+        let write = LedgerWrite {
+            record,
+            version: current.1.clone(),
+        };
+        match store.write_ledger(agent, &write).await {
+            Ok(_) => return,
+            Err(_) => match store.read_ledger(agent).await {
+                LedgerState::Read { record, version } => current = (record, version),
+                LedgerState::Unavailable(_) => break,
+            },
+        }
+    }
+    tracing::warn!(object = %obj.key, agent = %agent, "a refused generate call could not be taken off the purchase ledger; the object will not buy these inputs automatically");
+}
+
+/// Deletion releases the object's claim on its agent; the purchases stay on record. Best
+/// effort: a claim left behind names this object, and a new object of the same name takes it
+/// over (another object can with `resolve --accept`).
+async fn release_claim(obj: &ObjectView, store: &mut impl LedgerStore) {
+    let status = &obj.status;
+    let acted = status.generate_hash.is_some()
+        || status.generations > 0
+        || status.pending_generation.is_some();
+    if !acted {
+        return;
+    }
+    let agent = &obj.spec.agent_id;
+    let asker = Asker {
+        object: &obj.key,
+        uid: &obj.uid,
+    };
+    for _ in 0..LEDGER_ROUNDS {
+        let LedgerState::Read { record, version } = store.read_ledger(agent).await else {
+            break;
+        };
+        let Some(record) = ledger::released(record.as_ref(), asker) else {
+            return;
+        };
+        if store
+            .write_ledger(agent, &LedgerWrite { record, version })
+            .await
+            .is_ok()
+        {
+            return;
+        }
+    }
+    tracing::warn!(object = %obj.key, agent = %agent, "the object's claim on its agent could not be released from the purchase ledger");
 }
 
 /// Change the guards, then send the waiters whose turn that may have brought to `wake`.

@@ -20,6 +20,40 @@ struct MemorySink {
     saves: usize,
     notes: Vec<Note>,
     calls: Vec<GenerateCall>,
+    /// The agent's purchase record and its version (0: none).
+    ledger: Option<crate::resource::DynamicsLedgerSpec>,
+    ledger_version: u64,
+    ledger_writes: usize,
+}
+
+impl LedgerStore for MemorySink {
+    async fn read_ledger(&mut self, _agent_id: &str) -> LedgerState {
+        LedgerState::Read {
+            record: self.ledger.clone(),
+            version: self
+                .ledger
+                .as_ref()
+                .map(|_| self.ledger_version.to_string()),
+        }
+    }
+
+    async fn write_ledger(
+        &mut self,
+        _agent_id: &str,
+        write: &LedgerWrite,
+    ) -> Result<Option<String>, SaveError> {
+        let current = self
+            .ledger
+            .as_ref()
+            .map(|_| self.ledger_version.to_string());
+        if write.version != current {
+            return Err(SaveError::Conflict);
+        }
+        self.ledger_version += 1;
+        self.ledger_writes += 1;
+        self.ledger = Some(write.record.clone());
+        Ok(Some(self.ledger_version.to_string()))
+    }
 }
 
 impl StatusSink for MemorySink {
@@ -231,6 +265,9 @@ async fn two_objects_for_one_agent_whose_views_raced_cannot_both_buy() {
         uid: "uid-2".into(),
         ..object(second.stored.clone())
     };
+    // One ledger for the cluster: the second object reads what the first wrote.
+    second.ledger = first.ledger.clone();
+    second.ledger_version = first.ledger_version;
     // It waits while the first object's job runs, then finds the agent taken.
     let mut health = None;
     for _ in 0..30 {

@@ -14,9 +14,12 @@ use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
 
 use crate::executor::{
-    Executor, GenerateCall, Note, ObjectView, PassError, PassResult, SaveError, StatusSink,
+    Executor, GenerateCall, LedgerStore, Note, ObjectView, PassError, PassResult, SaveError,
+    StatusSink,
 };
 use crate::reconcile::guard::AccountGuards;
+use crate::reconcile::ledger::LedgerState;
+use crate::reconcile::plan::LedgerWrite;
 use crate::reconcile::{Health, Settings};
 use crate::resource::AgentDynamicsStatus;
 
@@ -395,6 +398,29 @@ impl FileSink {
             .map_err(|e| SaveError::Other(format!("{e:#}")))?;
         self.read = status.clone();
         Ok(())
+    }
+}
+
+/// The state file is the ledger: the marker and the status written with the apply lock held
+/// record every purchase, so there is nothing else to write.
+impl LedgerStore for FileSink {
+    fn read_ledger(
+        &mut self,
+        agent_id: &str,
+    ) -> impl std::future::Future<Output = LedgerState> + Send {
+        let record = lock(&self.store).agent_record(agent_id, &self.key);
+        std::future::ready(LedgerState::Read {
+            record,
+            version: None,
+        })
+    }
+
+    fn write_ledger(
+        &mut self,
+        _agent_id: &str,
+        _write: &LedgerWrite,
+    ) -> impl std::future::Future<Output = Result<Option<String>, SaveError>> + Send {
+        std::future::ready(Ok(None))
     }
 }
 

@@ -5,12 +5,15 @@ use futures::{stream, StreamExt};
 use serde::Serialize;
 
 use crate::api::RemoteStatus;
-use crate::executor::{Executor, Preview};
+use crate::executor::{Executor, LedgerStore, Preview, SaveError};
 use crate::reconcile::desired::{changed_inputs, dynamics_hash, inputs_hash};
 use crate::reconcile::guard::AccountGuards;
+use crate::reconcile::ledger::LedgerState;
+use crate::reconcile::plan::LedgerWrite;
 use crate::reconcile::{Action, GenerateCause, Health, Observation, Settings};
 
 use super::output::{self, OutputFormat};
+use super::state::StateStore;
 use super::{exit, prepare, Mode, Object, PlanArgs, CREDITS_PER_GENERATION};
 
 /// GETs in flight at once: polite to the API, still quick for a large folder.
@@ -72,7 +75,15 @@ pub(super) async fn run(args: PlanArgs) -> anyhow::Result<i32> {
     let executor = Executor::new(prepared.remote.client.clone(), guard, Settings::default());
 
     let previews: Vec<Preview> = stream::iter(&prepared.objects)
-        .map(|object| executor.preview(&object.view))
+        .map(|object| {
+            let executor = &executor;
+            let store = &prepared.store;
+            async move {
+                executor
+                    .preview(&object.view, &mut StateLedger(store, &object.view.key))
+                    .await
+            }
+        })
         .buffered(CONCURRENT_READS)
         .collect()
         .await;
@@ -220,7 +231,9 @@ fn describe(object: &Object, preview: &Preview) -> PlannedObject {
             (Step::Update, "DynamicsChanged".to_string(), why, 0)
         }
         Action::Report(report) => match &report.health {
-            Health::Ready { message } => (Step::Nothing, "Ready".to_string(), message.clone(), 0),
+            Health::Ready { reason, message } => {
+                (Step::Nothing, reason.clone(), message.clone(), 0)
+            }
             Health::Suspended => (
                 Step::Nothing,
                 "Suspended".to_string(),
@@ -259,5 +272,28 @@ fn describe(object: &Object, preview: &Preview) -> PlannedObject {
         reason,
         message,
         credits,
+    }
+}
+
+/// The state as the ledger for a preview: read, never written.
+struct StateLedger<'a>(&'a StateStore, &'a str);
+
+impl LedgerStore for StateLedger<'_> {
+    fn read_ledger(
+        &mut self,
+        agent_id: &str,
+    ) -> impl std::future::Future<Output = LedgerState> + Send {
+        std::future::ready(LedgerState::Read {
+            record: self.0.agent_record(agent_id, self.1),
+            version: None,
+        })
+    }
+
+    fn write_ledger(
+        &mut self,
+        _agent_id: &str,
+        _write: &LedgerWrite,
+    ) -> impl std::future::Future<Output = Result<Option<String>, SaveError>> + Send {
+        std::future::ready(Err(SaveError::Other("a preview writes nothing".into())))
     }
 }

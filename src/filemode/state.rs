@@ -19,7 +19,10 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 
-use crate::resource::{AgentDynamicsSpec, AgentDynamicsStatus};
+use crate::reconcile::desired::{inputs_hash, normalized_inputs};
+use crate::resource::{
+    AgentDynamicsSpec, AgentDynamicsStatus, DynamicsLedgerSpec, LedgerHolder, LedgerPurchase,
+};
 
 /// Default `--state`: in the current directory, like other tools' local state files, so that
 /// running from the repository root keeps one state per checkout.
@@ -145,6 +148,55 @@ impl StateStore {
 
     pub fn keys(&self) -> impl Iterator<Item = &String> {
         self.data.objects.keys()
+    }
+
+    /// The state as a purchase ledger for one agent: every record that names the agent counts,
+    /// whichever folder or run applied it. The record that has bought (or adopted) holds the
+    /// agent (`me` when it is one of them); the purchases are what each recorded.
+    pub fn agent_record(&self, agent_id: &str, me: &str) -> Option<DynamicsLedgerSpec> {
+        let mut record: Option<DynamicsLedgerSpec> = None;
+        for (key, object) in self
+            .data
+            .objects
+            .iter()
+            .filter(|(_, o)| o.agent_id == agent_id)
+        {
+            let status = &object.status;
+            let pending = status.pending_generation.as_ref().map(|p| &p.inputs_hash);
+            let keys: Vec<&String> = status.generate_hash.iter().chain(pending).collect();
+            if keys.is_empty() && status.generations == 0 {
+                continue;
+            }
+            let record = record.get_or_insert_with(|| DynamicsLedgerSpec {
+                agent_id: agent_id.to_string(),
+                ..Default::default()
+            });
+            if record.holder.is_none() || key == me {
+                record.holder = Some(LedgerHolder {
+                    object: key.clone(),
+                    uid: object.uid.clone(),
+                });
+            }
+            let current = inputs_hash(&object.spec);
+            for bought in keys {
+                if record.purchases.iter().any(|p| &p.key == bought) {
+                    continue;
+                }
+                record.purchases.push(LedgerPurchase {
+                    key: bought.clone(),
+                    inputs: (bought == &current).then(|| normalized_inputs(&object.spec)),
+                    at: status.last_generation_time.clone().unwrap_or_default(),
+                    object: key.clone(),
+                    uid: object.uid.clone(),
+                    calls: u32::from(status.generations > 0),
+                });
+            }
+        }
+        if let Some(record) = &mut record {
+            // Oldest first, as the cluster's record keeps them.
+            record.purchases.sort_by(|a, b| a.at.cmp(&b.at));
+        }
+        record
     }
 
     /// The record for a manifest's spec, created or advanced (not saved): a new object gets a uid

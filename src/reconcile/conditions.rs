@@ -10,8 +10,9 @@ use crate::resource::status::{CONDITION_READY, CONDITION_RECONCILING, CONDITION_
 /// Where an object stands after a pass.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Health {
-    /// Generated, applied and in sync with the spec.
-    Ready { message: String },
+    /// Generated (or adopted), applied and in sync with the spec. `reason` is `Ready`, or
+    /// `Adopted` when the dynamics were there before this object and it bought nothing.
+    Ready { reason: String, message: String },
     /// Work is under way (generating, waiting for a slot, backing off after a transient error).
     Progressing { reason: String, message: String },
     /// Cannot progress until something outside changes (the spec, a Secret, the account).
@@ -21,6 +22,13 @@ pub enum Health {
 }
 
 impl Health {
+    pub fn ready(message: impl Into<String>) -> Self {
+        Health::Ready {
+            reason: "Ready".into(),
+            message: message.into(),
+        }
+    }
+
     pub fn progressing(reason: &str, message: impl Into<String>) -> Self {
         Health::Progressing {
             reason: reason.into(),
@@ -37,15 +45,16 @@ impl Health {
 
     pub fn reason(&self) -> &str {
         match self {
-            Health::Ready { .. } => "Ready",
-            Health::Progressing { reason, .. } | Health::Stalled { reason, .. } => reason,
+            Health::Ready { reason, .. }
+            | Health::Progressing { reason, .. }
+            | Health::Stalled { reason, .. } => reason,
             Health::Suspended => "Suspended",
         }
     }
 
     pub fn message(&self) -> &str {
         match self {
-            Health::Ready { message }
+            Health::Ready { message, .. }
             | Health::Progressing { message, .. }
             | Health::Stalled { message, .. } => message,
             Health::Suspended => "spec.suspend is true: nothing is read or changed remotely",
@@ -114,12 +123,7 @@ mod tests {
     #[test]
     fn each_health_sets_kstatus_conditions() {
         let cases = [
-            (
-                Health::Ready {
-                    message: "ok".into(),
-                },
-                ["True", "False", "False"],
-            ),
+            (Health::ready("ok"), ["True", "False", "False"]),
             (
                 Health::progressing("Generating", "g"),
                 ["False", "True", "False"],
@@ -153,14 +157,7 @@ mod tests {
             "an unchanged pass must produce identical conditions"
         );
 
-        let ready = conditions(
-            &again,
-            &Health::Ready {
-                message: "ok".into(),
-            },
-            1,
-            at(300),
-        );
+        let ready = conditions(&again, &Health::ready("ok"), 1, at(300));
         let ready_cond = ready.iter().find(|c| c.type_ == "Ready").unwrap();
         assert_eq!(ready_cond.last_transition_time, Time(at(300)));
         // Stalled stayed False: its time is kept.

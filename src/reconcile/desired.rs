@@ -3,7 +3,9 @@
 use sha2::{Digest, Sha256};
 
 use crate::api::{BatchResult, DynamicsConfig, GenerateRequest, ModelRef, UpdateRequest};
-use crate::resource::{AgentDynamicsSpec, DynamicsBlock, ModelRefSpec};
+use crate::resource::{
+    AgentDynamicsSpec, AgentDynamicsStatus, DynamicsBlock, GenerateInputs, ModelRefSpec,
+};
 
 /// The generate call for this spec.
 pub fn generate_request(spec: &AgentDynamicsSpec) -> GenerateRequest {
@@ -76,13 +78,71 @@ pub fn generate_inputs(spec: &AgentDynamicsSpec) -> [(&'static str, serde_json::
     ]
 }
 
-/// Identifies the generate inputs: a change to any of them (or to `regenerate`) means one new generation.
+/// Identifies the generate inputs: a change to any of them (or to `regenerate`) means one new
+/// generation. The key of a purchase; pinned by golden tests (see "Keys of purchases" in
+/// docs/design.md): a change here must keep accepting what earlier releases recorded.
 pub fn inputs_hash(spec: &AgentDynamicsSpec) -> String {
-    let inputs: serde_json::Map<String, serde_json::Value> = generate_inputs(spec)
-        .into_iter()
-        .map(|(path, value)| (path.trim_start_matches("spec.").to_string(), value))
-        .collect();
-    short_hash(&serde_json::Value::Object(inputs))
+    short_hash(&serde_json::to_value(normalized_inputs(spec)).expect("inputs serialize"))
+}
+
+/// The generate inputs as a purchase records them: normalized (empty values absent), every
+/// field present so that the JSON form (and so the hash) has one shape.
+pub fn normalized_inputs(spec: &AgentDynamicsSpec) -> GenerateInputs {
+    let text = |v: &Option<String>| v.clone().filter(|s| !s.is_empty());
+    GenerateInputs {
+        image_url: text(&spec.image_url),
+        duration: spec.duration,
+        model: text(&spec.model),
+        motion_prompts: spec.motion_prompts.clone().filter(|p| !p.is_empty()),
+        regenerate: text(&spec.regenerate),
+    }
+}
+
+/// The keys earlier releases computed for this spec, where they differ from today's. Releases
+/// before empty values counted as absent hashed each field as written (`regenerate: ""` as an
+/// empty string): a status or state file that recorded such a key bought these same inputs.
+pub fn earlier_keys(spec: &AgentDynamicsSpec) -> Vec<String> {
+    let raw = serde_json::json!({
+        "imageUrl": spec.image_url,
+        "duration": spec.duration,
+        "model": spec.model,
+        "motionPrompts": spec.motion_prompts,
+        "regenerate": spec.regenerate,
+    });
+    let raw = short_hash(&raw);
+    if raw == inputs_hash(spec) {
+        Vec::new()
+    } else {
+        vec![raw]
+    }
+}
+
+/// A status as earlier releases wrote it, with every key they computed for `spec` rewritten to
+/// today's key for the same inputs, so an upgrade never takes recorded inputs for new ones.
+pub fn upgrade_recorded_keys(
+    status: &AgentDynamicsStatus,
+    spec: &AgentDynamicsSpec,
+) -> AgentDynamicsStatus {
+    let earlier = earlier_keys(spec);
+    if earlier.is_empty() {
+        return status.clone();
+    }
+    let current = inputs_hash(spec);
+    let fix = |key: &mut String| {
+        if earlier.contains(key) {
+            *key = current.clone();
+        }
+    };
+    let mut status = status.clone();
+    if let Some(key) = &mut status.generate_hash {
+        fix(key);
+    }
+    status.bought_keys.iter_mut().for_each(fix);
+    status.bought_keys.dedup();
+    if let Some(pending) = &mut status.pending_generation {
+        fix(&mut pending.inputs_hash);
+    }
+    status
 }
 
 /// The generate inputs that differ between two specs, by field path.
@@ -184,6 +244,72 @@ mod tests {
             changed_inputs(&spec(), &edited),
             vec!["spec.model", "spec.regenerate"]
         );
+    }
+
+    /// The keys of purchases, pinned: a change here would make every object buy again after an
+    /// upgrade. Never edit an expected value; add a rule to `earlier_keys` instead.
+    #[test]
+    fn purchase_keys_are_pinned() {
+        let minimal = AgentDynamicsSpec {
+            agent_id: "A91XMB7113".into(),
+            ..Default::default()
+        };
+        let full = AgentDynamicsSpec {
+            agent_id: "A91XMB7113".into(),
+            image_url: Some("https://example.com/agent.jpg".into()),
+            duration: Some(5),
+            model: Some("seedance".into()),
+            motion_prompts: Some(vec!["wave".into(), "nod".into(), "smile".into()]),
+            regenerate: Some("2026-12-01".into()),
+            ..Default::default()
+        };
+        let readme_template = AgentDynamicsSpec {
+            regenerate: Some(String::new()),
+            ..spec()
+        };
+        let cases = [
+            (&minimal, "72a4e06b7db222a9"),
+            (&spec(), "4fdaadf498856368"),
+            (&full, "e9d4678e7fface47"),
+            (&readme_template, "4fdaadf498856368"),
+        ];
+        for (spec, key) in cases {
+            assert_eq!(inputs_hash(spec), key, "{spec:?}");
+        }
+        assert_eq!(
+            serde_json::to_string(&normalized_inputs(&readme_template)).unwrap(),
+            r#"{"imageUrl":null,"duration":5,"model":"seedance","motionPrompts":null,"regenerate":null}"#
+        );
+    }
+
+    /// Releases before empty values counted as absent hashed `regenerate: ""` as written.
+    #[test]
+    fn keys_of_earlier_releases_are_recognised_and_rewritten() {
+        let template = AgentDynamicsSpec {
+            regenerate: Some(String::new()),
+            ..spec()
+        };
+        assert_eq!(
+            earlier_keys(&template),
+            vec!["67c92bd5b520a3a0".to_string()]
+        );
+        assert!(earlier_keys(&spec()).is_empty(), "no empty value: one key");
+        let recorded = AgentDynamicsStatus {
+            generate_hash: Some("67c92bd5b520a3a0".into()),
+            bought_keys: vec!["67c92bd5b520a3a0".into()],
+            generations: 1,
+            ..Default::default()
+        };
+        let upgraded = upgrade_recorded_keys(&recorded, &template);
+        assert_eq!(upgraded.generate_hash.as_deref(), Some("4fdaadf498856368"));
+        assert_eq!(upgraded.bought_keys, vec!["4fdaadf498856368".to_string()]);
+        assert_eq!(upgraded.generations, 1);
+        // Another spec's key is left alone.
+        let other = AgentDynamicsStatus {
+            generate_hash: Some("0123456789abcdef".into()),
+            ..Default::default()
+        };
+        assert_eq!(upgrade_recorded_keys(&other, &template), other);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! - `transitions` computes the status before and after each remote call.
 //! - `conditions` turns a pass's outcome into kstatus conditions.
 //! - `desired` maps the spec to request bodies and hashes.
+//! - `ledger` keeps what was bought for each agent, whichever object bought it.
 //! - `guard` caps generations per account (credits are money).
 //! - `timing` estimates when a running generation ends, so it is looked at then.
 //! - `ownership` decides which object owns an agent that several name.
@@ -12,6 +13,7 @@
 pub mod conditions;
 pub mod desired;
 pub mod guard;
+pub mod ledger;
 pub mod ownership;
 pub mod plan;
 pub mod reasons;

@@ -9,17 +9,20 @@ use jiff::Timestamp;
 
 use crate::api::{ApiErrorKind, DynamicsState, GenerateRequest, RemoteStatus, UpdateRequest};
 use crate::resource::{
-    AgentDynamicsSpec, AgentDynamicsStatus, DeletionPolicy, GenerateOutcome, PendingGeneration,
+    AdoptionPolicy, AgentDynamicsSpec, AgentDynamicsStatus, DeletionPolicy, DynamicsLedgerSpec,
+    GenerateOutcome, PendingGeneration,
 };
 
 use super::conditions::Health;
+use super::ledger::{self, Asker, LedgerState, Verdict};
 use super::reasons;
 use super::timing::GenerationTiming;
 
 /// What one generation costs the account.
 pub const CREDITS_PER_GENERATION: u32 = 250;
 use super::desired::{
-    disable_request, dynamics_hash, generate_request, inputs_hash, update_request,
+    disable_request, dynamics_hash, generate_request, inputs_hash, normalized_inputs,
+    update_request,
 };
 /// The longest wait any answer of the API (Retry-After) can impose.
 pub use crate::api::MAX_REMOTE_WAIT;
@@ -101,6 +104,21 @@ pub struct RemoteError {
     pub kind: ApiErrorKind,
     pub message: String,
     pub retry_after: Option<Duration>,
+    /// A generate call that failed this way certainly bought nothing (see
+    /// `ApiError::refused_before_processing`).
+    pub refused: bool,
+}
+
+impl RemoteError {
+    /// An error of `kind` with no more detail than the kind gives (rule tables, other callers).
+    pub fn of_kind(kind: ApiErrorKind, message: impl Into<String>) -> Self {
+        RemoteError {
+            kind,
+            message: message.into(),
+            retry_after: None,
+            refused: kind.refused_before_processing(),
+        }
+    }
 }
 
 impl From<&crate::api::ApiError> for RemoteError {
@@ -109,6 +127,7 @@ impl From<&crate::api::ApiError> for RemoteError {
             kind: err.kind(),
             message: err.to_string(),
             retry_after: err.retry_after(),
+            refused: err.refused_before_processing(),
         }
     }
 }
@@ -132,6 +151,8 @@ pub enum Blocker {
 /// Everything `plan` looks at.
 #[derive(Debug, Clone)]
 pub struct Input<'a> {
+    /// The object deciding (namespace/name and uid), as the purchase ledger knows objects.
+    pub asker: Asker<'a>,
     pub spec: &'a AgentDynamicsSpec,
     pub status: &'a AgentDynamicsStatus,
     /// metadata.generation, for observedGeneration.
@@ -142,6 +163,9 @@ pub struct Input<'a> {
     pub blocker: Option<Blocker>,
     /// `None` until the caller has done the GET that `Action::Observe` asks for.
     pub remote: Option<&'a Observation>,
+    /// The agent's purchase record: `None` until the caller has read it for
+    /// `Action::ConsultLedger` (only needed before buying or adopting).
+    pub ledger: Option<&'a LedgerState>,
     /// Consecutive transient failures of this object (kept in memory by the caller).
     pub failures: u32,
     /// The running generation's age and its account's expected generation time, when known
@@ -156,6 +180,11 @@ pub struct Input<'a> {
 pub enum Action {
     /// GET the remote state, then call `plan` again with it.
     Observe,
+    /// Read the agent's purchase record, then call `plan` again with it.
+    ConsultLedger,
+    /// Take inputs as bought without a call: write `record` (if any) with the version read,
+    /// record the key in status (`transitions::adopted`), then call `plan` again.
+    Adopt(AdoptPlan),
     /// Write the pending marker, then POST once.
     Generate(GeneratePlan),
     /// PUT the dynamics block.
@@ -178,6 +207,36 @@ pub struct GeneratePlan {
     /// The purchase's key (with the object's uid), for an API that honours Idempotency-Key.
     pub idempotency_key: String,
     pub cause: GenerateCause,
+    /// The agent's record with this purchase in it, written (conditionally on `version`)
+    /// before the marker: a racing writer, another install or another object fails there and
+    /// sends nothing.
+    pub ledger: LedgerWrite,
+}
+
+/// A write of an agent's purchase record, conditional on the version read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LedgerWrite {
+    pub record: DynamicsLedgerSpec,
+    /// `None`: the record must not exist yet (created).
+    pub version: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdoptPlan {
+    pub inputs_hash: String,
+    pub from: AdoptFrom,
+    /// The record to write first, when it changes (the claim, the adopted inputs).
+    pub ledger: Option<LedgerWrite>,
+}
+
+/// Where adopted inputs come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdoptFrom {
+    /// The ledger holds them as the agent's latest purchase (by an earlier object of this name,
+    /// a deleted one, another install, or this object before its status was lost).
+    Ledger,
+    /// Nothing on record and the agent already has dynamics: they are taken as these inputs'.
+    Existing,
 }
 
 /// Why a generation is bought: always a user's change.
@@ -339,18 +398,9 @@ pub fn plan(input: &Input) -> Action {
             return Action::Report(report_error(err, input));
         }
         if status.was_bought(&hash) {
-            // Back to inputs bought before (an edit reverted, two tools fighting over the spec):
-            // the API holds a later generation, and these inputs are not bought twice.
-            let message = format!(
-                "these generate inputs were bought before and the API now holds a later generation; nothing is bought twice automatically. {}",
-                buy_again_hint()
-            );
-            return Action::Report(Report::new(
-                Health::stalled(reasons::INPUTS_ALREADY_BOUGHT, message),
-                settings.stalled_retry,
-            ));
+            return Action::Report(inputs_already_bought(input));
         }
-        return Action::Generate(generate_plan(input, hash));
+        return plan_purchase(input, remote, hash);
     }
     let Some(remote) = remote.filter(|r| r.has_dynamics()) else {
         return Action::Report(remote_missing(input, "shows no dynamics for it"));
@@ -371,12 +421,7 @@ pub fn plan(input: &Input) -> Action {
     let applied = status.dynamics_hash.as_deref() == Some(dynamics.as_str())
         && status.applied_for_generation == Some(status.generations);
     if applied {
-        Action::Report(Report::new(
-            Health::Ready {
-                message: ready_message(spec),
-            },
-            settings.resync,
-        ))
+        Action::Report(Report::new(ready_health(spec, status), settings.resync))
     } else {
         Action::Update {
             request: update_request(&spec.dynamics_or_default()),
@@ -452,8 +497,15 @@ pub fn job_visible(pending: &PendingGeneration, remote: Option<&DynamicsState>) 
     let gestures: Vec<&String> = remote.gestures.keys().collect();
     let before: Vec<&String> = pending.previous_gestures.iter().collect();
     remote.status.as_ref().map(RemoteStatus::as_str) != pending.previous_remote_status.as_deref()
-        || remote.model_url != pending.previous_model_url
+        || remote.model_url.as_deref().map(url_identity)
+            != pending.previous_model_url.as_deref().map(url_identity)
         || gestures != before
+}
+
+/// A URL without its query and fragment: a signed URL (a new signature and expiry on every GET)
+/// names the same model, so only a change of the rest is evidence of a new one.
+pub fn url_identity(url: &str) -> &str {
+    url.split(['?', '#']).next().unwrap_or(url)
 }
 
 /// A remote that lost what this object bought: never bought again on the operator's initiative.
@@ -469,9 +521,106 @@ fn remote_missing(input: &Input, what: &str) -> Report {
     )
 }
 
+/// Inputs not bought for the agent yet: what the ledger says decides between buying,
+/// adopting and waiting. What GET shows only ever argues against buying.
+fn plan_purchase(input: &Input, remote: Option<&DynamicsState>, hash: String) -> Action {
+    let settings = input.settings;
+    let (record, version) = match input.ledger {
+        None => return Action::ConsultLedger,
+        Some(LedgerState::Unavailable(message)) => {
+            let message = format!(
+                "the purchase ledger cannot be read ({message}); nothing is bought until it can"
+            );
+            let mut report = Report::new(
+                Health::progressing(reasons::LEDGER_UNAVAILABLE, message),
+                backoff(input),
+            );
+            report.transient = true;
+            return Action::Report(report);
+        }
+        Some(LedgerState::Read { record, version }) => (record.as_ref(), version.clone()),
+    };
+    let agent = &input.spec.agent_id;
+    let at = whole_seconds(input.now).to_string();
+    match ledger::verdict(record, input.asker, &hash) {
+        Verdict::HeldBy(owner) => {
+            let message = format!(
+                "agent {agent} is held by AgentDynamics {owner} in the purchase ledger; nothing is sent for this one. Delete one of the two; if {owner} no longer exists, {} takes the agent over (nothing is sent)",
+                resolve_command(input, "--accept")
+            );
+            Action::Report(Report::new(
+                Health::stalled(reasons::CONFLICT, message),
+                settings.stalled_retry,
+            ))
+        }
+        Verdict::Bought => Action::Adopt(AdoptPlan {
+            inputs_hash: hash,
+            from: AdoptFrom::Ledger,
+            ledger: ledger::with_holder(record, agent, input.asker)
+                .map(|record| LedgerWrite { record, version }),
+        }),
+        Verdict::BoughtEarlier => Action::Report(inputs_already_bought(input)),
+        Verdict::NotBought { anything } => {
+            let status = input.status;
+            let nothing_on_record = !anything
+                && status.generate_hash.is_none()
+                && status.bought_keys.is_empty()
+                && status.pending_generation.is_none();
+            let exists = remote.is_some_and(DynamicsState::has_dynamics);
+            if exists && nothing_on_record && input.spec.adoption_policy == AdoptionPolicy::Adopt {
+                let record = ledger::with_purchase(
+                    record,
+                    agent,
+                    input.asker,
+                    &hash,
+                    &normalized_inputs(input.spec),
+                    &at,
+                    0,
+                );
+                return Action::Adopt(AdoptPlan {
+                    inputs_hash: hash,
+                    from: AdoptFrom::Existing,
+                    ledger: Some(LedgerWrite { record, version }),
+                });
+            }
+            let record = ledger::with_purchase(
+                record,
+                agent,
+                input.asker,
+                &hash,
+                &normalized_inputs(input.spec),
+                &at,
+                1,
+            );
+            Action::Generate(generate_plan(input, hash, LedgerWrite { record, version }))
+        }
+    }
+}
+
+/// Back to inputs bought before (an edit reverted, two tools fighting over the spec): the API
+/// holds a later generation, and these inputs are not bought twice.
+fn inputs_already_bought(input: &Input) -> Report {
+    let message = format!(
+        "these generate inputs were bought before and the API now holds a later generation; nothing is bought twice automatically. {}",
+        buy_again_hint()
+    );
+    Report::new(
+        Health::stalled(reasons::INPUTS_ALREADY_BOUGHT, message),
+        input.settings.stalled_retry,
+    )
+}
+
 /// The one way to buy again on purpose.
 pub fn buy_again_hint() -> String {
     format!("To generate again on purpose, set spec.regenerate to a new value ({CREDITS_PER_GENERATION} credits)")
+}
+
+/// The command that resolves a stall of this object.
+fn resolve_command(input: &Input, choice: &str) -> String {
+    format!(
+        "`dynamics-operator resolve {} {choice}`",
+        input.asker.object
+    )
 }
 
 pub fn ready_message(spec: &AgentDynamicsSpec) -> String {
@@ -479,6 +628,22 @@ pub fn ready_message(spec: &AgentDynamicsSpec) -> String {
         "dynamics of agent {} are generated and applied",
         spec.agent_id
     )
+}
+
+/// Ready, or `Adopted` while the dynamics in use were there before and this object bought none.
+pub fn ready_health(spec: &AgentDynamicsSpec, status: &AgentDynamicsStatus) -> Health {
+    if status.generations == 0 {
+        Health::Ready {
+            reason: reasons::ADOPTED.into(),
+            message: format!(
+                "agent {} already had dynamics and nothing was on record as bought for it: they were adopted and applied, nothing was bought. {}",
+                spec.agent_id,
+                buy_again_hint()
+            ),
+        }
+    } else {
+        Health::ready(ready_message(spec))
+    }
 }
 
 /// Whether this object occupies one of the account's generation slots: its job runs remotely,
@@ -522,7 +687,7 @@ fn plan_deletion(input: &Input) -> Action {
     Action::Disable(disable_request(spec))
 }
 
-fn generate_plan(input: &Input, inputs_hash: String) -> GeneratePlan {
+fn generate_plan(input: &Input, inputs_hash: String, ledger: LedgerWrite) -> GeneratePlan {
     let status = input.status;
     let cause = if status.pending_generation.is_some() {
         GenerateCause::ReplacesStalledCall
@@ -536,6 +701,7 @@ fn generate_plan(input: &Input, inputs_hash: String) -> GeneratePlan {
         idempotency_key: inputs_hash.clone(),
         inputs_hash,
         cause,
+        ledger,
     }
 }
 
@@ -604,6 +770,10 @@ pub fn backoff(input: &Input) -> Duration {
         input.settings.backoff_max,
         input.failures,
     )
+}
+
+pub(crate) fn whole_seconds(t: Timestamp) -> Timestamp {
+    Timestamp::from_second(t.as_second()).unwrap_or(t)
 }
 
 /// Time from an RFC 3339 stamp to now, saturating: a stamp from the future (clock skew between

@@ -9,9 +9,13 @@ use jiff::Timestamp;
 use proptest::prelude::*;
 
 use super::desired::inputs_hash;
+use super::ledger::{Asker, LedgerState};
 use super::plan::*;
 use crate::api::{ApiErrorKind, DynamicsState, RemoteStatus};
-use crate::resource::{AgentDynamicsSpec, AgentDynamicsStatus, GenerateOutcome, PendingGeneration};
+use crate::resource::{
+    AgentDynamicsSpec, AgentDynamicsStatus, DynamicsLedgerSpec, GenerateOutcome, LedgerHolder,
+    LedgerPurchase, PendingGeneration,
+};
 
 const NOW: i64 = 1_800_000_000;
 
@@ -119,6 +123,48 @@ fn status() -> impl Strategy<Value = AgentDynamicsStatus> {
         )
 }
 
+/// The agent's record: not read yet, unreadable, or holding some specs' keys (the last one
+/// latest), held by this object, another one, or nobody.
+fn ledger() -> impl Strategy<Value = Option<LedgerState>> {
+    let record = (
+        proptest::collection::vec(spec(), 0..3),
+        proptest::sample::select(vec![None, Some("agents/me"), Some("team-b/other")]),
+    )
+        .prop_map(|(specs, holder)| {
+            let record = DynamicsLedgerSpec {
+                agent_id: "A91XMB7113".into(),
+                holder: holder.map(|object| LedgerHolder {
+                    object: object.into(),
+                    uid: format!("uid-{object}"),
+                }),
+                purchases: specs
+                    .iter()
+                    .map(|s| LedgerPurchase {
+                        key: inputs_hash(s),
+                        inputs: None,
+                        at: "2026-12-01T00:00:00Z".into(),
+                        object: "agents/earlier".into(),
+                        uid: "uid-earlier".into(),
+                        calls: 1,
+                    })
+                    .collect(),
+            };
+            Some(LedgerState::Read {
+                record: Some(record),
+                version: Some("1".into()),
+            })
+        });
+    prop_oneof![
+        Just(None),
+        Just(Some(LedgerState::Unavailable("unreadable".into()))),
+        Just(Some(LedgerState::Read {
+            record: None,
+            version: None
+        })),
+        record,
+    ]
+}
+
 fn observation() -> impl Strategy<Value = Option<Observation>> {
     let kinds = [
         ApiErrorKind::InvalidRequest,
@@ -148,9 +194,8 @@ fn observation() -> impl Strategy<Value = Option<Observation>> {
     )
         .prop_map(|(kind, after)| {
             Some(Observation::Failed(RemoteError {
-                kind,
-                message: "error".into(),
                 retry_after: after.map(Duration::from_secs),
+                ..RemoteError::of_kind(kind, "error")
             }))
         });
     prop_oneof![Just(None), found, failed]
@@ -164,12 +209,14 @@ proptest! {
         spec in spec(),
         status in status(),
         remote in observation(),
+        ledger in ledger(),
         deleting in any::<bool>(),
         clock in -10_000_000i64..10_000_000,
         failures in 0u32..64,
     ) {
         let settings = Settings::default();
         let input = Input {
+            asker: Asker { object: "agents/me", uid: "uid-agents/me" },
             spec: &spec,
             status: &status,
             generation: 1,
@@ -177,6 +224,7 @@ proptest! {
             deleting,
             blocker: None,
             remote: remote.as_ref(),
+            ledger: ledger.as_ref(),
             failures,
             timing: None,
             now: Timestamp::from_second(NOW + clock).unwrap(),
@@ -194,6 +242,20 @@ proptest! {
                 if r.status.as_ref().is_some_and(RemoteStatus::is_in_progress));
             prop_assert!(!busy, "bought while the API works");
             prop_assert!(matches!(remote, Some(Observation::Found(_))), "bought without a GET");
+            // Never against the ledger: read, not held by another object, the key not on it.
+            let Some(LedgerState::Read { record, .. }) = &ledger else {
+                return Err(TestCaseError::fail("bought without reading the ledger"));
+            };
+            if let Some(record) = record {
+                prop_assert!(record.holder.as_ref().is_none_or(|h| h.object == "agents/me"), "bought for an agent another object holds");
+                prop_assert!(record.purchases.iter().all(|p| p.key != key), "bought a key on the ledger");
+            }
+            // And the record written first carries it.
+            prop_assert_eq!(&generate.ledger.record.purchases.last().map(|p| p.key.clone()), &Some(key.clone()));
+        }
+        if let Action::Adopt(adopt) = &action {
+            prop_assert_eq!(&adopt.inputs_hash, &key);
+            prop_assert!(!deleting && !spec.suspend);
         }
         if let Action::Report(report) = &action {
             let floor = settings.poll_min.min(settings.backoff_base);

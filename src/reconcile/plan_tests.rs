@@ -6,6 +6,7 @@ use std::time::Duration;
 use jiff::Timestamp;
 
 use super::desired::{dynamics_hash, inputs_hash};
+use super::ledger::{Asker, LedgerState};
 use super::plan::*;
 use super::timing::GenerationTiming;
 use super::transitions::{after_generate, after_update, settle, take_in_remote, with_marker};
@@ -14,8 +15,8 @@ use crate::api::{
     ApiErrorKind, DynamicsState, GenerateReply, Regeneration, RemoteStatus, UpdateReply,
 };
 use crate::resource::{
-    AgentDynamicsSpec, AgentDynamicsStatus, DeletionPolicy, DynamicsBlock, GenerateOutcome,
-    PendingGeneration,
+    AdoptionPolicy, AgentDynamicsSpec, AgentDynamicsStatus, DeletionPolicy, DynamicsBlock,
+    DynamicsLedgerSpec, GenerateOutcome, LedgerHolder, LedgerPurchase, PendingGeneration,
 };
 
 const NOW: i64 = 1_800_000_000;
@@ -53,9 +54,8 @@ fn ready(url: &str) -> Observation {
 
 fn failed(kind: ApiErrorKind, retry_after: Option<u64>) -> Observation {
     Observation::Failed(RemoteError {
-        kind,
-        message: format!("{kind:?}"),
         retry_after: retry_after.map(Duration::from_secs),
+        ..RemoteError::of_kind(kind, format!("{kind:?}"))
     })
 }
 
@@ -133,8 +133,54 @@ struct Row {
     remote: Option<Observation>,
     deleting: bool,
     blocker: Option<Blocker>,
+    ledger: Option<LedgerState>,
     want: &'static str,
 }
+
+/// A ledger read that found nothing for the agent.
+fn empty_ledger() -> Option<LedgerState> {
+    Some(LedgerState::Read {
+        record: None,
+        version: None,
+    })
+}
+
+/// A ledger read that found `keys` bought (the last one latest), held by `holder`.
+fn ledger_with(holder: Option<(&str, &str)>, keys: &[&str]) -> Option<LedgerState> {
+    let record = DynamicsLedgerSpec {
+        agent_id: "A91XMB7113".into(),
+        holder: holder.map(|(object, uid)| LedgerHolder {
+            object: object.into(),
+            uid: uid.into(),
+        }),
+        purchases: keys
+            .iter()
+            .map(|k| LedgerPurchase {
+                key: k.to_string(),
+                inputs: None,
+                at: ago(3600),
+                object: "agents/earlier".into(),
+                uid: "uid-earlier".into(),
+                calls: 1,
+            })
+            .collect(),
+    };
+    Some(LedgerState::Read {
+        record: Some(record),
+        version: Some("7".into()),
+    })
+}
+
+static NOTHING_ON_RECORD: LedgerState = LedgerState::Read {
+    record: None,
+    version: None,
+};
+
+/// The object every row decides for.
+const ASKER: Asker = Asker {
+    object: "agents/support",
+    uid: "uid-1",
+};
 
 fn row(
     name: &'static str,
@@ -150,7 +196,14 @@ fn row(
         remote,
         deleting: false,
         blocker: None,
+        ledger: empty_ledger(),
         want,
+    }
+}
+
+impl Row {
+    fn with_ledger(self, ledger: Option<LedgerState>) -> Self {
+        Row { ledger, ..self }
     }
 }
 
@@ -158,6 +211,8 @@ fn row(
 fn describe(action: &Action) -> String {
     match action {
         Action::Observe => "observe".into(),
+        Action::ConsultLedger => "consult-ledger".into(),
+        Action::Adopt(a) => format!("adopt:{:?}", a.from),
         Action::Generate(_) => "generate".into(),
         Action::Update { .. } => "update".into(),
         Action::Disable(_) => "disable".into(),
@@ -177,6 +232,7 @@ fn describe(action: &Action) -> String {
 fn decide(r: &Row) -> Action {
     let settings = Settings::default();
     plan(&Input {
+        asker: ASKER,
         spec: &r.spec,
         status: &r.status,
         generation: 1,
@@ -184,6 +240,7 @@ fn decide(r: &Row) -> Action {
         deleting: r.deleting,
         blocker: r.blocker.clone(),
         remote: r.remote.as_ref(),
+        ledger: r.ledger.as_ref(),
         failures: 0,
         timing: None,
         now: now(),
@@ -225,7 +282,8 @@ fn every_rule() {
     let queued = || remote(Some(RemoteStatus::Unknown("queued".into())), None);
     let nothing = || remote(None, None);
     let stalled_old_marker = marker(&s, WINDOW + 60, UNKNOWN, None, None);
-    let rows = vec![
+    let rows =
+        vec![
         row(
             "first pass observes before deciding",
             s.clone(),
@@ -241,12 +299,82 @@ fn every_rule() {
             "generate",
         ),
         row(
-            "remote has dynamics we never generated: generate (creating the object is the change)",
+            "remote has dynamics and nothing is on record: adopted, nothing bought",
             s.clone(),
+            new_object.clone(),
+            Some(ready(url)),
+            "adopt:Existing",
+        ),
+        row(
+            "remote generating for someone else, nothing on record: wait, then adopt",
+            s.clone(),
+            new_object.clone(),
+            Some(generating()),
+            "progressing:Generating",
+        ),
+        row(
+            "remote has dynamics, nothing on record, the object asks to regenerate: generate",
+            AgentDynamicsSpec {
+                adoption_policy: AdoptionPolicy::Regenerate,
+                ..spec()
+            },
             new_object.clone(),
             Some(ready(url)),
             "generate",
         ),
+        row(
+            "remote has dynamics, other inputs bought for the agent: the edit buys",
+            s.clone(),
+            new_object.clone(),
+            Some(ready(url)),
+            "generate",
+        )
+        .with_ledger(ledger_with(None, &["0123456789abcdef"])),
+        Row {
+            name: "about to buy, the ledger not read yet: read it first",
+            ledger: None,
+            ..row("", s.clone(), new_object.clone(), Some(nothing()), "consult-ledger")
+        },
+        row(
+            "re-created or replaced object, same inputs: taken over from the ledger",
+            s.clone(),
+            new_object.clone(),
+            Some(ready(url)),
+            "adopt:Ledger",
+        )
+        .with_ledger(ledger_with(None, &[&inputs_hash(&s)])),
+        row(
+            "status wiped, same object: taken over from the ledger, even with no dynamics shown",
+            s.clone(),
+            new_object.clone(),
+            Some(nothing()),
+            "adopt:Ledger",
+        )
+        .with_ledger(ledger_with(Some(("agents/support", "uid-1")), &[&inputs_hash(&s)])),
+        row(
+            "another object (namespace, install) holds the agent: conflict, nothing sent",
+            s.clone(),
+            new_object.clone(),
+            Some(nothing()),
+            "stalled:Conflict",
+        )
+        .with_ledger(ledger_with(Some(("team-b/agent", "uid-9")), &[])),
+        row(
+            "inputs bought before for the agent, other inputs since: not bought twice",
+            s.clone(),
+            converged(&edited),
+            Some(ready(url)),
+            "stalled:InputsAlreadyBought",
+        )
+        .with_ledger(ledger_with(None, &[&inputs_hash(&s), &inputs_hash(&edited)])),
+        row(
+            "the ledger cannot be read: nothing bought, backing off",
+            s.clone(),
+            new_object.clone(),
+            Some(nothing()),
+            "progressing:LedgerUnavailable",
+        )
+        .with_ledger(Some(LedgerState::Unavailable("forbidden".into()))),
         row(
             "generate input edited: generate once more",
             edited.clone(),
@@ -698,6 +826,7 @@ fn input<'a>(
     settings: &'a Settings,
 ) -> Input<'a> {
     Input {
+        asker: ASKER,
         spec,
         status,
         generation: 4,
@@ -705,6 +834,7 @@ fn input<'a>(
         deleting: false,
         blocker: None,
         remote,
+        ledger: Some(&NOTHING_ON_RECORD),
         failures: 0,
         timing: None,
         now: now(),
@@ -825,9 +955,8 @@ fn requeues_follow_the_rules() {
 
     // Retry-After is honoured but capped: no answer of the API parks an object for days.
     let hostile = Observation::Failed(RemoteError {
-        kind: ApiErrorKind::RateLimited,
-        message: "slow down".into(),
         retry_after: Some(Duration::MAX),
+        ..RemoteError::of_kind(ApiErrorKind::RateLimited, "slow down")
     });
     assert_eq!(
         requeue_of(plan(&input(&s, &st, Some(&hostile), &settings))),
@@ -973,11 +1102,7 @@ fn generate_lifecycle_marks_then_records_and_keeps_the_marker_until_seen() {
     assert!(!seen.adopted);
 
     // Outcome unknown (dropped connection): the marker stays and the call is counted.
-    let lost = RemoteError {
-        kind: ApiErrorKind::Transport,
-        message: "connection closed".into(),
-        retry_after: None,
-    };
+    let lost = RemoteError::of_kind(ApiErrorKind::Transport, "connection closed");
     let (unknown, report) = after_generate(&with_mark, &gp, Err(&lost));
     assert_eq!(
         unknown.pending_generation.as_ref().and_then(|p| p.outcome),
@@ -1004,21 +1129,24 @@ fn generate_lifecycle_marks_then_records_and_keeps_the_marker_until_seen() {
     assert_eq!(adopted.status.generations, 1);
     assert_eq!(adopted.status.pending_generation, None);
 
-    // A 5xx is not a refusal: unknown too.
-    let server = RemoteError {
-        kind: ApiErrorKind::Unavailable,
-        ..lost.clone()
-    };
+    // A 5xx without the API's error body is not a refusal: unknown too.
+    let server = RemoteError::of_kind(ApiErrorKind::Server, "bad gateway");
     let (unknown, _) = after_generate(&with_mark, &gp, Err(&server));
     assert_eq!(unknown.pending_generation.and_then(|p| p.outcome), UNKNOWN);
 
-    // Refused (402, or a connection that never opened): nothing ran, marker cleared, not counted.
-    for kind in [ApiErrorKind::InsufficientCredits, ApiErrorKind::Connect] {
-        let refusal = RemoteError {
-            kind,
-            message: "refused".into(),
-            retry_after: None,
-        };
+    // Refused (402, 503 workers busy, a 500 with the API's own error body, a connection that
+    // never opened): nothing ran, marker cleared, not counted.
+    let documented_500 = RemoteError {
+        refused: true,
+        ..RemoteError::of_kind(ApiErrorKind::Server, "generation backend failed")
+    };
+    for refusal in [
+        RemoteError::of_kind(ApiErrorKind::InsufficientCredits, "refused"),
+        RemoteError::of_kind(ApiErrorKind::Unavailable, "workers busy"),
+        RemoteError::of_kind(ApiErrorKind::Connect, "refused"),
+        documented_500,
+    ] {
+        let kind = refusal.kind;
         let (refused, _) = after_generate(&with_mark, &gp, Err(&refusal));
         assert_eq!(refused.pending_generation, None, "{kind:?}");
         assert_eq!(refused.generations, 0, "{kind:?}");
@@ -1077,11 +1205,7 @@ fn update_outcomes() {
     let after = input(&s, &regenerating, Some(&obs), &settings);
     assert_eq!(describe(&plan(&after)), "ready:Ready");
 
-    let err = RemoteError {
-        kind: ApiErrorKind::Unauthorized,
-        message: "check the api-secret".into(),
-        retry_after: None,
-    };
+    let err = RemoteError::of_kind(ApiErrorKind::Unauthorized, "check the api-secret");
     let (unchanged, report) = after_update(&inp, &dh, Err(&err));
     assert_eq!(
         unchanged.dynamics_hash, None,

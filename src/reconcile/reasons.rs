@@ -21,3 +21,11 @@ pub const REMOTE_DYNAMICS_MISSING: &str = "RemoteDynamicsMissing";
 /// The spec went back to generate inputs this object bought before.
 pub const INPUTS_ALREADY_BOUGHT: &str = "InputsAlreadyBought";
 pub const SECRET_NOT_FOUND: &str = "SecretNotFound";
+/// Ready: the agent's dynamics were there before this object and nothing was bought.
+pub const ADOPTED: &str = "Adopted";
+/// The purchase ledger could not be read; nothing is bought until it can.
+pub const LEDGER_UNAVAILABLE: &str = "LedgerUnavailable";
+/// The API reports a status this operator does not know, for longer than the visibility window.
+pub const REMOTE_STATUS_UNKNOWN: &str = "RemoteStatusUnknown";
+/// A PUT made the API regenerate the agent's movements (counted like a generation).
+pub const REGENERATION_STARTED: &str = "RegenerationStarted";

@@ -8,9 +8,10 @@ use crate::api::{DynamicsState, GenerateReply, Regeneration, RemoteStatus, Updat
 use crate::resource::{AgentDynamicsStatus, GenerateOutcome, PendingGeneration};
 
 use super::conditions::{conditions, Health};
+use super::plan::whole_seconds;
 use super::plan::{
-    backoff, job_visible, ready_message, report_error, GeneratePlan, Input, RemoteError, Report,
-    CREDITS_PER_GENERATION,
+    backoff, job_visible, ready_health, report_error, AdoptPlan, GeneratePlan, Input, RemoteError,
+    Report, CREDITS_PER_GENERATION,
 };
 use super::reasons;
 
@@ -49,6 +50,14 @@ pub fn take_in_remote(status: &AgentDynamicsStatus, remote: &DynamicsState) -> T
 pub struct TakenIn {
     pub status: AgentDynamicsStatus,
     pub adopted: bool,
+}
+
+/// Inputs taken as bought without a call (`Action::Adopt`): nothing is counted.
+pub fn adopted(status: &AgentDynamicsStatus, plan: &AdoptPlan) -> AgentDynamicsStatus {
+    let mut status = status.clone();
+    status.generate_hash = Some(plan.inputs_hash.clone());
+    status.remember_bought(&plan.inputs_hash);
+    status
 }
 
 /// The status to write (with the resourceVersion just read) before a generate call.
@@ -108,7 +117,7 @@ pub fn record_generate_outcome(
         return status;
     }
     match outcome {
-        Err(err) if err.kind.refused_before_processing() => {
+        Err(err) if err.refused => {
             status.pending_generation = None;
         }
         Ok(reply) => {
@@ -154,7 +163,7 @@ pub fn after_generate(
             ),
             input,
         ),
-        Err(err) if err.kind.refused_before_processing() => report_error(err, input),
+        Err(err) if err.refused => report_error(err, input),
         Err(err) => {
             let message = format!("the generate call's outcome is unknown ({}); nothing is sent again: the API is watched for a sign that it landed", err.message);
             let mut report = Report::new(
@@ -192,16 +201,7 @@ pub fn after_update(
                 input.settings.poll_min,
             )
         }
-        _ => Report::new(
-            Health::Ready {
-                message: ready_message(input.spec),
-            },
-            input.settings.resync,
-        ),
+        _ => Report::new(ready_health(input.spec, &status), input.settings.resync),
     };
     (status, report)
-}
-
-fn whole_seconds(t: Timestamp) -> Timestamp {
-    Timestamp::from_second(t.as_second()).unwrap_or(t)
 }

@@ -1,13 +1,17 @@
 //! The `AgentDynamics` custom resource: spec, status, the CRD generated from them, and the
 //! admission rules applied locally by the file mode.
 
+pub mod ledger;
 pub mod spec;
 pub mod status;
 pub mod validate;
 
+pub use ledger::{
+    DynamicsLedger, DynamicsLedgerSpec, GenerateInputs, LedgerHolder, LedgerPurchase,
+};
 pub use spec::{
-    AgentDynamics, AgentDynamicsSpec, BatchResultSpec, DeletionPolicy, DynamicsBlock, ModelRefSpec,
-    SecretKeyRef,
+    AdoptionPolicy, AgentDynamics, AgentDynamicsSpec, BatchResultSpec, DeletionPolicy,
+    DynamicsBlock, ModelRefSpec, SecretKeyRef,
 };
 pub use status::{AgentDynamicsStatus, GenerateOutcome, PendingGeneration};
 
@@ -21,6 +25,11 @@ pub const FINALIZER: &str = "dynamics.bithuman.ai/cleanup";
 /// The CRD as YAML, exactly as committed under `crds/`.
 pub fn crd_yaml() -> String {
     serde_yaml::to_string(&AgentDynamics::crd()).expect("the CRD always serializes")
+}
+
+/// The purchase ledger's CRD as YAML, exactly as committed under `crds/`.
+pub fn ledger_crd_yaml() -> String {
+    serde_yaml::to_string(&DynamicsLedger::crd()).expect("the CRD always serializes")
 }
 
 /// Label a Secret must carry for the operator to use it through `spec.apiSecretRef`; the

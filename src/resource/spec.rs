@@ -82,6 +82,12 @@ pub struct AgentDynamicsSpec {
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
 
+    /// What to do when the agent already has dynamics and nothing is on record as bought for
+    /// it: Adopt (take them as this spec's, nothing is bought) or Regenerate (buy once, 250
+    /// credits).
+    #[serde(default)]
+    pub adoption_policy: AdoptionPolicy,
+
     /// When true the operator neither reads nor changes anything remotely for this object.
     #[serde(default)]
     pub suspend: bool,
@@ -207,6 +213,16 @@ pub enum DeletionPolicy {
     Disable,
     /// Leave the remote dynamics as they are.
     Orphan,
+}
+
+/// What an object does on first sight of an agent that already has dynamics.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum AdoptionPolicy {
+    /// Take the existing dynamics as this spec's; nothing is bought.
+    #[default]
+    Adopt,
+    /// Generate once for this spec (250 credits), as if the agent had none.
+    Regenerate,
 }
 
 impl AgentDynamicsSpec {

@@ -7,7 +7,7 @@ use serde_json::Value as Json;
 
 use crate::grants::Permission;
 use crate::support::controlplane::ControlPlane;
-use crate::support::operator::{crd_established, CRD_NAME};
+use crate::support::operator::{crd_established, CRD_NAME, LEDGER_CRD_NAME};
 use crate::support::tools::{find, kustomize};
 
 /// Records every request made by a ServiceAccount (the operator's), with its response code.
@@ -56,10 +56,13 @@ impl Audited {
     }
 
     async fn install_crd(&self) {
-        let crd = find(&kustomize("deploy"), "CustomResourceDefinition", CRD_NAME).clone();
-        self.cp
-            .apply_yaml(&serde_json::to_string(&crd).unwrap())
-            .expect("install the CRD from deploy/");
+        let base = kustomize("deploy");
+        for name in [CRD_NAME, LEDGER_CRD_NAME] {
+            let crd = find(&base, "CustomResourceDefinition", name).clone();
+            self.cp
+                .apply_yaml(&serde_json::to_string(&crd).unwrap())
+                .expect("install the CRDs from deploy/");
+        }
         crd_established(&self.cp).await.expect("CRD established");
     }
 

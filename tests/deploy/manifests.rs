@@ -13,26 +13,29 @@ use crate::support::tools::{find, kustomize, parse_docs, ROOT};
 use crate::{OPERATOR_NS, SERVICE_ACCOUNT};
 
 #[test]
-fn deploy_crd_is_the_committed_crd() {
-    let committed = std::fs::read(Path::new(ROOT).join("crds/agentdynamics.yaml")).unwrap();
-    let copy = std::fs::read(Path::new(ROOT).join("deploy/base/crd/agentdynamics.yaml")).unwrap();
-    assert!(
-        committed == copy,
-        "deploy/base/crd/agentdynamics.yaml differs from crds/agentdynamics.yaml: \
-         cp crds/agentdynamics.yaml deploy/base/crd/agentdynamics.yaml"
-    );
-    // And kustomize ships it unchanged.
+fn deploy_crds_are_the_committed_crds() {
     let base = kustomize("deploy");
-    let crd = find(
-        &base,
-        "CustomResourceDefinition",
-        "agentdynamics.dynamics.bithuman.ai",
-    );
-    let want: Json = serde_yaml::from_slice(&committed).unwrap();
-    assert!(
-        numbers_as_f64(crd) == numbers_as_f64(&want),
-        "kustomize changed the CRD"
-    );
+    for (file, name) in [
+        ("agentdynamics.yaml", "agentdynamics.dynamics.bithuman.ai"),
+        (
+            "dynamicsledgers.yaml",
+            "dynamicsledgers.dynamics.bithuman.ai",
+        ),
+    ] {
+        let committed = std::fs::read(Path::new(ROOT).join("crds").join(file)).unwrap();
+        let copy = std::fs::read(Path::new(ROOT).join("deploy/base/crd").join(file)).unwrap();
+        assert!(
+            committed == copy,
+            "deploy/base/crd/{file} differs from crds/{file}: cp crds/{file} deploy/base/crd/{file}"
+        );
+        // And kustomize ships it unchanged.
+        let crd = find(&base, "CustomResourceDefinition", name);
+        let want: Json = serde_yaml::from_slice(&committed).unwrap();
+        assert!(
+            numbers_as_f64(crd) == numbers_as_f64(&want),
+            "kustomize changed {file}"
+        );
+    }
 }
 
 /// 10 and 10.0 are the same number to the API server.

@@ -19,16 +19,22 @@ pub const TIMEOUT: Duration = Duration::from_secs(90);
 /// The CRD's name and the committed file it comes from.
 pub const CRD_NAME: &str = "agentdynamics.dynamics.bithuman.ai";
 pub const CRD_FILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/crds/agentdynamics.yaml");
+/// The purchase ledger's CRD, installed with it (the operator buys nothing without it).
+pub const LEDGER_CRD_NAME: &str = "dynamicsledgers.dynamics.bithuman.ai";
+pub const LEDGER_CRD_FILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/crds/dynamicsledgers.yaml");
 
-/// Installs the committed CRD (idempotent: server-side apply) and waits until it is served.
+/// Installs the committed CRDs (idempotent: server-side apply) and waits until they are served.
 pub async fn install_crd(cp: &ControlPlane) -> anyhow::Result<()> {
     cp.apply_file(CRD_FILE)?;
+    cp.apply_file(LEDGER_CRD_FILE)?;
     crd_established(cp).await
 }
 
-/// Waits until the API server serves the CRD (installed by whichever means).
+/// Waits until the API server serves the CRDs (installed by whichever means).
 pub async fn crd_established(cp: &ControlPlane) -> anyhow::Result<()> {
     cp.wait_crd_established(CRD_NAME, Duration::from_secs(30))
+        .await?;
+    cp.wait_crd_established(LEDGER_CRD_NAME, Duration::from_secs(30))
         .await
 }
 
