@@ -15,7 +15,7 @@ use crate::metrics::Metrics;
 use crate::reconcile::guard::AccountGuards;
 use crate::reconcile::ownership::{owner_instead_of, Claimant};
 use crate::reconcile::{Blocker, Health};
-use crate::resource::{AgentDynamics, RECONCILE_REQUESTED_AT};
+use crate::resource::{AgentDynamics, RECONCILE_REQUESTED_AT, RESOLVE};
 
 use super::events::EventPublisher;
 use super::index::ObjectIndex;
@@ -135,6 +135,7 @@ impl Context {
             generation: obj.metadata.generation.unwrap_or_default(),
             deleting,
             requested_at: obj.annotations().get(RECONCILE_REQUESTED_AT).cloned(),
+            resolve: obj.annotations().get(RESOLVE).cloned(),
             access,
         };
         let failures = self.failures(&key);

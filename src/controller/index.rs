@@ -15,7 +15,7 @@ use kube::runtime::watcher::Event;
 use kube::ResourceExt;
 
 use crate::reconcile::ownership::Claimant;
-use crate::resource::{AgentDynamics, RECONCILE_REQUESTED_AT};
+use crate::resource::{AgentDynamics, RECONCILE_REQUESTED_AT, RESOLVE};
 
 use super::context::{key_of, reference_to};
 
@@ -27,7 +27,7 @@ pub fn trim_for_cache(obj: &mut AgentDynamics) {
     obj.metadata.managed_fields = None;
     obj.metadata.labels = None;
     if let Some(annotations) = &mut obj.metadata.annotations {
-        annotations.retain(|key, _| key == RECONCILE_REQUESTED_AT);
+        annotations.retain(|key, _| key == RECONCILE_REQUESTED_AT || key == RESOLVE);
     }
 }
 
@@ -90,6 +90,7 @@ fn relevant_state(obj: &AgentDynamics) -> u64 {
     obj.annotations()
         .get(RECONCILE_REQUESTED_AT)
         .hash(&mut hasher);
+    obj.annotations().get(RESOLVE).hash(&mut hasher);
     hasher.finish()
 }
 

@@ -40,6 +40,8 @@ pub struct ObjectView {
     pub generation: i64,
     pub deleting: bool,
     pub requested_at: Option<String>,
+    /// Value of the resolve annotation (see `resource::RESOLVE`).
+    pub resolve: Option<String>,
     pub access: Access,
 }
 
@@ -335,6 +337,10 @@ impl Executor {
                 "these generate inputs were already bought for agent {} (the purchase ledger has them): taken over, nothing bought",
                 obj.spec.agent_id
             ))),
+            Some(AdoptFrom::Resolved) => sink.note(note(false, reasons::RESOLVED, &format!(
+                "resolved with accept: what the API shows for agent {} is taken as the purchase of these inputs; nothing was sent",
+                obj.spec.agent_id
+            ))),
             None => {}
         }
         if let (Some(_), Some(secret)) = (&remote, secret) {
@@ -530,6 +536,7 @@ impl Executor {
             status,
             generation: obj.generation,
             requested_at: obj.requested_at.as_deref(),
+            resolve: obj.resolve.as_deref(),
             deleting: obj.deleting,
             blocker: obj.access.blocker(),
             remote,

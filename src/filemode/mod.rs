@@ -26,7 +26,7 @@ use crate::executor::{Access, ObjectView};
 use crate::reconcile::ownership::{owner_instead_of, Claimant};
 use crate::reconcile::Blocker;
 use crate::resource::validate::{validate_update, FieldError};
-use crate::resource::RECONCILE_REQUESTED_AT;
+use crate::resource::{RECONCILE_REQUESTED_AT, RESOLVE};
 use crate::sim::{SimConfig, SimHandle};
 
 pub use crate::cli::{ApplyArgs, CommonArgs, OutputFormat, PlanArgs};
@@ -321,6 +321,13 @@ fn admit_objects(
                 .annotations
                 .as_ref()
                 .and_then(|a| a.get(RECONCILE_REQUESTED_AT))
+                .cloned(),
+            resolve: manifest
+                .object
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(RESOLVE))
                 .cloned(),
             access,
         };

@@ -4,13 +4,12 @@
 use futures::{stream, StreamExt};
 use serde::Serialize;
 
-use crate::api::RemoteStatus;
 use crate::executor::{Executor, LedgerStore, Preview, SaveError};
-use crate::reconcile::desired::{changed_inputs, dynamics_hash, inputs_hash};
+use crate::reconcile::desired::{changed_inputs, dynamics_hash};
 use crate::reconcile::guard::AccountGuards;
 use crate::reconcile::ledger::LedgerState;
 use crate::reconcile::plan::LedgerWrite;
-use crate::reconcile::{Action, GenerateCause, Health, Observation, Settings};
+use crate::reconcile::{Action, GenerateCause, Health, Settings};
 
 use super::output::{self, OutputFormat};
 use super::state::StateStore;
@@ -176,10 +175,6 @@ fn print_table(plan: &PlanDocument) {
 fn describe(object: &Object, preview: &Preview) -> PlannedObject {
     let spec = &object.view.spec;
     let status = &object.view.status;
-    let remote = match &preview.remote {
-        Some(Observation::Found(state)) => Some(state),
-        _ => None,
-    };
     let (action, reason, message, credits) = match &preview.action {
         Action::Generate(generate) => {
             let (reason, why) = match generate.cause {
@@ -190,6 +185,10 @@ fn describe(object: &Object, preview: &Preview) -> PlannedObject {
                 GenerateCause::FirstGeneration => (
                     "NotGeneratedYet",
                     "no generation was bought for it yet".to_string(),
+                ),
+                GenerateCause::Retry => (
+                    "ResolvedRetry",
+                    "the resolve annotation asks to send the generate call once more".to_string(),
                 ),
                 GenerateCause::ReplacesStalledCall => (
                     "GenerateInputsChanged",
@@ -247,12 +246,13 @@ fn describe(object: &Object, preview: &Preview) -> PlannedObject {
                 (Step::Error, reason.clone(), message.clone(), 0)
             }
             Health::Progressing { reason, message } => {
-                // An edit made while a generation runs is coalesced into one more generation.
-                let follow_up = remote
-                    .and_then(|r| r.status.as_ref())
-                    .is_some_and(RemoteStatus::is_in_progress)
-                    && status.generate_hash.as_deref() != Some(inputs_hash(spec).as_str());
-                let credits = if follow_up { CREDITS_PER_GENERATION } else { 0 };
+                // An edit made while a generation runs is coalesced into one more generation:
+                // `plan` says so; nothing here guesses it from a status it did not read.
+                let credits = if report.follow_up {
+                    CREDITS_PER_GENERATION
+                } else {
+                    0
+                };
                 (Step::Wait, reason.clone(), message.clone(), credits)
             }
         },

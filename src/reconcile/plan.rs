@@ -159,6 +159,8 @@ pub struct Input<'a> {
     pub generation: i64,
     /// Value of the reconcile-requested-at annotation, echoed into status once handled.
     pub requested_at: Option<&'a str>,
+    /// Value of the resolve annotation, echoed into status once handled (`resource::RESOLVE`).
+    pub resolve: Option<&'a str>,
     pub deleting: bool,
     pub blocker: Option<Blocker>,
     /// `None` until the caller has done the GET that `Action::Observe` asks for.
@@ -227,6 +229,8 @@ pub struct AdoptPlan {
     pub from: AdoptFrom,
     /// The record to write first, when it changes (the claim, the adopted inputs).
     pub ledger: Option<LedgerWrite>,
+    /// A remote status this operator does not know, accepted as finished by the user.
+    pub accept_status: Option<String>,
 }
 
 /// Where adopted inputs come from.
@@ -237,6 +241,32 @@ pub enum AdoptFrom {
     Ledger,
     /// Nothing on record and the agent already has dynamics: they are taken as these inputs'.
     Existing,
+    /// The user resolved a stall with `accept`: what the API shows is taken as the purchase.
+    Resolved,
+}
+
+/// The user's answer to a stall about money (`resource::RESOLVE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resolution {
+    /// Take what the API shows as the purchase; nothing is sent.
+    Accept,
+    /// Send the pending generate call once more, on purpose (counted, 250 credits).
+    Retry,
+}
+
+/// The resolve annotation's value, when this object has not handled it yet. Anything after an
+/// `@` only makes a value new; an unknown choice resolves nothing (and is consumed like any
+/// other value, so it cannot fire later).
+pub fn resolution(input: &Input) -> Option<Resolution> {
+    let value = input.resolve?;
+    if input.status.last_handled_resolve.as_deref() == Some(value) {
+        return None;
+    }
+    match value.split('@').next().map(str::trim) {
+        Some("accept") => Some(Resolution::Accept),
+        Some("retry") => Some(Resolution::Retry),
+        _ => None,
+    }
 }
 
 /// Why a generation is bought: always a user's change.
@@ -248,6 +278,8 @@ pub enum GenerateCause {
     InputsChanged,
     /// The user changed the inputs after an earlier call was given up on (Stalled).
     ReplacesStalledCall,
+    /// The user asked to send it once more (`resolve retry` of a stall).
+    Retry,
 }
 
 /// A status to write and when to look again.
@@ -265,6 +297,9 @@ pub struct Report {
     /// What this look found changes nothing of substance: the status need not be written now
     /// and waits for the next write (see `write_can_wait`).
     pub write_can_wait: bool,
+    /// The spec changed while a generation runs: one more generation follows it (what `plan -f`
+    /// counts as credits to come).
+    pub follow_up: bool,
 }
 
 impl Report {
@@ -276,6 +311,7 @@ impl Report {
             exact: false,
             generation_running: false,
             write_can_wait: false,
+            follow_up: false,
         }
     }
 
@@ -355,13 +391,19 @@ pub fn plan(input: &Input) -> Action {
         Observation::Failed(err) => {
             if err.kind == ApiErrorKind::NotFound && status.generate_hash.as_deref() == Some(&hash)
             {
+                if resolution(input) == Some(Resolution::Retry) {
+                    return retry_plan(input, hash);
+                }
                 return Action::Report(remote_missing(input, "answers 404 for it"));
             }
             return Action::Report(report_error(err, input));
         }
     };
+    // A status the user accepted as finished (`resolve accept` of RemoteStatusUnknown) is not
+    // work under way.
     let in_progress = remote
         .and_then(|r| r.status.as_ref())
+        .filter(|s| status.accepted_remote_status.as_deref() != Some(s.as_str()))
         .is_some_and(RemoteStatus::is_in_progress);
 
     // A generate call was sent and GET has not shown its job yet: nothing is sent for it again.
@@ -381,12 +423,16 @@ pub fn plan(input: &Input) -> Action {
         let state = remote
             .and_then(|r| r.status.as_ref())
             .map_or("", RemoteStatus::as_str);
+        if let Some(action) = unknown_status_outlasted(input, state, &hash) {
+            return action;
+        }
         let mut message = format!("the API reports {state}");
         if bought != Some(hash.as_str()) {
             message.push_str("; the spec changed meanwhile: one more generation follows this one");
         }
         let mut report = Report::poll(Health::progressing(reasons::GENERATING, message), input);
         report.write_can_wait = bought == Some(hash.as_str()) && write_can_wait(input);
+        report.follow_up = bought != Some(hash.as_str());
         return Action::Report(report);
     }
 
@@ -398,19 +444,29 @@ pub fn plan(input: &Input) -> Action {
             return Action::Report(report_error(err, input));
         }
         if status.was_bought(&hash) {
-            return Action::Report(inputs_already_bought(input));
+            return match resolution(input) {
+                Some(Resolution::Accept) => resolved_adopt(input, hash, None),
+                Some(Resolution::Retry) => retry_plan(input, hash),
+                None => Action::Report(inputs_already_bought(input)),
+            };
         }
         return plan_purchase(input, remote, hash);
     }
     let Some(remote) = remote.filter(|r| r.has_dynamics()) else {
+        if resolution(input) == Some(Resolution::Retry) {
+            return retry_plan(input, hash);
+        }
         return Action::Report(remote_missing(input, "shows no dynamics for it"));
     };
 
     if remote.status == Some(RemoteStatus::Failed) {
+        if resolution(input) == Some(Resolution::Retry) {
+            return retry_plan(input, hash);
+        }
         let detail = remote.error_message.as_deref().unwrap_or("no reason given");
         let message = format!(
-            "the generation failed remotely ({detail}); {}",
-            buy_again_hint()
+            "the generation failed remotely ({detail}); to generate again on purpose ({CREDITS_PER_GENERATION} credits): {}, or a new spec.regenerate value",
+            resolve_command(input, "--retry")
         );
         return Action::Report(Report::new(
             Health::stalled(reasons::GENERATION_FAILED, message),
@@ -449,24 +505,45 @@ fn plan_pending(
         // Stalled on an invisible job, and the user asked for something else: their new change buys.
         return None;
     }
+    if expired {
+        // A stall about money: the user's resolution, if they gave one.
+        match resolution(input) {
+            Some(Resolution::Accept) => {
+                return Some(Action::Adopt(AdoptPlan {
+                    inputs_hash: pending.inputs_hash.clone(),
+                    from: AdoptFrom::Resolved,
+                    ledger: None,
+                    accept_status: None,
+                }))
+            }
+            Some(Resolution::Retry) => return Some(retry_plan(input, hash.to_string())),
+            None => {}
+        }
+    }
     let waited =
         humantime::format_duration(Duration::from_secs(age.as_secs().min(u32::MAX as u64)));
+    let skew = future_skew(&pending.since, input.now).map_or(String::new(), |ahead| {
+        format!(
+            " (its stamp was {} in the future: the clocks of the machine that wrote it and of this one differ; taken as now)",
+            humantime::format_duration(Duration::from_secs(ahead.as_secs()))
+        )
+    });
     let health = match (pending.outcome, expired) {
         (Some(GenerateOutcome::Accepted), false) => Health::progressing(
             reasons::AWAITING_GENERATION,
-            format!("the API accepted the generate call {waited} ago and does not show the job yet; waiting for it (nothing more is sent)"),
+            format!("the API accepted the generate call {waited} ago and does not show the job yet; waiting for it (nothing more is sent){skew}"),
         ),
         (Some(GenerateOutcome::Accepted), true) => Health::stalled(
             reasons::GENERATION_NOT_VISIBLE,
-            format!("the API accepted a generate call (250 credits) {waited} ago but never showed the job; nothing more is sent automatically. {}", buy_again_hint()),
+            format!("the API accepted a generate call (250 credits) {waited} ago but never showed the job; nothing more is sent automatically. {}", resolve_hint(input)),
         ),
         (_, false) => Health::progressing(
             reasons::GENERATION_OUTCOME_PENDING,
-            format!("a generate call sent {waited} ago got no definite answer; waiting for the API to show whether it landed (nothing is sent again)"),
+            format!("a generate call sent {waited} ago got no definite answer; waiting for the API to show whether it landed (nothing is sent again){skew}"),
         ),
         (_, true) => Health::stalled(
             reasons::GENERATION_OUTCOME_UNKNOWN,
-            format!("a generate call sent {waited} ago got no definite answer and the API shows no sign of it; it may have been charged, so nothing is sent automatically. {}", buy_again_hint()),
+            format!("a generate call sent {waited} ago got no definite answer and the API shows no sign of it; it may have been charged, so nothing is sent automatically. {}", resolve_hint(input)),
         ),
     };
     let requeue = if expired {
@@ -511,9 +588,9 @@ pub fn url_identity(url: &str) -> &str {
 /// A remote that lost what this object bought: never bought again on the operator's initiative.
 fn remote_missing(input: &Input, what: &str) -> Report {
     let message = format!(
-        "the API {what} although agent {} had dynamics generated for this spec; nothing is bought automatically. {}",
+        "the API {what} although agent {} had dynamics generated for this spec; nothing is bought automatically. To generate again on purpose ({CREDITS_PER_GENERATION} credits): {}, or a new spec.regenerate value",
         input.spec.agent_id,
-        buy_again_hint()
+        resolve_command(input, "--retry")
     );
     Report::new(
         Health::stalled(reasons::REMOTE_DYNAMICS_MISSING, message),
@@ -525,24 +602,16 @@ fn remote_missing(input: &Input, what: &str) -> Report {
 /// adopting and waiting. What GET shows only ever argues against buying.
 fn plan_purchase(input: &Input, remote: Option<&DynamicsState>, hash: String) -> Action {
     let settings = input.settings;
-    let (record, version) = match input.ledger {
-        None => return Action::ConsultLedger,
-        Some(LedgerState::Unavailable(message)) => {
-            let message = format!(
-                "the purchase ledger cannot be read ({message}); nothing is bought until it can"
-            );
-            let mut report = Report::new(
-                Health::progressing(reasons::LEDGER_UNAVAILABLE, message),
-                backoff(input),
-            );
-            report.transient = true;
-            return Action::Report(report);
-        }
-        Some(LedgerState::Read { record, version }) => (record.as_ref(), version.clone()),
+    let (record, version) = match read_ledger(input) {
+        Ok(read) => read,
+        Err(action) => return *action,
     };
     let agent = &input.spec.agent_id;
     let at = whole_seconds(input.now).to_string();
     match ledger::verdict(record, input.asker, &hash) {
+        Verdict::HeldBy(_) if resolution(input) == Some(Resolution::Accept) => {
+            resolved_adopt(input, hash, None)
+        }
         Verdict::HeldBy(owner) => {
             let message = format!(
                 "agent {agent} is held by AgentDynamics {owner} in the purchase ledger; nothing is sent for this one. Delete one of the two; if {owner} no longer exists, {} takes the agent over (nothing is sent)",
@@ -558,8 +627,13 @@ fn plan_purchase(input: &Input, remote: Option<&DynamicsState>, hash: String) ->
             from: AdoptFrom::Ledger,
             ledger: ledger::with_holder(record, agent, input.asker)
                 .map(|record| LedgerWrite { record, version }),
+            accept_status: None,
         }),
-        Verdict::BoughtEarlier => Action::Report(inputs_already_bought(input)),
+        Verdict::BoughtEarlier => match resolution(input) {
+            Some(Resolution::Accept) => resolved_adopt(input, hash, None),
+            Some(Resolution::Retry) => retry_plan(input, hash),
+            None => Action::Report(inputs_already_bought(input)),
+        },
         Verdict::NotBought { anything } => {
             let status = input.status;
             let nothing_on_record = !anything
@@ -581,6 +655,7 @@ fn plan_purchase(input: &Input, remote: Option<&DynamicsState>, hash: String) ->
                     inputs_hash: hash,
                     from: AdoptFrom::Existing,
                     ledger: Some(LedgerWrite { record, version }),
+                    accept_status: None,
                 });
             }
             let record = ledger::with_purchase(
@@ -597,12 +672,131 @@ fn plan_purchase(input: &Input, remote: Option<&DynamicsState>, hash: String) ->
     }
 }
 
+/// The agent's record as read, or the action that gets it (read it, or wait while it cannot be).
+fn read_ledger<'a>(
+    input: &'a Input,
+) -> Result<(Option<&'a DynamicsLedgerSpec>, Option<String>), Box<Action>> {
+    match input.ledger {
+        None => Err(Box::new(Action::ConsultLedger)),
+        Some(LedgerState::Unavailable(message)) => {
+            let message = format!(
+                "the purchase ledger cannot be read ({message}); nothing is bought until it can"
+            );
+            let mut report = Report::new(
+                Health::progressing(reasons::LEDGER_UNAVAILABLE, message),
+                backoff(input),
+            );
+            report.transient = true;
+            Err(Box::new(Action::Report(report)))
+        }
+        Some(LedgerState::Read { record, version }) => Ok((record.as_ref(), version.clone())),
+    }
+}
+
+/// `resolve accept`: these inputs are taken as bought from what the API shows, and the ledger
+/// says so (this object holding the agent). Nothing is sent.
+fn resolved_adopt(input: &Input, hash: String, accept_status: Option<String>) -> Action {
+    let (record, version) = match read_ledger(input) {
+        Ok(read) => read,
+        Err(action) => return *action,
+    };
+    let record = ledger::with_purchase(
+        record,
+        &input.spec.agent_id,
+        input.asker,
+        &hash,
+        &normalized_inputs(input.spec),
+        &whole_seconds(input.now).to_string(),
+        0,
+    );
+    Action::Adopt(AdoptPlan {
+        inputs_hash: hash,
+        from: AdoptFrom::Resolved,
+        ledger: Some(LedgerWrite { record, version }),
+        accept_status,
+    })
+}
+
+/// `resolve retry`: the call for these inputs once more, on purpose, recorded in the ledger as
+/// one more call for the same inputs.
+fn retry_plan(input: &Input, hash: String) -> Action {
+    let (record, version) = match read_ledger(input) {
+        Ok(read) => read,
+        Err(action) => return *action,
+    };
+    let record = ledger::with_purchase(
+        record,
+        &input.spec.agent_id,
+        input.asker,
+        &hash,
+        &normalized_inputs(input.spec),
+        &whole_seconds(input.now).to_string(),
+        1,
+    );
+    let mut generate = generate_plan(input, hash, LedgerWrite { record, version });
+    generate.cause = GenerateCause::Retry;
+    Action::Generate(generate)
+}
+
+/// An unknown remote status that has lasted longer than the visibility window (the object has
+/// been Reconciling that long) with no call of ours in flight: Stalled, not Generating forever.
+fn unknown_status_outlasted(input: &Input, state: &str, hash: &str) -> Option<Action> {
+    let status = input.status;
+    let known = RemoteStatus::parse(state) != RemoteStatus::Unknown(state.to_string());
+    if known || status.pending_generation.is_some() {
+        return None;
+    }
+    let window = input.settings.visibility_window;
+    let recent_call = status
+        .last_generation_time
+        .as_deref()
+        .is_some_and(|t| since(t, input.now) < window);
+    let reconciling_for = status
+        .condition(crate::resource::status::CONDITION_RECONCILING)
+        .filter(|c| c.status == "True")
+        .map_or(Duration::ZERO, |c| {
+            since(&c.last_transition_time.0.to_string(), input.now)
+        });
+    if recent_call || reconciling_for < window {
+        return None;
+    }
+    match resolution(input) {
+        Some(Resolution::Accept) => {
+            return Some(resolved_adopt(
+                input,
+                hash.to_string(),
+                Some(state.to_string()),
+            ))
+        }
+        Some(Resolution::Retry) => return Some(retry_plan(input, hash.to_string())),
+        None => {}
+    }
+    let message = format!(
+        "the API has reported status {state:?}, which this operator does not know, for over {}, with no generation of ours in flight; nothing is sent. {}",
+        humantime::format_duration(window),
+        resolve_hint(input)
+    );
+    Some(Action::Report(Report::new(
+        Health::stalled(reasons::REMOTE_STATUS_UNKNOWN, message),
+        input.settings.stalled_retry,
+    )))
+}
+
+/// The two ways out of a stall about money, named in its message.
+fn resolve_hint(input: &Input) -> String {
+    format!(
+        "To take what the API shows as the purchase (nothing is sent): {}; to send the call once more on purpose ({CREDITS_PER_GENERATION} credits): {}",
+        resolve_command(input, "--accept"),
+        resolve_command(input, "--retry")
+    )
+}
+
 /// Back to inputs bought before (an edit reverted, two tools fighting over the spec): the API
 /// holds a later generation, and these inputs are not bought twice.
 fn inputs_already_bought(input: &Input) -> Report {
     let message = format!(
         "these generate inputs were bought before and the API now holds a later generation; nothing is bought twice automatically. {}",
-        buy_again_hint()
+        resolve_hint(input)
     );
     Report::new(
         Health::stalled(reasons::INPUTS_ALREADY_BOUGHT, message),
@@ -774,6 +968,17 @@ pub fn backoff(input: &Input) -> Duration {
 
 pub(crate) fn whole_seconds(t: Timestamp) -> Timestamp {
     Timestamp::from_second(t.as_second()).unwrap_or(t)
+}
+
+/// How far a stamp may lie in the future (clocks of two machines differ a little) before it is
+/// taken as now, rewritten at the next write and named in the message.
+pub const CLOCK_TOLERANCE: Duration = Duration::from_secs(120);
+
+/// How far `stamp` lies in the future beyond the tolerance, if it does.
+pub fn future_skew(stamp: &str, now: Timestamp) -> Option<Duration> {
+    let t = stamp.parse::<Timestamp>().ok()?;
+    let ahead = Duration::try_from(t.duration_since(now)).ok()?;
+    (ahead > CLOCK_TOLERANCE).then_some(ahead)
 }
 
 /// Time from an RFC 3339 stamp to now, saturating: a stamp from the future (clock skew between

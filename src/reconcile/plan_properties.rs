@@ -221,6 +221,7 @@ proptest! {
             status: &status,
             generation: 1,
             requested_at: None,
+            resolve: None,
             deleting,
             blocker: None,
             remote: remote.as_ref(),

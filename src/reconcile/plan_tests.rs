@@ -134,6 +134,7 @@ struct Row {
     deleting: bool,
     blocker: Option<Blocker>,
     ledger: Option<LedgerState>,
+    resolve: Option<&'static str>,
     want: &'static str,
 }
 
@@ -197,6 +198,7 @@ fn row(
         deleting: false,
         blocker: None,
         ledger: empty_ledger(),
+        resolve: None,
         want,
     }
 }
@@ -204,6 +206,13 @@ fn row(
 impl Row {
     fn with_ledger(self, ledger: Option<LedgerState>) -> Self {
         Row { ledger, ..self }
+    }
+
+    fn resolved(self, value: &'static str) -> Self {
+        Row {
+            resolve: Some(value),
+            ..self
+        }
     }
 }
 
@@ -237,6 +246,7 @@ fn decide(r: &Row) -> Action {
         status: &r.status,
         generation: 1,
         requested_at: None,
+        resolve: r.resolve,
         deleting: r.deleting,
         blocker: r.blocker.clone(),
         remote: r.remote.as_ref(),
@@ -246,6 +256,21 @@ fn decide(r: &Row) -> Action {
         now: now(),
         settings: &settings,
     })
+}
+
+/// `status` Reconciling since `secs` ago, its last generation sent that long ago too.
+fn reconciling_since(status: AgentDynamicsStatus, secs: i64) -> AgentDynamicsStatus {
+    let at = Timestamp::from_second(NOW - secs).unwrap();
+    AgentDynamicsStatus {
+        conditions: super::conditions::conditions(
+            &[],
+            &Health::progressing("Generating", "the API reports queued"),
+            1,
+            at,
+        ),
+        last_generation_time: Some(ago(secs)),
+        ..status
+    }
 }
 
 /// The spec of an earlier generation (before a regenerate), for rows that start from it.
@@ -803,6 +828,124 @@ fn every_rule() {
                 "stalled:SecretNotFound",
             )
         },
+        // Every stall about money has two ways out, each taken once per annotation value.
+        row(
+            "outcome unknown past the window, resolve accept: taken as bought, nothing sent",
+            s.clone(),
+            marker(&s, WINDOW + 60, UNKNOWN, None, None),
+            Some(nothing()),
+            "adopt:Resolved",
+        )
+        .resolved("accept@2026-12-06T10:00:00Z"),
+        row(
+            "accepted call never shown, resolve retry: the call once more",
+            s.clone(),
+            marker(&s, WINDOW + 60, ACCEPTED, None, None),
+            Some(nothing()),
+            "generate",
+        )
+        .resolved("retry"),
+        Row {
+            status: AgentDynamicsStatus {
+                last_handled_resolve: Some("retry".into()),
+                ..marker(&s, WINDOW + 60, UNKNOWN, None, None)
+            },
+            ..row(
+                "a resolve value already handled resolves nothing again",
+                s.clone(),
+                AgentDynamicsStatus::default(),
+                Some(nothing()),
+                "stalled:GenerationOutcomeUnknown",
+            )
+            .resolved("retry")
+        },
+        row(
+            "resolve retry while the call is young: waits, never a second call",
+            s.clone(),
+            marker(&s, 60, UNKNOWN, None, None),
+            Some(nothing()),
+            "progressing:GenerationOutcomePending",
+        )
+        .resolved("retry"),
+        row(
+            "reverted inputs, resolve accept: taken as bought",
+            s.clone(),
+            AgentDynamicsStatus {
+                bought_keys: vec![inputs_hash(&s), inputs_hash(&regen)],
+                ..converged(&regen)
+            },
+            Some(ready(url)),
+            "adopt:Resolved",
+        )
+        .resolved("accept"),
+        row(
+            "remote lost the dynamics, resolve retry: bought again on purpose",
+            s.clone(),
+            converged(&s),
+            Some(nothing()),
+            "generate",
+        )
+        .resolved("retry"),
+        row(
+            "remote lost the dynamics, resolve accept: nothing to accept, still stalled",
+            s.clone(),
+            converged(&s),
+            Some(nothing()),
+            "stalled:RemoteDynamicsMissing",
+        )
+        .resolved("accept"),
+        row(
+            "another object holds the agent, resolve accept: taken over, nothing sent",
+            s.clone(),
+            new_object.clone(),
+            Some(ready(url)),
+            "adopt:Resolved",
+        )
+        .with_ledger(ledger_with(Some(("team-b/agent", "uid-9")), &[]))
+        .resolved("accept"),
+        row(
+            "resolve on a converged object: nothing to resolve",
+            s.clone(),
+            converged(&s),
+            Some(ready(url)),
+            "ready:Ready",
+        )
+        .resolved("retry"),
+        row(
+            "an unknown remote status past the window, nothing in flight: stalled",
+            s.clone(),
+            reconciling_since(converged(&s), WINDOW + 60),
+            Some(queued()),
+            "stalled:RemoteStatusUnknown",
+        ),
+        row(
+            "an unknown remote status past the window, resolve accept: taken as finished",
+            s.clone(),
+            reconciling_since(converged(&s), WINDOW + 60),
+            Some(queued()),
+            "adopt:Resolved",
+        )
+        .resolved("accept"),
+        row(
+            "an unknown remote status the user accepted: not work under way",
+            s.clone(),
+            AgentDynamicsStatus {
+                accepted_remote_status: Some("queued".into()),
+                ..converged(&s)
+            },
+            Some(remote(
+                Some(RemoteStatus::Unknown("queued".into())),
+                Some(url),
+            )),
+            "ready:Ready",
+        ),
+        row(
+            "an unknown remote status within the window: still waiting",
+            s.clone(),
+            reconciling_since(converged(&s), 60),
+            Some(queued()),
+            "progressing:Generating",
+        ),
     ];
 
     let mut failures = Vec::new();
@@ -831,6 +974,7 @@ fn input<'a>(
         status,
         generation: 4,
         requested_at: Some("2026-11-29T10:00:00Z"),
+        resolve: None,
         deleting: false,
         blocker: None,
         remote,
@@ -1288,4 +1432,76 @@ fn settings_that_would_loop_hot_or_give_up_early_are_refused() {
         let err = settings.validate(Duration::from_secs(30)).unwrap_err();
         assert!(err.starts_with(flag), "{flag}: {err}");
     }
+}
+
+#[test]
+fn a_signed_model_url_is_no_evidence_of_a_new_job() {
+    let pending = PendingGeneration {
+        inputs_hash: "k".into(),
+        since: ago(60),
+        outcome: ACCEPTED,
+        previous_remote_status: Some("ready".into()),
+        previous_model_url: Some("https://cdn/m.bin?X-Signature=a&Expires=1".into()),
+        previous_gestures: vec![],
+    };
+    let Observation::Found(resigned) = ready("https://cdn/m.bin?X-Signature=b&Expires=2") else {
+        unreachable!()
+    };
+    assert!(
+        !job_visible(&pending, Some(&resigned)),
+        "a new signature only"
+    );
+    let Observation::Found(new_model) = ready("https://cdn/m2.bin?X-Signature=c") else {
+        unreachable!()
+    };
+    assert!(job_visible(&pending, Some(&new_model)), "another model");
+    let Observation::Found(working) = remote(Some(RemoteStatus::Generating), None) else {
+        unreachable!()
+    };
+    assert!(
+        job_visible(&pending, Some(&working)),
+        "a status in progress"
+    );
+}
+
+#[test]
+fn a_marker_from_the_future_is_taken_as_now_named_and_rewritten() {
+    let settings = Settings::default();
+    let s = spec();
+    let mut status = marker(&s, 0, UNKNOWN, None, None);
+    let tomorrow = Timestamp::from_second(NOW + 86_400).unwrap().to_string();
+    status.pending_generation.as_mut().unwrap().since = tomorrow;
+    let obs = nothing_remote();
+    let inp = input(&s, &status, Some(&obs), &settings);
+    let report = plan_report(plan(&inp));
+    assert_eq!(report.health.reason(), "GenerationOutcomePending");
+    assert!(
+        report.health.message().contains("1day in the future"),
+        "{}",
+        report.health.message()
+    );
+    let written = settle(&inp, status.clone(), &report);
+    assert_eq!(
+        written.pending_generation.unwrap().since,
+        now().to_string(),
+        "rewritten at the next write: the window runs from now"
+    );
+    // A little skew is tolerated as it is.
+    let mut close = marker(&s, 0, UNKNOWN, None, None);
+    let soon = Timestamp::from_second(NOW + 30).unwrap().to_string();
+    close.pending_generation.as_mut().unwrap().since = soon.clone();
+    let inp = input(&s, &close, Some(&obs), &settings);
+    let report = plan_report(plan(&inp));
+    assert!(!report.health.message().contains("future"));
+    assert_eq!(
+        settle(&inp, close.clone(), &report)
+            .pending_generation
+            .unwrap()
+            .since,
+        soon
+    );
+}
+
+fn nothing_remote() -> Observation {
+    remote(None, None)
 }

@@ -27,5 +27,7 @@ pub const ADOPTED: &str = "Adopted";
 pub const LEDGER_UNAVAILABLE: &str = "LedgerUnavailable";
 /// The API reports a status this operator does not know, for longer than the visibility window.
 pub const REMOTE_STATUS_UNKNOWN: &str = "RemoteStatusUnknown";
+/// Event: a stall about money resolved by the user with `accept` (nothing sent).
+pub const RESOLVED: &str = "Resolved";
 /// A PUT made the API regenerate the agent's movements (counted like a generation).
 pub const REGENERATION_STARTED: &str = "RegenerationStarted";

@@ -8,11 +8,11 @@ use crate::api::{DynamicsState, GenerateReply, Regeneration, RemoteStatus, Updat
 use crate::resource::{AgentDynamicsStatus, GenerateOutcome, PendingGeneration};
 
 use super::conditions::{conditions, Health};
-use super::plan::whole_seconds;
 use super::plan::{
     backoff, job_visible, ready_health, report_error, AdoptPlan, GeneratePlan, Input, RemoteError,
     Report, CREDITS_PER_GENERATION,
 };
+use super::plan::{future_skew, whole_seconds};
 use super::reasons;
 
 /// Copy what GET reported into the status (only fields that describe the remote), and settle
@@ -40,6 +40,10 @@ pub fn take_in_remote(status: &AgentDynamicsStatus, remote: &DynamicsState) -> T
         }
     }
     status.remote_status = remote.status.as_ref().map(|s| s.as_str().to_string());
+    if status.accepted_remote_status != status.remote_status {
+        // Accepted only while the API keeps reporting it.
+        status.accepted_remote_status = None;
+    }
     status.model_url = remote.model_url.clone();
     status.gestures = remote.gestures.keys().cloned().collect();
     TakenIn { status, adopted }
@@ -57,6 +61,17 @@ pub fn adopted(status: &AgentDynamicsStatus, plan: &AdoptPlan) -> AgentDynamicsS
     let mut status = status.clone();
     status.generate_hash = Some(plan.inputs_hash.clone());
     status.remember_bought(&plan.inputs_hash);
+    if status
+        .pending_generation
+        .as_ref()
+        .is_some_and(|p| p.inputs_hash == plan.inputs_hash)
+    {
+        // `resolve accept` of a call that never showed: taken as bought as it stands.
+        status.pending_generation = None;
+    }
+    if let Some(accepted) = &plan.accept_status {
+        status.accepted_remote_status = Some(accepted.clone());
+    }
     status
 }
 
@@ -94,7 +109,23 @@ pub fn settle(input: &Input, status: AgentDynamicsStatus, report: &Report) -> Ag
         input.now,
     );
     status.observed_generation = Some(input.generation);
+    // A stamp from the future (a machine with a wrong clock wrote it) is taken as now and
+    // rewritten, so it cannot hold the object until that date.
+    let now = whole_seconds(input.now).to_string();
+    if let Some(pending) = &mut status.pending_generation {
+        if future_skew(&pending.since, input.now).is_some() {
+            pending.since = now.clone();
+        }
+    }
+    if let Some(t) = &mut status.last_generation_time {
+        if future_skew(t, input.now).is_some() {
+            *t = now;
+        }
+    }
     status.last_handled_reconcile_at = input.requested_at.map(str::to_string);
+    // Any pass that writes consumes the resolve value: one that finds no stall to resolve
+    // must not leave a `retry` waiting for a later stall.
+    status.last_handled_resolve = input.resolve.map(str::to_string);
     status
 }
 

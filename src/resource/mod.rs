@@ -19,6 +19,10 @@ use kube::CustomResourceExt;
 
 /// Annotation whose every new value asks for one reconcile pass (Argo CD refresh, Flux reconcile).
 pub const RECONCILE_REQUESTED_AT: &str = "dynamics.bithuman.ai/reconcile-requested-at";
+/// Annotation that resolves a stall about money, once per value: `accept` takes what the API
+/// shows as the purchase (nothing is sent), `retry` sends the pending call once more (counted).
+/// Anything after an `@` only makes the value new (`dynamics-operator resolve` adds the time).
+pub const RESOLVE: &str = "dynamics.bithuman.ai/resolve";
 /// Finalizer that lets the operator disable remote dynamics before the object goes away.
 pub const FINALIZER: &str = "dynamics.bithuman.ai/cleanup";
 

@@ -68,6 +68,16 @@ pub struct AgentDynamicsStatus {
     /// The last value of the dynamics.bithuman.ai/reconcile-requested-at annotation that was handled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_handled_reconcile_at: Option<String>,
+
+    /// The last value of the dynamics.bithuman.ai/resolve annotation that was handled: each
+    /// value resolves one stall, once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_handled_resolve: Option<String>,
+
+    /// A remote status this operator does not know that the user accepted as finished
+    /// (`resolve accept` of RemoteStatusUnknown).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accepted_remote_status: Option<String>,
 }
 
 /// The crash-safety marker written before a generate call, with the resourceVersion read, so
