@@ -51,6 +51,14 @@ pub enum Command {
         #[arg(long)]
         ledger: bool,
     },
+    /// Resolve a stall about money on an AgentDynamics in the cluster: --accept takes what the
+    /// API shows as the purchase (nothing is sent), --retry sends the pending generate call once
+    /// more (250 credits). Sets the dynamics.bithuman.ai/resolve annotation (in file mode, put
+    /// that annotation in the manifest).
+    #[command(after_help = "Examples:
+  dynamics-operator resolve agents/support-agent --accept
+  dynamics-operator resolve agents/support-agent --retry")]
+    Resolve(ResolveArgs),
     /// Show what apply would do for a file or folder of manifests, and what it would cost.
     Plan(PlanArgs),
     /// Converge a file or folder of manifests without a cluster, keeping status in a state file.
@@ -251,6 +259,20 @@ pub struct CommonArgs {
     /// no credits) and use it instead of the real API. State is kept in memory only.
     #[arg(long)]
     pub simulator: bool,
+}
+
+/// `dynamics-operator resolve`.
+#[derive(Debug, Clone, clap::Args)]
+#[command(group(clap::ArgGroup::new("choice").required(true).args(["accept", "retry"])))]
+pub struct ResolveArgs {
+    /// The object, as NAMESPACE/NAME.
+    pub object: String,
+    /// Take what the API shows as the purchase; nothing is sent.
+    #[arg(long)]
+    pub accept: bool,
+    /// Send the pending generate call once more, on purpose (250 credits).
+    #[arg(long)]
+    pub retry: bool,
 }
 
 /// `dynamics-operator plan`: show what `apply` would do and what it would cost.

@@ -54,6 +54,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Resolve(args) => dynamics_operator::controller::resolve(args).await,
         Command::Plan(args) => {
             std::process::exit(dynamics_operator::filemode::run_plan(args).await?)
         }

@@ -69,6 +69,7 @@ pub struct Metrics {
     remote_calls: Family<CallLabels, Counter>,
     remote_latency: Family<EndpointLabel, Histogram>,
     generations: Counter,
+    regenerations_started: Counter,
     status_writes: Counter,
     objects: Family<ReadyLabel, Gauge>,
     ready: AtomicBool,
@@ -98,6 +99,7 @@ impl Metrics {
             Histogram::new(exponential_buckets(0.005, 2.0, 14))
         });
         let generations = Counter::default();
+        let regenerations_started = Counter::default();
         let status_writes = Counter::default();
         let objects = Family::<ReadyLabel, Gauge>::default();
         registry.register(
@@ -124,6 +126,11 @@ impl Metrics {
             "generations",
             "Generate calls that may have been charged (accepted, or with an unknown outcome); 250 credits each",
             generations.clone(),
+        );
+        registry.register(
+            "regenerations_started",
+            "PUTs of the dynamics block that the API answered with a regeneration of the movements",
+            regenerations_started.clone(),
         );
         registry.register(
             "status_writes",
@@ -188,6 +195,7 @@ impl Metrics {
             remote_calls,
             remote_latency,
             generations,
+            regenerations_started,
             status_writes,
             objects,
             ready: AtomicBool::new(false),
@@ -272,6 +280,10 @@ impl Metrics {
     pub fn generation_guard(&self, waiting: usize, in_flight: usize) {
         self.queue_depth.set(waiting as i64);
         self.in_flight.set(in_flight as i64);
+    }
+
+    pub fn regeneration_started(&self) {
+        self.regenerations_started.inc();
     }
 
     pub fn status_written(&self) {

@@ -145,6 +145,10 @@ impl StatusSink for KubeStatusSink {
         self.metrics.generate_call(outcome.as_str());
     }
 
+    fn regeneration_started(&mut self) {
+        self.metrics.regeneration_started();
+    }
+
     fn note(&mut self, note: Note) {
         tracing::info!(object = %self.object.name_any(), reason = %note.reason, "{}", note.message);
         self.notes.push(note);

@@ -9,6 +9,7 @@ mod kube_sink;
 mod lane;
 mod leader;
 mod lean;
+mod resolve;
 mod secrets;
 
 use std::net::SocketAddr;
@@ -31,6 +32,7 @@ use crate::reconcile::Settings;
 use crate::resource::{AgentDynamics, API_SECRET_LABEL, FINALIZER};
 
 pub use context::Context;
+pub use resolve::resolve;
 
 /// Everything `run` needs, parsed from flags and environment by `crate::cli`.
 #[derive(Debug, Clone)]

@@ -134,6 +134,8 @@ pub trait StatusSink: LedgerStore {
     fn note(&mut self, note: Note);
     /// A generate call was sent and ended this way.
     fn generate_called(&mut self, outcome: GenerateCall);
+    /// A PUT made the API regenerate the movements.
+    fn regeneration_started(&mut self) {}
 }
 
 /// How often a status that records a generate call's outcome is re-read and written again
@@ -606,6 +608,17 @@ impl Executor {
             .await
             .map_err(|e| RemoteError::from(&e));
         let (status, report) = after_update(input, dynamics_hash, outcome.as_ref());
+        if status.regenerations > input.status.regenerations {
+            sink.regeneration_started();
+            sink.note(note(
+                false,
+                reasons::REGENERATION_STARTED,
+                &format!(
+                    "the API answered the PUT for agent {} by regenerating its movements (regeneration {} of this object)",
+                    obj.spec.agent_id, status.regenerations
+                ),
+            ));
+        }
         if outcome.is_ok() {
             // The Ready condition says it; an Event per PUT would only add an API-server write.
             tracing::info!(object = %obj.key, agent = %obj.spec.agent_id, "dynamics block applied");

@@ -224,6 +224,7 @@ pub fn after_update(
     let report = match &reply.regeneration {
         Some(Regeneration::Started) => {
             status.remote_status = Some(RemoteStatus::Generating.as_str().to_string());
+            status.regenerations += 1;
             Report::new(
                 Health::progressing(
                     reasons::REGENERATING,

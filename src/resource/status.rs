@@ -65,6 +65,11 @@ pub struct AgentDynamicsStatus {
     #[serde(default)]
     pub generations: i64,
 
+    /// PUTs of the dynamics block that the API answered by regenerating the movements
+    /// (`regeneration_status: started`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub regenerations: i64,
+
     /// The last value of the dynamics.bithuman.ai/reconcile-requested-at annotation that was handled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_handled_reconcile_at: Option<String>,
@@ -117,6 +122,10 @@ pub const CONDITION_STALLED: &str = "Stalled";
 
 /// How many bought keys a status remembers.
 pub const BOUGHT_KEYS_KEPT: usize = 32;
+
+fn is_zero(n: &i64) -> bool {
+    *n == 0
+}
 
 impl AgentDynamicsStatus {
     /// Remember that a call for `key` may have been charged.

@@ -14,6 +14,7 @@
 //! | [`restarts`]      | a SIGKILLed operator, leader election handing over                  |
 //! | [`credit_safety`] | the generation guard; credit-safety stalls in `kubectl get`         |
 //! | [`ownership`]     | two objects for one agent; the refresh annotation                   |
+//! | [`ledger`]        | re-creation, replace, wiped status, two installs, adoption, resolve |
 //! | [`secrets`]       | labelled Secrets; a missing Secret holds deletion                   |
 
 #[path = "../support/mod.rs"]
@@ -22,6 +23,7 @@ mod support;
 mod credit_safety;
 mod deletion;
 mod errors;
+mod ledger;
 mod lifecycle;
 mod ownership;
 mod restarts;

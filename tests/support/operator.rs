@@ -113,9 +113,16 @@ impl Env {
 
     /// Starts one more operator process watching this namespace; returns its index.
     pub fn start_operator(&mut self, extra: &[&str]) -> usize {
+        let ns = self.ns.clone();
+        self.start_operator_in(&ns, extra)
+    }
+
+    /// Starts one more operator process watching namespace `ns` (a second install, scoped
+    /// to another namespace, against the same API); returns its index.
+    pub fn start_operator_in(&mut self, ns: &str, extra: &[&str]) -> usize {
         let index = self.operators.len();
         let log = self.dir.path().join(format!("operator-{index}.log"));
-        let mut args = run_args(&self.ns, &self.sim.url());
+        let mut args = run_args(ns, &self.sim.url());
         if self.pace == Pace::Fast {
             args.extend(
                 [
