@@ -662,3 +662,154 @@ async fn apply_against_a_lagging_api_buys_each_change_once_and_says_so() {
         out.all()
     );
 }
+
+/// The simulator charging every call (no idempotency honouring): its count is the bill.
+async fn charging() -> Setup {
+    Setup::with(SimConfig {
+        generation_time: Duration::from_millis(300),
+        honour_idempotency_key: false,
+        ..SimConfig::default()
+    })
+    .await
+}
+
+/// The state file and its journal, as a CI cache or a backup keeps them.
+fn copy_state(from: &Path, to: &Path) {
+    for suffix in ["", ".journal"] {
+        let source = PathBuf::from(format!("{}{suffix}", from.display()));
+        let target = PathBuf::from(format!("{}{suffix}", to.display()));
+        let _ = std::fs::remove_file(&target);
+        if source.exists() {
+            std::fs::copy(&source, &target).unwrap();
+        }
+    }
+}
+
+// A lost state file adopts what the API shows; a restored older copy buys nothing and says
+// why, and the resolve annotation in the manifest takes the way out the user chose.
+#[tokio::test]
+async fn a_lost_or_restored_state_file_buys_nothing() {
+    let s = charging().await;
+    s.write("a.yaml", &agent("alpha", "STATE-1", ""));
+    let first = s.run(&["apply"]).await;
+    assert_eq!(first.code, 0, "{first:?}");
+    assert_eq!(s.calls("generate", "STATE-1"), 1);
+    let backup = s.dir.path().join("backup.json");
+    copy_state(&s.state(), &backup);
+
+    // Lost: the state file and its journal deleted.
+    copy_state(&s.dir.path().join("nothing-here.json"), &s.state());
+    let lost = s.run(&["apply"]).await;
+    assert_eq!(lost.code, 0, "{lost:?}");
+    assert!(lost.stdout.contains("Adopted"), "{lost:?}");
+    assert_eq!(
+        s.calls("generate", "STATE-1"),
+        1,
+        "lost state: nothing bought"
+    );
+
+    // An edit buys once; then the copy from before it comes back (a CI cache).
+    s.write("a.yaml", &agent("alpha", "STATE-1", "  duration: 3\n"));
+    let edited = s.run(&["apply"]).await;
+    assert_eq!(edited.code, 0, "{edited:?}");
+    assert_eq!(s.calls("generate", "STATE-1"), 2);
+    copy_state(&backup, &s.state());
+    let restored = s.run(&["apply"]).await;
+    assert_eq!(restored.code, 1, "{restored:?}");
+    assert!(restored.stdout.contains("StateOutdated"), "{restored:?}");
+    assert!(restored.stdout.contains("--accept"), "{restored:?}");
+    assert_eq!(
+        s.calls("generate", "STATE-1"),
+        2,
+        "restored copy: nothing bought"
+    );
+
+    // The user accepts what the API shows, in the manifest.
+    s.write(
+        "a.yaml",
+        &agent("alpha", "STATE-1", "  duration: 3\n").replace(
+            "metadata:\n",
+            "metadata:\n  annotations:\n    dynamics.bithuman.ai/resolve: accept\n",
+        ),
+    );
+    let accepted = s.run(&["apply"]).await;
+    assert_eq!(accepted.code, 0, "{accepted:?}");
+    assert_eq!(s.calls("generate", "STATE-1"), 2, "accept sends nothing");
+    // The value was handled once: applying again changes nothing and buys nothing.
+    let again = s.run(&["apply"]).await;
+    assert_eq!(again.code, 0, "{again:?}");
+    assert_eq!(s.calls("generate", "STATE-1"), 2);
+}
+
+// Two folders naming one agent, applied one after the other with one state file: every record
+// of the state counts, so the second is a conflict and buys nothing.
+#[tokio::test]
+async fn two_folders_on_one_agent_with_one_state_buy_once() {
+    let s = charging().await;
+    let other = s.dir.path().join("other-team");
+    std::fs::create_dir(&other).unwrap();
+    s.write("a.yaml", &agent("alpha", "STATE-2", ""));
+    std::fs::write(other.join("b.yaml"), agent("beta", "STATE-2", "")).unwrap();
+    let first = s.run(&["apply"]).await;
+    assert_eq!(first.code, 0, "{first:?}");
+    let second = output(s.command(&["apply", "-f", other.to_str().unwrap()])).await;
+    assert_eq!(second.code, 1, "{second:?}");
+    assert!(
+        second.stdout.contains("Conflict") && second.stdout.contains("default/alpha"),
+        "{second:?}"
+    );
+    assert_eq!(s.calls("generate", "STATE-2"), 1, "{second:?}");
+}
+
+// Two applies at once, one through a symlink to the state file: one lock on the real file,
+// so the second refuses to start and nothing is bought twice.
+#[tokio::test]
+async fn two_applies_through_a_symlink_take_one_lock() {
+    let s = Setup::with(SimConfig {
+        generation_time: Duration::from_secs(2),
+        honour_idempotency_key: false,
+        ..SimConfig::default()
+    })
+    .await;
+    s.write("a.yaml", &agent("alpha", "STATE-3", ""));
+    let link = s.dir.path().join("linked-state.json");
+    std::os::unix::fs::symlink(s.state(), &link).unwrap();
+    let manifests = s.manifests();
+    let first = s
+        .command(&["apply", "-f", manifests.to_str().unwrap()])
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while !PathBuf::from(format!("{}.lock", s.state().display())).exists() {
+        assert!(start.elapsed() < Duration::from_secs(20), "no lock taken");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut via_link = tokio::process::Command::new(BIN);
+    via_link
+        .args(["apply", "-f", manifests.to_str().unwrap(), "--api-url"])
+        .arg(s.sim.url())
+        .arg("--state")
+        .arg(&link)
+        .env("BITHUMAN_API_SECRET", SECRET)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let second = output(via_link).await;
+    let first = first.wait_with_output().await.unwrap();
+    assert_eq!(first.status.code(), Some(0));
+    assert_eq!(second.code, 2, "{second:?}");
+    assert!(
+        second
+            .stderr
+            .contains("another apply is using the state file"),
+        "{second:?}"
+    );
+    assert_eq!(s.calls("generate", "STATE-3"), 1);
+    assert!(
+        std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink(),
+        "the link is still a link (writes went to the real file)"
+    );
+}

@@ -148,11 +148,6 @@ fn template_grants_the_kustomize_rules_and_hardens_the_pod_the_same() {
         "ClusterRole rules"
     );
     assert_eq!(
-        rules(&chart, "ClusterRole", "dynamics-operator-ledger"),
-        rules(&base, "ClusterRole", "dynamics-operator-ledger"),
-        "purchase ledger ClusterRole rules"
-    );
-    assert_eq!(
         rules(&chart, "Role", "dynamics-operator-leader-election"),
         rules(&base, "Role", "dynamics-operator-leader-election"),
         "leader election Role rules"

@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use kube::api::{ObjectMeta, PostParams};
+use kube::api::{ListParams, ObjectMeta, PostParams};
 use kube::{Api, ResourceExt};
 
 use super::lean::LeanAgentDynamics;
@@ -129,10 +129,17 @@ impl StatusSink for KubeStatusSink {
     }
 
     async fn reload(&mut self) -> Result<AgentDynamicsStatus, SaveError> {
-        // The main resource carries the status too, and `get` on it is granted (not on
-        // agentdynamics/status).
-        match self.api.get(&self.object.name_any()).await {
-            Ok(fresh) => {
+        // Through the main resource with the verb the cache already uses (a list narrowed to
+        // this name): the operator is granted neither get on agentdynamics nor on its status.
+        let name = self.object.name_any();
+        let params = ListParams::default().fields(&format!("metadata.name={name}"));
+        match self.api.list(&params).await {
+            Ok(list) => {
+                let fresh = list
+                    .items
+                    .into_iter()
+                    .next()
+                    .ok_or_else(|| SaveError::Other(format!("AgentDynamics {name} is gone")))?;
                 self.replaced.extend(self.object.resource_version());
                 self.object = fresh.0;
                 Ok(self.object.status.clone().unwrap_or_default())

@@ -11,7 +11,10 @@ use crate::resource::{AgentDynamics, RESOLVE};
 /// The annotation value: the choice, made new by the time so that each command resolves once.
 pub fn resolve_value(accept: bool, now: jiff::Timestamp) -> String {
     let choice = if accept { "accept" } else { "retry" };
-    format!("{choice}@{}", jiff::Timestamp::from_second(now.as_second()).unwrap_or(now))
+    format!(
+        "{choice}@{}",
+        jiff::Timestamp::from_second(now.as_second()).unwrap_or(now)
+    )
 }
 
 /// NAMESPACE/NAME, or an error that names the argument.

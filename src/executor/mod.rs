@@ -449,11 +449,13 @@ impl Executor {
         let mut status = stored.clone();
         let mut adopted_call = false;
         let mut ledger_state: Option<LedgerState> = None;
+        let mut outdated = false;
         let mut took = None;
         let mut rounds = 0;
         loop {
             let mut input = self.input(obj, &status, remote.as_ref(), failures, now);
             input.ledger = ledger_state.as_ref();
+            input.record_outdated = outdated;
             let action = plan(&input);
             match action {
                 Action::Observe => {
@@ -462,6 +464,7 @@ impl Executor {
                         let observed = take_in_remote(&status, state);
                         status = observed.status;
                         adopted_call = observed.adopted;
+                        outdated = observed.outdated;
                     }
                     remote = Some(observation);
                 }
@@ -543,6 +546,7 @@ impl Executor {
             blocker: obj.access.blocker(),
             remote,
             ledger: None,
+            record_outdated: false,
             failures,
             timing: self.timing(&obj.key),
             now,

@@ -89,7 +89,10 @@ impl StateStore {
     }
 
     /// Opens the state for `apply`: takes `FILE.lock` (fails at once if another apply holds it).
+    /// Everything is done on the real path, so two applies that name one state file by two
+    /// paths (a symlink, `./x` and `x`) take one lock, and a write never replaces a symlink.
     pub fn open_locked(path: &Path) -> anyhow::Result<Self> {
+        let path = &real_path(path)?;
         let lock_path = lock_path(path);
         let lock = OpenOptions::new()
             .create(true)
@@ -369,6 +372,39 @@ fn replay(journal: &Path, data: &mut StateData) -> anyhow::Result<()> {
         data.objects.insert(record.key, record.object);
     }
     Ok(())
+}
+
+/// The state file's real path: symlinks resolved, whether or not the file exists yet.
+fn real_path(path: &Path) -> anyhow::Result<PathBuf> {
+    if let Ok(real) = std::fs::canonicalize(path) {
+        return Ok(real);
+    }
+    // A symlink to a state file not written yet: its target is the state file.
+    let mut path = path.to_path_buf();
+    for _ in 0..8 {
+        let Ok(target) = std::fs::read_link(&path) else {
+            break;
+        };
+        path = match path.parent() {
+            Some(dir) => dir.join(target),
+            None => target,
+        };
+    }
+    let path = path.as_path();
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let name = path
+        .file_name()
+        .with_context(|| format!("--state {} names no file", path.display()))?;
+    let dir = std::fs::canonicalize(parent).with_context(|| {
+        format!(
+            "the folder of the state file {} does not exist",
+            path.display()
+        )
+    })?;
+    Ok(dir.join(name))
 }
 
 fn journal_path(path: &Path) -> PathBuf {

@@ -165,6 +165,9 @@ pub struct Input<'a> {
     pub blocker: Option<Blocker>,
     /// `None` until the caller has done the GET that `Action::Observe` asks for.
     pub remote: Option<&'a Observation>,
+    /// GET shows the agent changed since the stored status was written, with no call of ours
+    /// to explain it (`transitions::TakenIn::outdated`): a restored record.
+    pub record_outdated: bool,
     /// The agent's purchase record: `None` until the caller has read it for
     /// `Action::ConsultLedger` (only needed before buying or adopting).
     pub ledger: Option<&'a LedgerState>,
@@ -641,6 +644,18 @@ fn plan_purchase(input: &Input, remote: Option<&DynamicsState>, hash: String) ->
                 && status.bought_keys.is_empty()
                 && status.pending_generation.is_none();
             let exists = remote.is_some_and(DynamicsState::has_dynamics);
+            // Sticky: the stall's own write records what GET showed, which must not clear it.
+            let outdated = input.record_outdated
+                || status
+                    .condition(crate::resource::status::CONDITION_STALLED)
+                    .is_some_and(|c| c.status == "True" && c.reason == reasons::STATE_OUTDATED);
+            if outdated && !nothing_on_record {
+                return match resolution(input) {
+                    Some(Resolution::Accept) => resolved_adopt(input, hash, None),
+                    Some(Resolution::Retry) => retry_plan(input, hash),
+                    None => Action::Report(record_outdated(input)),
+                };
+            }
             if exists && nothing_on_record && input.spec.adoption_policy == AdoptionPolicy::Adopt {
                 let record = ledger::with_purchase(
                     record,
@@ -788,6 +803,19 @@ fn resolve_hint(input: &Input) -> String {
         "To take what the API shows as the purchase (nothing is sent): {}; to send the call once more on purpose ({CREDITS_PER_GENERATION} credits): {}",
         resolve_command(input, "--accept"),
         resolve_command(input, "--retry")
+    )
+}
+
+/// The record is older than the API: the inputs may have been bought since it was written.
+fn record_outdated(input: &Input) -> Report {
+    let message = format!(
+        "the record of what was bought for agent {} (this object's status or the state file) is older than what the API shows: its dynamics changed since the record was written, and not by a call on record (restored from a backup or a cache?). These inputs may already be bought, so nothing is bought. {}",
+        input.spec.agent_id,
+        resolve_hint(input)
+    );
+    Report::new(
+        Health::stalled(reasons::STATE_OUTDATED, message),
+        input.settings.stalled_retry,
     )
 }
 

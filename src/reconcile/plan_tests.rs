@@ -135,6 +135,7 @@ struct Row {
     blocker: Option<Blocker>,
     ledger: Option<LedgerState>,
     resolve: Option<&'static str>,
+    outdated: bool,
     want: &'static str,
 }
 
@@ -199,6 +200,7 @@ fn row(
         blocker: None,
         ledger: empty_ledger(),
         resolve: None,
+        outdated: false,
         want,
     }
 }
@@ -206,6 +208,13 @@ fn row(
 impl Row {
     fn with_ledger(self, ledger: Option<LedgerState>) -> Self {
         Row { ledger, ..self }
+    }
+
+    fn outdated(self) -> Self {
+        Row {
+            outdated: true,
+            ..self
+        }
     }
 
     fn resolved(self, value: &'static str) -> Self {
@@ -251,6 +260,7 @@ fn decide(r: &Row) -> Action {
         blocker: r.blocker.clone(),
         remote: r.remote.as_ref(),
         ledger: r.ledger.as_ref(),
+        record_outdated: r.outdated,
         failures: 0,
         timing: None,
         now: now(),
@@ -940,6 +950,47 @@ fn every_rule() {
             "ready:Ready",
         ),
         row(
+            "an edit over a record older than the API (a restored copy): nothing bought",
+            edited.clone(),
+            converged(&s),
+            Some(ready(url)),
+            "stalled:StateOutdated",
+        )
+        .outdated(),
+        row(
+            "stalled on a restored record: stays stalled though the record now matches the API",
+            edited.clone(),
+            AgentDynamicsStatus {
+                conditions: super::conditions::conditions(
+                    &[],
+                    &Health::stalled("StateOutdated", "older"),
+                    1,
+                    now(),
+                ),
+                ..converged(&s)
+            },
+            Some(ready(url)),
+            "stalled:StateOutdated",
+        ),
+        row(
+            "a restored record, resolve accept: the API's dynamics taken as these inputs'",
+            edited.clone(),
+            converged(&s),
+            Some(ready(url)),
+            "adopt:Resolved",
+        )
+        .outdated()
+        .resolved("accept"),
+        row(
+            "a restored record, resolve retry: bought on purpose",
+            edited.clone(),
+            converged(&s),
+            Some(ready(url)),
+            "generate",
+        )
+        .outdated()
+        .resolved("retry"),
+        row(
             "an unknown remote status within the window: still waiting",
             s.clone(),
             reconciling_since(converged(&s), 60),
@@ -979,6 +1030,7 @@ fn input<'a>(
         blocker: None,
         remote,
         ledger: Some(&NOTHING_ON_RECORD),
+        record_outdated: false,
         failures: 0,
         timing: None,
         now: now(),
@@ -1504,4 +1556,77 @@ fn a_marker_from_the_future_is_taken_as_now_named_and_rewritten() {
 
 fn nothing_remote() -> Observation {
     remote(None, None)
+}
+
+#[test]
+fn a_record_is_outdated_only_when_the_api_changed_without_a_call_of_ours() {
+    let state = |status: &str, url: &str| DynamicsState {
+        agent_id: "A91XMB7113".into(),
+        status: Some(RemoteStatus::parse(status)),
+        model_url: Some(url.into()),
+        gestures: BTreeMap::new(),
+        error_message: None,
+    };
+    let recorded = |status: &str, url: &str| AgentDynamicsStatus {
+        remote_status: Some(status.into()),
+        model_url: Some(url.into()),
+        ..converged(&spec())
+    };
+    let rows = [
+        (
+            "unchanged",
+            recorded("ready", "https://m/1.bin"),
+            state("ready", "https://m/1.bin"),
+            false,
+        ),
+        (
+            "re-signed only",
+            recorded("ready", "https://m/1.bin?s=a"),
+            state("ready", "https://m/1.bin?s=b"),
+            false,
+        ),
+        (
+            "another model",
+            recorded("ready", "https://m/1.bin"),
+            state("ready", "https://m/2.bin"),
+            true,
+        ),
+        (
+            "generating since",
+            recorded("ready", "https://m/1.bin"),
+            state("generating", "https://m/1.bin"),
+            true,
+        ),
+        (
+            "our generation was running",
+            recorded("generating", "https://m/1.bin"),
+            state("ready", "https://m/2.bin"),
+            false,
+        ),
+        (
+            "nothing recorded (new or wiped)",
+            AgentDynamicsStatus::default(),
+            state("ready", "https://m/2.bin"),
+            false,
+        ),
+        (
+            "our call is pending",
+            AgentDynamicsStatus {
+                remote_status: Some("ready".into()),
+                model_url: Some("https://m/1.bin".into()),
+                ..marker(
+                    &spec(),
+                    10,
+                    ACCEPTED,
+                    Some("ready"),
+                    Some("https://m/1.bin"),
+                )
+            },
+            state("ready", "https://m/2.bin"),
+            false,
+        ),
+    ];
+    for (name, stored, remote, want) in rows {
+        assert_eq!(take_in_remote(&stored, &remote).outdated, want, "{name}");
+    }
 }

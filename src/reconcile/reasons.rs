@@ -27,6 +27,8 @@ pub const ADOPTED: &str = "Adopted";
 pub const LEDGER_UNAVAILABLE: &str = "LedgerUnavailable";
 /// The API reports a status this operator does not know, for longer than the visibility window.
 pub const REMOTE_STATUS_UNKNOWN: &str = "RemoteStatusUnknown";
+/// The stored record of purchases is older than what the API shows (a restored copy).
+pub const STATE_OUTDATED: &str = "StateOutdated";
 /// Event: a stall about money resolved by the user with `accept` (nothing sent).
 pub const RESOLVED: &str = "Resolved";
 /// A PUT made the API regenerate the agent's movements (counted like a generation).

@@ -12,7 +12,7 @@ use super::plan::{
     backoff, job_visible, ready_health, report_error, AdoptPlan, GeneratePlan, Input, RemoteError,
     Report, CREDITS_PER_GENERATION,
 };
-use super::plan::{future_skew, whole_seconds};
+use super::plan::{future_skew, url_identity, whole_seconds};
 use super::reasons;
 
 /// Copy what GET reported into the status (only fields that describe the remote), and settle
@@ -22,6 +22,7 @@ use super::reasons;
 /// - a marker whose job GET now shows is cleared, and a call of unknown outcome is adopted as
 ///   bought (its inputs recorded, never sent again).
 pub fn take_in_remote(status: &AgentDynamicsStatus, remote: &DynamicsState) -> TakenIn {
+    let outdated = record_outdated(status, remote);
     let mut status = status.clone();
     let mut adopted = false;
     if let Some(pending) = &mut status.pending_generation {
@@ -46,7 +47,31 @@ pub fn take_in_remote(status: &AgentDynamicsStatus, remote: &DynamicsState) -> T
     }
     status.model_url = remote.model_url.clone();
     status.gestures = remote.gestures.keys().cloned().collect();
-    TakenIn { status, adopted }
+    TakenIn {
+        status,
+        adopted,
+        outdated,
+    }
+}
+
+/// Whether the API changed since the record was written, with no call of ours to explain it:
+/// the record said the agent's dynamics were finished (no marker, a terminal status) and GET
+/// shows another model, other gestures or another status. A restored status or state file
+/// looks like this; so does a generation bought by someone else meanwhile. Either way, what
+/// the record says was bought may be out of date, and nothing is bought on its strength.
+fn record_outdated(stored: &AgentDynamicsStatus, remote: &DynamicsState) -> bool {
+    let Some(seen) = stored.remote_status.as_deref() else {
+        return false;
+    };
+    if stored.pending_generation.is_some() || RemoteStatus::parse(seen).is_in_progress() {
+        return false;
+    }
+    let url = |u: Option<&str>| u.map(url_identity).map(str::to_string);
+    let gestures: Vec<&String> = remote.gestures.keys().collect();
+    let before: Vec<&String> = stored.gestures.iter().collect();
+    remote.status.as_ref().map(RemoteStatus::as_str) != Some(seen)
+        || url(remote.model_url.as_deref()) != url(stored.model_url.as_deref())
+        || gestures != before
 }
 
 /// The status after a GET, and whether a generate call of unknown outcome was found to have landed.
@@ -54,6 +79,8 @@ pub fn take_in_remote(status: &AgentDynamicsStatus, remote: &DynamicsState) -> T
 pub struct TakenIn {
     pub status: AgentDynamicsStatus,
     pub adopted: bool,
+    /// The stored record is older than what GET shows (see `record_outdated`).
+    pub outdated: bool,
 }
 
 /// Inputs taken as bought without a call (`Action::Adopt`): nothing is counted.

@@ -58,6 +58,7 @@ fn base_installs_a_hardened_operator_without_any_secret() {
     let want: BTreeSet<String> = [
         "Namespace/dynamics-operator",
         "CustomResourceDefinition/agentdynamics.dynamics.bithuman.ai",
+        "CustomResourceDefinition/dynamicsledgers.dynamics.bithuman.ai",
         "ServiceAccount/dynamics-operator",
         "ClusterRole/dynamics-operator",
         "ClusterRoleBinding/dynamics-operator",

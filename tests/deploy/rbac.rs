@@ -129,6 +129,68 @@ async fn operator_as_its_service_account_uses_every_granted_verb_and_nothing_els
     .await;
     assert!(gone.is_ok(), "{gone:?}\n{}", logs(&replicas));
 
+    // A status write that conflicts while a generate call's outcome is recorded: the operator
+    // re-reads the object and records it anyway, with the verbs it is granted. The API refuses
+    // the call (402) after holding the reply long enough for another writer to touch status.
+    sim.set_credits(0);
+    sim.set_agent_modes(
+        "DEPLOYCONF01",
+        Some(dynamics_operator::sim::Modes {
+            reply_delay_ms: 3_000,
+            ..Default::default()
+        }),
+    );
+    api.create(
+        &PostParams::default(),
+        &agent("conflicted", "DEPLOYCONF01", false),
+    )
+    .await
+    .unwrap();
+    let marked = wait_for("the marker written", STEP_TIMEOUT, || async {
+        let obj = api.get("conflicted").await?;
+        Ok(obj
+            .status
+            .as_ref()
+            .is_some_and(|s| s.pending_generation.is_some())
+            .then_some(()))
+    })
+    .await;
+    assert!(marked.is_ok(), "{marked:?}\n{}", logs(&replicas));
+    api.patch_status(
+        "conflicted",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(
+            serde_json::json!({"status": {"remoteStatus": "touched by another writer"}}),
+        ),
+    )
+    .await
+    .unwrap();
+    let recorded = wait_for(
+        "the refusal recorded despite the conflict",
+        STEP_TIMEOUT,
+        || async {
+            let obj = api.get("conflicted").await?;
+            let status = obj.status.unwrap_or_default();
+            let stalled = status
+                .condition("Stalled")
+                .is_some_and(|c| c.status == "True" && c.reason == "InsufficientCredits");
+            Ok(
+                (stalled && status.pending_generation.is_none() && status.generations == 0)
+                    .then_some(()),
+            )
+        },
+    )
+    .await;
+    assert!(recorded.is_ok(), "{recorded:?}\n{}", logs(&replicas));
+    let all = logs(&replicas);
+    assert!(
+        all.contains("conflict while recording a generate call"),
+        "the write did conflict:\n{all}"
+    );
+    api.delete("conflicted", &DeleteParams::default())
+        .await
+        .unwrap();
+
     // What the scenario cost: one generation per change, a disable call per deletion.
     let stats = sim.stats();
     assert_eq!(stats.count("generate", Some("DEPLOYTEAM01"), None), 2);

@@ -78,7 +78,9 @@ async fn recreated_replaced_and_wiped_objects_buy_nothing_again() {
     env.apply(&yaml);
     let first = env.wait_ready("support").await;
     assert_eq!(env.calls("generate", AGENT), 1);
-    let record = ledger(&env, AGENT).await.expect("the purchase is on record");
+    let record = ledger(&env, AGENT)
+        .await
+        .expect("the purchase is on record");
     assert_eq!(record.spec.purchases.len(), 1);
     assert_eq!(
         record.spec.holder.as_ref().map(|h| h.object.clone()),
@@ -87,13 +89,22 @@ async fn recreated_replaced_and_wiped_objects_buy_nothing_again() {
 
     // Deleted (the Disable PUT runs) and created again from the same manifest.
     delete_and_wait(&env, "support").await;
-    let released = ledger(&env, AGENT).await.expect("the ledger outlives the object");
+    let released = ledger(&env, AGENT)
+        .await
+        .expect("the ledger outlives the object");
     assert_eq!(released.spec.holder, None, "deletion releases the claim");
-    assert_eq!(released.spec.purchases, record.spec.purchases, "and keeps the purchase");
+    assert_eq!(
+        released.spec.purchases, record.spec.purchases,
+        "and keeps the purchase"
+    );
     env.apply(&yaml);
     let again = wait_ready_again(&env, "support", first.metadata.uid.as_deref().unwrap()).await;
     assert_eq!(ready_reason(&again).as_deref(), Some("Adopted"));
-    assert_eq!(env.calls("generate", AGENT), 1, "re-created: nothing bought");
+    assert_eq!(
+        env.calls("generate", AGENT),
+        1,
+        "re-created: nothing bought"
+    );
 
     // kubectl replace --force: deleted and created in one command.
     let file = env.dir.path().join("support.yaml");
@@ -120,7 +131,8 @@ async fn recreated_replaced_and_wiped_objects_buy_nothing_again() {
         )
         .await
         .expect("wipe status");
-    let refresh = serde_json::json!({"metadata": {"annotations": {RECONCILE_REQUESTED_AT: "wiped"}}});
+    let refresh =
+        serde_json::json!({"metadata": {"annotations": {RECONCILE_REQUESTED_AT: "wiped"}}});
     env.api
         .patch("support", &PatchParams::default(), &Patch::Merge(refresh))
         .await
@@ -131,11 +143,12 @@ async fn recreated_replaced_and_wiped_objects_buy_nothing_again() {
         })
     })
     .await;
-    assert_eq!(env.calls("generate", AGENT), 1, "wiped status: nothing bought");
     assert_eq!(
-        env.get("support").await.metadata.uid,
-        replaced.metadata.uid
+        env.calls("generate", AGENT),
+        1,
+        "wiped status: nothing bought"
     );
+    assert_eq!(env.get("support").await.metadata.uid, replaced.metadata.uid);
 }
 
 // An agent whose dynamics exist before any object names it is adopted, unless the object asks
@@ -186,7 +199,11 @@ async fn existing_dynamics_are_adopted_unless_the_object_asks_to_regenerate() {
     let regenerator = env.wait_ready("regenerator").await;
     assert_eq!(ready_reason(&regenerator).as_deref(), Some("Ready"));
     assert_eq!(env.calls("generate", ADOPTED), 1, "only the agent's own");
-    assert_eq!(env.calls("generate", REGENERATED), 2, "its own, and the one asked for");
+    assert_eq!(
+        env.calls("generate", REGENERATED),
+        2,
+        "its own, and the one asked for"
+    );
     assert_eq!(
         ledger(&env, ADOPTED).await.unwrap().spec.purchases[0].calls,
         0,
@@ -203,8 +220,7 @@ async fn two_installs_in_two_namespaces_buy_an_agent_once() {
     let mut env = Env::start("ledger-install-a", charged()).await;
     let other_ns = env.cp.create_namespace("ledger-install-b").await.unwrap();
     env.start_operator_in(&other_ns, &[]);
-    let other: Api<AgentDynamics> =
-        Api::namespaced(env.cp.kube_client().await.unwrap(), &other_ns);
+    let other: Api<AgentDynamics> = Api::namespaced(env.cp.kube_client().await.unwrap(), &other_ns);
     let yaml = manifest("support", AGENT, "");
     env.apply(&yaml);
     env.cp
@@ -258,7 +274,10 @@ async fn resolve_retry_sends_once_more_and_accept_sends_nothing() {
     env.apply(&manifest("lagging", INVISIBLE, ""));
     let stalled = env.wait_reason("lagging", "GenerationNotVisible").await;
     let message = stalled_message(&stalled);
-    assert!(message.contains("resolve") && message.contains("--accept") && message.contains("--retry"), "{message}");
+    assert!(
+        message.contains("resolve") && message.contains("--accept") && message.contains("--retry"),
+        "{message}"
+    );
     assert_eq!(env.calls("generate", INVISIBLE), 1);
     resolve(&env, "lagging", "--retry");
     wait_for("the retried call", TIMEOUT, || async {
@@ -285,7 +304,9 @@ async fn resolve_retry_sends_once_more_and_accept_sends_nothing() {
     env.patch_spec("reverted", serde_json::json!({"duration": 3}))
         .await;
     env.wait("reverted", "Ready for the edit", |o| {
-        o.status.as_ref().is_some_and(|s| s.is_ready() && s.generations == 2)
+        o.status
+            .as_ref()
+            .is_some_and(|s| s.is_ready() && s.generations == 2)
     })
     .await;
     env.patch_spec("reverted", serde_json::json!({"duration": null}))
@@ -294,9 +315,9 @@ async fn resolve_retry_sends_once_more_and_accept_sends_nothing() {
     resolve(&env, "reverted", "--accept");
     let accepted = env
         .wait("reverted", "Ready after accept", |o| {
-            o.status.as_ref().is_some_and(|s| {
-                s.is_ready() && s.observed_generation == o.metadata.generation
-            })
+            o.status
+                .as_ref()
+                .is_some_and(|s| s.is_ready() && s.observed_generation == o.metadata.generation)
         })
         .await;
     assert_eq!(env.calls("generate", REVERTED), 2, "accept sends nothing");

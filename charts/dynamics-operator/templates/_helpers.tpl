@@ -72,6 +72,11 @@ bithuman-api
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["get", "list", "watch"]
+{{- if eq .Values.watchNamespace "" }}
+- apiGroups: ["dynamics.bithuman.ai"]
+  resources: ["dynamicsledgers"]
+  verbs: ["get", "create", "update"]
+{{- end }}
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create"]
