@@ -24,7 +24,7 @@ impl<'de> Deserialize<'de> for LeanAgentDynamics {
         struct Wire {
             #[serde(default)]
             metadata: Meta,
-            spec: AgentDynamicsSpec,
+            spec: serde_json::Value,
             #[serde(default)]
             status: Option<AgentDynamicsStatus>,
         }
@@ -50,6 +50,7 @@ impl<'de> Deserialize<'de> for LeanAgentDynamics {
             spec,
             status,
         } = Wire::deserialize(deserializer)?;
+        let spec = tolerant_spec(spec);
         let mut obj = AgentDynamics {
             metadata: ObjectMeta {
                 annotations: m.annotations,
@@ -72,6 +73,41 @@ impl<'de> Deserialize<'de> for LeanAgentDynamics {
         trim_for_cache(&mut obj);
         Ok(LeanAgentDynamics(obj))
     }
+}
+
+/// The spec, or, when a field does not parse (an enum value or a type from a newer CRD), the
+/// fields that do with the others kept as unknown: `plan` then stalls this object alone,
+/// naming them (UnknownSpecField), and the watch goes on for every other object.
+pub fn tolerant_spec(raw: serde_json::Value) -> AgentDynamicsSpec {
+    let fields = match serde_json::from_value::<AgentDynamicsSpec>(raw.clone()) {
+        Ok(spec) => return spec,
+        Err(_) => match raw {
+            serde_json::Value::Object(fields) => fields,
+            other => {
+                let mut spec = AgentDynamicsSpec::default();
+                spec.unknown_fields.insert("spec".into(), other);
+                return spec;
+            }
+        },
+    };
+    let agent_id = fields.get("agentId").cloned();
+    let (mut good, mut bad) = (serde_json::Map::new(), BTreeMap::new());
+    for (key, value) in fields {
+        let mut alone = serde_json::Map::new();
+        if let Some(id) = &agent_id {
+            alone.insert("agentId".into(), id.clone());
+        }
+        alone.insert(key.clone(), value.clone());
+        if serde_json::from_value::<AgentDynamicsSpec>(serde_json::Value::Object(alone)).is_ok() {
+            good.insert(key, value);
+        } else {
+            bad.insert(key, value);
+        }
+    }
+    let mut spec: AgentDynamicsSpec =
+        serde_json::from_value(serde_json::Value::Object(good)).unwrap_or_default();
+    spec.unknown_fields.extend(bad);
+    spec
 }
 
 impl Serialize for LeanAgentDynamics {
@@ -164,5 +200,31 @@ mod tests {
             serde_json::to_value(&full).unwrap()
         );
         assert_eq!(LeanAgentDynamics::plural(&()), "agentdynamics");
+    }
+
+    /// An object written with a newer CRD (an enum value or a type this version does not know)
+    /// still parses: the field is kept as unknown, so the object alone is stalled.
+    #[test]
+    fn a_field_from_a_newer_crd_is_kept_as_unknown_not_a_failed_watch() {
+        let wire = json!({
+            "metadata": {"name": "a", "namespace": "ns"},
+            "spec": {"agentId": "A1", "deletionPolicy": "Archive", "duration": "long", "model": "kling"}
+        });
+        let lean: LeanAgentDynamics = serde_json::from_value(wire).unwrap();
+        let spec = lean.0.spec;
+        assert_eq!(spec.agent_id, "A1");
+        assert_eq!(spec.model.as_deref(), Some("kling"));
+        assert_eq!(
+            spec.unknown_field_paths(),
+            vec!["spec.deletionPolicy", "spec.duration"]
+        );
+        // And a list of objects parses whole, the good ones as they are.
+        let list: Vec<LeanAgentDynamics> = serde_json::from_value(json!([
+            {"metadata": {"name": "new"}, "spec": {"agentId": "A2", "suspend": "maybe"}},
+            {"metadata": {"name": "ok"}, "spec": {"agentId": "A3"}}
+        ]))
+        .unwrap();
+        assert_eq!(list[0].0.spec.unknown_field_paths(), vec!["spec.suspend"]);
+        assert!(list[1].0.spec.unknown_field_paths().is_empty());
     }
 }
