@@ -1,4 +1,4 @@
-//! Named crash points for the crash-window tests and the chaos campaign. A process started with
+//! Named crash points (and a clock that can be set wrong) for the crash-window tests and the chaos campaign. A process started with
 //! `DYNAMICS_FAILPOINTS=after-marker-saved,after-generate-sent@0.2` exits at once (code 86, no
 //! cleanup, like a SIGKILL) when it reaches a named point: always, or with the given probability,
 //! drawn from `DYNAMICS_FAILPOINT_SEED` so a campaign replays. Unset, `hit` is one atomic load.
@@ -82,4 +82,23 @@ mod tests {
             ]
         );
     }
+}
+
+/// The time this process takes for now: the system clock, shifted by `DYNAMICS_CLOCK_SKEW`
+/// seconds (signed) when set, so the chaos campaign can run one replica with a wrong clock.
+/// Unset, it is the system clock plus one atomic load.
+pub fn now() -> jiff::Timestamp {
+    static SKEW: OnceLock<i64> = OnceLock::new();
+    let skew = *SKEW.get_or_init(|| {
+        std::env::var("DYNAMICS_CLOCK_SKEW")
+            .ok()
+            .and_then(|s| s.trim().trim_start_matches('+').parse().ok())
+            .unwrap_or(0)
+    });
+    let now = jiff::Timestamp::now();
+    if skew == 0 {
+        return now;
+    }
+    now.checked_add(jiff::SignedDuration::from_secs(skew))
+        .unwrap_or(now)
 }

@@ -813,3 +813,59 @@ async fn two_applies_through_a_symlink_take_one_lock() {
         "the link is still a link (writes went to the real file)"
     );
 }
+
+// What earlier releases wrote still reads and buys nothing: state files written by the release
+// before empty values counted as absent (regenerate: "" hashed as written) and by the release
+// before the ledger, applied by this one against an API that has the agents' dynamics.
+#[tokio::test]
+async fn states_written_by_earlier_releases_buy_nothing() {
+    use dynamics_operator::api::{ApiSecret, ClientConfig, DynamicsClient, GenerateRequest};
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/upgrade");
+    let agents = ["UPGRADE001", "UPGRADE002", "UPGRADE003"];
+    for release in ["86891f3", "fb0cf75"] {
+        let s = charging().await;
+        std::fs::copy(
+            fixtures.join("manifests/agents.yaml"),
+            s.manifests().join("agents.yaml"),
+        )
+        .unwrap();
+        std::fs::copy(fixtures.join(release).join("state.json"), s.state()).unwrap();
+        // The API as that release left it: one generation per agent.
+        let client = DynamicsClient::new(ClientConfig {
+            base_url: s.sim.url(),
+            ..ClientConfig::default()
+        })
+        .unwrap();
+        for agent in agents {
+            let request = GenerateRequest {
+                agent_id: agent.into(),
+                ..Default::default()
+            };
+            client
+                .generate(&ApiSecret::new(SECRET), &request, None)
+                .await
+                .unwrap();
+        }
+        let start = Instant::now();
+        while !agents
+            .iter()
+            .all(|a| s.sim.agent(a).status.as_deref() == Some("ready"))
+        {
+            assert!(start.elapsed() < Duration::from_secs(20), "seeding");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let out = s.run(&["apply"]).await;
+        assert_eq!(out.code, 0, "{release}: {out:?}");
+        for agent in agents {
+            assert_eq!(
+                s.calls("generate", agent),
+                1,
+                "{release}: {agent} bought again after the upgrade: {out:?}"
+            );
+        }
+        assert!(
+            out.stderr.contains("0 generation(s) started (0 credits)"),
+            "{release}: {out:?}"
+        );
+    }
+}

@@ -311,7 +311,7 @@ impl Executor {
         failures: u32,
         sink: &mut impl StatusSink,
     ) -> Result<PassResult, PassError> {
-        let now = Timestamp::now();
+        let now = failpoint::now();
         tracing::debug!(object = %obj.key, "pass started");
         // A slot kept for this object since it was woken: its own, or the next waiter's.
         let woken = self.guards.lock().expect("guard lock").is_woken(&obj.key);
@@ -421,7 +421,7 @@ impl Executor {
                 &status,
                 obj.access.secret(),
                 0,
-                Timestamp::now(),
+                failpoint::now(),
                 ledger,
                 false,
             )
@@ -978,7 +978,7 @@ fn change_and_wake<R>(
     let mut guards = guards.lock().expect("guard lock");
     let result = change(&mut guards);
     if let Some(wake) = wake {
-        for key in guards.take_woken(Timestamp::now()) {
+        for key in guards.take_woken(failpoint::now()) {
             tracing::debug!(object = %key, "woken: a generation slot is free");
             let _ = wake.send(key);
         }

@@ -260,7 +260,7 @@ fn admit_objects(
     operator: Option<&ApiSecret>,
     sim_secret: Option<&ApiSecret>,
 ) -> Vec<Object> {
-    let now = jiff::Timestamp::now();
+    let now = crate::failpoint::now();
     // Two objects for one agent would fight (and pay twice): the controller's ownership rule,
     // with what the state file knows (has it acted, since when).
     let mut claimants: BTreeMap<String, Vec<Claimant>> = BTreeMap::new();
