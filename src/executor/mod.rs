@@ -750,9 +750,15 @@ impl Executor {
             }
         };
         if let Err(err) = sink.save(&marked).await {
-            // Someone else wrote first; they own this change. Nothing was sent. The ledger
-            // keeps the purchase: whoever won sends it, and this object adopts it.
+            // Someone else wrote first (another replica, a deletion, an edit); nothing was
+            // sent, so the purchase comes off the ledger again: a record of a call never made
+            // would be taken over as bought by the next pass.
             self.with_guard(|guards| guards.cancel(&obj.key));
+            let asker = Asker {
+                object: &obj.key,
+                uid: &obj.uid,
+            };
+            undo_ledger_call(sink, obj, generate, ledger_version, asker).await;
             return Err(err.into());
         }
         failpoint::hit(failpoint::AFTER_MARKER_SAVED);

@@ -154,6 +154,13 @@ async fn a_conflict_on_the_marker_sends_no_generate_call() {
     assert_eq!(generate_calls(&sim), 0, "another writer owns this change");
     assert_eq!(in_flight(&exec), 0, "the slot taken for it is given back");
     assert!(sink.calls.is_empty());
+    // The purchase written to the ledger before the marker comes off again: the next pass
+    // must buy, not take a call that was never sent for bought.
+    let record = sink.ledger.clone().expect("the claim stays on record");
+    assert!(record.purchases.is_empty(), "{record:?}");
+    let result = exec.pass(&object(sink.stored.clone()), 0, &mut sink).await;
+    assert!(result.is_ok(), "{result:?}");
+    assert_eq!(generate_calls(&sim), 1, "bought by the next pass");
 }
 
 #[tokio::test]
@@ -173,6 +180,10 @@ async fn a_refused_generate_frees_its_slot_and_its_marker() {
     assert_eq!(sink.stored.pending_generation, None);
     assert_eq!(sink.stored.generations, 0, "nothing was charged");
     assert_eq!(in_flight(&exec), 0);
+    assert!(
+        sink.ledger.as_ref().unwrap().purchases.is_empty(),
+        "a refused call is not on record as bought"
+    );
 }
 
 #[tokio::test]
