@@ -737,8 +737,17 @@ impl Executor {
             self.settings.poll_min,
         );
         let marked = settle(input, marker, &sending);
-        // The purchase goes on record for the agent first: another object, install or replica
-        // that read the same record fails here and sends nothing.
+        if let Err(err) = sink.save(&marked).await {
+            // Someone else wrote first (another replica, an edit, a deletion); they own this
+            // change. Nothing was sent, and nothing was put on the ledger.
+            self.with_guard(|guards| guards.cancel(&obj.key));
+            return Err(err.into());
+        }
+        failpoint::hit(failpoint::AFTER_MARKER_SAVED);
+        // Then the purchase goes on record for the agent: another object, install or replica
+        // that read the same record fails here and sends nothing. After the marker, so that a
+        // crash in between is the marker's known window (a call that may have been sent), never
+        // a purchase on record with no call behind it.
         let ledger_version = match sink
             .write_ledger(&obj.spec.agent_id, &generate.ledger)
             .await
@@ -746,22 +755,16 @@ impl Executor {
             Ok(version) => version,
             Err(err) => {
                 self.with_guard(|guards| guards.cancel(&obj.key));
+                // Nothing was sent: take the marker back (if this write is lost too, the marker
+                // counts as a call of unknown outcome, which never buys twice).
+                let mut unmarked = marked.clone();
+                unmarked.pending_generation = None;
+                if let Err(e) = sink.save(&unmarked).await {
+                    tracing::warn!(object = %obj.key, error = %e, "the marker of a call that was not sent could not be taken back");
+                }
                 return Err(err.into());
             }
         };
-        if let Err(err) = sink.save(&marked).await {
-            // Someone else wrote first (another replica, a deletion, an edit); nothing was
-            // sent, so the purchase comes off the ledger again: a record of a call never made
-            // would be taken over as bought by the next pass.
-            self.with_guard(|guards| guards.cancel(&obj.key));
-            let asker = Asker {
-                object: &obj.key,
-                uid: &obj.uid,
-            };
-            undo_ledger_call(sink, obj, generate, ledger_version, asker).await;
-            return Err(err.into());
-        }
-        failpoint::hit(failpoint::AFTER_MARKER_SAVED);
 
         let key = format!("{}-{}", obj.uid, generate.idempotency_key);
         let outcome = self
@@ -945,13 +948,8 @@ async fn undo_ledger_call(
 /// effort: a claim left behind names this object, and a new object of the same name takes it
 /// over (another object can with `resolve --accept`).
 async fn release_claim(obj: &ObjectView, store: &mut impl LedgerStore) {
-    let status = &obj.status;
-    let acted = status.generate_hash.is_some()
-        || status.generations > 0
-        || status.pending_generation.is_some();
-    if !acted {
-        return;
-    }
+    // Read whatever the status says: a wiped status, or a crash between the ledger write and
+    // the marker, leaves a claim that the status does not show.
     let agent = &obj.spec.agent_id;
     let asker = Asker {
         object: &obj.key,
