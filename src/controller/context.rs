@@ -35,7 +35,14 @@ pub struct Context {
     pub locks: KeyLocks,
     /// Looks at running generations, for the generation lane (see `lane`).
     polls: tokio::sync::mpsc::UnboundedSender<(String, Duration)>,
+    /// uids of deleted objects whose cleanup ran and whose finalizer this process removed, the
+    /// last few: a pass queued meanwhile may still find the cache's copy with the finalizer,
+    /// and must not run the cleanup (its Disable PUT) a second time.
+    released: Mutex<std::collections::VecDeque<String>>,
 }
+
+/// How many released uids are remembered (the cache catches up within moments).
+const RELEASED_KEPT: usize = 1024;
 
 /// What follows a pass.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,7 +94,26 @@ impl Context {
             failures: Mutex::new(HashMap::new()),
             locks: KeyLocks::default(),
             polls,
+            released: Mutex::new(std::collections::VecDeque::new()),
         }
+    }
+
+    /// The cleanup of this object ran and its finalizer is gone.
+    pub fn mark_released(&self, obj: &AgentDynamics) {
+        let Some(uid) = obj.uid() else { return };
+        let mut released = self.released.lock().expect("released lock");
+        released.push_back(uid);
+        if released.len() > RELEASED_KEPT {
+            released.pop_front();
+        }
+    }
+
+    /// Whether `obj` is a deleted object this process already released.
+    pub fn was_released(&self, obj: &AgentDynamics) -> bool {
+        obj.metadata.deletion_timestamp.is_some()
+            && obj
+                .uid()
+                .is_some_and(|uid| self.released.lock().expect("released lock").contains(&uid))
     }
 
     /// One pass of the controller (apply or cleanup). A look at a running generation is left to

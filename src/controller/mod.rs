@@ -272,17 +272,30 @@ async fn reconcile(obj: Arc<AgentDynamics>, ctx: Arc<Context>) -> Result<Control
     let _lock = ctx.locks.lock(&key).await;
     // Read after the lock: a generation-lane pass may just have written.
     let obj = ctx.freshest(obj);
+    if ctx.was_released(&obj) {
+        // Our own finalizer removal has not reached the cache yet: the cleanup already ran.
+        tracing::debug!(object = %key, "already released");
+        return Ok(ControllerAction::await_change());
+    }
     tracing::debug!(object = %key, "reconcile started");
     let namespace = obj.namespace().unwrap_or_default();
     let api: Api<AgentDynamics> = Api::namespaced(ctx.client.clone(), &namespace);
-    finalizer(&api, FINALIZER, obj, |event| async {
+    let deleting = obj.metadata.deletion_timestamp.is_some()
+        && obj.finalizers().iter().any(|f| f == FINALIZER);
+    let released = obj.clone();
+    let result = finalizer(&api, FINALIZER, obj, |event| async {
         match event {
             FinalizerEvent::Apply(obj) => ctx.controller_pass(&api, obj, false).await,
             FinalizerEvent::Cleanup(obj) => ctx.controller_pass(&api, obj, true).await,
         }
     })
     .await
-    .map_err(|e| Error::Finalizer(Box::new(e)))
+    .map_err(|e| Error::Finalizer(Box::new(e)));
+    if deleting && result.is_ok() {
+        // The cleanup succeeded and kube removed the finalizer.
+        ctx.mark_released(&released);
+    }
+    result
 }
 
 /// Unexpected errors (API server trouble, write conflicts, cleanup refused): retry with
