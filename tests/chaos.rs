@@ -2,9 +2,11 @@
 //! `cargo bench --bench chaos -- --seed N --kills K` runs long ones): two operator replicas with
 //! leader election, 50 SIGKILLs at seeded random moments plus probabilistic failpoints, one
 //! kube-apiserver restart, simulator faults on about 30% of calls, hard simulator modes, unique
-//! edits, deletions and re-creations. It passes only if no user change was charged twice, every
-//! object ended converged or Stalled with a documented reason, and nothing was sent or written
-//! in the 15 s idle window after.
+//! edits, reverts, status wipes, deletions and re-creations (half with the same spec, some under
+//! a new name for the same agent), and one replica whose clock runs an hour behind. It passes
+//! only if no user change was charged twice, every object ended converged (at least 80%) or
+//! Stalled with a reason of credit safety (never Conflict, Unauthorized or
+//! InsufficientCredits), and nothing was sent or written in the 15 s idle window after.
 //!
 //! `DYNAMICS_CHAOS_SEED=N` replays another seed.
 
@@ -40,6 +42,11 @@ async fn chaos_campaign_short() {
     );
     assert!(
         figures.edits > 0 && figures.recreations > 0,
+        "{}",
+        figures.report()
+    );
+    assert!(
+        figures.status_wipes > 0 && figures.same_spec_recreations > 0,
         "{}",
         figures.report()
     );

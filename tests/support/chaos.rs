@@ -33,6 +33,9 @@ use crate::support::process::ManagedChild;
 
 pub const SECRET: &str = "chaos-operator-secret";
 pub const CRD_NAME: &str = crate::support::operator::CRD_NAME;
+/// How far the second replica's clock is off, in seconds.
+pub const CLOCK_SKEW: &str = "-3600";
+
 /// Exit code of an operator stopped by a failpoint.
 pub const FAILPOINT_EXIT: i32 = 86;
 pub const FAILPOINTS: [&str; 3] = [
@@ -46,30 +49,24 @@ pub const FAILPOINTS: [&str; 3] = [
 pub fn documented_stalled() -> Vec<&'static str> {
     use dynamics_operator::api::ApiErrorKind;
     use dynamics_operator::reconcile::reasons;
-    let mut out = vec![
+    // The stalls of credit safety and nothing else: a campaign has one account with credits
+    // enough, one object per agent at a time and valid specs, so Conflict, Unauthorized,
+    // InsufficientCredits and the other refusals would each be a bug.
+    let out = vec![
         reasons::GENERATION_NOT_VISIBLE,
         reasons::GENERATION_OUTCOME_UNKNOWN,
         reasons::REMOTE_DYNAMICS_MISSING,
         reasons::GENERATION_FAILED,
         reasons::INPUTS_ALREADY_BOUGHT,
-        reasons::CONFLICT,
-        reasons::SECRET_NOT_FOUND,
-        reasons::UNKNOWN_SPEC_FIELD,
+        reasons::STATE_OUTDATED,
+        reasons::REMOTE_STATUS_UNKNOWN,
     ];
-    let refusals = [
-        ApiErrorKind::InvalidRequest,
-        ApiErrorKind::Unauthorized,
-        ApiErrorKind::InsufficientCredits,
-        ApiErrorKind::NotFound,
-    ];
-    out.extend(
-        refusals
-            .iter()
-            .filter(|k| k.needs_user_action())
-            .map(|k| k.reason()),
-    );
+    let _: Option<ApiErrorKind> = None;
     out
 }
+
+/// Share of objects that must end converged (the rest: a stall on the list above).
+pub const CONVERGED_AT_LEAST: f64 = 0.8;
 
 // ---------------------------------------------------------------------------------------------
 // Control plane and objects
@@ -217,6 +214,19 @@ impl OperatorSpec {
         failpoints: &str,
         failpoint_seed: u64,
     ) -> anyhow::Result<ManagedChild> {
+        self.spawn_skewed(name, log, extra, failpoints, failpoint_seed, None)
+    }
+
+    /// `spawn`, with the process's clock off by `clock_skew` seconds (`DYNAMICS_CLOCK_SKEW`).
+    pub fn spawn_skewed(
+        &self,
+        name: &str,
+        log: &Path,
+        extra: &[String],
+        failpoints: &str,
+        failpoint_seed: u64,
+        clock_skew: Option<&str>,
+    ) -> anyhow::Result<ManagedChild> {
         let mut args = crate::support::operator::run_args(&self.namespace, &self.api_url);
         args.extend(self.args.iter().cloned());
         args.extend(extra.iter().cloned());
@@ -231,6 +241,9 @@ impl OperatorSpec {
         if !failpoints.is_empty() {
             env.push(("DYNAMICS_FAILPOINTS", failpoints));
             env.push(("DYNAMICS_FAILPOINT_SEED", &seed));
+        }
+        if let Some(skew) = clock_skew {
+            env.push(("DYNAMICS_CLOCK_SKEW", skew));
         }
         ManagedChild::spawn(name, &self.binary, &args, log, &env)
     }
@@ -366,6 +379,11 @@ pub struct Figures {
     pub edits: usize,
     pub deletions: usize,
     pub recreations: usize,
+    /// Re-created with the same spec (of `recreations`), and under a new name for the agent.
+    pub same_spec_recreations: usize,
+    pub successors: usize,
+    pub status_wipes: usize,
+    pub reverts: usize,
     pub failed_user_calls: usize,
     /// User changes (creations, edits, re-creations) the API server accepted.
     pub keys: usize,
@@ -373,6 +391,9 @@ pub struct Figures {
     pub replays: usize,
     pub duplicates: Vec<(String, String, Vec<u64>)>,
     pub converged: usize,
+    /// Converged before any stall was resolved by hand, and how many were resolved (accept).
+    pub converged_on_their_own: usize,
+    pub resolved_by_accept: usize,
     pub stalled: BTreeMap<String, usize>,
     pub open: Vec<String>,
     pub chaos_phase: Duration,
@@ -422,8 +443,15 @@ impl Figures {
         }
         let _ = writeln!(
             s,
-            "  user actions: {} edits, {} deletions, {} re-creations ({} refused or failed, e.g. while kube-apiserver was down)",
-            self.edits, self.deletions, self.recreations, self.failed_user_calls
+            "  user actions: {} edits, {} deletions, {} re-creations ({} with the same spec, {} under a new name), {} status wipes, {} reverts ({} refused or failed, e.g. while kube-apiserver was down)",
+            self.edits,
+            self.deletions,
+            self.recreations,
+            self.same_spec_recreations,
+            self.successors,
+            self.status_wipes,
+            self.reverts,
+            self.failed_user_calls
         );
         let _ = writeln!(
             s,
@@ -436,8 +464,10 @@ impl Figures {
         );
         let _ = writeln!(
             s,
-            "  end: {} converged, Stalled {:?}, open {}",
+            "  end: {} converged ({} on their own, then {} stalls resolved with accept), Stalled {:?}, open {}",
             self.converged,
+            self.converged_on_their_own,
+            self.resolved_by_accept,
             self.stalled,
             self.open.len()
         );
@@ -482,9 +512,16 @@ struct Slot {
 /// One object of the campaign.
 struct Obj {
     name: String,
+    /// The name it was created under first; successors are named after it.
+    base: String,
     agent: String,
     /// Deleted; re-created once it is gone.
     recreate: bool,
+    /// Re-created with the spec it had (not a change: must buy nothing).
+    same_spec: bool,
+    /// The tags its spec had, oldest first (the last one is current).
+    tags: Vec<String>,
+    successors: usize,
 }
 
 struct Campaign<'a> {
@@ -561,12 +598,16 @@ impl<'a> Campaign<'a> {
         } else {
             (String::new(), 0)
         };
-        let child = self.spec.spawn(
+        // The second replica's clock runs an hour behind: stamps it writes are an hour old to
+        // the other, and the other's an hour ahead to it.
+        let skew = (i == 1).then_some(CLOCK_SKEW);
+        let child = self.spec.spawn_skewed(
             &identity,
             &log,
             &["--identity".to_string(), identity.clone()],
             &failpoints,
             seed,
+            skew,
         )?;
         let slot = &mut self.slots[i];
         slot.child = Some(child);
@@ -681,7 +722,11 @@ impl<'a> Campaign<'a> {
     }
 
     async fn create(&mut self, i: usize) -> anyhow::Result<()> {
-        let tag = self.next_tag();
+        let reuse = self.objects[i].same_spec && !self.objects[i].tags.is_empty();
+        let tag = match self.objects[i].tags.last() {
+            Some(tag) if reuse => tag.clone(),
+            _ => self.next_tag(),
+        };
         let orphan = self.action_rng.random_bool(0.25);
         let obj = object(&self.objects[i].name, &self.objects[i].agent, &tag, orphan)?;
         tokio::time::timeout(
@@ -690,7 +735,10 @@ impl<'a> Campaign<'a> {
         )
         .await
         .map_err(|_| anyhow!("create timed out"))??;
-        self.figures.keys += 1;
+        if !reuse {
+            self.figures.keys += 1;
+            self.objects[i].tags.push(tag);
+        }
         Ok(())
     }
 
@@ -702,7 +750,8 @@ impl<'a> Campaign<'a> {
         }
         let name = self.objects[i].name.clone();
         let agent = self.objects[i].agent.clone();
-        if self.action_rng.random_bool(0.15) {
+        let roll: f64 = self.action_rng.random();
+        if roll < 0.15 {
             let deleted = tokio::time::timeout(
                 Duration::from_secs(5),
                 self.api.delete(&name, &DeleteParams::default()),
@@ -712,7 +761,57 @@ impl<'a> Campaign<'a> {
                 Ok(Ok(_)) => {
                     self.figures.deletions += 1;
                     self.objects[i].recreate = true;
+                    // Half come back as they were (a GitOps re-sync, `replace --force`).
+                    self.objects[i].same_spec = self.action_rng.random_bool(0.5);
                     self.say(format!("delete {name}"));
+                }
+                _ => self.figures.failed_user_calls += 1,
+            }
+            return;
+        }
+        if roll < 0.22 {
+            // The status lost (a restore without it), then a refresh: must buy nothing.
+            let wiped = tokio::time::timeout(Duration::from_secs(5), async {
+                self.api
+                    .patch_status(
+                        &name,
+                        &PatchParams::default(),
+                        &Patch::Merge(json!({"status": null})),
+                    )
+                    .await?;
+                let tag = format!("wipe-{}", self.figures.status_wipes);
+                let refresh = json!({"metadata": {"annotations": {dynamics_operator::resource::RECONCILE_REQUESTED_AT: tag}}});
+                self.api
+                    .patch(&name, &PatchParams::default(), &Patch::Merge(refresh))
+                    .await
+            })
+            .await;
+            match wiped {
+                Ok(Ok(_)) => {
+                    self.figures.status_wipes += 1;
+                    self.say(format!("wipe the status of {name}"));
+                }
+                _ => self.figures.failed_user_calls += 1,
+            }
+            return;
+        }
+        let tags = &self.objects[i].tags;
+        if roll < 0.28 && tags.len() >= 2 {
+            // Back to the inputs before the last edit (a revert): already bought.
+            let previous = tags[tags.len() - 2].clone();
+            let patched = tokio::time::timeout(
+                Duration::from_secs(5),
+                self.api.patch(
+                    &name,
+                    &PatchParams::default(),
+                    &edit_patch(&agent, &previous),
+                ),
+            )
+            .await;
+            match patched {
+                Ok(Ok(_)) => {
+                    self.figures.reverts += 1;
+                    self.objects[i].tags.push(previous);
                 }
                 _ => self.figures.failed_user_calls += 1,
             }
@@ -729,6 +828,7 @@ impl<'a> Campaign<'a> {
             Ok(Ok(_)) => {
                 self.figures.edits += 1;
                 self.figures.keys += 1;
+                self.objects[i].tags.push(tag);
             }
             _ => self.figures.failed_user_calls += 1,
         }
@@ -748,10 +848,22 @@ impl<'a> Campaign<'a> {
             if !gone {
                 continue;
             }
+            let renamed = self.chaos && self.action_rng.random_bool(0.3);
+            if renamed {
+                // Another object for the same agent takes over (a rename in Git).
+                self.objects[i].successors += 1;
+                self.objects[i].name =
+                    format!("{}-{}", self.objects[i].base, self.objects[i].successors);
+            }
+            let name = self.objects[i].name.clone();
+            let same_spec = self.objects[i].same_spec;
             match self.create(i).await {
                 Ok(()) => {
                     self.objects[i].recreate = false;
+                    self.objects[i].same_spec = false;
                     self.figures.recreations += 1;
+                    self.figures.same_spec_recreations += usize::from(same_spec);
+                    self.figures.successors += usize::from(renamed);
                     self.say(format!("re-create {name}"));
                 }
                 Err(_) => self.figures.failed_user_calls += 1,
@@ -815,6 +927,49 @@ impl<'a> Campaign<'a> {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         Ok(())
+    }
+
+    /// Sets `resolve: accept` on every object Stalled about money (what a user does with
+    /// `dynamics-operator resolve --accept`: take what the API shows, send nothing); returns
+    /// how many. Counts how many had converged on their own before.
+    async fn accept_stalls(&mut self) -> anyhow::Result<usize> {
+        use dynamics_operator::reconcile::reasons;
+        // RemoteDynamicsMissing has nothing to accept, but the annotation makes the operator
+        // look again now instead of at its stalled pace; the API has recovered by then.
+        let acceptable = [
+            reasons::REMOTE_DYNAMICS_MISSING,
+            reasons::GENERATION_NOT_VISIBLE,
+            reasons::GENERATION_OUTCOME_UNKNOWN,
+            reasons::INPUTS_ALREADY_BOUGHT,
+            reasons::STATE_OUTDATED,
+            reasons::REMOTE_STATUS_UNKNOWN,
+        ];
+        let list = self.api.list(&ListParams::default()).await?;
+        self.figures.converged_on_their_own = list
+            .items
+            .iter()
+            .filter(|o| end_state(o) == EndState::Converged)
+            .count();
+        let mut resolved = 0;
+        for obj in &list.items {
+            let EndState::Stalled(reason) = end_state(obj) else {
+                continue;
+            };
+            if !acceptable.contains(&reason.as_str()) {
+                continue;
+            }
+            let name = obj.metadata.name.clone().unwrap_or_default();
+            let annotation = json!({"metadata": {"annotations": {dynamics_operator::resource::RESOLVE: format!("accept@{resolved}")}}});
+            self.api
+                .patch(&name, &PatchParams::default(), &Patch::Merge(annotation))
+                .await?;
+            self.say(format!("resolve accept {name} (Stalled {reason})"));
+            resolved += 1;
+        }
+        self.figures.resolved_by_accept = resolved;
+        // Let the operator see the annotations before the next look at the end states.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        Ok(resolved)
     }
 
     /// Ends the chaos: faults off, replicas without failpoints from now on, deleted objects
@@ -1031,8 +1186,12 @@ pub async fn run_campaign(cp: &ControlPlane, cfg: &CampaignConfig) -> anyhow::Re
         objects: (0..cfg.objects)
             .map(|i| Obj {
                 name: format!("chaos-{i:03}"),
+                base: format!("chaos-{i:03}"),
                 agent: campaign_agent(cfg.seed, i),
                 recreate: false,
+                same_spec: false,
+                tags: Vec::new(),
+                successors: 0,
             })
             .collect(),
         tags: 0,
@@ -1076,6 +1235,22 @@ pub async fn run_campaign(cp: &ControlPlane, cfg: &CampaignConfig) -> anyhow::Re
     ));
 
     campaign.figures.time_to_converge = campaign.converge().await?;
+    if campaign.figures.time_to_converge.is_some() {
+        // The user's way out of the stalls about money that remain: accept what the API shows.
+        // It never sends anything, so the charged generations must not move.
+        let charged = sim_generations(&sim).len();
+        let resolved = campaign.accept_stalls().await?;
+        if resolved > 0 {
+            campaign.figures.time_to_converge = campaign.converge().await?;
+            let after = sim_generations(&sim).len();
+            if after != charged {
+                campaign.figures.violations.push(format!(
+                    "resolve accept of {resolved} objects sent {} generate calls",
+                    after - charged
+                ));
+            }
+        }
+    }
     let converged = campaign.figures.time_to_converge.is_some();
     if !converged {
         campaign.figures.violations.push(format!(
@@ -1146,6 +1321,16 @@ pub async fn run_campaign(cp: &ControlPlane, cfg: &CampaignConfig) -> anyhow::Re
         match end_state(obj) {
             EndState::Converged => {
                 f.converged += 1;
+                let accepted = obj
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.last_handled_resolve.as_deref())
+                    .is_some_and(|v| v.starts_with("accept"));
+                if accepted {
+                    // The user took what the API shows as this spec's: not what was generated
+                    // last for it, by their decision.
+                    continue;
+                }
                 // What the simulator last generated is what the spec asks for.
                 let last = sim
                     .agent(&obj.spec.agent_id)
@@ -1172,6 +1357,14 @@ pub async fn run_campaign(cp: &ControlPlane, cfg: &CampaignConfig) -> anyhow::Re
                 }
             }
         }
+    }
+    if (f.converged as f64) < CONVERGED_AT_LEAST * objects.len() as f64 {
+        f.violations.push(format!(
+            "only {} of {} objects converged (at least {:.0}% must)",
+            f.converged,
+            objects.len(),
+            CONVERGED_AT_LEAST * 100.0
+        ));
     }
     if f.apiserver_restarts == 0 {
         f.violations
@@ -1243,11 +1436,14 @@ pub fn campaign_modes(seed: u64, agent: usize) -> (Modes, Vec<&'static str>) {
     (modes, names)
 }
 
-/// The modes that stay once the chaos is over.
+/// The modes that stay once the chaos is over. `data: null` for a converged agent is a fault
+/// of a busy service too: it ends with the chaos (the stall it caused stays until the user
+/// looks again, see `accept_stalls`).
 fn lasting(modes: &Modes) -> Modes {
     Modes {
         reply_delay_ms: 0,
         retry_after_header: None,
+        converged_reply: Default::default(),
         ..modes.clone()
     }
 }
