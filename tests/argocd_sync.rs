@@ -463,6 +463,21 @@ impl ArgoCd {
             .collect()
     }
 
+    /// The Application's resource tree as the API server serves it to the UI and the CLI: since
+    /// v3.0 the controller keeps each resource's health there (in Redis), not in the
+    /// Application's status.resources (unless --persist-resource-health).
+    async fn resource_tree(&self) -> Json {
+        let url = format!(
+            "http://{}/api/v1/applications/{APP}/resource-tree",
+            self.server
+        );
+        let reply = reqwest::get(&url)
+            .await
+            .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+        assert!(reply.status().is_success(), "GET {url}: {}", reply.status());
+        reply.json().await.expect("a resource tree")
+    }
+
     /// `argocd app actions run`, as a user runs an action, through the API server.
     fn run_action(&self, ns: &str, name: &str, action: &str) -> String {
         run_ok(
@@ -509,6 +524,15 @@ impl AppState {
         }
     }
 
+    /// Synced to `revision`, `health`, and the sync operation to it finished.
+    fn settled(&self, revision: &str, health: &str) -> bool {
+        self.sync == "Synced"
+            && self.revision == revision
+            && self.health == health
+            && self.op_phase == "Succeeded"
+            && self.op_revision == revision
+    }
+
     /// The Application's entry for AgentDynamics `name`.
     fn resource(&self, name: &str) -> Option<&Json> {
         self.resources
@@ -516,7 +540,8 @@ impl AppState {
             .find(|r| r["kind"] == "AgentDynamics" && r["name"] == name)
     }
 
-    fn line(&self) -> String {
+    /// The status line; `tree` adds the health of every AgentDynamics that is not Healthy.
+    fn line(&self, tree: &Json) -> String {
         let short = |r: &str| r.get(..7).unwrap_or(r).to_string();
         let mut line = format!(
             "sync {} ({}), health {}, last sync {} ({}): {}",
@@ -527,9 +552,11 @@ impl AppState {
             short(&self.op_revision),
             or_none(&self.op_message)
         );
-        let unhealthy: Vec<String> = self
-            .resources
-            .iter()
+        let unhealthy: Vec<String> = tree["nodes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|r| r["kind"] == "AgentDynamics")
             .filter(|r| r["health"]["status"].is_string() && r["health"]["status"] != "Healthy")
             .map(|r| {
                 format!(
@@ -646,7 +673,7 @@ impl Run {
     /// Reads the Application and notes its status in the timeline when it changed.
     async fn observe(&mut self) -> AppState {
         let state = self.app().await;
-        let line = state.line();
+        let line = state.line(&self.argocd.resource_tree().await);
         if line != self.last_line {
             self.timeline.push(format!("[{}] {line}", self.step));
             self.last_line = line;
@@ -900,7 +927,7 @@ spec:
             if app.health == "Progressing" && live.len() == agents.len() && !all_ready {
                 progressing_seen = true;
             }
-            Ok(app.sync == "Synced" && app.revision == first && app.health == "Healthy")
+            Ok(app.settled(&first, "Healthy"))
         })
         .await;
     if !progressing_seen {
@@ -931,6 +958,36 @@ spec:
                 other => run.fail(&format!(
                     "{name} created at resourceVersion {other:?}, not after the Secret ({secret})"
                 )),
+            }
+        }
+        // And in a later wave: Argo CD applies a wave, waits for it to be healthy and then
+        // about 2 s (ARGOCD_SYNC_WAVE_DELAY) before the next. Kind order alone (one wave) would
+        // also put a Secret before custom resources, but in the same second.
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+        let secret_created = secrets
+            .get_metadata("team-b-bithuman")
+            .await
+            .expect("the Secret")
+            .metadata
+            .creation_timestamp
+            .expect("creationTimestamp")
+            .0
+            .as_second();
+        for (name, _) in agents {
+            let created = run
+                .env
+                .get(name)
+                .await
+                .metadata
+                .creation_timestamp
+                .expect("creationTimestamp")
+                .0
+                .as_second();
+            if created < secret_created + 1 {
+                run.fail(&format!(
+                    "{name} created {} s after the Secret: not in a later sync wave",
+                    created - secret_created
+                ));
             }
         }
         let reasons: Vec<String> = seen
@@ -1011,7 +1068,7 @@ spec:
         {
             return Err("Synced and Healthy before the edited agent is Ready".into());
         }
-        Ok(app.sync == "Synced" && app.revision == second && app.health == "Healthy")
+        Ok(app.settled(&second, "Healthy"))
     })
     .await;
     if !progressing {
@@ -1081,11 +1138,10 @@ spec:
         "bad-secret-agent, with a wrong api-secret",
     );
     run.refresh().await;
-    let state = run
-        .until("Degraded for the bad secret", |app, _| {
-            Ok(app.sync == "Synced" && app.revision == third && app.health == "Degraded")
-        })
-        .await;
+    run.until("Degraded for the bad secret", |app, _| {
+        Ok(app.settled(&third, "Degraded"))
+    })
+    .await;
     let live = run.env.get(BAD.0).await;
     let stalled = live
         .status
@@ -1096,7 +1152,14 @@ spec:
     let Some(stalled) = stalled else {
         run.fail("the Application is Degraded but bad-secret-agent is not Stalled");
     };
-    let entry = state.resource(BAD.0).cloned().unwrap_or_default();
+    let tree = run.argocd.resource_tree().await;
+    let entry = tree["nodes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|n| n["kind"] == "AgentDynamics" && n["name"] == BAD.0)
+        .cloned()
+        .unwrap_or_default();
     let want = format!("{}: {}", stalled.reason, stalled.message);
     if entry["health"]["status"] != "Degraded" || entry["health"]["message"] != want.as_str() {
         run.fail(&format!(
@@ -1135,7 +1198,7 @@ spec:
             .iter()
             .filter(|o| gone.contains(&o.metadata.name.as_deref().unwrap_or("")))
             .count();
-        Ok(left == 0 && app.sync == "Synced" && app.revision == fourth && app.health == "Healthy")
+        Ok(left == 0 && app.settled(&fourth, "Healthy"))
     })
     .await;
     let state = run.app().await;
@@ -1177,6 +1240,41 @@ spec:
             .is_some_and(|s| s.is_ready()));
     }
 
+    // Pruned in reverse wave order: the agent (wave 0) is gone before its Secret (wave -1) is
+    // deleted, so the finalizer of an agent pruned together with its Secret still finds it.
+    let deleted = |kind: &str, name: &str| {
+        seen.lock()
+            .unwrap()
+            .iter()
+            .find(|s| s.kind == kind && s.name == name && s.event == "DELETED")
+            .map(|s| s.resource_version)
+    };
+    let (agent_gone, secret_gone) = (
+        deleted("AgentDynamics", BAD.0),
+        deleted("Secret", "team-c-bithuman"),
+    );
+    println!(
+        "pruned: {} at {agent_gone:?}, Secret team-c-bithuman at {secret_gone:?}",
+        BAD.0
+    );
+    match (agent_gone, secret_gone) {
+        (Some(agent), Some(secret)) if agent < secret => {}
+        other => run.fail(&format!(
+            "{} deleted at {:?}, its Secret at {:?}: the Secret went first",
+            BAD.0, other.0, other.1
+        )),
+    }
+
+    if let Some(keep) = std::env::var_os("DYNAMICS_ARGOCD_KEEP_LOGS") {
+        let keep = PathBuf::from(keep);
+        std::fs::create_dir_all(&keep).unwrap();
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "log") {
+                std::fs::copy(&path, keep.join(path.file_name().unwrap())).unwrap();
+            }
+        }
+    }
     println!(
         "Application status, step by step:\n  {}",
         run.timeline.join("\n  ")
