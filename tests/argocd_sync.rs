@@ -15,9 +15,9 @@
 //! charged calls is the oracle. The steps, in one run (each needs the state the last left):
 //!
 //! 1. first sync, sync waves: the Secret an agent needs (wave -1) is created before every
-//!    AgentDynamics and the agent never sees SecretNotFound; the Application is Progressing
-//!    while generations run and Healthy only once every AgentDynamics is Ready; one generation
-//!    each;
+//!    AgentDynamics, a second or more before (a later wave, not only kind order), and the agent
+//!    never sees SecretNotFound; the Application is Progressing while generations run and
+//!    Healthy only once every AgentDynamics is Ready; one generation each;
 //! 2. it stays Synced and Healthy for two resyncs (no drift from status, the CRD's defaults or
 //!    field order), with no new sync and nothing sent to the API;
 //! 3. a commit that edits a spec: Synced to it, Progressing, Healthy; exactly one generation;
@@ -25,8 +25,13 @@
 //!    in status, no generation, the Application stays Synced;
 //! 5. a commit adding an agent whose Secret holds a wrong api-secret: Degraded, with the
 //!    Stalled condition's reason and message as the resource's health message;
-//! 6. a commit removing three manifests: pruned; Disable sends one PUT, Orphan nothing; the
-//!    Application ends Synced and Healthy.
+//! 6. a commit removing three manifests and a Secret: pruned in reverse wave order (the agent
+//!    before its Secret); Disable sends one PUT, Orphan nothing; the Application ends Synced
+//!    and Healthy.
+//!
+//! Each step ends when the sync operation to its commit has Succeeded. Per-resource health
+//! comes from the resource tree the API server serves (what the UI and `argocd app get` show).
+//! `DYNAMICS_ARGOCD_KEEP_LOGS=<dir>` keeps every component's log.
 //!
 //! The Application's status at each step is printed (`--nocapture` shows it).
 
@@ -1087,6 +1092,7 @@ spec:
 
     // 4. The refresh action, as a user runs it: the operator echoes the annotation in status.
     run.begin("refresh action on minimal-agent");
+    let history = run.app().await.history;
     let out = run.argocd.run_action(&ns, MINIMAL.0, "refresh");
     println!("argocd app actions run: {}", out.trim());
     let requested = run
@@ -1112,8 +1118,16 @@ spec:
         .await;
     run.refresh().await;
     let before = run.app().await.reconciled_at;
-    run.until("Synced and Healthy after the action", |app, _| {
-        Ok(app.reconciled_at != before && app.sync == "Synced" && app.health == "Healthy")
+    // The annotation is not in Git: compared again, the Application is still Synced, and
+    // self-heal synced nothing.
+    run.until("a comparison after the action", |app, _| {
+        if app.sync != "Synced" || app.health != "Healthy" || app.history != history {
+            return Err(format!(
+                "{} / {} with {} syncs (was {history})",
+                app.sync, app.health, app.history
+            ));
+        }
+        Ok(app.reconciled_at != before)
     })
     .await;
     assert_eq!(run.charged(MINIMAL), 1, "the refresh bought nothing");
