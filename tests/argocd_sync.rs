@@ -25,9 +25,9 @@
 //!    in status, no generation, the Application stays Synced;
 //! 5. a commit adding an agent whose Secret holds a wrong api-secret: Degraded, with the
 //!    Stalled condition's reason and message as the resource's health message;
-//! 6. a commit removing three manifests and a Secret: pruned in reverse wave order (the agent
-//!    before its Secret); Disable sends one PUT, Orphan nothing; the Application ends Synced
-//!    and Healthy.
+//! 6. a commit removing four agents and two Secrets: pruned in reverse wave order, each agent
+//!    before its Secret, so team-b-agent's Disable PUT still has its api-secret; Disable sends
+//!    one PUT, Orphan nothing; the Application ends Synced and Healthy.
 //!
 //! Each step ends when the sync operation to its commit has Succeeded. Per-resource health
 //! comes from the resource tree the API server serves (what the UI and `argocd app get` show).
@@ -1183,9 +1183,11 @@ spec:
     }
     assert_eq!(run.charged(BAD), 0, "a refused secret buys nothing");
 
-    // 6. A commit removing manifests prunes them: Disable sends one PUT, Orphan nothing.
-    run.begin("commit: remove minimal-agent, kiosk-agent, bad-secret-agent");
+    // 6. A commit removing manifests prunes them: Disable sends one PUT, Orphan nothing. The
+    // team-b agent goes with its Secret: its Disable PUT needs that Secret.
+    run.begin("commit: remove minimal, kiosk, team-b (with its Secret) and bad-secret agents");
     let updates_minimal = run.calls("update", MINIMAL);
+    let updates_team_b = run.calls("update", TEAM_B);
     let kiosk_calls: u64 = ["generate", "get", "update"]
         .iter()
         .map(|e| run.calls(e, KIOSK))
@@ -1193,20 +1195,30 @@ spec:
     let remaining: Vec<&str> = resources
         .iter()
         .copied()
-        .filter(|r| !["minimal.yaml", "orphan.yaml"].contains(r))
+        .filter(|r| {
+            ![
+                "minimal.yaml",
+                "orphan.yaml",
+                "with-secret-ref.yaml",
+                "team-b-secret.yaml",
+            ]
+            .contains(r)
+        })
         .collect();
     let fourth = run.repo.commit(
         &[
             ("minimal.yaml", None),
             ("orphan.yaml", None),
+            ("with-secret-ref.yaml", None),
+            ("team-b-secret.yaml", None),
             ("team-c-secret.yaml", None),
             ("bad-secret-agent.yaml", None),
             ("kustomization.yaml", Some(kustomization(&remaining))),
         ],
-        "remove minimal-agent, kiosk-agent and bad-secret-agent",
+        "remove minimal-agent, kiosk-agent, team-b-agent and bad-secret-agent",
     );
     run.refresh().await;
-    let gone = [MINIMAL.0, KIOSK.0, BAD.0];
+    let gone = [MINIMAL.0, KIOSK.0, TEAM_B.0, BAD.0];
     run.until("pruned, Synced and Healthy", |app, live| {
         let left = live
             .iter()
@@ -1216,17 +1228,21 @@ spec:
     })
     .await;
     let state = run.app().await;
-    if run.calls("update", MINIMAL) != updates_minimal + 1 {
-        let n = run.calls("update", MINIMAL) - updates_minimal;
-        run.fail(&format!(
-            "pruning minimal-agent (Disable) sent {n} PUTs, expected 1"
-        ));
+    for (agent, before) in [(MINIMAL, updates_minimal), (TEAM_B, updates_team_b)] {
+        if run.calls("update", agent) != before + 1 {
+            let n = run.calls("update", agent) - before;
+            run.fail(&format!(
+                "pruning {} (Disable) sent {n} PUTs, expected 1",
+                agent.0
+            ));
+        }
+        assert_eq!(
+            run.env.sim.agent(agent.1).enabled,
+            Some(false),
+            "{} disabled",
+            agent.0
+        );
     }
-    assert_eq!(
-        run.env.sim.agent(MINIMAL.1).enabled,
-        Some(false),
-        "disabled"
-    );
     let kiosk_after: u64 = ["generate", "get", "update"]
         .iter()
         .map(|e| run.calls(e, KIOSK))
@@ -1245,14 +1261,8 @@ spec:
     for name in gone {
         assert!(state.resource(name).is_none(), "{name} still listed");
     }
-    for agent in [SUPPORT, TEAM_B] {
-        assert!(run
-            .env
-            .get(agent.0)
-            .await
-            .status
-            .is_some_and(|s| s.is_ready()));
-    }
+    let support = run.env.get(SUPPORT.0).await;
+    assert!(ready_now(&support), "{} still Ready", SUPPORT.0);
 
     // Pruned in reverse wave order: the agent (wave 0) is gone before its Secret (wave -1) is
     // deleted, so the finalizer of an agent pruned together with its Secret still finds it.
@@ -1263,20 +1273,17 @@ spec:
             .find(|s| s.kind == kind && s.name == name && s.event == "DELETED")
             .map(|s| s.resource_version)
     };
-    let (agent_gone, secret_gone) = (
-        deleted("AgentDynamics", BAD.0),
-        deleted("Secret", "team-c-bithuman"),
-    );
-    println!(
-        "pruned: {} at {agent_gone:?}, Secret team-c-bithuman at {secret_gone:?}",
-        BAD.0
-    );
-    match (agent_gone, secret_gone) {
-        (Some(agent), Some(secret)) if agent < secret => {}
-        other => run.fail(&format!(
-            "{} deleted at {:?}, its Secret at {:?}: the Secret went first",
-            BAD.0, other.0, other.1
-        )),
+    for (agent, secret) in [(BAD.0, "team-c-bithuman"), (TEAM_B.0, "team-b-bithuman")] {
+        let (agent_gone, secret_gone) =
+            (deleted("AgentDynamics", agent), deleted("Secret", secret));
+        println!("pruned: {agent} at {agent_gone:?}, Secret {secret} at {secret_gone:?}");
+        match (agent_gone, secret_gone) {
+            (Some(a), Some(s)) if a < s => {}
+            other => run.fail(&format!(
+                "{agent} deleted at {:?}, its Secret at {:?}: the Secret went first",
+                other.0, other.1
+            )),
+        }
     }
 
     if let Some(keep) = std::env::var_os("DYNAMICS_ARGOCD_KEEP_LOGS") {
