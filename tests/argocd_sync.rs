@@ -471,16 +471,14 @@ impl ArgoCd {
     /// The Application's resource tree as the API server serves it to the UI and the CLI: since
     /// v3.0 the controller keeps each resource's health there (in Redis), not in the
     /// Application's status.resources (unless --persist-resource-health).
-    async fn resource_tree(&self) -> Json {
+    async fn resource_tree(&self) -> anyhow::Result<Json> {
         let url = format!(
             "http://{}/api/v1/applications/{APP}/resource-tree",
             self.server
         );
-        let reply = reqwest::get(&url)
-            .await
-            .unwrap_or_else(|e| panic!("GET {url}: {e}"));
-        assert!(reply.status().is_success(), "GET {url}: {}", reply.status());
-        reply.json().await.expect("a resource tree")
+        let reply = reqwest::get(&url).await?;
+        anyhow::ensure!(reply.status().is_success(), "GET {url}: {}", reply.status());
+        Ok(reply.json().await?)
     }
 
     /// `argocd app actions run`, as a user runs an action, through the API server.
@@ -678,7 +676,9 @@ impl Run {
     /// Reads the Application and notes its status in the timeline when it changed.
     async fn observe(&mut self) -> AppState {
         let state = self.app().await;
-        let line = state.line(&self.argocd.resource_tree().await);
+        // The timeline only: a tree not served yet shows no resource health.
+        let tree = self.argocd.resource_tree().await.unwrap_or_default();
+        let line = state.line(&tree);
         if line != self.last_line {
             self.timeline.push(format!("[{}] {line}", self.step));
             self.last_line = line;
@@ -703,6 +703,7 @@ impl Run {
     }
 
     fn fail(&mut self, what: &str) -> ! {
+        keep_logs(self.env.dir.path());
         let report = self.report();
         panic!("{what}\n{report}");
     }
@@ -757,6 +758,21 @@ impl Run {
 
     fn calls(&self, endpoint: &str, agent: (&str, &str)) -> u64 {
         self.env.calls(endpoint, agent.1)
+    }
+}
+
+/// Copies every log of `dir` to `DYNAMICS_ARGOCD_KEEP_LOGS`, if set.
+fn keep_logs(dir: &Path) {
+    let Some(keep) = std::env::var_os("DYNAMICS_ARGOCD_KEEP_LOGS") else {
+        return;
+    };
+    let keep = PathBuf::from(keep);
+    std::fs::create_dir_all(&keep).unwrap();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "log") {
+            std::fs::copy(&path, keep.join(path.file_name().unwrap())).unwrap();
+        }
     }
 }
 
@@ -1166,7 +1182,10 @@ spec:
     let Some(stalled) = stalled else {
         run.fail("the Application is Degraded but bad-secret-agent is not Stalled");
     };
-    let tree = run.argocd.resource_tree().await;
+    let tree = match run.argocd.resource_tree().await {
+        Ok(tree) => tree,
+        Err(e) => run.fail(&format!("the resource tree: {e}")),
+    };
     let entry = tree["nodes"]
         .as_array()
         .into_iter()
@@ -1286,16 +1305,7 @@ spec:
         }
     }
 
-    if let Some(keep) = std::env::var_os("DYNAMICS_ARGOCD_KEEP_LOGS") {
-        let keep = PathBuf::from(keep);
-        std::fs::create_dir_all(&keep).unwrap();
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.extension().is_some_and(|e| e == "log") {
-                std::fs::copy(&path, keep.join(path.file_name().unwrap())).unwrap();
-            }
-        }
-    }
+    keep_logs(&dir);
     println!(
         "Application status, step by step:\n  {}",
         run.timeline.join("\n  ")
