@@ -4,7 +4,10 @@
 //! * the object is the global `obj`, converted from YAML as Argo CD converts it (maps and lists
 //!   become tables, numbers become Lua numbers, null becomes nil);
 //! * only the libraries Argo CD opens for customizations from argocd-cm: base, package, table and
-//!   an `os` reduced to `time` and `date` (no `string`, no `math`, no `io`);
+//!   an `os` reduced to `time` and `date` that only `require("os")` returns (no `string`, no
+//!   `math`, no `io`). Argo CD v3.1 registers its restricted os functions under the name of
+//!   the table library (util/lua/oslib_safe.go), so there is no global `os` and `table` has
+//!   `time` and `date`: a script that calls `os.date` without the `require` fails in Argo CD;
 //! * every case of `health_test.yaml` and `actions/action_test.yaml` (Argo CD's own layouts);
 //! * and the argocd-cm snippet must embed exactly these scripts
 //!   (`DYNAMICS_BLESS=1 cargo test --test argocd_health` rewrites it after a script changes).
@@ -52,8 +55,13 @@ fn argocd_lua() -> Lua {
         let f: mlua::Function = full_os.get(name).unwrap();
         safe_os.set(name, f).unwrap();
     }
-    globals.set("os", safe_os.clone()).unwrap();
-    // `require("os")` gets the same reduced table.
+    globals.set("os", LuaValue::Nil).unwrap();
+    let table: mlua::Table = globals.get("table").unwrap();
+    for name in ["time", "date"] {
+        let f: mlua::Function = safe_os.get(name).unwrap();
+        table.set(name, f).unwrap();
+    }
+    // `require("os")` gets the reduced table.
     let package: mlua::Table = globals.get("package").unwrap();
     let loaded: mlua::Table = package.get("loaded").unwrap();
     loaded.set("os", safe_os).unwrap();
@@ -289,6 +297,7 @@ fn the_harness_has_only_argo_cds_libraries() {
         "os.execute('true') return {}",
         "return {status = os.getenv('HOME')}",
         "io.write('x') return {}",
+        "return {status = 'Healthy', message = os.date('!%Y')}",
     ] {
         assert!(
             run(script, "probe.lua", &obj).is_err(),
@@ -296,11 +305,11 @@ fn the_harness_has_only_argo_cds_libraries() {
         );
     }
     let ok = run(
-        "local t = {} table.insert(t, os.date('!%Y')) return {status = 'Healthy', message = t[1] .. ' ' .. os.time()}",
+        "local os = require('os') local t = {} table.insert(t, os.date('!%Y')) return {status = 'Healthy', message = t[1] .. ' ' .. os.time()}",
         "probe.lua",
         &obj,
     )
-    .expect("base, table, os.time and os.date are there");
+    .expect("base, table, and os.time and os.date through require(\"os\") are there");
     assert_eq!(ok["status"], "Healthy");
     let looping = run("while true do end", "loop.lua", &obj);
     assert!(looping.is_err(), "an endless script must be stopped");

@@ -10,7 +10,11 @@
 #   4. the Go tools of tests/tools (helm, crane, promtool, kstatus, argocd-lua), once: a cold
 #      build takes several minutes, later runs skip it; with them the Helm chart, the alerting
 #      rules and dashboard, and the health engines (kstatus, Argo CD's gopher-lua);
-#   5. the release binary, once per run, for the OCI image test (deploy/image/build.sh).
+#   5. Argo CD (application controller, repo server, API server) and kustomize from module
+#      source by tests/argocd/build.sh, once, with Debian's redis-server (apt-get when
+#      missing): with them a real Argo CD syncs a Git repository of AgentDynamics
+#      (tests/argocd_sync.rs);
+#   6. the release binary, once per run, for the OCI image test (deploy/image/build.sh).
 # Set DYNAMICS_E2E_KUBECONFIG to run the end-to-end suite against an existing cluster (kind).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,6 +25,9 @@ tests/controlplane/build.sh
 
 echo "== Go tools (tests/tools/build.sh)"
 tests/tools/build.sh
+
+echo "== Argo CD (tests/argocd/build.sh)"
+tests/argocd/build.sh
 
 # tests/image.rs builds the image from it (twice, to prove the build reproducible).
 echo "== release binary (cargo build --release)"

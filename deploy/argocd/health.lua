@@ -1,6 +1,7 @@
 -- Argo CD health check for dynamics.bithuman.ai/AgentDynamics (resource.customizations.health).
 -- Argo CD runs it with gopher-lua (Lua 5.1) and, for checks from argocd-cm, only the base, table
--- and a restricted os library: no string or math functions here, only comparisons and "..".
+-- and package libraries (os.time and os.date through require("os") only): no string or math
+-- functions here, only comparisons and "..".
 --
 --   Suspended    spec.suspend is true (the operator reads and changes nothing)
 --   Progressing  status not written yet, or written for an older generation; Reconciling=True
