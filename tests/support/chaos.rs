@@ -30,6 +30,7 @@ use serde_json::json;
 
 use crate::support::controlplane::ControlPlane;
 use crate::support::process::ManagedChild;
+use crate::support::operator::ready_reason;
 
 pub const SECRET: &str = "chaos-operator-secret";
 pub const CRD_NAME: &str = crate::support::operator::CRD_NAME;
@@ -394,6 +395,8 @@ pub struct Figures {
     /// Converged before any stall was resolved by hand, and how many were resolved (accept).
     pub converged_on_their_own: usize,
     pub resolved_by_accept: usize,
+    /// Converged objects that took their inputs over from the ledger (reason Adopted).
+    pub adopted: usize,
     pub stalled: BTreeMap<String, usize>,
     pub open: Vec<String>,
     pub chaos_phase: Duration,
@@ -464,10 +467,11 @@ impl Figures {
         );
         let _ = writeln!(
             s,
-            "  end: {} converged ({} on their own, then {} stalls resolved with accept), Stalled {:?}, open {}",
+            "  end: {} converged ({} on their own, then {} stalls resolved with accept; {} adopted from the ledger), Stalled {:?}, open {}",
             self.converged,
             self.converged_on_their_own,
             self.resolved_by_accept,
+            self.adopted,
             self.stalled,
             self.open.len()
         );
@@ -540,6 +544,8 @@ struct Campaign<'a> {
     slots: Vec<Slot>,
     objects: Vec<Obj>,
     tags: usize,
+    /// User actions taken so far.
+    actions: usize,
     holder: Option<String>,
     figures: Figures,
     chaos: bool,
@@ -750,7 +756,14 @@ impl<'a> Campaign<'a> {
         }
         let name = self.objects[i].name.clone();
         let agent = self.objects[i].agent.clone();
-        let roll: f64 = self.action_rng.random();
+        // The first two actions are a status wipe and a deletion that comes back with the same
+        // spec, so every campaign, however short, has both; then the dice decide.
+        self.actions += 1;
+        let roll: f64 = match self.actions {
+            1 => 0.2,
+            2 => 0.0,
+            _ => self.action_rng.random(),
+        };
         if roll < 0.15 {
             let deleted = tokio::time::timeout(
                 Duration::from_secs(5),
@@ -762,7 +775,8 @@ impl<'a> Campaign<'a> {
                     self.figures.deletions += 1;
                     self.objects[i].recreate = true;
                     // Half come back as they were (a GitOps re-sync, `replace --force`).
-                    self.objects[i].same_spec = self.action_rng.random_bool(0.5);
+                    self.objects[i].same_spec =
+                        self.actions == 2 || self.action_rng.random_bool(0.5);
                     self.say(format!("delete {name}"));
                 }
                 _ => self.figures.failed_user_calls += 1,
@@ -1195,6 +1209,7 @@ pub async fn run_campaign(cp: &ControlPlane, cfg: &CampaignConfig) -> anyhow::Re
             })
             .collect(),
         tags: 0,
+        actions: 0,
         holder: None,
         figures: Figures {
             seed: cfg.seed,
@@ -1329,6 +1344,13 @@ pub async fn run_campaign(cp: &ControlPlane, cfg: &CampaignConfig) -> anyhow::Re
                 if accepted {
                     // The user took what the API shows as this spec's: not what was generated
                     // last for it, by their decision.
+                    continue;
+                }
+                if ready_reason(obj).as_deref() == Some("Adopted") {
+                    // Taken over from the ledger (a re-creation, a successor, a wiped status):
+                    // what another incarnation bought, or sent with an outcome that stayed
+                    // unknown, is never bought again; the API shows what it shows.
+                    f.adopted += 1;
                     continue;
                 }
                 // What the simulator last generated is what the spec asks for.
