@@ -1,4 +1,5 @@
-//! Command line: `run` (the controller), `sim` (the simulator), `crd`, `plan` and `apply`.
+//! Command line: `run` (the controller), `sim` (the simulator), `crd`, `reasons`, `plan` and
+//! `apply`.
 //! Every flag of `run` can also come from the environment, as a Deployment sets them.
 
 use std::net::SocketAddr;
@@ -46,6 +47,9 @@ pub enum Command {
     Sim(crate::sim::SimArgs),
     /// Print the AgentDynamics CustomResourceDefinition (YAML).
     Crd,
+    /// Print every condition and Event reason with its meaning and fix (Markdown, as in
+    /// docs/troubleshooting.md).
+    Reasons,
     /// Show what apply would do for a file or folder of manifests, and what it would cost.
     Plan(PlanArgs),
     /// Converge a file or folder of manifests without a cluster, keeping status in a state file.

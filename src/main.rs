@@ -50,6 +50,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{}", dynamics_operator::resource::crd_yaml());
             Ok(())
         }
+        Command::Reasons => {
+            print!(
+                "{}",
+                dynamics_operator::reconcile::reasons::troubleshooting_markdown()
+            );
+            Ok(())
+        }
         Command::Plan(args) => {
             std::process::exit(dynamics_operator::filemode::run_plan(args).await?)
         }

@@ -7,7 +7,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, ResourceExt};
 
 use crate::api::ApiSecret;
-use crate::reconcile::Blocker;
+use crate::reconcile::{reasons, Blocker};
 use crate::resource::{AgentDynamics, API_SECRET_LABEL};
 
 pub async fn resolve(
@@ -18,7 +18,7 @@ pub async fn resolve(
     let namespace = obj.namespace().unwrap_or_default();
     let Some(reference) = &obj.spec.api_secret_ref else {
         return default.cloned().ok_or_else(|| Blocker::Secret {
-            reason: "NoApiSecret".into(),
+            reason: reasons::NO_API_SECRET.into(),
             message: "no API secret: set spec.apiSecretRef, or give the operator one (BITHUMAN_API_SECRET or --api-secret-file)".into(),
         });
     };
@@ -27,7 +27,7 @@ pub async fn resolve(
         Ok(Some(secret)) => secret,
         Ok(None) => {
             return Err(Blocker::Secret {
-                reason: crate::reconcile::reasons::SECRET_NOT_FOUND.into(),
+                reason: reasons::SECRET_NOT_FOUND.into(),
                 message: format!(
                     "Secret {namespace}/{} (spec.apiSecretRef) not found: create it with the key {:?} holding the bitHuman API secret",
                     reference.name, reference.key
@@ -36,14 +36,14 @@ pub async fn resolve(
         }
         Err(err) => {
             return Err(Blocker::Secret {
-                reason: "SecretUnreadable".into(),
+                reason: reasons::SECRET_UNREADABLE.into(),
                 message: format!("cannot read Secret {namespace}/{}: {err}", reference.name),
             })
         }
     };
     if secret.labels().get(API_SECRET_LABEL).map(String::as_str) != Some("true") {
         return Err(Blocker::Secret {
-            reason: "SecretNotLabeled".into(),
+            reason: reasons::SECRET_NOT_LABELED.into(),
             message: format!(
                 "Secret {namespace}/{name} (spec.apiSecretRef) lacks the label {API_SECRET_LABEL}=true, which marks the Secrets this operator may use: kubectl -n {namespace} label secret {name} {API_SECRET_LABEL}=true",
                 name = reference.name
@@ -65,7 +65,7 @@ pub async fn resolve(
         .map(ApiSecret::new)
         .filter(|s| !s.is_empty());
     value.ok_or_else(|| Blocker::Secret {
-        reason: "SecretKeyNotFound".into(),
+        reason: reasons::SECRET_KEY_NOT_FOUND.into(),
         message: format!(
             "Secret {namespace}/{} has no non-empty key {:?} (spec.apiSecretRef.key)",
             reference.name, reference.key
