@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::api::{ApiSecret, ClientConfig, DEFAULT_BASE_URL};
+use crate::api::{ApiSecret, ClientConfig, DynamicsClient, DEFAULT_BASE_URL};
 use crate::controller::{LeaderConfig, RunConfig};
 use crate::reconcile::Settings;
 use crate::telemetry::LogFormat;
@@ -77,6 +77,20 @@ impl ApiArgs {
             request_timeout: self.api_timeout,
             ..ClientConfig::default()
         }
+    }
+
+    /// The client settings, with `--api-url` checked: a URL no call could ever reach (not
+    /// http(s), unparsable) is refused here, naming the flag, instead of failing on first use.
+    pub fn checked_client_config(&self) -> anyhow::Result<ClientConfig> {
+        let config = self.client_config();
+        DynamicsClient::new(config.clone()).map_err(|e| {
+            anyhow::anyhow!(
+                "--api-url (BITHUMAN_API_URL) {:?} is not usable: {}",
+                self.api_url,
+                e.detail().unwrap_or("the client could not be built")
+            )
+        })?;
+        Ok(config)
     }
 
     /// The operator's own secret: the file if given, else BITHUMAN_API_SECRET. Never a flag, so
@@ -199,9 +213,13 @@ impl RunArgs {
         if self.lease_duration < 2 {
             anyhow::bail!("refusing to start: --lease-duration must be at least 2 seconds");
         }
+        let api = self
+            .api
+            .checked_client_config()
+            .map_err(|e| anyhow::anyhow!("refusing to start: {e}"))?;
         Ok(RunConfig {
             default_secret: self.api.secret()?,
-            api: self.api.client_config(),
+            api,
             namespace: self.namespace,
             concurrency: self.concurrency,
             settings,

@@ -339,7 +339,11 @@ fn client(
     api: &crate::cli::ApiArgs,
     simulator_url: Option<&str>,
 ) -> anyhow::Result<DynamicsClient> {
-    let mut config = api.client_config();
+    // With --simulator, --api-url is not used.
+    let mut config = match simulator_url {
+        Some(_) => api.client_config(),
+        None => api.checked_client_config()?,
+    };
     if let Some(url) = simulator_url {
         config.base_url = url.to_string();
     }
