@@ -11,7 +11,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::api::{ApiSecret, ClientConfig, DynamicsClient, DEFAULT_BASE_URL};
 use crate::controller::{LeaderConfig, RunConfig};
 use crate::reconcile::Settings;
-use crate::telemetry::LogFormat;
+use crate::telemetry::{LogFormat, LogLevel};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -29,6 +29,10 @@ pub struct Cli {
     /// Log format on stderr.
     #[arg(long, global = true, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// Log level [default: info for run and sim, warn for the other commands]. RUST_LOG, when
+    /// set, wins (it can also set levels per module).
+    #[arg(long, global = true, env = "LOG_LEVEL", value_enum)]
+    pub log_level: Option<LogLevel>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -65,6 +69,10 @@ pub struct ApiArgs {
     /// File holding the operator's API secret (e.g. a mounted Secret); BITHUMAN_API_SECRET also works.
     #[arg(long, env = "BITHUMAN_API_SECRET_FILE", help_heading = "bitHuman API")]
     pub api_secret_file: Option<PathBuf>,
+    /// PEM file of CA certificates to trust for the API besides the bundled and system roots
+    /// (e.g. a TLS-inspecting proxy's). SSL_CERT_FILE / SSL_CERT_DIR replace the system roots.
+    #[arg(long, env = "BITHUMAN_API_CA_FILE", help_heading = "bitHuman API")]
+    pub api_ca_file: Option<PathBuf>,
     /// Timeout of one API request.
     #[arg(long, env = "BITHUMAN_API_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration, help_heading = "bitHuman API")]
     pub api_timeout: Duration,
@@ -75,6 +83,10 @@ impl ApiArgs {
         ClientConfig {
             base_url: self.api_url.clone(),
             request_timeout: self.api_timeout,
+            extra_root_certs_pem: self
+                .api_ca_file
+                .as_ref()
+                .and_then(|path| std::fs::read(path).ok()),
             ..ClientConfig::default()
         }
     }
@@ -82,6 +94,18 @@ impl ApiArgs {
     /// The client settings, with `--api-url` checked: a URL no call could ever reach (not
     /// http(s), unparsable) is refused here, naming the flag, instead of failing on first use.
     pub fn checked_client_config(&self) -> anyhow::Result<ClientConfig> {
+        if let Some(path) = &self.api_ca_file {
+            let pem = std::fs::read(path).map_err(|e| {
+                anyhow::anyhow!("cannot read --api-ca-file {}: {e}", path.display())
+            })?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).unwrap_or_default();
+            if certs.is_empty() {
+                anyhow::bail!(
+                    "--api-ca-file {} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+                    path.display()
+                );
+            }
+        }
         let config = self.client_config();
         DynamicsClient::new(config.clone()).map_err(|e| {
             anyhow::anyhow!(

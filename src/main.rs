@@ -38,11 +38,12 @@ fn runtime_for(command: &Command) -> std::io::Result<tokio::runtime::Runtime> {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let filter = match cli.command {
-        Command::Run(_) | Command::Sim(_) => telemetry::SERVICE_FILTER,
-        _ => telemetry::COMMAND_FILTER,
+    let filter = match (cli.log_level, &cli.command) {
+        (Some(level), _) => level.filter(),
+        (None, Command::Run(_) | Command::Sim(_)) => telemetry::SERVICE_FILTER.to_string(),
+        (None, _) => telemetry::COMMAND_FILTER.to_string(),
     };
-    telemetry::init(cli.log_format, filter);
+    telemetry::init(cli.log_format, &filter);
     match cli.command {
         Command::Run(args) => {
             // A refused configuration exits 2 (as a usage error does), before Kubernetes is reached.
