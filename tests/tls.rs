@@ -13,7 +13,9 @@ fn openssl(dir: &Path, args: &[&str]) {
         .args(args)
         .current_dir(dir)
         .output()
-        .expect("openssl must be installed for this test (apt-get install -y openssl; .ci/run does it)");
+        .expect(
+            "openssl must be installed for this test (apt-get install -y openssl; .ci/run does it)",
+        );
     assert!(
         out.status.success(),
         "openssl {}: {}",
@@ -29,23 +31,59 @@ fn certificates(dir: &Path) {
         "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n",
     )
     .unwrap();
-    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
     let mut ca = vec!["req", "-x509"];
     ca.extend(ec);
     ca.extend([
-        "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=dynamics-operator test CA",
-        "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=dynamics-operator test CA",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
     ]);
     openssl(dir, &ca);
     let mut csr = vec!["req"];
     csr.extend(ec);
-    csr.extend(["-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1"]);
+    csr.extend([
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
     openssl(dir, &csr);
     openssl(
         dir,
         &[
-            "x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-            "-CAcreateserial", "-out", "server.pem", "-days", "2", "-extfile", "server.ext",
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "server.ext",
         ],
     );
 }
@@ -68,7 +106,15 @@ fn serve(dir: &Path) -> (Server, u16) {
         .unwrap()
         .port();
     let child = Command::new("openssl")
-        .args(["s_server", "-quiet", "-www", "-cert", "server.pem", "-key", "server.key"])
+        .args([
+            "s_server",
+            "-quiet",
+            "-www",
+            "-cert",
+            "server.pem",
+            "-key",
+            "server.key",
+        ])
         .arg("-accept")
         .arg(format!("127.0.0.1:{port}"))
         .current_dir(dir)
@@ -89,17 +135,25 @@ fn serve(dir: &Path) -> (Server, u16) {
 /// `plan -o json` against the TLS server: the one object's reason and message.
 fn plan(dir: &Path, port: u16, extra: &[&str], env: &[(&str, &Path)]) -> (String, String) {
     let mut cmd = Command::new(BIN);
-    cmd.args(["plan", "-f", "one.yaml", "-o", "json", "--api-timeout", "10s"])
-        .arg("--api-url")
-        .arg(format!("https://127.0.0.1:{port}"))
-        .args(extra)
-        .current_dir(dir)
-        .env("BITHUMAN_API_SECRET", "test-secret")
-        .env_remove("BITHUMAN_API_URL")
-        .env_remove("BITHUMAN_API_CA_FILE")
-        .env_remove("SSL_CERT_FILE")
-        // No system store at all unless a case names one: this machine's must not decide.
-        .env("SSL_CERT_DIR", dir.join("empty"));
+    cmd.args([
+        "plan",
+        "-f",
+        "one.yaml",
+        "-o",
+        "json",
+        "--api-timeout",
+        "10s",
+    ])
+    .arg("--api-url")
+    .arg(format!("https://127.0.0.1:{port}"))
+    .args(extra)
+    .current_dir(dir)
+    .env("BITHUMAN_API_SECRET", "test-secret")
+    .env_remove("BITHUMAN_API_URL")
+    .env_remove("BITHUMAN_API_CA_FILE")
+    .env_remove("SSL_CERT_FILE")
+    // No system store at all unless a case names one: this machine's must not decide.
+    .env("SSL_CERT_DIR", dir.join("empty"));
     for (k, v) in env {
         cmd.env(k, v);
     }

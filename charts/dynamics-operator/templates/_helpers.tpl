@@ -76,3 +76,8 @@ bithuman-api
   resources: ["events"]
   verbs: ["create"]
 {{- end -}}
+
+{{/* Non-empty when a CA bundle is configured (caBundle.configMap or caBundle.secret). */}}
+{{- define "dynamics-operator.caBundleSource" -}}
+{{- or .Values.caBundle.configMap .Values.caBundle.secret -}}
+{{- end -}}
