@@ -121,11 +121,14 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
             let leadership = leader::acquire(client.clone(), leader_config).await?;
             tracing::info!(identity = %leader_config.identity, "became leader; starting the controller");
             let lost = leadership.lost();
+            metrics.set_leader(true);
             run_controller(client, config.clone(), metrics.clone(), lost).await;
+            metrics.set_leader(false);
             leadership.release().await;
             Ok(())
         }
         None => {
+            metrics.set_leader(true);
             run_controller(
                 client,
                 config.clone(),
@@ -273,14 +276,17 @@ async fn reconcile(obj: Arc<AgentDynamics>, ctx: Arc<Context>) -> Result<Control
     tracing::debug!(object = %key, "reconcile started");
     let namespace = obj.namespace().unwrap_or_default();
     let api: Api<AgentDynamics> = Api::namespaced(ctx.client.clone(), &namespace);
-    finalizer(&api, FINALIZER, obj, |event| async {
+    let started = std::time::Instant::now();
+    let result = finalizer(&api, FINALIZER, obj, |event| async {
         match event {
             FinalizerEvent::Apply(obj) => ctx.controller_pass(&api, obj, false).await,
             FinalizerEvent::Cleanup(obj) => ctx.controller_pass(&api, obj, true).await,
         }
     })
     .await
-    .map_err(|e| Error::Finalizer(Box::new(e)))
+    .map_err(|e| Error::Finalizer(Box::new(e)));
+    ctx.metrics.reconcile_took(started.elapsed());
+    result
 }
 
 /// Unexpected errors (API server trouble, write conflicts, cleanup refused): retry with

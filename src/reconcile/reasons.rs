@@ -455,6 +455,43 @@ pub const TABLE: &[Reason] = &[
     ),
 ];
 
+/// One alert of the chart's PrometheusRule, whose `runbook_url` points at its section.
+#[derive(Clone, Copy, Debug)]
+pub struct Alert {
+    pub name: &'static str,
+    pub meaning: &'static str,
+    pub fix: &'static str,
+}
+
+/// The alerts, in the order of the rule file.
+pub const ALERTS: &[Alert] = &[
+    Alert {
+        name: "AgentDynamicsStalled",
+        meaning: "Objects in the namespace the alert names (label `namespace`) have been Stalled for `stalledFor` (15m).",
+        fix: "`kubectl -n NAMESPACE get agdyn` shows which objects and their reasons; find each reason on this page. Stalls over money (`GenerationNotVisible`, `GenerationOutcomeUnknown`, `RemoteDynamicsMissing`, `InputsAlreadyBought`, `RemoteStatusUnknown`, `StateOutdated`) need a decision: `dynamics-operator resolve NAMESPACE/NAME --accept` or `--retry`.",
+    },
+    Alert {
+        name: "AgentDynamicsGenerationOutcomeUnknown",
+        meaning: "An install (labels `namespace`, `job`) sent a generate call in the last hour that got no definite answer: it may have been charged.",
+        fix: "Nothing is sent again automatically. Look at the objects with reason `GenerationOutcomePending` or `GenerationOutcomeUnknown`, the account's credits in the bitHuman dashboard, and the operator's egress to the API.",
+    },
+    Alert {
+        name: "AgentDynamicsCreditsPerHourHigh",
+        meaning: "An install spent more credits on generations in the last hour than `creditsPerHourThreshold`.",
+        fix: "Look for objects whose generate inputs keep changing (two tools writing one spec, a template that stamps `spec.regenerate`): `status.generations` counts each object's purchases. `--generations-per-hour` caps the spending.",
+    },
+    Alert {
+        name: "DynamicsOperatorNotReady",
+        meaning: "An install that exported metrics within the last hour has had no replica answering `/readyz` for 10 minutes (or no operator is scraped at all): nothing is reconciled.",
+        fix: "`kubectl -n NAMESPACE get pods` and the operator's logs: a crash, an image that cannot be pulled, RBAC refused (the log names the request), a Kubernetes API it cannot reach. An install removed on purpose stops alerting within the hour.",
+    },
+    Alert {
+        name: "DynamicsOperatorNoLeader",
+        meaning: "Replicas of an install answer `/readyz` but none has reconciled (`dynamics_operator_leader`) for 10 minutes: none holds the Lease.",
+        fix: "`kubectl -n NAMESPACE get lease` and the replicas' logs: the Lease's holder, and whether the replicas may get and patch it (RBAC).",
+    },
+];
+
 /// The entry for `name`.
 pub fn lookup(name: &str) -> Option<&'static Reason> {
     TABLE.iter().find(|r| r.name == name)
@@ -506,6 +543,10 @@ as a Warning Event when the object stalls.\n\n",
             r.meaning.replace('|', "\\|")
         );
     }
+    out.push_str(
+        "\nThe conditions' `Ready` status is what health checks should decide on; the reason says why. \
+The metric `dynamics_operator_object_states{namespace,state}` counts objects per namespace and state.\n",
+    );
     for kind in KINDS {
         let _ = write!(out, "\n## {}\n", kind.heading());
         for r in TABLE.iter().filter(|r| r.kind == kind) {
@@ -524,6 +565,14 @@ as a Warning Event when the object stalls.\n\n",
                 r.fix
             );
         }
+    }
+    out.push_str("\n## Alerts\n\nThe chart's PrometheusRule (and deploy/monitoring/alerts.yaml); each alert's `runbook_url` points here.\n");
+    for a in ALERTS {
+        let _ = write!(
+            out,
+            "\n### {}\n\n- **Meaning:** {}\n- **Fix:** {}\n",
+            a.name, a.meaning, a.fix
+        );
     }
     out
 }
@@ -592,8 +641,12 @@ mod tests {
             .filter_map(|l| l.strip_prefix("## ").or_else(|| l.strip_prefix("### ")))
             .map(|h| h.to_ascii_lowercase().replace([' ', ':'], "-"))
             .collect();
-        for r in TABLE {
-            let anchor = anchor(r.name);
+        for name in TABLE
+            .iter()
+            .map(|r| r.name)
+            .chain(ALERTS.iter().map(|a| a.name))
+        {
+            let anchor = anchor(name);
             let same = headings.iter().filter(|h| **h == anchor).count();
             assert_eq!(same, 1, "#{anchor} must name exactly one heading");
         }
