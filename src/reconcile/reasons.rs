@@ -61,7 +61,7 @@ pub enum Kind {
     /// `Stalled=True`: nothing moves until something outside changes. Also sent as a Warning
     /// Event when the object stalls.
     Stalled,
-    /// All three conditions False: the user asked the operator to keep away.
+    /// `Ready=True` with reason Suspended: the user asked the operator to keep away.
     Suspended,
     /// An Event only (`kubectl get events`), no condition.
     Event,
@@ -93,7 +93,9 @@ impl Kind {
             Kind::Ready => "`Ready=True`",
             Kind::Reconciling => "`Reconciling=True`, `Ready=False`",
             Kind::Stalled => "`Stalled=True`, `Ready=False`; a Warning Event when it stalls",
-            Kind::Suspended => "`Ready`, `Reconciling` and `Stalled` all `False`",
+            Kind::Suspended => {
+                "`Ready=True` with reason `Suspended`, `Reconciling` and `Stalled` `False`"
+            }
             Kind::Event => "an Event on the object, no condition",
         }
     }
@@ -184,7 +186,7 @@ pub const TABLE: &[Reason] = &[
     reason(
         SUSPENDED,
         Kind::Suspended,
-        "`spec.suspend` is true.",
+        "`spec.suspend` is true. `Ready` is `True` so that tools waiting for every object to be done (kstatus: Flux `wait: true`, kpt, Config Sync; `kubectl wait`) finish: nothing is pending. It says nothing about the agent's dynamics, which are neither read nor changed. Argo CD shows the object as Suspended.",
         "Nothing is read or changed remotely; the object is looked at again every `--resync`.",
         "Set `spec.suspend: false` to resume.",
     ),
@@ -527,8 +529,8 @@ pub fn troubleshooting_markdown() -> String {
 meanwhile, and what fixes it. `kubectl get agdyn` shows the reason (REASON column), \
 `kubectl get agdyn -o wide` the message, `kubectl describe agdyn NAME` both with the object's \
 Events. Each alert's `runbook_url` links to a section of this page.\n\n\
-Status follows kstatus: exactly one of `Ready`, `Reconciling` and `Stalled` is `True` (none while \
-suspended), and all three carry the same reason and message. Every Stalled reason is also sent \
+Status follows kstatus: exactly one of `Ready`, `Reconciling` and `Stalled` is `True` (`Ready` \
+while suspended, with reason `Suspended`), and all three carry the same reason and message. Every Stalled reason is also sent \
 as a Warning Event when the object stalls.\n\n",
     );
     out.push_str("| Reason | Kind | Meaning |\n| --- | --- | --- |\n");
