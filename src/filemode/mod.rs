@@ -25,8 +25,8 @@ use crate::api::{ApiSecret, DynamicsClient};
 use crate::executor::{Access, ObjectView};
 use crate::reconcile::ownership::{owner_instead_of, Claimant};
 use crate::reconcile::Blocker;
+use crate::resource::refresh_request;
 use crate::resource::validate::{validate_update, FieldError};
-use crate::resource::RECONCILE_REQUESTED_AT;
 use crate::sim::{SimConfig, SimHandle};
 
 pub use crate::cli::{ApplyArgs, CommonArgs, OutputFormat, PlanArgs};
@@ -320,7 +320,7 @@ fn admit_objects(
                 .metadata
                 .annotations
                 .as_ref()
-                .and_then(|a| a.get(RECONCILE_REQUESTED_AT))
+                .and_then(refresh_request)
                 .cloned(),
             access,
         };
