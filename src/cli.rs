@@ -140,6 +140,16 @@ pub struct RunArgs {
     /// Watch only this namespace (default: all namespaces).
     #[arg(long, env = "WATCH_NAMESPACE", help_heading = "Scope and throughput")]
     pub namespace: Option<String>,
+    /// More namespaces whose Secrets spec.apiSecretRef may name, comma-separated, besides the
+    /// operator's own (POD_NAMESPACE) and the watched one; '*': every namespace. RBAC must grant
+    /// Secrets there; a reference elsewhere is Stalled SecretNotPermitted.
+    #[arg(
+        long,
+        env = "SECRET_NAMESPACES",
+        value_delimiter = ',',
+        help_heading = "Scope and throughput"
+    )]
+    pub secret_namespaces: Vec<String>,
     /// Objects reconciled at once.
     #[arg(
         long,
@@ -241,9 +251,29 @@ impl RunArgs {
             .api
             .checked_client_config()
             .map_err(|e| anyhow::anyhow!("refusing to start: {e}"))?;
+        for ns in &self.secret_namespaces {
+            let ns = ns.trim();
+            let valid = ns == "*"
+                || (!ns.is_empty()
+                    && ns.len() <= 63
+                    && ns
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'));
+            if !valid {
+                anyhow::bail!(
+                    "refusing to start: --secret-namespaces (SECRET_NAMESPACES) holds {ns:?}, which is not a namespace name or '*'"
+                );
+            }
+        }
+        let secret_scope = crate::controller::SecretScope::new(
+            &self.lease_namespace,
+            self.namespace.as_deref(),
+            &self.secret_namespaces,
+        );
         Ok(RunConfig {
             default_secret: self.api.secret()?,
             api,
+            secret_scope,
             namespace: self.namespace,
             concurrency: self.concurrency,
             settings,

@@ -151,6 +151,17 @@ fn template_grants_the_kustomize_rules_and_hardens_the_pod_the_same() {
         rules(&base, "Role", "dynamics-operator-leader-election"),
         "leader election Role rules"
     );
+    // Secrets: the same rules, bound in the operator's namespace only (the chart with a Role,
+    // the base with a RoleBinding to a ClusterRole that users bind in more namespaces).
+    assert_eq!(
+        rules(&chart, "Role", "dynamics-operator-secrets"),
+        rules(&base, "ClusterRole", "dynamics-operator-secrets"),
+        "Secrets rules"
+    );
+    assert_eq!(
+        find(&chart, "RoleBinding", "dynamics-operator-secrets")["metadata"]["namespace"],
+        find(&base, "RoleBinding", "dynamics-operator-secrets")["metadata"]["namespace"],
+    );
     for (kind, name) in [
         ("ClusterRoleBinding", "dynamics-operator"),
         ("RoleBinding", "dynamics-operator-leader-election"),
@@ -203,7 +214,9 @@ fn template_grants_the_kustomize_rules_and_hardens_the_pod_the_same() {
         .as_array()
         .unwrap()
         .contains(&json!("--leader-elect")));
-    assert!(!single.iter().any(|d| d["kind"] == "Role"));
+    assert!(!single.iter().any(
+        |d| d["kind"] == "Role" && d["metadata"]["name"] == "dynamics-operator-leader-election"
+    ));
 }
 
 #[test]
@@ -272,6 +285,7 @@ fn the_schema_refuses_bad_values() {
             "podDisruptionBudget",
         ),
         ("serviceAccount.create=maybe", "create"),
+        ("secretNamespaces={Team_A}", "secretNamespaces"),
     ] {
         let out = helm(
             home.path(),
@@ -344,6 +358,67 @@ fn the_chart_composes_as_a_dependency_of_an_umbrella_chart() {
         kinds(&off, "Deployment"),
         0,
         "the condition switches it off"
+    );
+}
+
+/// Secrets are granted per namespace: the release's, those listed, or (asked for) all of them.
+#[test]
+fn secrets_are_granted_only_in_the_namespaces_listed() {
+    let secret_roles = |docs: &[Json]| -> Vec<(String, String)> {
+        docs.iter()
+            .filter(|d| d["metadata"]["name"] == "dynamics-operator-secrets")
+            .map(|d| {
+                (
+                    d["kind"].as_str().unwrap().to_string(),
+                    d["metadata"]["namespace"]
+                        .as_str()
+                        .unwrap_or("")
+                        .to_string(),
+                )
+            })
+            .collect()
+    };
+    let pair = |kind: &str, ns: &str| (kind.to_string(), ns.to_string());
+    let args =
+        |docs: &[Json]| container(find(docs, "Deployment", "dynamics-operator"))["args"].clone();
+    // The cluster-wide role grants nothing on Secrets.
+    let default = template(&[]);
+    let cluster_rules = find(&default, "ClusterRole", "dynamics-operator")["rules"].to_string();
+    assert!(!cluster_rules.contains("secrets"), "{cluster_rules}");
+    assert_eq!(
+        secret_roles(&default),
+        [
+            pair("Role", "dynamics-operator"),
+            pair("RoleBinding", "dynamics-operator")
+        ]
+    );
+    assert!(!args(&default).to_string().contains("--secret-namespaces"));
+    let listed = template(&["--set", "secretNamespaces={team-a,team-b}"]);
+    let roles = secret_roles(&listed);
+    for ns in ["dynamics-operator", "team-a", "team-b"] {
+        assert!(roles.contains(&pair("Role", ns)), "{roles:?}");
+        assert!(roles.contains(&pair("RoleBinding", ns)), "{roles:?}");
+    }
+    assert_eq!(roles.len(), 6);
+    let binding = listed
+        .iter()
+        .find(|d| d["kind"] == "RoleBinding" && d["metadata"]["namespace"] == "team-a")
+        .unwrap();
+    assert_eq!(binding["subjects"][0]["namespace"], "dynamics-operator");
+    assert!(args(&listed)
+        .as_array()
+        .unwrap()
+        .contains(&json!("--secret-namespaces=team-a,team-b")));
+    let all = template(&["--set", "secretNamespaces={*}"]);
+    assert_eq!(
+        secret_roles(&all),
+        [pair("ClusterRole", ""), pair("ClusterRoleBinding", "")]
+    );
+    // Watching one namespace: only its Secrets, with no cluster-wide grant at all.
+    let one = template(&["--set", "watchNamespace=agents"]);
+    assert_eq!(
+        secret_roles(&one),
+        [pair("Role", "agents"), pair("RoleBinding", "agents")]
     );
 }
 

@@ -401,9 +401,9 @@ pub const TABLE: &[Reason] = &[
     reason(
         SECRET_NOT_PERMITTED,
         Kind::Stalled,
-        "The object is in a namespace where the operator may not read Secrets: by default it reads them only in its own namespace and in those the chart lists.",
+        "The object names a Secret in a namespace where the operator may not read Secrets: it reads them only in its own namespace, the one it watches (`--namespace`), and those listed in `--secret-namespaces`. Nothing is requested from the API server.",
         "Nothing is sent; the Secret is not read. Retried every `--stalled-retry` (5m).",
-        "Add the namespace to the chart value `secretNamespaces` (a RoleBinding there lets the operator read Secrets), or drop `spec.apiSecretRef` to use the operator's own secret.",
+        "Add the namespace to the chart value `secretNamespaces` (the chart makes a Role and RoleBinding there). Without Helm: a RoleBinding in that namespace to the ClusterRole `dynamics-operator-secrets`, and the namespace in `SECRET_NAMESPACES` (`--secret-namespaces`). Or drop `spec.apiSecretRef` to use the operator's own secret.",
     ),
     reason(
         SECRET_UNREADABLE,
