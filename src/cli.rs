@@ -22,6 +22,7 @@ use crate::telemetry::{LogFormat, LogLevel};
   dynamics-operator apply -f examples/ --simulator     converge manifests against the simulator
   dynamics-operator plan -f examples/                  what apply would do and cost
   dynamics-operator crd | kubectl apply -f -           install the CRD
+  dynamics-operator reasons                            every status reason: meaning and fix
   dynamics-operator run --namespace agents             the controller, one namespace
   dynamics-operator run --help                         every controller flag"
 )]
