@@ -1,4 +1,5 @@
-//! Command line: `run` (the controller), `sim` (the simulator), `crd`, `plan` and `apply`.
+//! Command line: `run` (the controller), `sim` (the simulator), `crd`, `reasons`, `plan` and
+//! `apply`.
 //! Every flag of `run` can also come from the environment, as a Deployment sets them.
 
 use std::net::SocketAddr;
@@ -7,10 +8,10 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::api::{ApiSecret, ClientConfig, DEFAULT_BASE_URL};
+use crate::api::{ApiSecret, ClientConfig, DynamicsClient, DEFAULT_BASE_URL};
 use crate::controller::{LeaderConfig, RunConfig};
 use crate::reconcile::Settings;
-use crate::telemetry::LogFormat;
+use crate::telemetry::{LogFormat, LogLevel};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -21,6 +22,7 @@ use crate::telemetry::LogFormat;
   dynamics-operator apply -f examples/ --simulator     converge manifests against the simulator
   dynamics-operator plan -f examples/                  what apply would do and cost
   dynamics-operator crd | kubectl apply -f -           install the CRD
+  dynamics-operator reasons                            every status reason: meaning and fix
   dynamics-operator run --namespace agents             the controller, one namespace
   dynamics-operator run --help                         every controller flag"
 )]
@@ -28,6 +30,10 @@ pub struct Cli {
     /// Log format on stderr.
     #[arg(long, global = true, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// Log level [default: info for run and sim, warn for the other commands]. RUST_LOG, when
+    /// set, wins (it can also set levels per module).
+    #[arg(long, global = true, env = "LOG_LEVEL", value_enum)]
+    pub log_level: Option<LogLevel>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -59,6 +65,9 @@ pub enum Command {
   dynamics-operator resolve agents/support-agent --accept
   dynamics-operator resolve agents/support-agent --retry")]
     Resolve(ResolveArgs),
+    /// Print every condition and Event reason with its meaning and fix (Markdown, as in
+    /// docs/troubleshooting.md).
+    Reasons,
     /// Show what apply would do for a file or folder of manifests, and what it would cost.
     Plan(PlanArgs),
     /// Converge a file or folder of manifests without a cluster, keeping status in a state file.
@@ -74,6 +83,10 @@ pub struct ApiArgs {
     /// File holding the operator's API secret (e.g. a mounted Secret); BITHUMAN_API_SECRET also works.
     #[arg(long, env = "BITHUMAN_API_SECRET_FILE", help_heading = "bitHuman API")]
     pub api_secret_file: Option<PathBuf>,
+    /// PEM file of CA certificates to trust for the API besides the bundled and system roots
+    /// (e.g. a TLS-inspecting proxy's). SSL_CERT_FILE / SSL_CERT_DIR replace the system roots.
+    #[arg(long, env = "BITHUMAN_API_CA_FILE", help_heading = "bitHuman API")]
+    pub api_ca_file: Option<PathBuf>,
     /// Timeout of one API request.
     #[arg(long, env = "BITHUMAN_API_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration, help_heading = "bitHuman API")]
     pub api_timeout: Duration,
@@ -84,8 +97,38 @@ impl ApiArgs {
         ClientConfig {
             base_url: self.api_url.clone(),
             request_timeout: self.api_timeout,
+            extra_root_certs_pem: self
+                .api_ca_file
+                .as_ref()
+                .and_then(|path| std::fs::read(path).ok()),
             ..ClientConfig::default()
         }
+    }
+
+    /// The client settings, with `--api-url` checked: a URL no call could ever reach (not
+    /// http(s), unparsable) is refused here, naming the flag, instead of failing on first use.
+    pub fn checked_client_config(&self) -> anyhow::Result<ClientConfig> {
+        if let Some(path) = &self.api_ca_file {
+            let pem = std::fs::read(path).map_err(|e| {
+                anyhow::anyhow!("cannot read --api-ca-file {}: {e}", path.display())
+            })?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).unwrap_or_default();
+            if certs.is_empty() {
+                anyhow::bail!(
+                    "--api-ca-file {} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+                    path.display()
+                );
+            }
+        }
+        let config = self.client_config();
+        DynamicsClient::new(config.clone()).map_err(|e| {
+            anyhow::anyhow!(
+                "--api-url (BITHUMAN_API_URL) {:?} is not usable: {}",
+                self.api_url,
+                e.detail().unwrap_or("the client could not be built")
+            )
+        })?;
+        Ok(config)
     }
 
     /// The operator's own secret: the file if given, else BITHUMAN_API_SECRET. Never a flag, so
@@ -111,6 +154,16 @@ pub struct RunArgs {
     /// Watch only this namespace (default: all namespaces).
     #[arg(long, env = "WATCH_NAMESPACE", help_heading = "Scope and throughput")]
     pub namespace: Option<String>,
+    /// More namespaces whose Secrets spec.apiSecretRef may name, comma-separated, besides the
+    /// operator's own (POD_NAMESPACE) and the watched one; '*': every namespace. RBAC must grant
+    /// Secrets there; a reference elsewhere is Stalled SecretNotPermitted.
+    #[arg(
+        long,
+        env = "SECRET_NAMESPACES",
+        value_delimiter = ',',
+        help_heading = "Scope and throughput"
+    )]
+    pub secret_namespaces: Vec<String>,
     /// Objects reconciled at once.
     #[arg(
         long,
@@ -208,9 +261,33 @@ impl RunArgs {
         if self.lease_duration < 2 {
             anyhow::bail!("refusing to start: --lease-duration must be at least 2 seconds");
         }
+        let api = self
+            .api
+            .checked_client_config()
+            .map_err(|e| anyhow::anyhow!("refusing to start: {e}"))?;
+        for ns in &self.secret_namespaces {
+            let ns = ns.trim();
+            let valid = ns == "*"
+                || (!ns.is_empty()
+                    && ns.len() <= 63
+                    && ns
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'));
+            if !valid {
+                anyhow::bail!(
+                    "refusing to start: --secret-namespaces (SECRET_NAMESPACES) holds {ns:?}, which is not a namespace name or '*'"
+                );
+            }
+        }
+        let secret_scope = crate::controller::SecretScope::new(
+            &self.lease_namespace,
+            self.namespace.as_deref(),
+            &self.secret_namespaces,
+        );
         Ok(RunConfig {
             default_secret: self.api.secret()?,
-            api: self.api.client_config(),
+            api,
+            secret_scope,
             namespace: self.namespace,
             concurrency: self.concurrency,
             settings,

@@ -38,13 +38,18 @@ fn runtime_for(command: &Command) -> std::io::Result<tokio::runtime::Runtime> {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let filter = match cli.command {
-        Command::Run(_) | Command::Sim(_) => telemetry::SERVICE_FILTER,
-        _ => telemetry::COMMAND_FILTER,
+    let filter = match (cli.log_level, &cli.command) {
+        (Some(level), _) => level.filter(),
+        (None, Command::Run(_) | Command::Sim(_)) => telemetry::SERVICE_FILTER.to_string(),
+        (None, _) => telemetry::COMMAND_FILTER.to_string(),
     };
-    telemetry::init(cli.log_format, filter);
+    telemetry::init(cli.log_format, &filter);
     match cli.command {
-        Command::Run(args) => dynamics_operator::controller::run(args.into_config()?).await,
+        Command::Run(args) => {
+            // A refused configuration exits 2 (as a usage error does), before Kubernetes is reached.
+            let config = args.into_config().unwrap_or_else(|e| config_error(e));
+            dynamics_operator::controller::run(config).await
+        }
         Command::Sim(args) => dynamics_operator::sim::run_foreground(args).await,
         Command::Crd { ledger } => {
             if ledger {
@@ -55,11 +60,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Resolve(args) => dynamics_operator::controller::resolve(args).await,
+        Command::Reasons => {
+            print!(
+                "{}",
+                dynamics_operator::reconcile::reasons::troubleshooting_markdown()
+            );
+            Ok(())
+        }
         Command::Plan(args) => {
-            std::process::exit(dynamics_operator::filemode::run_plan(args).await?)
+            let code = dynamics_operator::filemode::run_plan(args).await;
+            std::process::exit(code.unwrap_or_else(|e| config_error(e)))
         }
         Command::Apply(args) => {
-            std::process::exit(dynamics_operator::filemode::run_apply(args).await?)
+            let code = dynamics_operator::filemode::run_apply(args).await;
+            std::process::exit(code.unwrap_or_else(|e| config_error(e)))
         }
     }
+}
+
+/// An error before any work (a flag, a file, the API's address): exit 2, never 1, which `plan`
+/// uses for "changes pending" and `apply` for "not every object Ready".
+fn config_error(err: anyhow::Error) -> ! {
+    eprintln!("error: {err:#}");
+    std::process::exit(dynamics_operator::filemode::exit::ERROR)
 }

@@ -16,6 +16,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
 use crate::api::{CallObserver, Endpoint};
@@ -46,8 +47,10 @@ struct ReadyLabel {
     ready: String,
 }
 
+/// An object's state, and the namespace of the object (so an alert can route to its owners).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StateLabel {
+    namespace: String,
     state: String,
 }
 
@@ -81,6 +84,8 @@ pub struct Metrics {
     states: Mutex<HashMap<String, &'static str>>,
     queue_depth: Gauge,
     in_flight: Gauge,
+    leader: Gauge,
+    reconcile_duration: Histogram,
 }
 
 impl Default for Metrics {
@@ -91,7 +96,10 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("dynamics_operator");
+        let mut root = Registry::default();
+        // The standard process_* metrics (CPU, memory, file descriptors, start time), unprefixed.
+        root.register_collector(Box::new(ProcessCollector));
+        let registry = root.sub_registry_with_prefix("dynamics_operator");
         let reconciles = Family::<ResultLabel, Counter>::default();
         let errors = Family::<ReasonLabel, Counter>::default();
         let remote_calls = Family::<CallLabels, Counter>::default();
@@ -145,8 +153,31 @@ impl Metrics {
         let ready_gauge = Gauge::default();
         registry.register(
             "ready",
-            "1 when /readyz answers 200 (the object cache is synced, or this replica waits for the Lease)",
+            "1 when this replica answers /readyz with 200, the same on every replica: it is healthy, and either reconciles (its object cache synced) or stands by for the Lease. dynamics_operator_leader says which one reconciles",
             ready_gauge.clone(),
+        );
+        let leader = Gauge::default();
+        registry.register(
+            "leader",
+            "1 while this replica reconciles: it holds the Lease, or runs without leader election",
+            leader.clone(),
+        );
+        registry.register(
+            "build",
+            "The operator's version and the commit it was built from",
+            Info::new(vec![
+                ("version".to_string(), env!("CARGO_PKG_VERSION").to_string()),
+                (
+                    "commit".to_string(),
+                    env!("DYNAMICS_GIT_COMMIT").to_string(),
+                ),
+            ]),
+        );
+        let reconcile_duration = Histogram::new(exponential_buckets(0.001, 2.0, 16));
+        registry.register(
+            "reconcile_duration_seconds",
+            "Duration of one controller pass over one object (remote calls and status write included)",
+            reconcile_duration.clone(),
         );
         let credits = Counter::default();
         registry.register(
@@ -171,11 +202,6 @@ impl Metrics {
             "AgentDynamics objects by state (ready, progressing, stalled, suspended)",
             object_states.clone(),
         );
-        for state in OBJECT_STATES {
-            let _zero = object_states.get_or_create(&StateLabel {
-                state: state.into(),
-            });
-        }
         let queue_depth = Gauge::default();
         registry.register(
             "generation_queue_depth",
@@ -189,7 +215,7 @@ impl Metrics {
             in_flight.clone(),
         );
         Metrics {
-            registry,
+            registry: root,
             reconciles,
             errors,
             remote_calls,
@@ -206,7 +232,19 @@ impl Metrics {
             states: Mutex::new(HashMap::new()),
             queue_depth,
             in_flight,
+            leader,
+            reconcile_duration,
         }
+    }
+
+    /// Whether this replica reconciles now (holds the Lease, or runs without leader election).
+    pub fn set_leader(&self, leader: bool) {
+        self.leader.set(i64::from(leader));
+    }
+
+    /// One controller pass took this long.
+    pub fn reconcile_took(&self, elapsed: Duration) {
+        self.reconcile_duration.observe(elapsed.as_secs_f64());
     }
 
     pub fn reconciled(&self, result: &str) {
@@ -254,11 +292,18 @@ impl Metrics {
         if before == state {
             return;
         }
-        let state_gauge = |s: &str| {
-            self.object_states
-                .get_or_create(&StateLabel { state: s.into() })
-                .clone()
+        // Keys are namespace/name. A namespace seen for the first time shows every state, at 0.
+        let namespace = key.split_once('/').map_or("", |(ns, _)| ns);
+        let label = |s: &str| StateLabel {
+            namespace: namespace.into(),
+            state: s.into(),
         };
+        if before.is_none() {
+            for s in OBJECT_STATES {
+                let _zero = self.object_states.get_or_create(&label(s));
+            }
+        }
+        let state_gauge = |s: &str| self.object_states.get_or_create(&label(s)).clone();
         let ready_gauge = |s: &str| {
             self.objects
                 .get_or_create(&ReadyLabel {
@@ -321,6 +366,127 @@ impl CallObserver for Metrics {
     }
 }
 
+/// The standard process metrics, read from /proc at each scrape (nothing on other systems).
+#[derive(Debug)]
+struct ProcessCollector;
+
+/// What /proc says about this process.
+#[derive(Debug, Default, PartialEq)]
+struct ProcessStats {
+    cpu_seconds: f64,
+    resident_bytes: i64,
+    virtual_bytes: i64,
+    open_fds: i64,
+    max_fds: i64,
+    start_time_seconds: f64,
+    threads: i64,
+}
+
+/// Clock ticks per second in /proc/*/stat: USER_HZ, 100 on every Linux architecture.
+const USER_HZ: f64 = 100.0;
+
+impl ProcessStats {
+    fn read() -> Option<Self> {
+        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+        let status = std::fs::read_to_string("/proc/self/status").ok()?;
+        let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
+        let boot = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+        let open_fds = std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() as i64);
+        Self::parse(&stat, &status, &limits, &boot, open_fds)
+    }
+
+    fn parse(stat: &str, status: &str, limits: &str, boot: &str, open_fds: i64) -> Option<Self> {
+        // Fields after the command name, which is in parentheses and may hold spaces.
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        // utime, stime and starttime are fields 14, 15 and 22 of proc(5); fields[0] is field 3.
+        let field = |n: usize| fields.get(n - 3)?.parse::<f64>().ok();
+        let kib = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.split_whitespace().next()?.parse::<i64>().ok())
+        };
+        let max_fds = limits
+            .lines()
+            .find_map(|l| l.strip_prefix("Max open files"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0);
+        let boot_time = boot
+            .lines()
+            .find_map(|l| l.strip_prefix("btime "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0);
+        Some(ProcessStats {
+            cpu_seconds: (field(14)? + field(15)?) / USER_HZ,
+            resident_bytes: kib("VmRSS:").unwrap_or(0) * 1024,
+            virtual_bytes: kib("VmSize:").unwrap_or(0) * 1024,
+            open_fds,
+            max_fds,
+            start_time_seconds: boot_time + field(22)? / USER_HZ,
+            threads: status
+                .lines()
+                .find_map(|l| l.strip_prefix("Threads:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0),
+        })
+    }
+}
+
+impl prometheus_client::collector::Collector for ProcessCollector {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::counter::ConstCounter;
+        use prometheus_client::metrics::gauge::ConstGauge;
+        let Some(p) = ProcessStats::read() else {
+            return Ok(());
+        };
+        let cpu = ConstCounter::new(p.cpu_seconds);
+        cpu.encode(encoder.encode_descriptor(
+            "process_cpu_seconds",
+            "Total user and system CPU time spent in seconds",
+            None,
+            cpu.metric_type(),
+        )?)?;
+        for (name, help, value) in [
+            (
+                "process_resident_memory_bytes",
+                "Resident memory size in bytes",
+                p.resident_bytes,
+            ),
+            (
+                "process_virtual_memory_bytes",
+                "Virtual memory size in bytes",
+                p.virtual_bytes,
+            ),
+            (
+                "process_open_fds",
+                "Number of open file descriptors",
+                p.open_fds,
+            ),
+            (
+                "process_max_fds",
+                "Maximum number of open file descriptors",
+                p.max_fds,
+            ),
+            ("process_threads", "Number of OS threads", p.threads),
+        ] {
+            let gauge = ConstGauge::new(value);
+            gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
+        }
+        let start = ConstGauge::new(p.start_time_seconds);
+        start.encode(encoder.encode_descriptor(
+            "process_start_time_seconds",
+            "Start time of the process since unix epoch in seconds",
+            None,
+            start.metric_type(),
+        )?)?;
+        Ok(())
+    }
+}
+
 /// Serve `/metrics`, `/healthz` and `/readyz` until the process ends.
 pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> anyhow::Result<()> {
     let app = Router::new()
@@ -370,17 +536,24 @@ mod tests {
         m.object_state("a/y", Some("stalled"));
         m.object_state("a/z", Some("stalled"));
         m.object_state("a/y", None);
+        m.object_state("b/w", Some("suspended"));
         m.generation_guard(3, 2);
         m.set_ready(true);
+        m.set_leader(true);
+        m.reconcile_took(Duration::from_millis(4));
         let text = m.encode();
         for line in [
             r#"dynamics_operator_generate_calls_total{outcome="accepted"} 1"#,
             r#"dynamics_operator_generate_calls_total{outcome="unknown"} 0"#,
-            r#"dynamics_operator_object_states{state="ready"} 1"#,
-            r#"dynamics_operator_object_states{state="stalled"} 1"#,
-            r#"dynamics_operator_object_states{state="progressing"} 0"#,
+            r#"dynamics_operator_object_states{namespace="a",state="ready"} 1"#,
+            r#"dynamics_operator_object_states{namespace="a",state="stalled"} 1"#,
+            r#"dynamics_operator_object_states{namespace="a",state="progressing"} 0"#,
+            r#"dynamics_operator_object_states{namespace="b",state="suspended"} 1"#,
+            r#"dynamics_operator_object_states{namespace="b",state="stalled"} 0"#,
+            "dynamics_operator_leader 1",
+            "dynamics_operator_reconcile_duration_seconds_count 1",
             r#"dynamics_operator_objects{ready="true"} 1"#,
-            r#"dynamics_operator_objects{ready="false"} 1"#,
+            r#"dynamics_operator_objects{ready="false"} 2"#,
             "dynamics_operator_credits_spent_total 250",
             "dynamics_operator_generation_queue_depth 3",
             "dynamics_operator_generations_in_flight 2",
@@ -402,5 +575,44 @@ mod tests {
             text.contains("dynamics_operator_generations_total 1"),
             "{text}"
         );
+        assert!(
+            text.contains(&format!(
+                "dynamics_operator_build_info{{version=\"{}\",commit=\"{}\"}} 1",
+                env!("CARGO_PKG_VERSION"),
+                env!("DYNAMICS_GIT_COMMIT")
+            )),
+            "{text}"
+        );
+        // The process metrics, unprefixed, once, and the exposition still ends once.
+        for name in [
+            "process_cpu_seconds_total ",
+            "process_resident_memory_bytes ",
+        ] {
+            let samples = text.lines().filter(|l| l.starts_with(name)).count();
+            assert_eq!(samples, 1, "{name} in\n{text}");
+        }
+        assert!(text.ends_with("# EOF\n") && text.matches("# EOF").count() == 1);
+    }
+
+    #[test]
+    fn process_stats_parse_procfs() {
+        let stat = "4242 (tokio-rt (x)) S 1 4242 4242 0 -1 4194560 1000 0 0 0 250 50 0 0 20 0 3 0 12345 1000000 2000 18446744073709551615";
+        let status = "Name:\tdynamics\nVmSize:\t  20480 kB\nVmRSS:\t    1024 kB\nThreads:\t3\n";
+        let limits = "Limit                     Soft Limit           Hard Limit           Units\nMax open files            1048576              1048576              files\n";
+        let boot = "cpu  1 2 3\nbtime 1700000000\n";
+        let p = ProcessStats::parse(stat, status, limits, boot, 7).unwrap();
+        assert_eq!(
+            p,
+            ProcessStats {
+                cpu_seconds: 3.0,
+                resident_bytes: 1024 * 1024,
+                virtual_bytes: 20480 * 1024,
+                open_fds: 7,
+                max_fds: 1048576,
+                start_time_seconds: 1_700_000_000.0 + 123.45,
+                threads: 3,
+            }
+        );
+        assert!(ProcessStats::parse("garbage", "", "", "", 0).is_none());
     }
 }

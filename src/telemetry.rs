@@ -10,6 +10,24 @@ pub const SERVICE_FILTER: &str = "info,kube=warn,hyper=warn,tower=warn";
 /// Logs of one-shot commands (`plan`, `apply`, `crd`), which print their own output.
 pub const COMMAND_FILTER: &str = "warn";
 
+/// `--log-level`: the level of the operator's own logs; its libraries stay at warn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl LogLevel {
+    /// The filter for this level.
+    pub fn filter(self) -> String {
+        let level = self.to_possible_value().expect("no skipped variants");
+        format!("{},kube=warn,hyper=warn,tower=warn", level.get_name())
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
 pub enum LogFormat {
     #[default]

@@ -60,15 +60,33 @@ fn crd_carries_validation_and_printer_columns() {
         .as_str()
         .unwrap()
         .starts_with("^https?://"));
-    let columns: Vec<&str> = version["additionalPrinterColumns"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["name"].as_str().unwrap())
-        .collect();
+    let columns = |priority: u64| -> Vec<&str> {
+        version["additionalPrinterColumns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["priority"].as_u64().unwrap_or(0) == priority)
+            .map(|c| c["name"].as_str().unwrap())
+            .collect()
+    };
     assert_eq!(
-        columns,
+        columns(0),
         ["Agent", "Model", "Remote", "Ready", "Reason", "Age"]
+    );
+    // `kubectl get agdyn -o wide` adds what an operator on call needs first.
+    assert_eq!(columns(1), ["Generations", "Message"]);
+    // `kubectl get bithuman` lists them with the project's other kinds.
+    assert_eq!(
+        crd["spec"]["names"]["categories"],
+        serde_json::json!(["bithuman"])
+    );
+    // The first line of `kubectl explain agentdynamics`, not the derive macro's placeholder.
+    let root = version["schema"]["openAPIV3Schema"]["description"]
+        .as_str()
+        .unwrap();
+    assert!(
+        root.starts_with("AgentDynamics declares the dynamics") && !root.contains("derived type"),
+        "{root}"
     );
     // Every spec field has a description for `kubectl explain`.
     for (name, field) in spec["properties"].as_object().unwrap() {

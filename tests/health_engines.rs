@@ -231,9 +231,9 @@ async fn kstatus_and_argo_cd_read_every_phase_of_real_objects() {
             "Failed",
         ),
         ("stalled-agent-not-found", &fast, "unknown-agent", "Failed"),
-        // Ready is False while suspended, which kstatus reads as not done yet: tools that wait
-        // for Current (kpt live apply, Config Sync) keep waiting on a suspended object.
-        ("suspended", &fast, "suspended-agent", "InProgress"),
+        // Ready is True (reason Suspended) while suspended: tools that wait for Current (Flux
+        // `wait: true`, kpt live apply, Config Sync) finish on an object the user suspended.
+        ("suspended", &fast, "suspended-agent", "Current"),
         ("deleting", &fast, "deleting-agent", "Terminating"),
     ];
     let objects: Vec<(&str, Json)> = phases

@@ -152,6 +152,17 @@ fn template_grants_the_kustomize_rules_and_hardens_the_pod_the_same() {
         rules(&base, "Role", "dynamics-operator-leader-election"),
         "leader election Role rules"
     );
+    // Secrets: the same rules, bound in the operator's namespace only (the chart with a Role,
+    // the base with a RoleBinding to a ClusterRole that users bind in more namespaces).
+    assert_eq!(
+        rules(&chart, "Role", "dynamics-operator-secrets"),
+        rules(&base, "ClusterRole", "dynamics-operator-secrets"),
+        "Secrets rules"
+    );
+    assert_eq!(
+        find(&chart, "RoleBinding", "dynamics-operator-secrets")["metadata"]["namespace"],
+        find(&base, "RoleBinding", "dynamics-operator-secrets")["metadata"]["namespace"],
+    );
     for (kind, name) in [
         ("ClusterRoleBinding", "dynamics-operator"),
         ("RoleBinding", "dynamics-operator-leader-election"),
@@ -204,7 +215,9 @@ fn template_grants_the_kustomize_rules_and_hardens_the_pod_the_same() {
         .as_array()
         .unwrap()
         .contains(&json!("--leader-elect")));
-    assert!(!single.iter().any(|d| d["kind"] == "Role"));
+    assert!(!single.iter().any(
+        |d| d["kind"] == "Role" && d["metadata"]["name"] == "dynamics-operator-leader-election"
+    ));
 }
 
 #[test]
@@ -272,6 +285,14 @@ fn the_schema_refuses_bad_values() {
         ("imagee.tag=v1", "imagee"),
         ("apiSecret.create=true", "value"),
         ("image.digest=latest", "digest"),
+        ("logLevel=loud", "logLevel"),
+        ("caBundle.configMap=a,caBundle.secret=b", "caBundle"),
+        (
+            "podDisruptionBudget.minAvailable=1,podDisruptionBudget.maxUnavailable=1",
+            "podDisruptionBudget",
+        ),
+        ("serviceAccount.create=maybe", "create"),
+        ("secretNamespaces={Team_A}", "secretNamespaces"),
     ] {
         let out = helm(
             home.path(),
@@ -284,6 +305,335 @@ fn the_schema_refuses_bad_values() {
             "--set {set}: the error should name {names}:\n{stderr}"
         );
     }
+}
+
+fn kinds(docs: &[Json], kind: &str) -> usize {
+    docs.iter().filter(|d| d["kind"] == kind).count()
+}
+
+/// A parent chart that holds this one as a dependency, with shared `global` values and the
+/// usual `condition`, renders it, and switches it off.
+#[test]
+fn the_chart_composes_as_a_dependency_of_an_umbrella_chart() {
+    let home = tempfile::tempdir().unwrap();
+    let parent = home.path().join("platform");
+    std::fs::create_dir_all(parent.join("charts")).unwrap();
+    std::fs::create_dir_all(parent.join("templates")).unwrap();
+    std::fs::write(
+        parent.join("templates/settings.yaml"),
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: platform-settings\ndata:\n  registry: {{ .Values.global.imageRegistry }}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        parent.join("Chart.yaml"),
+        "apiVersion: v2\nname: platform\nversion: 1.0.0\ndependencies:\n  - name: dynamics-operator\n    version: 0.1.0\n    condition: dynamics-operator.enabled\n",
+    )
+    .unwrap();
+    std::fs::write(
+        parent.join("values.yaml"),
+        "global:\n  imageRegistry: registry.example.com\n  storageClass: fast\ndynamics-operator:\n  enabled: true\n  replicaCount: 2\n",
+    )
+    .unwrap();
+    let status = std::process::Command::new("cp")
+        .arg("-r")
+        .arg(chart())
+        .arg(parent.join("charts/dynamics-operator"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let parent_dir = parent.to_str().unwrap();
+    let on = parse_docs(&helm_ok(
+        home.path(),
+        &["template", "p", parent_dir, "-n", "platform"],
+    ));
+    let d = find(&on, "Deployment", "p-dynamics-operator");
+    assert_eq!(d["spec"]["replicas"], json!(2));
+    helm_ok(home.path(), &["lint", "--strict", parent_dir]);
+    let off = parse_docs(&helm_ok(
+        home.path(),
+        &[
+            "template",
+            "p",
+            parent_dir,
+            "-n",
+            "platform",
+            "--set",
+            "dynamics-operator.enabled=false",
+        ],
+    ));
+    assert_eq!(
+        kinds(&off, "Deployment"),
+        0,
+        "the condition switches it off"
+    );
+}
+
+/// Secrets are granted per namespace: the release's, those listed, or (asked for) all of them.
+#[test]
+fn secrets_are_granted_only_in_the_namespaces_listed() {
+    let secret_roles = |docs: &[Json]| -> Vec<(String, String)> {
+        docs.iter()
+            .filter(|d| d["metadata"]["name"] == "dynamics-operator-secrets")
+            .map(|d| {
+                (
+                    d["kind"].as_str().unwrap().to_string(),
+                    d["metadata"]["namespace"]
+                        .as_str()
+                        .unwrap_or("")
+                        .to_string(),
+                )
+            })
+            .collect()
+    };
+    let pair = |kind: &str, ns: &str| (kind.to_string(), ns.to_string());
+    let args =
+        |docs: &[Json]| container(find(docs, "Deployment", "dynamics-operator"))["args"].clone();
+    // The cluster-wide role grants nothing on Secrets.
+    let default = template(&[]);
+    let cluster_rules = find(&default, "ClusterRole", "dynamics-operator")["rules"].to_string();
+    assert!(!cluster_rules.contains("secrets"), "{cluster_rules}");
+    assert_eq!(
+        secret_roles(&default),
+        [
+            pair("Role", "dynamics-operator"),
+            pair("RoleBinding", "dynamics-operator")
+        ]
+    );
+    assert!(!args(&default).to_string().contains("--secret-namespaces"));
+    let listed = template(&["--set", "secretNamespaces={team-a,team-b}"]);
+    let roles = secret_roles(&listed);
+    for ns in ["dynamics-operator", "team-a", "team-b"] {
+        assert!(roles.contains(&pair("Role", ns)), "{roles:?}");
+        assert!(roles.contains(&pair("RoleBinding", ns)), "{roles:?}");
+    }
+    assert_eq!(roles.len(), 6);
+    let binding = listed
+        .iter()
+        .find(|d| d["kind"] == "RoleBinding" && d["metadata"]["namespace"] == "team-a")
+        .unwrap();
+    assert_eq!(binding["subjects"][0]["namespace"], "dynamics-operator");
+    assert!(args(&listed)
+        .as_array()
+        .unwrap()
+        .contains(&json!("--secret-namespaces=team-a,team-b")));
+    let all = template(&["--set", "secretNamespaces={*}"]);
+    assert_eq!(
+        secret_roles(&all),
+        [pair("ClusterRole", ""), pair("ClusterRoleBinding", "")]
+    );
+    // Watching one namespace: only its Secrets, with no cluster-wide grant at all.
+    let one = template(&["--set", "watchNamespace=agents"]);
+    assert_eq!(
+        secret_roles(&one),
+        [pair("Role", "agents"), pair("RoleBinding", "agents")]
+    );
+}
+
+#[test]
+fn service_account_can_be_brought_by_the_user() {
+    let docs = template(&[
+        "--set",
+        "serviceAccount.create=false",
+        "--set",
+        "serviceAccount.name=platform-operator",
+    ]);
+    assert_eq!(kinds(&docs, "ServiceAccount"), 0);
+    let d = find(&docs, "Deployment", "dynamics-operator");
+    assert_eq!(
+        d["spec"]["template"]["spec"]["serviceAccountName"],
+        "platform-operator"
+    );
+    let binding = find(&docs, "ClusterRoleBinding", "dynamics-operator");
+    assert_eq!(binding["subjects"][0]["name"], "platform-operator");
+    // By default the chart makes it.
+    let default = template(&[]);
+    find(&default, "ServiceAccount", "dynamics-operator");
+}
+
+#[test]
+fn network_policy_allows_dns_the_api_server_the_bithuman_api_and_metrics_only() {
+    assert_eq!(kinds(&template(&[]), "NetworkPolicy"), 0, "off by default");
+    let docs = template(&[
+        "--set",
+        "networkPolicy.enabled=true",
+        "--set",
+        "networkPolicy.apiServer.cidrs={10.96.0.1/32}",
+        "--set",
+        "networkPolicy.bithumanApi.cidrs={203.0.113.0/24}",
+    ]);
+    let policy = find(&docs, "NetworkPolicy", "dynamics-operator");
+    let spec = &policy["spec"];
+    assert_eq!(spec["policyTypes"], json!(["Ingress", "Egress"]));
+    assert_eq!(
+        spec["podSelector"]["matchLabels"],
+        find(&docs, "Deployment", "dynamics-operator")["spec"]["selector"]["matchLabels"]
+    );
+    assert_eq!(
+        spec["ingress"],
+        json!([{"ports": [{"port": "metrics", "protocol": "TCP"}]}])
+    );
+    let egress = spec["egress"].as_array().unwrap();
+    assert_eq!(egress.len(), 3, "{egress:?}");
+    let ports = |rule: &Json| -> Vec<(i64, String)> {
+        rule["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                (
+                    p["port"].as_i64().unwrap(),
+                    p["protocol"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(
+        ports(&egress[0]),
+        [(53, "UDP".to_string()), (53, "TCP".to_string())]
+    );
+    assert_eq!(
+        egress[0]["to"][0]["podSelector"]["matchLabels"]["k8s-app"],
+        "kube-dns"
+    );
+    assert_eq!(
+        egress[1]["to"],
+        json!([{"ipBlock": {"cidr": "10.96.0.1/32"}}])
+    );
+    assert_eq!(
+        ports(&egress[1]),
+        [(443, "TCP".to_string()), (6443, "TCP".to_string())]
+    );
+    assert_eq!(
+        egress[2]["to"],
+        json!([{"ipBlock": {"cidr": "203.0.113.0/24"}}])
+    );
+    assert_eq!(ports(&egress[2]), [(443, "TCP".to_string())]);
+}
+
+#[test]
+fn extra_volumes_and_a_ca_bundle_reach_the_pod() {
+    let home = tempfile::tempdir().unwrap();
+    let values = home.path().join("v.yaml");
+    std::fs::write(
+        &values,
+        "extraVolumes:\n  - name: tmp\n    emptyDir: {}\nextraVolumeMounts:\n  - name: tmp\n    mountPath: /tmp\ncaBundle:\n  configMap: proxy-ca\n  key: proxy.pem\n",
+    )
+    .unwrap();
+    let docs = template(&["-f", values.to_str().unwrap()]);
+    let pod = &find(&docs, "Deployment", "dynamics-operator")["spec"]["template"]["spec"];
+    let volumes = pod["volumes"].as_array().unwrap();
+    assert!(volumes.contains(&json!({"name": "tmp", "emptyDir": {}})));
+    assert!(volumes.contains(&json!({
+        "name": "ca-bundle",
+        "configMap": {"name": "proxy-ca", "items": [{"key": "proxy.pem", "path": "proxy.pem"}]}
+    })));
+    let c = &pod["containers"][0];
+    let mounts = c["volumeMounts"].as_array().unwrap();
+    assert!(mounts.contains(&json!({"name": "tmp", "mountPath": "/tmp"})));
+    assert!(mounts.contains(
+        &json!({"name": "ca-bundle", "mountPath": "/etc/dynamics-operator/ca", "readOnly": true})
+    ));
+    assert!(c["args"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("--api-ca-file=/etc/dynamics-operator/ca/proxy.pem")));
+    // A Secret works the same; without a bundle there is no flag and no volume.
+    let secret = template(&["--set", "caBundle.secret=proxy-ca"]);
+    let pod = &find(&secret, "Deployment", "dynamics-operator")["spec"]["template"]["spec"];
+    assert!(pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|v| v["secret"]["secretName"] == "proxy-ca"));
+    let none = template(&[]);
+    let c = container(find(&none, "Deployment", "dynamics-operator"));
+    assert!(!c["args"].to_string().contains("--api-ca-file"));
+}
+
+#[test]
+fn service_monitor_only_where_its_crd_is_served_with_namespace_timeout_and_relabelings() {
+    let home = tempfile::tempdir().unwrap();
+    let values = home.path().join("v.yaml");
+    std::fs::write(
+        &values,
+        "metrics:\n  serviceMonitor:\n    enabled: true\n    namespace: monitoring\n    scrapeTimeout: 5s\n    relabelings:\n      - targetLabel: team\n        replacement: avatars\n    metricRelabelings:\n      - sourceLabels: [__name__]\n        regex: go_.*\n        action: drop\n",
+    )
+    .unwrap();
+    let v = values.to_str().unwrap();
+    // Enabled, but the cluster does not serve the CRD: nothing that would fail the install.
+    assert_eq!(kinds(&template(&["-f", v]), "ServiceMonitor"), 0);
+    let docs = template(&[
+        "-f",
+        v,
+        "--api-versions",
+        "monitoring.coreos.com/v1/ServiceMonitor",
+    ]);
+    let sm = find(&docs, "ServiceMonitor", "dynamics-operator");
+    assert_eq!(sm["metadata"]["namespace"], "monitoring");
+    assert_eq!(
+        sm["spec"]["namespaceSelector"]["matchNames"],
+        json!(["dynamics-operator"]),
+        "it still selects the operator's Service in the release namespace"
+    );
+    let endpoint = &sm["spec"]["endpoints"][0];
+    assert_eq!(endpoint["scrapeTimeout"], "5s");
+    assert_eq!(endpoint["relabelings"][0]["targetLabel"], "team");
+    assert_eq!(endpoint["metricRelabelings"][0]["action"], "drop");
+}
+
+#[test]
+fn pdb_takes_min_available_or_max_unavailable() {
+    let pdb = |extra: &[&str]| {
+        let mut args = vec!["--set", "replicaCount=3"];
+        args.extend(extra);
+        find(&template(&args), "PodDisruptionBudget", "dynamics-operator")["spec"].clone()
+    };
+    let default = pdb(&[]);
+    assert_eq!(default["minAvailable"], json!(1));
+    assert!(default.get("maxUnavailable").is_none());
+    let max = pdb(&["--set", "podDisruptionBudget.maxUnavailable=1"]);
+    assert_eq!(max["maxUnavailable"], json!(1));
+    assert!(max.get("minAvailable").is_none(), "{max}");
+    let min = pdb(&["--set", "podDisruptionBudget.minAvailable=2"]);
+    assert_eq!(min["minAvailable"], json!(2));
+    assert_eq!(
+        kinds(&template(&[]), "PodDisruptionBudget"),
+        0,
+        "one replica: none"
+    );
+}
+
+#[test]
+fn log_level_node_selector_strategy_and_history_reach_the_deployment() {
+    let d = template(&[]);
+    let d = find(&d, "Deployment", "dynamics-operator");
+    assert_eq!(
+        d["spec"]["template"]["spec"]["nodeSelector"],
+        json!({"kubernetes.io/os": "linux"})
+    );
+    assert_eq!(d["spec"]["revisionHistoryLimit"], json!(10));
+    assert!(container(d)["args"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("--log-level=info")));
+    let home = tempfile::tempdir().unwrap();
+    let values = home.path().join("v.yaml");
+    std::fs::write(
+        &values,
+        "logLevel: debug\nrevisionHistoryLimit: 2\nstrategy:\n  type: RollingUpdate\n  rollingUpdate:\n    maxSurge: 0\n    maxUnavailable: 1\n",
+    )
+    .unwrap();
+    let docs = template(&["-f", values.to_str().unwrap()]);
+    let d = find(&docs, "Deployment", "dynamics-operator");
+    assert_eq!(d["spec"]["revisionHistoryLimit"], json!(2));
+    assert_eq!(
+        d["spec"]["strategy"],
+        json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}})
+    );
+    assert!(container(d)["args"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("--log-level=debug")));
 }
 
 /// Minimal CRDs for prometheus-operator's kinds, so the chart's ServiceMonitor and

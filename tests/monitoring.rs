@@ -53,7 +53,7 @@ fn rendered_rules(extra: &[&str]) -> Json {
     find(&docs, "PrometheusRule", "dynamics-operator")["spec"].clone()
 }
 
-const ALERTS: &str = "deploy/monitoring/alerts.yaml";
+const ALERTS_FILE: &str = "deploy/monitoring/alerts.yaml";
 const HEADER: &str = "# Generated from charts/dynamics-operator/templates/prometheusrule.yaml with the default values\n\
 # (DYNAMICS_BLESS=1 cargo test --test monitoring rewrites it). For a Prometheus without\n\
 # prometheus-operator: add it to rule_files. deploy/monitoring/alerts_test.yaml unit-tests it.\n";
@@ -64,14 +64,14 @@ fn alerts_file_is_the_charts_rule_rendered() {
         "{HEADER}{}",
         serde_yaml::to_string(&rendered_rules(&[])).unwrap()
     );
-    let path = root(ALERTS);
+    let path = root(ALERTS_FILE);
     if std::env::var("DYNAMICS_BLESS").as_deref() == Ok("1") {
         std::fs::write(&path, &want).unwrap();
     }
     let got = std::fs::read_to_string(&path).unwrap_or_default();
     assert!(
         got == want,
-        "{ALERTS} differs from the chart's PrometheusRule: DYNAMICS_BLESS=1 cargo test --test monitoring"
+        "{ALERTS_FILE} differs from the chart's PrometheusRule: DYNAMICS_BLESS=1 cargo test --test monitoring"
     );
 }
 
@@ -80,9 +80,9 @@ fn promtool_checks_and_unit_tests_the_rules() {
     let promtool = tool("promtool");
     let out = run_ok(
         &promtool,
-        ["check", "rules", root(ALERTS).to_str().unwrap()],
+        ["check", "rules", root(ALERTS_FILE).to_str().unwrap()],
     );
-    assert!(out.contains("SUCCESS: 4 rules found"), "{out}");
+    assert!(out.contains("SUCCESS: 5 rules found"), "{out}");
     let out = run_ok(
         &promtool,
         [
@@ -105,6 +105,47 @@ fn promtool_checks_and_unit_tests_the_rules() {
     assert!(text.contains("> 750"), "{text}");
     std::fs::write(&custom, text).unwrap();
     run_ok(&promtool, ["check", "rules", custom.to_str().unwrap()]);
+}
+
+/// Every alert is per install (`by (namespace, job)`), carries a runbook_url into the
+/// troubleshooting page that has a section for it, and the page lists no alert the rules lack.
+#[test]
+fn alerts_route_per_install_and_link_their_runbook() {
+    use dynamics_operator::reconcile::reasons::{troubleshooting_markdown, ALERTS, PAGE_URL};
+    let rules: Json =
+        serde_yaml::from_str(&std::fs::read_to_string(root(ALERTS_FILE)).unwrap()).unwrap();
+    let page = troubleshooting_markdown();
+    let mut names = Vec::new();
+    for rule in rules["groups"][0]["rules"].as_array().unwrap() {
+        let name = rule["alert"].as_str().unwrap();
+        names.push(name);
+        let expr = rule["expr"].as_str().unwrap();
+        assert!(
+            expr.contains("by (namespace, job)"),
+            "{name} is not grouped per install: {expr}"
+        );
+        assert!(
+            !expr.contains("sum(") && !expr.contains("max("),
+            "{name} aggregates over every install: {expr}"
+        );
+        let url = rule["annotations"]["runbook_url"].as_str().unwrap();
+        assert_eq!(url, format!("{PAGE_URL}#{}", name.to_lowercase()), "{name}");
+        assert!(
+            page.contains(&format!("\n### {name}\n")),
+            "docs/troubleshooting.md has no section for {name}"
+        );
+    }
+    let documented: Vec<&str> = ALERTS.iter().map(|a| a.name).collect();
+    assert_eq!(names, documented, "the page's alerts are the rules' alerts");
+    // A mirror of the page can be named.
+    let custom = rendered_rules(&[
+        "--set",
+        "metrics.prometheusRule.runbookBaseUrl=https://wiki.example.com/dynamics/",
+    ]);
+    assert_eq!(
+        custom["groups"][0]["rules"][0]["annotations"]["runbook_url"],
+        "https://wiki.example.com/dynamics#agentdynamicsstalled"
+    );
 }
 
 fn dashboard() -> Json {
@@ -132,7 +173,7 @@ fn expressions() -> Vec<(String, String)> {
         }
     }
     let rules: Json =
-        serde_yaml::from_str(&std::fs::read_to_string(root(ALERTS)).unwrap()).unwrap();
+        serde_yaml::from_str(&std::fs::read_to_string(root(ALERTS_FILE)).unwrap()).unwrap();
     for group in rules["groups"].as_array().unwrap() {
         for rule in group["rules"].as_array().unwrap() {
             exprs.push((
@@ -163,6 +204,8 @@ fn dashboard_covers_what_operators_watch() {
         "dynamics_operator_object_states",
         "dynamics_operator_generation_queue_depth",
         "dynamics_operator_ready",
+        "dynamics_operator_leader",
+        "dynamics_operator_build_info",
     ] {
         assert!(used.contains(metric), "nothing shows {metric}");
     }

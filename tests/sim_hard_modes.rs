@@ -60,6 +60,7 @@ fn client_with(sim: &SimHandle, timeout: Duration, retries: u32) -> DynamicsClie
         max_retries: retries,
         initial_backoff: Duration::from_millis(5),
         max_backoff: Duration::from_millis(50),
+        ..ClientConfig::default()
     })
     .unwrap()
 }

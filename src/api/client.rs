@@ -33,6 +33,9 @@ pub struct ClientConfig {
     pub initial_backoff: Duration,
     /// Cap for one backoff sleep, Retry-After included.
     pub max_backoff: Duration,
+    /// CA certificates (PEM) trusted besides the bundled roots and the system's (which
+    /// `SSL_CERT_FILE` and `SSL_CERT_DIR` replace): a TLS-inspecting proxy's, say.
+    pub extra_root_certs_pem: Option<Vec<u8>>,
 }
 
 impl Default for ClientConfig {
@@ -44,6 +47,7 @@ impl Default for ClientConfig {
             max_retries: 3,
             initial_backoff: Duration::from_millis(200),
             max_backoff: Duration::from_secs(10),
+            extra_root_certs_pem: None,
         }
     }
 }
@@ -97,7 +101,20 @@ impl DynamicsClient {
         if !matches!(base.scheme(), "http" | "https") || base.cannot_be_a_base() {
             return Err(bad_base("must be an http(s) URL".into()));
         }
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder();
+        if let Some(pem) = &config.extra_root_certs_pem {
+            let certs = reqwest::Certificate::from_pem_bundle(pem)
+                .map_err(|e| bad_base(format!("extra CA certificates: {e}")))?;
+            if certs.is_empty() {
+                return Err(bad_base(
+                    "extra CA certificates: no PEM certificate found".into(),
+                ));
+            }
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let http = builder
             .connect_timeout(config.connect_timeout)
             .timeout(config.request_timeout)
             // The api-secret is a custom header that reqwest would forward to

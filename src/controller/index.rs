@@ -15,7 +15,7 @@ use kube::runtime::watcher::Event;
 use kube::ResourceExt;
 
 use crate::reconcile::ownership::Claimant;
-use crate::resource::{AgentDynamics, RECONCILE_REQUESTED_AT, RESOLVE};
+use crate::resource::{refresh_request, AgentDynamics, RECONCILE_REQUESTED_AT, RESOLVE};
 
 use super::context::{key_of, reference_to};
 
@@ -27,6 +27,11 @@ pub fn trim_for_cache(obj: &mut AgentDynamics) {
     obj.metadata.managed_fields = None;
     obj.metadata.labels = None;
     if let Some(annotations) = &mut obj.metadata.annotations {
+        // One refresh annotation is kept: the project's, or Flux's under the project's key, so
+        // that everything reading the cached object sees either as the same request.
+        if let Some(requested) = refresh_request(annotations).cloned() {
+            annotations.insert(RECONCILE_REQUESTED_AT.to_string(), requested);
+        }
         annotations.retain(|key, _| key == RECONCILE_REQUESTED_AT || key == RESOLVE);
     }
 }
@@ -608,6 +613,40 @@ mod tests {
         let kept: Vec<&String> = o.metadata.annotations.as_ref().unwrap().keys().collect();
         assert_eq!(kept, vec![RECONCILE_REQUESTED_AT]);
         assert_eq!(o.spec.agent_id, "A1");
+    }
+
+    #[test]
+    fn flux_requested_at_is_a_refresh_and_ours_wins_beside_it() {
+        use crate::resource::FLUX_RECONCILE_REQUESTED_AT;
+        let with = |pairs: &[(&str, &str)]| {
+            let mut o = obj("a", "A1", "1");
+            o.metadata.annotations = Some(
+                pairs
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            );
+            trim_for_cache(&mut o);
+            o
+        };
+        let flux = with(&[(FLUX_RECONCILE_REQUESTED_AT, "t1")]);
+        assert_eq!(
+            flux.metadata.annotations,
+            Some([(RECONCILE_REQUESTED_AT.to_string(), "t1".to_string())].into())
+        );
+        // A new Flux value is a change worth a pass.
+        let later = with(&[(FLUX_RECONCILE_REQUESTED_AT, "t2")]);
+        assert_ne!(relevant_state(&flux), relevant_state(&later));
+        let both = with(&[
+            (FLUX_RECONCILE_REQUESTED_AT, "t3"),
+            (RECONCILE_REQUESTED_AT, "ours"),
+        ]);
+        assert_eq!(
+            both.annotations()
+                .get(RECONCILE_REQUESTED_AT)
+                .map(String::as_str),
+            Some("ours")
+        );
     }
 
     #[test]

@@ -46,9 +46,12 @@ pub struct RunConfig {
     pub generations_per_hour: Option<usize>,
     pub metrics_addr: SocketAddr,
     pub leader_election: Option<leader::LeaderConfig>,
+    /// Where Secrets are read (RBAC grants them there and nowhere else).
+    pub secret_scope: secrets::SecretScope,
 }
 
 pub use leader::LeaderConfig;
+pub use secrets::SecretScope;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -123,11 +126,14 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
             let leadership = leader::acquire(client.clone(), leader_config).await?;
             tracing::info!(identity = %leader_config.identity, "became leader; starting the controller");
             let lost = leadership.lost();
+            metrics.set_leader(true);
             run_controller(client, config.clone(), metrics.clone(), lost).await;
+            metrics.set_leader(false);
             leadership.release().await;
             Ok(())
         }
         None => {
+            metrics.set_leader(true);
             run_controller(
                 client,
                 config.clone(),
@@ -148,11 +154,17 @@ async fn run_controller(
     metrics: Arc<Metrics>,
     stop: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    // Metadata only: the operator never keeps Secret values in memory; it reads one when a pass needs it.
-    let secrets: Api<PartialObjectMeta<Secret>> = match &config.namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    };
+    // Metadata only: the operator never keeps Secret values in memory; it reads one when a pass
+    // needs it. One watch per namespace of the Secret scope, so RBAC can grant them there only.
+    secrets::set_scope(config.secret_scope.clone());
+    let secret_apis: Vec<Api<PartialObjectMeta<Secret>>> =
+        match config.secret_scope.watches(config.namespace.as_deref()) {
+            None => vec![Api::all(client.clone())],
+            Some(namespaces) => namespaces
+                .iter()
+                .map(|ns| Api::namespaced(client.clone(), ns))
+                .collect(),
+        };
 
     let (reader, writer) = reflector::store();
     let index = Arc::new(index::ObjectIndex::beside(reader.clone()));
@@ -179,14 +191,17 @@ async fn run_controller(
         });
     // Only Secrets labelled for this operator: it neither sees nor caches the others.
     let secret_selector = format!("{API_SECRET_LABEL}=true");
-    let secret_changes = watcher(
-        secrets,
-        watcher::Config::default()
-            .labels(&secret_selector)
-            .any_semantic(),
-    )
-    .default_backoff()
-    .touched_objects();
+    let secret_changes = futures::stream::select_all(secret_apis.into_iter().map(|api| {
+        watcher(
+            api,
+            watcher::Config::default()
+                .labels(&secret_selector)
+                .any_semantic(),
+        )
+        .default_backoff()
+        .touched_objects()
+        .boxed()
+    }));
 
     // Objects woken for a free generation slot, and looks at running generations, go through
     // the generation lane; what the lane hands back goes through the controller's queue.
@@ -283,6 +298,7 @@ async fn reconcile(obj: Arc<AgentDynamics>, ctx: Arc<Context>) -> Result<Control
     let deleting = obj.metadata.deletion_timestamp.is_some()
         && obj.finalizers().iter().any(|f| f == FINALIZER);
     let released = obj.clone();
+    let started = std::time::Instant::now();
     let result = finalizer(&api, FINALIZER, obj, |event| async {
         match event {
             FinalizerEvent::Apply(obj) => ctx.controller_pass(&api, obj, false).await,
@@ -295,6 +311,7 @@ async fn reconcile(obj: Arc<AgentDynamics>, ctx: Arc<Context>) -> Result<Control
         // The cleanup succeeded and kube removed the finalizer.
         ctx.mark_released(&released);
     }
+    ctx.metrics.reconcile_took(started.elapsed());
     result
 }
 

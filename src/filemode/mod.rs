@@ -25,8 +25,9 @@ use crate::api::{ApiSecret, DynamicsClient};
 use crate::executor::{Access, ObjectView};
 use crate::reconcile::ownership::{owner_instead_of, Claimant};
 use crate::reconcile::Blocker;
+use crate::resource::refresh_request;
 use crate::resource::validate::{validate_update, FieldError};
-use crate::resource::{RECONCILE_REQUESTED_AT, RESOLVE};
+use crate::resource::RESOLVE;
 use crate::sim::{SimConfig, SimHandle};
 
 pub use crate::cli::{ApplyArgs, CommonArgs, OutputFormat, PlanArgs};
@@ -320,7 +321,7 @@ fn admit_objects(
                 .metadata
                 .annotations
                 .as_ref()
-                .and_then(|a| a.get(RECONCILE_REQUESTED_AT))
+                .and_then(refresh_request)
                 .cloned(),
             resolve: manifest
                 .object
@@ -346,7 +347,11 @@ fn client(
     api: &crate::cli::ApiArgs,
     simulator_url: Option<&str>,
 ) -> anyhow::Result<DynamicsClient> {
-    let mut config = api.client_config();
+    // With --simulator, --api-url is not used.
+    let mut config = match simulator_url {
+        Some(_) => api.client_config(),
+        None => api.checked_client_config()?,
+    };
     if let Some(url) = simulator_url {
         config.base_url = url.to_string();
     }

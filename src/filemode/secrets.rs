@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 
 use crate::api::ApiSecret;
-use crate::reconcile::Blocker;
+use crate::reconcile::{reasons, Blocker};
 
 use super::manifests::{Manifest, SecretDoc};
 
@@ -26,7 +26,7 @@ pub fn resolve(
     let Some(reference) = &manifest.object.spec.api_secret_ref else {
         return operator.cloned().ok_or_else(|| {
             blocked(
-                "NoApiSecret",
+                reasons::NO_API_SECRET,
                 format!(
                     "no api-secret for agent {}: set {SECRET_ENV} (or --api-secret-file), or spec.apiSecretRef to a Secret given with -f",
                     manifest.object.spec.agent_id
@@ -37,7 +37,7 @@ pub fn resolve(
     let name = format!("{}/{}", manifest.namespace, reference.name);
     let Some(doc) = secrets.get(&(manifest.namespace.clone(), reference.name.clone())) else {
         return Err(blocked(
-            "SecretNotFound",
+            reasons::SECRET_NOT_FOUND,
             format!(
                 "Secret {name} is not among the manifests: in file mode spec.apiSecretRef resolves against Secret documents given with -f (apiVersion: v1, kind: Secret, metadata: {{name: {}, namespace: {}}}, stringData: {{{}: ...}})",
                 reference.name, manifest.namespace, reference.key
@@ -46,7 +46,7 @@ pub fn resolve(
     };
     let Some(bytes) = doc.data.get(&reference.key) else {
         return Err(blocked(
-            "SecretKeyNotFound",
+            reasons::SECRET_KEY_NOT_FOUND,
             format!(
                 "Secret {name} ({}) has no key {:?}: set spec.apiSecretRef.key to one of its keys",
                 doc.source, reference.key
@@ -57,7 +57,7 @@ pub fn resolve(
     let secret = ApiSecret::new(String::from_utf8_lossy(bytes).into_owned());
     if secret.is_empty() {
         return Err(blocked(
-            "SecretKeyNotFound",
+            reasons::SECRET_KEY_NOT_FOUND,
             format!(
                 "key {:?} of Secret {name} ({}) is empty",
                 reference.key, doc.source

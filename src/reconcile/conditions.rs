@@ -17,7 +17,9 @@ pub enum Health {
     Progressing { reason: String, message: String },
     /// Cannot progress until something outside changes (the spec, a Secret, the account).
     Stalled { reason: String, message: String },
-    /// `spec.suspend` is true.
+    /// `spec.suspend` is true. Ready is True (reason Suspended): nothing is pending, so tools
+    /// that wait for every object (kstatus: Flux `wait: true`, kpt, Config Sync) finish; it
+    /// says nothing about the remote, which is neither read nor changed.
     Suspended,
 }
 
@@ -67,7 +69,7 @@ impl Health {
             Health::Ready { .. } => (true, false, false),
             Health::Progressing { .. } => (false, true, false),
             Health::Stalled { .. } => (false, false, true),
-            Health::Suspended => (false, false, false),
+            Health::Suspended => (true, false, false),
         };
         [
             (CONDITION_READY, ready),
@@ -132,7 +134,8 @@ mod tests {
                 Health::stalled("Unauthorized", "u"),
                 ["False", "False", "True"],
             ),
-            (Health::Suspended, ["False", "False", "False"]),
+            // Done as far as waiting tools go: kstatus reads it Current.
+            (Health::Suspended, ["True", "False", "False"]),
         ];
         for (health, want) in cases {
             let conds = conditions(&[], &health, 3, at(100));

@@ -108,7 +108,7 @@ impl GenerationGuard {
             }
             // Nothing in the message that changes while it waits: each change is a status write.
             return Err(Refusal {
-                reason: "WaitingForGenerationSlot",
+                reason: super::reasons::WAITING_FOR_GENERATION_SLOT,
                 message: format!(
                     "the limit of {} generations at once is reached (--max-concurrent-generations); this one starts when a slot frees, in arrival order",
                     self.max_running
@@ -122,7 +122,7 @@ impl GenerationGuard {
                 let free_at = Duration::try_from(now.duration_since(oldest))
                     .map_or(HOUR, |age| HOUR.saturating_sub(age));
                 return Err(Refusal {
-                    reason: "GenerationBudgetExhausted",
+                    reason: super::reasons::GENERATION_BUDGET_EXHAUSTED,
                     message: format!(
                         "{limit} generations were started in the last hour (--generations-per-hour); the next may start in {}s",
                         free_at.as_secs()

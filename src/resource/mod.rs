@@ -23,6 +23,18 @@ pub const RECONCILE_REQUESTED_AT: &str = "dynamics.bithuman.ai/reconcile-request
 /// shows as the purchase (nothing is sent), `retry` sends the pending call once more (counted).
 /// Anything after an `@` only makes the value new (`dynamics-operator resolve` adds the time).
 pub const RESOLVE: &str = "dynamics.bithuman.ai/resolve";
+/// Flux's annotation for the same (`reconcile.fluxcd.io/requestedAt`), accepted as well.
+pub const FLUX_RECONCILE_REQUESTED_AT: &str = "reconcile.fluxcd.io/requestedAt";
+
+/// The refresh an object asks for, echoed into `status.lastHandledReconcileAt` once handled: the
+/// project's annotation, else Flux's. With both set, the project's wins.
+pub fn refresh_request(
+    annotations: &std::collections::BTreeMap<String, String>,
+) -> Option<&String> {
+    annotations
+        .get(RECONCILE_REQUESTED_AT)
+        .or_else(|| annotations.get(FLUX_RECONCILE_REQUESTED_AT))
+}
 /// Finalizer that lets the operator disable remote dynamics before the object goes away.
 pub const FINALIZER: &str = "dynamics.bithuman.ai/cleanup";
 

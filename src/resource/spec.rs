@@ -25,6 +25,8 @@ pub const MAX_URL_LEN: u32 = 2048;
     kind = "AgentDynamics",
     plural = "agentdynamics",
     shortname = "agdyn",
+    category = "bithuman",
+    doc = "AgentDynamics declares the dynamics (generated movements) of one bitHuman avatar agent: the generate inputs (imageUrl, duration, model, motionPrompts) and the dynamics block to apply. The dynamics-operator buys a generation (250 credits) only when these inputs change, at most once per change, and reports Ready, Reconciling or Stalled with a reason; docs/troubleshooting.md explains each reason.",
     namespaced,
     status = "AgentDynamicsStatus",
     printcolumn = r#"{"name":"Agent","type":"string","jsonPath":".spec.agentId"}"#,
@@ -32,7 +34,9 @@ pub const MAX_URL_LEN: u32 = 2048;
     printcolumn = r#"{"name":"Remote","type":"string","jsonPath":".status.remoteStatus"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    printcolumn = r#"{"name":"Generations","type":"integer","priority":1,"description":"Generations this object has bought (250 credits each), unknown outcomes included","jsonPath":".status.generations"}"#,
+    printcolumn = r#"{"name":"Message","type":"string","priority":1,"description":"What the object is doing or waiting for, and the fix","jsonPath":".status.conditions[?(@.type==\"Ready\")].message"}"#
 )]
 #[serde(rename_all = "camelCase")]
 pub struct AgentDynamicsSpec {

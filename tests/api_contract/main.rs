@@ -49,6 +49,7 @@ fn fast_config(base_url: String) -> ClientConfig {
         max_retries: 3,
         initial_backoff: Duration::from_millis(5),
         max_backoff: Duration::from_millis(50),
+        ..ClientConfig::default()
     }
 }
 

@@ -68,6 +68,14 @@ impl Audited {
 
     /// The requests `user` made, as (group, resource[/subresource], verb) with response codes.
     pub fn requests(&self, user: &str) -> Vec<(Permission, u16)> {
+        self.requests_in(user)
+            .into_iter()
+            .map(|(p, _, code)| (p, code))
+            .collect()
+    }
+
+    /// The same, with the namespace each request was in (None: cluster-wide).
+    pub fn requests_in(&self, user: &str) -> Vec<(Permission, Option<String>, u16)> {
         let text = std::fs::read_to_string(&self.audit_log).unwrap_or_default();
         text.lines()
             .filter_map(|line| serde_json::from_str::<Json>(line).ok())
@@ -85,6 +93,7 @@ impl Audited {
                         resource,
                         verb: e["verb"].as_str()?.to_string(),
                     },
+                    r["namespace"].as_str().map(str::to_string),
                     code,
                 ))
             })

@@ -49,34 +49,52 @@ pub fn granted(rules: &[Json]) -> BTreeSet<Permission> {
     out
 }
 
+/// The rules of every `kind` document (ClusterRole, Role), with the name of the one each is in.
+pub fn named_rules_of(docs: &[Json], kind: &str) -> Vec<(String, Json)> {
+    let rules: Vec<(String, Json)> = docs
+        .iter()
+        .filter(|d| d["kind"] == kind)
+        .flat_map(|d| {
+            let name = d["metadata"]["name"].as_str().unwrap().to_string();
+            d["rules"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(move |r| (name.clone(), r.clone()))
+        })
+        .collect();
+    assert!(!rules.is_empty(), "no {kind}");
+    rules
+}
+
 pub fn rules_of(docs: &[Json], kind: &str) -> Vec<Json> {
-    docs.iter()
-        .find(|d| d["kind"] == kind)
-        .unwrap_or_else(|| panic!("no {kind}"))["rules"]
-        .as_array()
-        .unwrap()
-        .clone()
+    named_rules_of(docs, kind)
+        .into_iter()
+        .map(|(_, r)| r)
+        .collect()
 }
 
 pub fn service_account_user(ns: &str) -> String {
     format!("system:serviceaccount:{ns}:{SERVICE_ACCOUNT}")
 }
 
-/// The deploy's RBAC, moved to `ns` (ServiceAccount, Role) with cluster-scoped names made unique,
-/// optionally without one verb of one rule.
+/// The deploy's RBAC, moved to `ns` (ServiceAccount, Role, RoleBindings) with cluster-scoped
+/// names made unique, optionally without one verb of one rule.
 pub fn rbac_in(docs: &[Json], ns: &str, without: Option<&Case>) -> Vec<Json> {
     let mut out = Vec::new();
     for mut doc in rbac_docs(docs) {
         let kind = doc["kind"].as_str().unwrap().to_string();
+        let name = doc["metadata"]["name"].as_str().unwrap().to_string();
         if ns != OPERATOR_NS {
             match kind.as_str() {
                 "ClusterRole" | "ClusterRoleBinding" => {
-                    doc["metadata"]["name"] = json!(format!("dynamics-operator-{ns}"));
+                    doc["metadata"]["name"] = json!(format!("{name}-{ns}"));
                 }
                 _ => doc["metadata"]["namespace"] = json!(ns),
             }
-            if kind == "ClusterRoleBinding" {
-                doc["roleRef"]["name"] = json!(format!("dynamics-operator-{ns}"));
+            if kind.ends_with("Binding") && doc["roleRef"]["kind"] == "ClusterRole" {
+                let role = doc["roleRef"]["name"].as_str().unwrap().to_string();
+                doc["roleRef"]["name"] = json!(format!("{role}-{ns}"));
             }
             if kind.ends_with("Binding") {
                 for s in doc["subjects"].as_array_mut().unwrap() {
@@ -85,7 +103,7 @@ pub fn rbac_in(docs: &[Json], ns: &str, without: Option<&Case>) -> Vec<Json> {
             }
         }
         if let Some(case) = without {
-            if case.kind == kind {
+            if case.kind == kind && case.name == name {
                 let rules = doc["rules"].as_array_mut().unwrap();
                 let verbs = rules[case.rule]["verbs"].as_array_mut().unwrap();
                 verbs.retain(|v| v != case.permission.verb.as_str());
@@ -109,12 +127,38 @@ pub fn install_rbac(cp: &ControlPlane, docs: &[Json], ns: &str) {
     cp.apply_yaml(&yaml).expect("apply RBAC");
     let user = service_account_user(ns);
     let mut checks = Vec::new();
+    // Where each role is in force: a ClusterRole everywhere through a ClusterRoleBinding, or in
+    // the namespaces of the RoleBindings that bind it; a Role in its own namespace.
+    let mut scopes: Vec<(&Json, Option<String>)> = Vec::new();
     for doc in docs {
-        let scope = match doc["kind"].as_str().unwrap() {
-            "ClusterRole" => None,
-            "Role" => Some(ns),
-            _ => continue,
-        };
+        let name = &doc["metadata"]["name"];
+        match doc["kind"].as_str().unwrap() {
+            "ClusterRole" => {
+                let bindings = docs.iter().filter(|b| {
+                    b["kind"].as_str().unwrap_or("").ends_with("Binding")
+                        && b["roleRef"]["kind"] == "ClusterRole"
+                        && b["roleRef"]["name"] == *name
+                });
+                for b in bindings {
+                    let scope = (b["kind"] == "RoleBinding")
+                        .then(|| b["metadata"]["namespace"].as_str().unwrap().to_string());
+                    scopes.push((doc, scope));
+                }
+            }
+            "Role" => scopes.push((
+                doc,
+                Some(
+                    doc["metadata"]["namespace"]
+                        .as_str()
+                        .unwrap_or(ns)
+                        .to_string(),
+                ),
+            )),
+            _ => {}
+        }
+    }
+    for (doc, scope) in scopes {
+        let scope = scope.as_deref();
         for rule in doc["rules"].as_array().unwrap() {
             let names: Vec<&str> = rule["resourceNames"]
                 .as_array()

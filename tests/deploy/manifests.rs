@@ -62,6 +62,10 @@ fn base_installs_a_hardened_operator_without_any_secret() {
         "ServiceAccount/dynamics-operator",
         "ClusterRole/dynamics-operator",
         "ClusterRoleBinding/dynamics-operator",
+        // Secrets in the operator's own namespace only: a RoleBinding to a ClusterRole that
+        // grants nothing until bound.
+        "ClusterRole/dynamics-operator-secrets",
+        "RoleBinding/dynamics-operator-secrets",
         "Role/dynamics-operator-leader-election",
         "RoleBinding/dynamics-operator-leader-election",
         "Deployment/dynamics-operator",

@@ -18,8 +18,8 @@ use crate::deployed::{
     agent, create_team_secret, metrics_url, ready_at, scenario, start_as_deployed, start_sim,
 };
 use crate::grants::{
-    granted, install_rbac, rbac_in, rules_of, service_account_kubeconfig, service_account_user,
-    Permission,
+    granted, install_rbac, named_rules_of, rbac_in, rules_of, service_account_kubeconfig,
+    service_account_user, Permission,
 };
 use crate::render::{container, rbac_docs};
 use crate::support::process::ManagedChild;
@@ -47,6 +47,24 @@ async fn operator_as_its_service_account_uses_every_granted_verb_and_nothing_els
     let client = cp.kube_client().await.unwrap();
     let ns = cp.create_namespace("agents").await.unwrap();
     create_team_secret(&client, &ns).await;
+    // Secrets are granted per namespace: the operator's own (the base's RoleBinding), and the
+    // agents' namespace as a user adds it, with one more RoleBinding and SECRET_NAMESPACES.
+    let secrets_binding = |namespace: &str| {
+        let mut b = find(&ha, "RoleBinding", "dynamics-operator-secrets").clone();
+        b["metadata"]["namespace"] = serde_json::json!(namespace);
+        b
+    };
+    install_rbac(
+        cp,
+        &[
+            find(&ha, "ClusterRole", "dynamics-operator-secrets").clone(),
+            secrets_binding(&ns),
+        ],
+        OPERATOR_NS,
+    );
+    // A namespace the operator watches but may not read Secrets in, with a Secret an object names.
+    let elsewhere = cp.create_namespace("elsewhere").await.unwrap();
+    create_team_secret(&client, &elsewhere).await;
 
     // The ha overlay's Deployment: two replicas with leader election, as two processes.
     let overrides = [
@@ -54,6 +72,7 @@ async fn operator_as_its_service_account_uses_every_granted_verb_and_nothing_els
         ("BITHUMAN_API_URL", sim.url()),
         ("METRICS_ADDR", "127.0.0.1:0".to_string()),
         ("RUST_LOG", "info,dynamics_operator=debug".to_string()),
+        ("SECRET_NAMESPACES", ns.clone()),
     ];
     let mut replicas: Vec<ManagedChild> = (0..2)
         .map(|i| {
@@ -190,6 +209,38 @@ async fn operator_as_its_service_account_uses_every_granted_verb_and_nothing_els
     api.delete("conflicted", &DeleteParams::default())
         .await
         .unwrap();
+    // A Secret outside the granted namespaces: Stalled, and never asked for (below, the audit).
+    let outside: Api<AgentDynamics> = Api::namespaced(client.clone(), &elsewhere);
+    outside
+        .create(
+            &PostParams::default(),
+            &agent("outside", "DEPLOYOUT01", true),
+        )
+        .await
+        .unwrap();
+    let stalled = wait_for(
+        "outside Stalled SecretNotPermitted",
+        STEP_TIMEOUT,
+        || async {
+            let obj = outside.get("outside").await?;
+            let cond = obj.status.and_then(|s| s.condition("Stalled").cloned());
+            Ok(cond
+                .filter(|c| c.status == "True" && c.reason == "SecretNotPermitted")
+                .map(|c| c.message))
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", logs(&replicas)));
+    assert!(stalled.contains("secretNamespaces"), "{stalled}");
+    outside
+        .delete("outside", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_for("outside deleted", STEP_TIMEOUT, || async {
+        Ok(outside.get_opt("outside").await?.is_none().then_some(()))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", logs(&replicas)));
 
     // What the scenario cost: one generation per change, a disable call per deletion.
     let stats = sim.stats();
@@ -220,6 +271,19 @@ async fn operator_as_its_service_account_uses_every_granted_verb_and_nothing_els
         .collect();
     assert!(refused.is_empty(), "refused: {refused:?}");
     let used: BTreeSet<Permission> = requests.into_iter().map(|(p, _)| p).collect();
+    // Secrets only where granted: every Secret request was in the operator's namespace or the
+    // agents', none cluster-wide and none in the namespace it was not granted.
+    let secret_namespaces: BTreeSet<Option<String>> = audited
+        .requests_in(&user)
+        .into_iter()
+        .filter(|(p, _, _)| p.resource == "secrets")
+        .map(|(_, namespace, _)| namespace)
+        .collect();
+    assert_eq!(
+        secret_namespaces,
+        [Some(OPERATOR_NS.to_string()), Some(ns.clone())].into(),
+        "Secret requests by namespace (None: cluster-wide)"
+    );
     let mut grants = granted(&rules_of(&ha, "ClusterRole"));
     grants.extend(granted(&rules_of(&ha, "Role")));
     let unused: Vec<String> = grants.difference(&used).map(|p| p.to_string()).collect();
@@ -243,6 +307,8 @@ async fn operator_as_its_service_account_uses_every_granted_verb_and_nothing_els
 
 pub struct Case {
     pub kind: String,
+    /// The role the rule is in.
+    pub name: String,
     pub rule: usize,
     pub permission: Permission,
 }
@@ -353,14 +419,18 @@ async fn without_any_one_granted_verb_the_operator_fails() {
     let ha = kustomize("deploy/overlays/ha");
     let mut cases = Vec::new();
     for kind in ["ClusterRole", "Role"] {
-        for (rule_index, rule) in rules_of(&ha, kind).iter().enumerate() {
-            for permission in granted(std::slice::from_ref(rule)) {
+        let mut index_in_role = std::collections::BTreeMap::<String, usize>::new();
+        for (name, rule) in named_rules_of(&ha, kind) {
+            let rule_index = index_in_role.entry(name.clone()).or_default();
+            for permission in granted(std::slice::from_ref(&rule)) {
                 cases.push(Case {
                     kind: kind.to_string(),
-                    rule: rule_index,
+                    name: name.clone(),
+                    rule: *rule_index,
                     permission,
                 });
             }
+            *rule_index += 1;
         }
     }
     let total = cases.len();

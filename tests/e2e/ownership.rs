@@ -7,7 +7,8 @@ use crate::support::operator::{manifest, Env, TIMEOUT};
 use crate::support::wait::wait_for;
 
 // Two objects naming one agent: the later one is Stalled with reason Conflict and costs nothing.
-// Also: the reconcile-requested-at annotation triggers a pass and is echoed in status.
+// Also: the reconcile-requested-at annotation, and Flux's reconcile.fluxcd.io/requestedAt,
+// trigger a pass and are echoed in status.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn second_object_for_an_agent_is_a_conflict_and_refresh_is_echoed() {
     let env = Env::start("conflict", fast_sim()).await;
@@ -61,4 +62,26 @@ async fn second_object_for_an_agent_is_a_conflict_and_refresh_is_echoed() {
         1,
         "a refresh is not a regeneration"
     );
+
+    // Flux's annotation is a refresh too, echoed the same way, on an object without ours.
+    let gets_before = env.calls("get", "CONFLICT01");
+    let flux = serde_json::json!({"metadata": {"annotations": {
+        dynamics_operator::resource::RECONCILE_REQUESTED_AT: null,
+        dynamics_operator::resource::FLUX_RECONCILE_REQUESTED_AT: "2026-11-29T11:00:00.123456789Z"}}});
+    env.api
+        .patch("owner", &PatchParams::default(), &Patch::Merge(flux))
+        .await
+        .unwrap();
+    wait_for("Flux refresh echoed", TIMEOUT, || async {
+        let obj = env.api.get("owner").await?;
+        let echoed = obj.status.and_then(|s| s.last_handled_reconcile_at);
+        Ok((echoed.as_deref() == Some("2026-11-29T11:00:00.123456789Z")).then_some(()))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", env.logs()));
+    assert!(
+        env.calls("get", "CONFLICT01") > gets_before,
+        "the Flux refresh looked at the remote again"
+    );
+    assert_eq!(env.calls("generate", "CONFLICT01"), 1);
 }

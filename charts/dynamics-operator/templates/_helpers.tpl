@@ -61,7 +61,7 @@ bithuman-api
 {{- end -}}
 {{- end -}}
 
-{{/* What the operator may do on AgentDynamics, Secrets and Events (the kustomize base's ClusterRole). */}}
+{{/* What the operator may do on AgentDynamics and Events (the kustomize base's ClusterRole); Secrets are granted per namespace (rbac.yaml). */}}
 {{- define "dynamics-operator.rules" -}}
 - apiGroups: ["dynamics.bithuman.ai"]
   resources: ["agentdynamics"]
@@ -69,9 +69,6 @@ bithuman-api
 - apiGroups: ["dynamics.bithuman.ai"]
   resources: ["agentdynamics/status"]
   verbs: ["update"]
-- apiGroups: [""]
-  resources: ["secrets"]
-  verbs: ["get", "list", "watch"]
 {{- if eq .Values.watchNamespace "" }}
 - apiGroups: ["dynamics.bithuman.ai"]
   resources: ["dynamicsledgers"]
@@ -80,4 +77,22 @@ bithuman-api
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create"]
+{{- end -}}
+
+{{/* Non-empty when a CA bundle is configured (caBundle.configMap or caBundle.secret). */}}
+{{- define "dynamics-operator.caBundleSource" -}}
+{{- or .Values.caBundle.configMap .Values.caBundle.secret -}}
+{{- end -}}
+
+{{/* The namespaces whose Secrets the operator reads, as JSON: ["*"] for every namespace. With
+watchNamespace only that one (objects live nowhere else); else the release namespace and those
+listed in secretNamespaces. */}}
+{{- define "dynamics-operator.secretNamespaces" -}}
+{{- if .Values.watchNamespace -}}
+{{- list .Values.watchNamespace | toJson -}}
+{{- else if has "*" .Values.secretNamespaces -}}
+{{- list "*" | toJson -}}
+{{- else -}}
+{{- prepend .Values.secretNamespaces .Release.Namespace | uniq | toJson -}}
+{{- end -}}
 {{- end -}}
