@@ -67,23 +67,6 @@ pub fn hit(name: &str) {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_names_and_probabilities() {
-        assert_eq!(
-            parse("after-marker-saved, after-generate-sent@0.25,,x@nope"),
-            vec![
-                ("after-marker-saved".to_string(), 1.0),
-                ("after-generate-sent".to_string(), 0.25),
-                ("x".to_string(), 1.0),
-            ]
-        );
-    }
-}
-
 /// The time this process takes for now: the system clock, shifted by `DYNAMICS_CLOCK_SKEW`
 /// seconds (signed) when set, so the chaos campaign can run one replica with a wrong clock.
 /// Unset, it is the system clock plus one atomic load.
@@ -101,4 +84,21 @@ pub fn now() -> jiff::Timestamp {
     }
     now.checked_add(jiff::SignedDuration::from_secs(skew))
         .unwrap_or(now)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_names_and_probabilities() {
+        assert_eq!(
+            parse("after-marker-saved, after-generate-sent@0.25,,x@nope"),
+            vec![
+                ("after-marker-saved".to_string(), 1.0),
+                ("after-generate-sent".to_string(), 0.25),
+                ("x".to_string(), 1.0),
+            ]
+        );
+    }
 }

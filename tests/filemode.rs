@@ -343,6 +343,12 @@ async fn interrupted_apply_resumes_without_a_second_generation() {
         "killed mid-generation"
     );
 
+    // plan while the job runs shows no credits: the generation is bought already.
+    let planned = s.run(&["plan"]).await;
+    assert!(
+        planned.stdout.contains("Credits: 0."),
+        "a running generation is not planned as a purchase: {planned:?}"
+    );
     let resumed = s.run(&["apply"]).await;
     assert_eq!(resumed.code, 0, "{resumed:?}");
     assert_eq!(

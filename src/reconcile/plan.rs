@@ -610,7 +610,6 @@ fn plan_purchase(input: &Input, remote: Option<&DynamicsState>, hash: String) ->
         Err(action) => return *action,
     };
     let agent = &input.spec.agent_id;
-    let at = whole_seconds(input.now).to_string();
     match ledger::verdict(record, input.asker, &hash) {
         Verdict::HeldBy(_) if resolution(input) == Some(Resolution::Accept) => {
             resolved_adopt(input, hash, None)
@@ -656,33 +655,18 @@ fn plan_purchase(input: &Input, remote: Option<&DynamicsState>, hash: String) ->
                     None => Action::Report(record_outdated(input)),
                 };
             }
-            if exists && nothing_on_record && input.spec.adoption_policy == AdoptionPolicy::Adopt {
-                let record = ledger::with_purchase(
-                    record,
-                    agent,
-                    input.asker,
-                    &hash,
-                    &normalized_inputs(input.spec),
-                    &at,
-                    0,
-                );
-                return Action::Adopt(AdoptPlan {
+            let adopt =
+                exists && nothing_on_record && input.spec.adoption_policy == AdoptionPolicy::Adopt;
+            match recording(input, &hash, if adopt { 0 } else { 1 }) {
+                Ok(write) if adopt => Action::Adopt(AdoptPlan {
                     inputs_hash: hash,
                     from: AdoptFrom::Existing,
-                    ledger: Some(LedgerWrite { record, version }),
+                    ledger: Some(write),
                     accept_status: None,
-                });
+                }),
+                Ok(write) => Action::Generate(generate_plan(input, hash, write)),
+                Err(action) => *action,
             }
-            let record = ledger::with_purchase(
-                record,
-                agent,
-                input.asker,
-                &hash,
-                &normalized_inputs(input.spec),
-                &at,
-                1,
-            );
-            Action::Generate(generate_plan(input, hash, LedgerWrite { record, version }))
         }
     }
 }
@@ -708,49 +692,47 @@ fn read_ledger<'a>(
     }
 }
 
-/// `resolve accept`: these inputs are taken as bought from what the API shows, and the ledger
-/// says so (this object holding the agent). Nothing is sent.
-fn resolved_adopt(input: &Input, hash: String, accept_status: Option<String>) -> Action {
-    let (record, version) = match read_ledger(input) {
-        Ok(read) => read,
-        Err(action) => return *action,
-    };
+/// The agent's record as read, with `hash` recorded for this object (`calls`: 0 adopted, 1
+/// bought), as a write conditional on the version read; or the action that gets the record.
+fn recording(input: &Input, hash: &str, calls: u32) -> Result<LedgerWrite, Box<Action>> {
+    let (record, version) = read_ledger(input)?;
     let record = ledger::with_purchase(
         record,
         &input.spec.agent_id,
         input.asker,
-        &hash,
+        hash,
         &normalized_inputs(input.spec),
         &whole_seconds(input.now).to_string(),
-        0,
+        calls,
     );
-    Action::Adopt(AdoptPlan {
-        inputs_hash: hash,
-        from: AdoptFrom::Resolved,
-        ledger: Some(LedgerWrite { record, version }),
-        accept_status,
-    })
+    Ok(LedgerWrite { record, version })
+}
+
+/// `resolve accept`: these inputs are taken as bought from what the API shows, and the ledger
+/// says so (this object holding the agent). Nothing is sent.
+fn resolved_adopt(input: &Input, hash: String, accept_status: Option<String>) -> Action {
+    match recording(input, &hash, 0) {
+        Ok(write) => Action::Adopt(AdoptPlan {
+            inputs_hash: hash,
+            from: AdoptFrom::Resolved,
+            ledger: Some(write),
+            accept_status,
+        }),
+        Err(action) => *action,
+    }
 }
 
 /// `resolve retry`: the call for these inputs once more, on purpose, recorded in the ledger as
 /// one more call for the same inputs.
 fn retry_plan(input: &Input, hash: String) -> Action {
-    let (record, version) = match read_ledger(input) {
-        Ok(read) => read,
-        Err(action) => return *action,
-    };
-    let record = ledger::with_purchase(
-        record,
-        &input.spec.agent_id,
-        input.asker,
-        &hash,
-        &normalized_inputs(input.spec),
-        &whole_seconds(input.now).to_string(),
-        1,
-    );
-    let mut generate = generate_plan(input, hash, LedgerWrite { record, version });
-    generate.cause = GenerateCause::Retry;
-    Action::Generate(generate)
+    match recording(input, &hash, 1) {
+        Ok(write) => {
+            let mut generate = generate_plan(input, hash, write);
+            generate.cause = GenerateCause::Retry;
+            Action::Generate(generate)
+        }
+        Err(action) => *action,
+    }
 }
 
 /// An unknown remote status that has lasted longer than the visibility window (the object has

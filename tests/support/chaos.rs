@@ -29,8 +29,8 @@ use rand::{Rng, SeedableRng};
 use serde_json::json;
 
 use crate::support::controlplane::ControlPlane;
-use crate::support::process::ManagedChild;
 use crate::support::operator::ready_reason;
+use crate::support::process::ManagedChild;
 
 pub const SECRET: &str = "chaos-operator-secret";
 pub const CRD_NAME: &str = crate::support::operator::CRD_NAME;
