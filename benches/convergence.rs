@@ -1321,7 +1321,8 @@ fn report(args: &Args, plan: &Plan, world: &World, p: &Phases, out: &Path) -> an
     };
     // The target's own kinds; the benchmark's N creates (per kind) are subtracted.
     let kinds: &[&str] = match plan.peer {
-        None => &["agentdynamics"],
+        // The purchase ledger is the operator's kind too: its writes count.
+        None => &["agentdynamics", "dynamicsledgers"],
         Some(_) => &["requests", "disposablerequests"],
     };
     let bench_creates = nf * plan.peer.map_or(1, |m| m.objects_per_object()) as f64;

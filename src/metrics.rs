@@ -74,6 +74,7 @@ pub struct Metrics {
     generations: Counter,
     regenerations_started: Counter,
     status_writes: Counter,
+    ledger_writes: Counter,
     objects: Family<ReadyLabel, Gauge>,
     ready: AtomicBool,
     ready_gauge: Gauge,
@@ -109,6 +110,7 @@ impl Metrics {
         let generations = Counter::default();
         let regenerations_started = Counter::default();
         let status_writes = Counter::default();
+        let ledger_writes = Counter::default();
         let objects = Family::<ReadyLabel, Gauge>::default();
         registry.register(
             "reconciles",
@@ -139,6 +141,11 @@ impl Metrics {
             "regenerations_started",
             "PUTs of the dynamics block that the API answered with a regeneration of the movements",
             regenerations_started.clone(),
+        );
+        registry.register(
+            "ledger_writes",
+            "Writes of the purchase ledger (DynamicsLedger) to the Kubernetes API",
+            ledger_writes.clone(),
         );
         registry.register(
             "status_writes",
@@ -223,6 +230,7 @@ impl Metrics {
             generations,
             regenerations_started,
             status_writes,
+            ledger_writes,
             objects,
             ready: AtomicBool::new(false),
             ready_gauge,
@@ -329,6 +337,10 @@ impl Metrics {
 
     pub fn regeneration_started(&self) {
         self.regenerations_started.inc();
+    }
+
+    pub fn ledger_written(&self) {
+        self.ledger_writes.inc();
     }
 
     pub fn status_written(&self) {

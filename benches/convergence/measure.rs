@@ -140,8 +140,9 @@ pub async fn operator_metrics(
 /// The resources whose API-server requests the benchmark counts: the targets' own kinds, what
 /// they write besides (Events, provider-http's ProviderConfigUsages) and Secrets. Not Leases:
 /// the control plane renews its own all the time, and neither target elects a leader here.
-pub const COUNTED_RESOURCES: [&str; 6] = [
+pub const COUNTED_RESOURCES: [&str; 7] = [
     "agentdynamics",
+    "dynamicsledgers",
     "requests",
     "disposablerequests",
     "providerconfigusages",

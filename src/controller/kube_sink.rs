@@ -93,7 +93,7 @@ impl LedgerStore for KubeStatusSink {
         match written {
             Ok(written) => {
                 tracing::debug!(object = %self.object.name_any(), ledger = %name, "purchase ledger written");
-                self.metrics.status_written();
+                self.metrics.ledger_written();
                 Ok(written.resource_version())
             }
             // 409: changed since read (or created meanwhile): another writer got there first.
