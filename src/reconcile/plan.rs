@@ -657,6 +657,16 @@ fn plan_purchase(input: &Input, remote: Option<&DynamicsState>, hash: String) ->
             }
             let adopt =
                 exists && nothing_on_record && input.spec.adoption_policy == AdoptionPolicy::Adopt;
+            if let (false, Some(wait)) = (adopt, previous_purchase_young(input, record)) {
+                let message = format!(
+                    "the agent's last generation was bought by another object (or before this status was lost) and may still run unseen; this change is bought once in {}, when the two can be told apart",
+                    humantime::format_duration(Duration::from_secs(wait.as_secs().max(1)))
+                );
+                return Action::Report(Report::new(
+                    Health::progressing(reasons::WAITING_FOR_PREVIOUS_GENERATION, message),
+                    wait.max(settings.poll_min),
+                ));
+            }
             match recording(input, &hash, if adopt { 0 } else { 1 }) {
                 Ok(write) if adopt => Action::Adopt(AdoptPlan {
                     inputs_hash: hash,
@@ -669,6 +679,22 @@ fn plan_purchase(input: &Input, remote: Option<&DynamicsState>, hash: String) ->
             }
         }
     }
+}
+
+/// How long until the agent's latest purchase is older than the visibility window, when this
+/// object does not track it itself (another object bought it, or this status was lost): until
+/// then its job may still be invisible, and a new call's job could not be told apart from it.
+fn previous_purchase_young(input: &Input, record: Option<&DynamicsLedgerSpec>) -> Option<Duration> {
+    let latest = record?.purchases.last()?;
+    if input.status.was_bought(&latest.key) {
+        return None;
+    }
+    let age = since(&latest.at, input.now);
+    input
+        .settings
+        .visibility_window
+        .checked_sub(age)
+        .filter(|w| !w.is_zero())
 }
 
 /// The agent's record as read, or the action that gets it (read it, or wait while it cannot be).

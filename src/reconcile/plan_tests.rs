@@ -178,6 +178,25 @@ static NOTHING_ON_RECORD: LedgerState = LedgerState::Read {
     version: None,
 };
 
+/// `ledger` with its purchases made `secs` ago.
+fn bought_ago(ledger: Option<LedgerState>, secs: i64) -> Option<LedgerState> {
+    match ledger {
+        Some(LedgerState::Read {
+            record: Some(mut record),
+            version,
+        }) => {
+            for p in &mut record.purchases {
+                p.at = ago(secs);
+            }
+            Some(LedgerState::Read {
+                record: Some(record),
+                version,
+            })
+        }
+        other => other,
+    }
+}
+
 /// The object every row decides for.
 const ASKER: Asker = Asker {
     object: "agents/support",
@@ -365,6 +384,22 @@ fn every_rule() {
             "generate",
         )
         .with_ledger(ledger_with(None, &["0123456789abcdef"])),
+        row(
+            "another object bought for the agent a minute ago: wait until its job can be told apart",
+            s.clone(),
+            new_object.clone(),
+            Some(ready(url)),
+            "progressing:WaitingForPreviousGeneration",
+        )
+        .with_ledger(bought_ago(ledger_with(None, &["0123456789abcdef"]), 60)),
+        row(
+            "this object's own purchase a minute ago, then an edit: bought at once",
+            edited.clone(),
+            converged(&s),
+            Some(ready(url)),
+            "generate",
+        )
+        .with_ledger(bought_ago(ledger_with(None, &[&inputs_hash(&s)]), 60)),
         Row {
             name: "about to buy, the ledger not read yet: read it first",
             ledger: None,

@@ -35,6 +35,9 @@ pub const REMOTE_STATUS_UNKNOWN: &str = "RemoteStatusUnknown";
 pub const STATE_OUTDATED: &str = "StateOutdated";
 pub const NO_API_SECRET: &str = "NoApiSecret";
 pub const SECRET_NOT_FOUND: &str = "SecretNotFound";
+/// The agent's last purchase (by another object, or before this object's status was lost) is
+/// younger than the visibility window: its job may still be invisible, so a new call waits.
+pub const WAITING_FOR_PREVIOUS_GENERATION: &str = "WaitingForPreviousGeneration";
 /// The purchase ledger could not be read; nothing is bought until it can.
 pub const LEDGER_UNAVAILABLE: &str = "LedgerUnavailable";
 /// Event: a stall about money resolved by the user with `accept` (nothing sent).
@@ -201,6 +204,13 @@ pub const TABLE: &[Reason] = &[
         "A generation bought for this object runs remotely (the API reports it in progress). If the spec changed meanwhile, the message says one more generation follows.",
         "Looks at the job when the account's generations usually end (between `--poll-min` and `--poll-max`); edits made meanwhile are coalesced into one more generation.",
         "Nothing to fix; wait. A generation takes minutes.",
+    ),
+    reason(
+        WAITING_FOR_PREVIOUS_GENERATION,
+        Kind::Reconciling,
+        "The agent's last purchase was made by another object (or by this one before its status was lost) less than `--visibility-window` ago. Its job may still be running unseen, and a new call's job could not be told apart from it, so the new purchase waits.",
+        "Nothing is sent until the window since that purchase has passed; then the change is bought once.",
+        "Nothing to fix; wait (at most `--visibility-window`, 15m).",
     ),
     with_event(reason(
         GENERATION_STARTED,
