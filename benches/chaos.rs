@@ -116,7 +116,9 @@ fn main() -> anyhow::Result<()> {
         anyhow::Ok(chaos::run_campaign(&cp, &cfg).await?)
     })?;
     println!("{}", figures.report());
-    if !figures.violations.is_empty() {
+    // The long run also fails on objects Ready without their generation (an open defect the
+    // short campaign of the test suite only reports).
+    if !figures.violations.is_empty() || !figures.ready_without_generation.is_empty() {
         std::process::exit(1);
     }
     Ok(())

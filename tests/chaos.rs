@@ -52,4 +52,12 @@ async fn chaos_campaign_short() {
     );
     assert!(figures.duplicates.is_empty(), "{}", figures.report());
     assert!(figures.violations.is_empty(), "{}", figures.report());
+    // Objects Ready for inputs whose call the simulator never received are a known open defect
+    // (RELIABILITY.md: never a second purchase); reported here, fatal in the long run.
+    if !figures.ready_without_generation.is_empty() {
+        eprintln!(
+            "chaos: Ready without their generation (known open defect): {:?}",
+            figures.ready_without_generation
+        );
+    }
 }
