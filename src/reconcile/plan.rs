@@ -686,7 +686,9 @@ fn plan_purchase(input: &Input, remote: Option<&DynamicsState>, hash: String) ->
 /// then its job may still be invisible, and a new call's job could not be told apart from it.
 fn previous_purchase_young(input: &Input, record: Option<&DynamicsLedgerSpec>) -> Option<Duration> {
     let latest = record?.purchases.last()?;
-    if input.status.was_bought(&latest.key) {
+    // A stamp from the future (a replica with a wrong clock wrote it) tells no age: waiting on
+    // it could hold the object until that date.
+    if input.status.was_bought(&latest.key) || future_skew(&latest.at, input.now).is_some() {
         return None;
     }
     let age = since(&latest.at, input.now);

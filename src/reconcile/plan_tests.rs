@@ -393,6 +393,14 @@ fn every_rule() {
         )
         .with_ledger(bought_ago(ledger_with(None, &["0123456789abcdef"]), 60)),
         row(
+            "another object's purchase stamped an hour in the future (a wrong clock): no wait",
+            s.clone(),
+            new_object.clone(),
+            Some(ready(url)),
+            "generate",
+        )
+        .with_ledger(bought_ago(ledger_with(None, &["0123456789abcdef"]), -3600)),
+        row(
             "this object's own purchase a minute ago, then an edit: bought at once",
             edited.clone(),
             converged(&s),
