@@ -562,7 +562,8 @@ fn plan_pending(
 
 /// Whether GET shows the job of the generate call `pending` stands for: work under way (any
 /// status that is not terminal), or a result that differs from what was there before the call.
-/// Nothing at all (no status, no model) is never evidence.
+/// Nothing at all (no status, no model) is never evidence, and neither is the agent's old
+/// model showing again after the API hid it (`previous_hidden`) for a call of unknown outcome.
 pub fn job_visible(pending: &PendingGeneration, remote: Option<&DynamicsState>) -> bool {
     let Some(remote) = remote.filter(|r| r.has_dynamics()) else {
         return false;
@@ -573,6 +574,11 @@ pub fn job_visible(pending: &PendingGeneration, remote: Option<&DynamicsState>) 
         .is_some_and(RemoteStatus::is_in_progress)
     {
         return true;
+    }
+    if pending.previous_hidden && pending.outcome != Some(GenerateOutcome::Accepted) {
+        // The API hid the agent's earlier dynamics before a call of unknown outcome: showing
+        // them now tells nothing of this job (the earlier model and a new one look alike).
+        return false;
     }
     let gestures: Vec<&String> = remote.gestures.keys().collect();
     let before: Vec<&String> = pending.previous_gestures.iter().collect();

@@ -89,15 +89,19 @@ fn status() -> impl Strategy<Value = AgentDynamicsStatus> {
         ],
         remote_status(),
         url(),
+        any::<bool>(),
     )
         .prop_map(
-            |(s, since, outcome, previous_remote_status, previous_model_url)| PendingGeneration {
-                inputs_hash: inputs_hash(&s),
-                since,
-                outcome,
-                previous_remote_status,
-                previous_model_url,
-                previous_gestures: vec![],
+            |(s, since, outcome, previous_remote_status, previous_model_url, previous_hidden)| {
+                PendingGeneration {
+                    inputs_hash: inputs_hash(&s),
+                    since,
+                    outcome,
+                    previous_remote_status,
+                    previous_model_url,
+                    previous_gestures: vec![],
+                    previous_hidden,
+                }
             },
         );
     (

@@ -97,6 +97,7 @@ fn marker(
             previous_remote_status: prev_status.map(str::to_string),
             previous_model_url: prev_url.map(str::to_string),
             previous_gestures: vec![],
+            previous_hidden: false,
         }),
         generate_hash: accepted.then(|| inputs_hash(spec)),
         generations: i64::from(outcome.is_some()),
@@ -1538,6 +1539,7 @@ fn a_signed_model_url_is_no_evidence_of_a_new_job() {
         previous_remote_status: Some("ready".into()),
         previous_model_url: Some("https://cdn/m.bin?X-Signature=a&Expires=1".into()),
         previous_gestures: vec![],
+        previous_hidden: false,
     };
     let Observation::Found(resigned) = ready("https://cdn/m.bin?X-Signature=b&Expires=2") else {
         unreachable!()
@@ -1556,6 +1558,86 @@ fn a_signed_model_url_is_no_evidence_of_a_new_job() {
     assert!(
         job_visible(&pending, Some(&working)),
         "a status in progress"
+    );
+}
+
+#[test]
+fn the_old_model_showing_again_after_the_api_hid_it_is_no_evidence() {
+    // A marker written while GET said nothing (`data: null`) of an agent that had dynamics.
+    let hidden = |outcome| PendingGeneration {
+        inputs_hash: "k".into(),
+        since: ago(60),
+        outcome,
+        previous_remote_status: None,
+        previous_model_url: None,
+        previous_gestures: vec![],
+        previous_hidden: true,
+    };
+    let Observation::Found(old_model) = ready("https://cdn/fixed.bin") else {
+        unreachable!()
+    };
+    let Observation::Found(working) = remote(Some(RemoteStatus::Generating), None) else {
+        unreachable!()
+    };
+    let rows = [
+        (
+            "unknown outcome, the old model shows",
+            UNKNOWN,
+            &old_model,
+            false,
+        ),
+        ("unknown outcome, work under way", UNKNOWN, &working, true),
+        (
+            "never answered, the old model shows",
+            None,
+            &old_model,
+            false,
+        ),
+        ("accepted (2xx), a model shows", ACCEPTED, &old_model, true),
+    ];
+    for (name, outcome, shown, want) in rows {
+        assert_eq!(job_visible(&hidden(outcome), Some(shown)), want, "{name}");
+    }
+    let mut first = hidden(UNKNOWN);
+    first.previous_hidden = false;
+    assert!(
+        job_visible(&first, Some(&old_model)),
+        "an agent with nothing before: any model is this job's"
+    );
+}
+
+#[test]
+fn a_marker_remembers_that_the_api_hid_dynamics_the_agent_had() {
+    let settings = Settings::default();
+    let s = spec();
+    let obs = nothing_remote();
+    let Observation::Found(silent) = &obs else {
+        unreachable!()
+    };
+    let first = AgentDynamicsStatus::default();
+    let inp = input(&s, &first, Some(&obs), &settings);
+    let Action::Generate(gp) = plan(&inp) else {
+        panic!("expected generate")
+    };
+    let marked = with_marker(&first, &gp, Some(silent), now());
+    assert!(
+        !marked.pending_generation.unwrap().previous_hidden,
+        "nothing bought before: the API had nothing to hide"
+    );
+    let bought_before = AgentDynamicsStatus {
+        generations: 1,
+        generate_hash: Some("earlier".into()),
+        ..Default::default()
+    };
+    let marked = with_marker(&bought_before, &gp, Some(silent), now());
+    assert!(marked.pending_generation.unwrap().previous_hidden);
+    let Observation::Found(shown) = ready("https://cdn/m.bin") else {
+        unreachable!()
+    };
+    let marked = with_marker(&bought_before, &gp, Some(&shown), now());
+    assert!(
+        !marked.pending_generation.unwrap().previous_hidden,
+        "GET showed the dynamics"
     );
 }
 

@@ -110,6 +110,16 @@ pub fn with_marker(
     now: Timestamp,
 ) -> AgentDynamicsStatus {
     let mut status = status.clone();
+    let said_nothing = !remote.is_some_and(DynamicsState::has_dynamics);
+    // Dynamics this agent had before: bought by this object, or by anyone (the ledger).
+    let had_dynamics = status.generate_hash.is_some()
+        || status.generations > 0
+        || plan
+            .ledger
+            .record
+            .purchases
+            .iter()
+            .any(|p| p.key != plan.inputs_hash);
     status.pending_generation = Some(PendingGeneration {
         inputs_hash: plan.inputs_hash.clone(),
         since: whole_seconds(now).to_string(),
@@ -121,6 +131,7 @@ pub fn with_marker(
         previous_gestures: remote
             .map(|r| r.gestures.keys().cloned().collect())
             .unwrap_or_default(),
+        previous_hidden: said_nothing && had_dynamics,
     });
     status
 }

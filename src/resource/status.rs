@@ -105,6 +105,11 @@ pub struct PendingGeneration {
     pub previous_model_url: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub previous_gestures: Vec<String>,
+    /// The API showed nothing for the agent just before the call although it had dynamics (an
+    /// API that says little, `data: null`): a later GET that shows them again is no evidence of
+    /// this job, only work under way is.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub previous_hidden: bool,
 }
 
 /// What a generate call's reply proved.
