@@ -148,6 +148,24 @@ impl StatusSink for KubeStatusSink {
         }
     }
 
+    async fn still_current(&mut self) -> bool {
+        // One list narrowed to this name (the verb the cache uses), only before a PUT: an edit,
+        // never a resync of a converged object.
+        let name = self.object.name_any();
+        let params = ListParams::default().fields(&format!("metadata.name={name}"));
+        match self.api.list(&params).await {
+            Ok(list) => list.items.first().is_some_and(|fresh| {
+                fresh.0.metadata.deletion_timestamp.is_none()
+                    && fresh.0.metadata.uid == self.object.metadata.uid
+                    && fresh.0.metadata.generation == self.object.metadata.generation
+            }),
+            Err(err) => {
+                tracing::debug!(object = %name, error = %err, "could not confirm the object before a PUT");
+                false
+            }
+        }
+    }
+
     fn generate_called(&mut self, outcome: GenerateCall) {
         self.metrics.generate_call(outcome.as_str());
     }

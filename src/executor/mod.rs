@@ -136,6 +136,12 @@ pub trait StatusSink: LedgerStore {
     fn generate_called(&mut self, outcome: GenerateCall);
     /// A PUT made the API regenerate the movements.
     fn regeneration_started(&mut self) {}
+    /// Whether the object as read still stands right before a remote write that is not guarded
+    /// by a conditional status write (a PUT): not deleted, not terminating, not edited again
+    /// since. `false` ends the pass as a conflict, so the next one starts from what is there.
+    fn still_current(&mut self) -> impl Future<Output = bool> + Send {
+        async { true }
+    }
 }
 
 /// How often a status that records a generate call's outcome is re-read and written again
@@ -606,6 +612,11 @@ impl Executor {
         secret: &ApiSecret,
         sink: &mut impl StatusSink,
     ) -> Result<PassResult, PassError> {
+        // An edit and a delete close together: the pass began from the edit, and the object
+        // may be terminating by now. Its deletion decides what the API gets, not this edit.
+        if !sink.still_current().await {
+            return Err(SaveError::Conflict.into());
+        }
         let outcome = self
             .client
             .update(secret, &obj.spec.agent_id, request)
