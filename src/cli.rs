@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::api::{ApiSecret, ClientConfig, DynamicsClient, DEFAULT_BASE_URL};
 use crate::controller::{LeaderConfig, RunConfig};
+use crate::reconcile::budget::Budget;
 use crate::reconcile::Settings;
 use crate::telemetry::{LogFormat, LogLevel};
 
@@ -188,6 +189,18 @@ pub struct RunArgs {
     /// Generations started per hour per account (default: no cap).
     #[arg(long, env = "GENERATIONS_PER_HOUR", help_heading = "Credits")]
     pub generations_per_hour: Option<usize>,
+    /// A cap on credits per UTC hour, day or month, checked before every generate call against
+    /// the purchase ledger: account:CREDITS/PERIOD (each account), namespace:CREDITS/PERIOD
+    /// (each namespace) or namespace/NAME:CREDITS/PERIOD, optionally @N% for the warning
+    /// threshold (default 80%). Repeat the flag or separate with commas. Default: none.
+    #[arg(
+        long = "budget",
+        env = "BUDGETS",
+        value_delimiter = ',',
+        value_parser = Budget::parse,
+        help_heading = "Credits"
+    )]
+    pub budgets: Vec<Budget>,
     /// Address of /metrics, /healthz and /readyz.
     #[arg(
         long,
@@ -293,6 +306,7 @@ impl RunArgs {
             settings,
             max_concurrent_generations: self.max_concurrent_generations,
             generations_per_hour: self.generations_per_hour,
+            budgets: self.budgets,
             metrics_addr: self.metrics_addr,
             leader_election: self.leader_elect.then(|| LeaderConfig {
                 lease_name: self.lease_name,

@@ -55,6 +55,11 @@ struct StateLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BudgetLabel {
+    budget: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabel {
     outcome: String,
 }
@@ -73,6 +78,7 @@ pub struct Metrics {
     remote_latency: Family<EndpointLabel, Histogram>,
     generations: Counter,
     regenerations_started: Counter,
+    budget_waits: Family<BudgetLabel, Counter>,
     status_writes: Counter,
     ledger_writes: Counter,
     objects: Family<ReadyLabel, Gauge>,
@@ -109,6 +115,12 @@ impl Metrics {
         });
         let generations = Counter::default();
         let regenerations_started = Counter::default();
+        let budget_waits = Family::<BudgetLabel, Counter>::default();
+        registry.register(
+            "budget_waits",
+            "Generations held back because a budget (--budget) had no room for them, by budget",
+            budget_waits.clone(),
+        );
         let status_writes = Counter::default();
         let ledger_writes = Counter::default();
         let objects = Family::<ReadyLabel, Gauge>::default();
@@ -229,6 +241,7 @@ impl Metrics {
             remote_latency,
             generations,
             regenerations_started,
+            budget_waits,
             status_writes,
             ledger_writes,
             objects,
@@ -333,6 +346,15 @@ impl Metrics {
     pub fn generation_guard(&self, waiting: usize, in_flight: usize) {
         self.queue_depth.set(waiting as i64);
         self.in_flight.set(in_flight as i64);
+    }
+
+    /// A generation held back by `budget` (as the user wrote it).
+    pub fn budget_wait(&self, budget: &str) {
+        self.budget_waits
+            .get_or_create(&BudgetLabel {
+                budget: budget.to_string(),
+            })
+            .inc();
     }
 
     pub fn regeneration_started(&self) {

@@ -8,7 +8,8 @@
 //! Stalled with a reason of credit safety (never Conflict, Unauthorized or
 //! InsufficientCredits), and nothing was sent or written in the 15 s idle window after.
 //!
-//! `DYNAMICS_CHAOS_SEED=N` replays another seed.
+//! `DYNAMICS_CHAOS_SEED=N` replays another seed; `DYNAMICS_CHAOS_LOGS=DIR` keeps the operator
+//! logs there.
 
 #[path = "support/chaos.rs"]
 mod chaos;
@@ -29,7 +30,9 @@ async fn chaos_campaign_short() {
         .start()
         .await
         .expect("the control plane must start (see tests/controlplane/build.sh)");
-    let cfg = CampaignConfig::short(seed, debug_operator_binary());
+    let mut cfg = CampaignConfig::short(seed, debug_operator_binary());
+    // Kept for a look afterwards (otherwise they go with the run's temporary directory).
+    cfg.log_dir = std::env::var_os("DYNAMICS_CHAOS_LOGS").map(Into::into);
     let figures = run_campaign(&cp, &cfg).await.expect("the campaign ran");
     eprintln!("{}", figures.report());
     assert!(figures.kills >= 50, "{}", figures.report());

@@ -255,7 +255,7 @@ fn template_passes_only_flags_the_binary_knows() {
     assert_eq!(cluster_roles.len(), 1, "{cluster_roles:?}");
     assert_eq!(
         cluster_roles[0]["rules"],
-        json!([{"apiGroups": ["dynamics.bithuman.ai"], "resources": ["dynamicsledgers"], "verbs": ["get", "create", "update"]}])
+        json!([{"apiGroups": ["dynamics.bithuman.ai"], "resources": ["dynamicsledgers"], "verbs": ["get", "list", "watch", "create", "update"]}])
     );
     assert_eq!(
         find(&docs, "Role", "dynamics-operator")["metadata"]["namespace"],

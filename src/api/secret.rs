@@ -59,6 +59,14 @@ impl From<&str> for ApiSecret {
 pub struct AccountId(u64);
 
 impl ApiSecret {
+    /// A stable name for the account, kept in the purchase ledger for budgets: the first 16
+    /// hex digits of the key's SHA-256. It names the account across restarts and replicas;
+    /// it does not give the key back (API keys are long random strings).
+    pub fn fingerprint(&self) -> String {
+        use sha2::{Digest, Sha256};
+        hex::encode(Sha256::digest(self.0.as_bytes()))[..16].to_string()
+    }
+
     pub fn account(&self) -> AccountId {
         use std::hash::BuildHasher;
         static KEY: std::sync::OnceLock<std::collections::hash_map::RandomState> =

@@ -74,6 +74,7 @@ impl Context {
         index: Arc<ObjectIndex>,
         wake: tokio::sync::mpsc::UnboundedSender<String>,
         polls: tokio::sync::mpsc::UnboundedSender<(String, Duration)>,
+        budgets: Option<Arc<crate::executor::Budgets>>,
     ) -> Self {
         let api = DynamicsClient::new(config.api.clone())
             .expect("the API client builds from a valid configuration")
@@ -82,13 +83,17 @@ impl Context {
             config.max_concurrent_generations,
             config.generations_per_hour,
         );
+        let mut executor = Executor::new(api, guards, config.settings.clone())
+            .with_record_accepted(RecordAccepted::WithNextWrite)
+            .with_wake(wake);
+        if let Some(budgets) = budgets {
+            executor = executor.with_budgets(budgets);
+        }
         Context {
             events: EventPublisher::new(client.clone(), std::env::var("POD_NAME").ok()),
             client,
             metrics,
-            executor: Executor::new(api, guards, config.settings.clone())
-                .with_record_accepted(RecordAccepted::WithNextWrite)
-                .with_wake(wake),
+            executor,
             index,
             default_secret: config.default_secret.clone(),
             failures: Mutex::new(HashMap::new()),

@@ -174,6 +174,10 @@ impl StatusSink for KubeStatusSink {
         self.metrics.regeneration_started();
     }
 
+    fn budget_wait(&mut self, budget: &str) {
+        self.metrics.budget_wait(budget);
+    }
+
     fn note(&mut self, note: Note) {
         tracing::info!(object = %self.object.name_any(), reason = %note.reason, "{}", note.message);
         self.notes.push(note);

@@ -2,6 +2,7 @@
 //! they reference), and for each object runs one `executor` pass with the status subresource as
 //! its store and Events as its notes.
 
+mod budgets;
 mod context;
 mod events;
 mod index;
@@ -44,6 +45,8 @@ pub struct RunConfig {
     pub settings: Settings,
     pub max_concurrent_generations: usize,
     pub generations_per_hour: Option<usize>,
+    /// Caps on credits per period (`--budget`), none by default.
+    pub budgets: Vec<crate::reconcile::budget::Budget>,
     pub metrics_addr: SocketAddr,
     pub leader_election: Option<leader::LeaderConfig>,
     /// Where Secrets are read (RBAC grants them there and nowhere else).
@@ -207,6 +210,7 @@ async fn run_controller(
     // the generation lane; what the lane hands back goes through the controller's queue.
     let (wake, woken) = tokio::sync::mpsc::unbounded_channel::<String>();
     let (polls_tx, polls) = tokio::sync::mpsc::unbounded_channel();
+    let budgets = budgets::start(&client, &config.budgets).await;
     let (handed_back, from_lane) = tokio::sync::mpsc::unbounded_channel();
     let ctx = Arc::new(Context::new(
         client.clone(),
@@ -215,6 +219,7 @@ async fn run_controller(
         index,
         wake,
         polls_tx,
+        budgets,
     ));
     let lane = lane::Lane::new(
         ctx.clone(),

@@ -3,6 +3,10 @@
 //! and the file mode (status in a state file, notes printed), so both follow the same rules,
 //! the same generation guard and the same crash-safety marker.
 
+mod budgets;
+
+pub use budgets::Budgets;
+
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -13,6 +17,7 @@ use jiff::Timestamp;
 use crate::api::{ApiErrorKind, ApiSecret, DynamicsClient, GenerateReply, UpdateRequest};
 use crate::backoff::jitter;
 use crate::failpoint;
+use crate::reconcile::budget::{self, BudgetCheck, Charge, Standing};
 use crate::reconcile::desired::upgrade_recorded_keys;
 use crate::reconcile::guard::AccountGuards;
 use crate::reconcile::ledger::{self, Asker, LedgerState};
@@ -27,7 +32,7 @@ use crate::reconcile::transitions::{
     with_marker,
 };
 use crate::reconcile::Health;
-use crate::resource::{AgentDynamicsSpec, AgentDynamicsStatus};
+use crate::resource::{AgentDynamicsSpec, AgentDynamicsStatus, DynamicsLedgerSpec};
 
 /// The object as a pass sees it, whatever it was read from.
 #[derive(Debug, Clone)]
@@ -136,6 +141,8 @@ pub trait StatusSink: LedgerStore {
     fn generate_called(&mut self, outcome: GenerateCall);
     /// A PUT made the API regenerate the movements.
     fn regeneration_started(&mut self) {}
+    /// A generation was held back by `budget`.
+    fn budget_wait(&mut self, _budget: &str) {}
     /// Whether the object as read still stands right before a remote write that is not guarded
     /// by a conditional status write (a PUT): not deleted, not terminating, not edited again
     /// since. `false` ends the pass as a conflict, so the next one starts from what is there.
@@ -232,6 +239,8 @@ pub struct Executor {
     /// Where to send the keys of waiting objects whose turn for a generation slot has come.
     /// Without it (the file mode) a waiting object simply asks again at the next poll.
     wake: Option<tokio::sync::mpsc::UnboundedSender<String>>,
+    /// Caps on credits per period, checked before every generate call.
+    budgets: Option<Arc<Budgets>>,
 }
 
 impl Executor {
@@ -245,6 +254,19 @@ impl Executor {
             unrecorded: Mutex::new(HashMap::new()),
             epoch: Instant::now(),
             wake: None,
+            budgets: None,
+        }
+    }
+
+    /// Check every generate call against these budgets (and keep their spend up to date).
+    pub fn with_budgets(mut self, budgets: Arc<Budgets>) -> Self {
+        self.budgets = Some(budgets);
+        self
+    }
+
+    fn release_budget(&self, key: &str) {
+        if let Some(budgets) = &self.budgets {
+            budgets.release(key);
         }
     }
 
@@ -734,6 +756,45 @@ impl Executor {
             );
             return self.finish(obj, input, status, report, sink).await;
         }
+        // The budgets, against the spend every ledger record shows; the spend of this call goes
+        // on the agent's record with the purchase (the same write).
+        let namespace = obj.key.split_once('/').map_or("", |(ns, _)| ns);
+        let account = secret.fingerprint();
+        let charge = Charge {
+            namespace,
+            account: &account,
+            credits: CREDITS_PER_GENERATION as u64,
+            now: input.now,
+        };
+        let warnings = match self.budgets.as_deref().map(|b| b.reserve(&obj.key, charge)) {
+            Some(BudgetCheck::Over(standing)) => {
+                self.with_guard(|guards| guards.cancel(&obj.key));
+                let report = budget_wait(&standing, input.now);
+                let already = input.status.conditions.iter().any(|c| {
+                    c.type_ == crate::resource::status::CONDITION_RECONCILING
+                        && c.reason == reasons::BUDGET_EXCEEDED
+                });
+                if !already {
+                    sink.budget_wait(&standing.budget);
+                    sink.note(note(
+                        true,
+                        reasons::BUDGET_EXCEEDED,
+                        report.health.message(),
+                    ));
+                }
+                return self.finish(obj, input, status, report, sink).await;
+            }
+            Some(BudgetCheck::Within { warnings }) => warnings,
+            None => Vec::new(),
+        };
+        let mut purchase = generate.ledger.clone();
+        purchase.record = budget::with_spend(
+            &purchase.record,
+            input.now,
+            namespace,
+            &account,
+            CREDITS_PER_GENERATION as i64,
+        );
 
         let before = match input.remote {
             Some(Observation::Found(state)) => Some(state),
@@ -752,6 +813,7 @@ impl Executor {
             // Someone else wrote first (another replica, an edit, a deletion); they own this
             // change. Nothing was sent, and nothing was put on the ledger.
             self.with_guard(|guards| guards.cancel(&obj.key));
+            self.release_budget(&obj.key);
             return Err(err.into());
         }
         failpoint::hit(failpoint::AFTER_MARKER_SAVED);
@@ -759,13 +821,24 @@ impl Executor {
         // that read the same record fails here and sends nothing. After the marker, so that a
         // crash in between is the marker's known window (a call that may have been sent), never
         // a purchase on record with no call behind it.
-        let ledger_version = match sink
-            .write_ledger(&obj.spec.agent_id, &generate.ledger)
-            .await
-        {
-            Ok(version) => version,
+        let ledger_version = match sink.write_ledger(&obj.spec.agent_id, &purchase).await {
+            Ok(version) => {
+                if let Some(budgets) = &self.budgets {
+                    let name = ledger::record_name(&obj.spec.agent_id);
+                    budgets.settle(&obj.key, &name, &purchase.record);
+                }
+                for standing in &warnings {
+                    sink.note(note(
+                        true,
+                        reasons::BUDGET_WARNING,
+                        &budget_warning(standing),
+                    ));
+                }
+                version
+            }
             Err(err) => {
                 self.with_guard(|guards| guards.cancel(&obj.key));
+                self.release_budget(&obj.key);
                 // Nothing was sent: take the marker back (if this write is lost too, the marker
                 // counts as a call of unknown outcome, which never buys twice).
                 let mut unmarked = marked.clone();
@@ -813,7 +886,23 @@ impl Executor {
                     object: &obj.key,
                     uid: &obj.uid,
                 };
-                undo_ledger_call(sink, obj, generate, ledger_version, asker).await;
+                let spent = Spent {
+                    namespace,
+                    account: &account,
+                    at: input.now,
+                };
+                let undone = undo_ledger_call(
+                    sink,
+                    obj,
+                    (&purchase.record, ledger_version),
+                    &generate.inputs_hash,
+                    asker,
+                    spent,
+                )
+                .await;
+                if let (Some(budgets), Some(record)) = (&self.budgets, undone) {
+                    budgets.put(&ledger::record_name(&obj.spec.agent_id), &record);
+                }
                 GenerateCall::Refused
             }
             Err(err) => {
@@ -923,29 +1012,42 @@ impl Executor {
     }
 }
 
-/// A generate call the API certainly did not take comes off the ledger again, so the object's
-/// next attempt is not taken for a purchase. Best effort: a record left as it is only ever
-/// stops a purchase (the object then says so, and how to buy on purpose).
+/// The spend a generate call put on the ledger (taken back with the call when it is refused).
+struct Spent<'a> {
+    namespace: &'a str,
+    account: &'a str,
+    at: Timestamp,
+}
+
+/// A generate call the API certainly did not take comes off the ledger again, with its spend,
+/// so the object's next attempt is not taken for a purchase and no budget counts it. Best
+/// effort: a record left as it is only ever stops a purchase (the object then says so, and how
+/// to buy on purpose). Returns the record written.
 async fn undo_ledger_call(
     store: &mut impl LedgerStore,
     obj: &ObjectView,
-    generate: &GeneratePlan,
-    version: Option<String>,
+    written: (&DynamicsLedgerSpec, Option<String>),
+    key: &str,
     asker: Asker<'_>,
-) {
+    spent: Spent<'_>,
+) -> Option<DynamicsLedgerSpec> {
     let agent = &obj.spec.agent_id;
-    let mut current = (Some(generate.ledger.record.clone()), version);
+    let mut current = (Some(written.0.clone()), written.1);
     for _ in 0..LEDGER_ROUNDS {
-        let Some(record) = ledger::without_call(current.0.as_ref(), &generate.inputs_hash, asker)
-        else {
-            return;
-        };
+        let record = ledger::without_call(current.0.as_ref(), key, asker)?;
+        let record = budget::with_spend(
+            &record,
+            spent.at,
+            spent.namespace,
+            spent.account,
+            -(CREDITS_PER_GENERATION as i64),
+        );
         let write = LedgerWrite {
             record,
             version: current.1.clone(),
         };
         match store.write_ledger(agent, &write).await {
-            Ok(_) => return,
+            Ok(_) => return Some(write.record),
             Err(_) => match store.read_ledger(agent).await {
                 LedgerState::Read { record, version } => current = (record, version),
                 LedgerState::Unavailable(_) => break,
@@ -953,6 +1055,33 @@ async fn undo_ledger_call(
         }
     }
     tracing::warn!(object = %obj.key, agent = %agent, "a refused generate call could not be taken off the purchase ledger; the object will not buy these inputs automatically");
+    None
+}
+
+/// The wait of an object whose generation a budget has no room for, until its period ends.
+fn budget_wait(standing: &Standing, now: Timestamp) -> Report {
+    let wait = standing
+        .frees_at
+        .duration_since(now)
+        .try_into()
+        .unwrap_or(Duration::ZERO)
+        .max(Duration::from_secs(1));
+    let message = format!(
+        "budget {} has no room for this generation ({CREDITS_PER_GENERATION} credits): {} of {} credits spent in its period; nothing is sent until it frees at {} (in {})",
+        standing.budget,
+        standing.spent,
+        standing.limit,
+        standing.frees_at,
+        humantime::format_duration(Duration::from_secs(wait.as_secs())),
+    );
+    Report::new(Health::progressing(reasons::BUDGET_EXCEEDED, message), wait)
+}
+
+fn budget_warning(standing: &Standing) -> String {
+    format!(
+        "budget {}: {} of {} credits spent in its period with this generation; it frees at {}",
+        standing.budget, standing.spent, standing.limit, standing.frees_at
+    )
 }
 
 /// Deletion releases the object's claim on its agent; the purchases stay on record. Best

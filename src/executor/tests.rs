@@ -634,3 +634,114 @@ async fn a_look_that_finds_the_generation_still_running_on_time_writes_nothing()
     assert_eq!(second.stored.generations, 1, "counted once");
     assert_eq!(generate_calls(&sim), 2);
 }
+
+// A budget with room for one generation: the first object buys and its spend goes on the
+// agent's ledger record (the same write as the purchase); the second waits, Reconciling with
+// the budget's name, a warning Note, and sends nothing.
+#[tokio::test]
+async fn a_budget_holds_the_generation_past_it_and_records_the_spend() {
+    let sim = simulator(10_000).await;
+    let budgets = Arc::new(Budgets::new(vec![crate::reconcile::budget::Budget::parse(
+        "namespace:250/day",
+    )
+    .unwrap()]));
+    let exec = executor(&sim, Duration::from_secs(5)).with_budgets(budgets.clone());
+    let mut first = MemorySink::default();
+    exec.pass(&object(first.stored.clone()), 0, &mut first)
+        .await
+        .expect("first pass");
+    assert_eq!(generate_calls(&sim), 1);
+    let spend = &first.ledger.as_ref().expect("purchase on record").spend;
+    assert_eq!(spend.len(), 3, "hour, day and month: {spend:?}");
+    assert!(spend
+        .iter()
+        .all(|s| s.credits == 250 && s.namespace == "agents"));
+    assert_eq!(
+        first.ledger_writes, 1,
+        "the spend rides on the purchase's write"
+    );
+
+    let mut other = object(AgentDynamicsStatus::default());
+    other.key = "agents/other".into();
+    other.uid = "uid-2".into();
+    other.spec.agent_id = "OTHER00001".into();
+    let mut second = MemorySink::default();
+    let result = exec
+        .pass(&other, 0, &mut second)
+        .await
+        .expect("second pass");
+    assert_eq!(generate_calls(&sim), 1, "nothing bought past the budget");
+    let PassResult::Requeue { health, after, .. } = result else {
+        panic!("expected a wait, got {result:?}")
+    };
+    assert_eq!(health.reason(), reasons::BUDGET_EXCEEDED);
+    assert!(
+        health.message().contains("namespace:250/day"),
+        "{}",
+        health.message()
+    );
+    assert!(
+        after > Duration::from_secs(1),
+        "waits for the period's end: {after:?}"
+    );
+    assert!(second
+        .notes
+        .iter()
+        .any(|n| n.reason == reasons::BUDGET_EXCEEDED));
+    assert_eq!(second.ledger_writes, 0);
+    // Another namespace has its own budget.
+    let mut elsewhere = object(AgentDynamicsStatus::default());
+    elsewhere.key = "team-b/agent".into();
+    elsewhere.uid = "uid-3".into();
+    elsewhere.spec.agent_id = "OTHER00002".into();
+    let mut third = MemorySink::default();
+    exec.pass(&elsewhere, 0, &mut third)
+        .await
+        .expect("third pass");
+    assert_eq!(generate_calls(&sim), 2);
+}
+
+// Two passes that check at once cannot both take the last room: the first holds it until its
+// purchase is on record (or gives it back).
+#[test]
+fn a_reservation_holds_the_last_room_until_settled_or_released() {
+    use crate::reconcile::budget::{Budget, BudgetCheck, Charge};
+    let budgets = Budgets::new(vec![Budget::parse("account:250/day").unwrap()]);
+    let now: Timestamp = "2026-12-07T10:00:00Z".parse().unwrap();
+    let charge = Charge {
+        namespace: "agents",
+        account: "acct",
+        credits: 250,
+        now,
+    };
+    assert!(matches!(
+        budgets.reserve("agents/a", charge),
+        BudgetCheck::Within { .. }
+    ));
+    assert!(matches!(
+        budgets.reserve("agents/b", charge),
+        BudgetCheck::Over(_)
+    ));
+    budgets.release("agents/a");
+    assert!(matches!(
+        budgets.reserve("agents/b", charge),
+        BudgetCheck::Within { .. }
+    ));
+    let record = crate::reconcile::budget::with_spend(
+        &crate::resource::DynamicsLedgerSpec::default(),
+        now,
+        "agents",
+        "acct",
+        250,
+    );
+    budgets.settle("agents/b", "agent-b-0123", &record);
+    assert!(
+        matches!(budgets.reserve("agents/c", charge), BudgetCheck::Over(_)),
+        "settled: the record holds the spend, counted once"
+    );
+    budgets.remove("agent-b-0123");
+    assert!(matches!(
+        budgets.reserve("agents/c", charge),
+        BudgetCheck::Within { .. }
+    ));
+}

@@ -210,6 +210,7 @@ mod tests {
                     calls: 1,
                 })
                 .collect(),
+            spend: vec![],
         }
     }
 

@@ -6,10 +6,12 @@
 //! - `desired` maps the spec to request bodies and hashes.
 //! - `ledger` keeps what was bought for each agent, whichever object bought it.
 //! - `guard` caps generations per account (credits are money).
+//! - `budget` caps the credits spent per hour, day or month, per account or namespace.
 //! - `timing` estimates when a running generation ends, so it is looked at then.
 //! - `ownership` decides which object owns an agent that several name.
 //! - `reasons` spells the condition reasons once.
 
+pub mod budget;
 pub mod conditions;
 pub mod desired;
 pub mod guard;

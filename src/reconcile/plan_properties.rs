@@ -152,6 +152,7 @@ fn ledger() -> impl Strategy<Value = Option<LedgerState>> {
                         calls: 1,
                     })
                     .collect(),
+                spend: vec![],
             };
             Some(LedgerState::Read {
                 record: Some(record),

@@ -167,6 +167,7 @@ fn ledger_with(holder: Option<(&str, &str)>, keys: &[&str]) -> Option<LedgerStat
                 calls: 1,
             })
             .collect(),
+        spend: vec![],
     };
     Some(LedgerState::Read {
         record: Some(record),

@@ -21,6 +21,10 @@ pub const GENERATION_OUTCOME_PENDING: &str = "GenerationOutcomePending";
 pub const GENERATION_ADOPTED: &str = "GenerationAdopted";
 pub const WAITING_FOR_GENERATION_SLOT: &str = "WaitingForGenerationSlot";
 pub const GENERATION_BUDGET_EXHAUSTED: &str = "GenerationBudgetExhausted";
+/// A budget (`--budget`) has no room for one more generation in its period.
+pub const BUDGET_EXCEEDED: &str = "BudgetExceeded";
+/// Event: a generation took a budget to its warning threshold.
+pub const BUDGET_WARNING: &str = "BudgetWarning";
 pub const CONFLICT: &str = "Conflict";
 pub const UNKNOWN_SPEC_FIELD: &str = "UnknownSpecField";
 pub const GENERATION_FAILED: &str = "GenerationFailed";
@@ -253,6 +257,20 @@ pub const TABLE: &[Reason] = &[
         "The account started `--generations-per-hour` generations within the last hour.",
         "Waits until the oldest of them is an hour old (the message says when), then starts.",
         "Nothing to fix, or raise `--generations-per-hour` (chart value `operator.generationsPerHour`).",
+    ),
+    reason(
+        BUDGET_EXCEEDED,
+        Kind::Reconciling,
+        "One more generation (250 credits) would take a budget set with `--budget` (chart value `operator.budgets`) past its credits for the current hour, day or month (UTC); the message names the budget, its spend and when it frees.",
+        "Sends nothing for this object; looks again when the period ends and then buys, one object at a time within the account's limits. Other objects' work that costs nothing goes on.",
+        "Nothing to fix if the spend is expected. Otherwise find what spent it (`kubectl get dynledger`, the `BudgetWarning` and `GenerationStarted` Events, `status.generations`), or raise the budget and restart the operator.",
+    ),
+    reason(
+        BUDGET_WARNING,
+        Kind::Event,
+        "A generation took a budget to its warning threshold (80% unless the budget says `@N%`).",
+        "Goes on buying until the budget is reached.",
+        "Nothing to fix if the spend is expected; otherwise look for objects whose inputs keep changing.",
     ),
     reason(
         "RateLimited",

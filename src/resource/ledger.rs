@@ -31,6 +31,22 @@ pub struct DynamicsLedgerSpec {
     /// `reconcile::ledger::PURCHASES_KEPT`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub purchases: Vec<LedgerPurchase>,
+    /// Credits spent on the agent in the current hour, day and month (UTC), by namespace and
+    /// account: what budgets are checked against (`reconcile::budget`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub spend: Vec<LedgerSpend>,
+}
+
+/// Credits spent in one calendar period by one namespace with one account.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct LedgerSpend {
+    /// `2026-12-07T01` (an hour), `2026-12-07` (a day) or `2026-12` (a month), UTC.
+    pub period: String,
+    pub namespace: String,
+    /// The account's fingerprint (a hash of its API key, never the key).
+    pub account: String,
+    pub credits: u64,
 }
 
 /// The object holding an agent.

@@ -7,7 +7,7 @@ pub mod status;
 pub mod validate;
 
 pub use ledger::{
-    DynamicsLedger, DynamicsLedgerSpec, GenerateInputs, LedgerHolder, LedgerPurchase,
+    DynamicsLedger, DynamicsLedgerSpec, GenerateInputs, LedgerHolder, LedgerPurchase, LedgerSpend,
 };
 pub use spec::{
     AdoptionPolicy, AgentDynamics, AgentDynamicsSpec, BatchResultSpec, DeletionPolicy,

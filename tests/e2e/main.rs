@@ -16,10 +16,12 @@
 //! | [`ownership`]     | two objects for one agent; the refresh annotation                   |
 //! | [`ledger`]        | re-creation, replace, wiped status, two installs, adoption, resolve |
 //! | [`secrets`]       | labelled Secrets; a missing Secret holds deletion                   |
+//! | [`budgets`]       | a budget reached mid-rollout holds the rest until its period ends   |
 
 #[path = "../support/mod.rs"]
 mod support;
 
+mod budgets;
 mod credit_safety;
 mod deletion;
 mod errors;

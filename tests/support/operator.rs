@@ -120,6 +120,17 @@ impl Env {
     /// Starts one more operator process watching namespace `ns` (a second install, scoped
     /// to another namespace, against the same API); returns its index.
     pub fn start_operator_in(&mut self, ns: &str, extra: &[&str]) -> usize {
+        self.start_operator_with(ns, extra, &[])
+    }
+
+    /// Starts one more operator process watching namespace `ns` with `extra` flags and
+    /// environment variables (`DYNAMICS_CLOCK_SKEW`, say); returns its index.
+    pub fn start_operator_with(
+        &mut self,
+        ns: &str,
+        extra: &[&str],
+        extra_env: &[(&str, &str)],
+    ) -> usize {
         let index = self.operators.len();
         let log = self.dir.path().join(format!("operator-{index}.log"));
         let mut args = run_args(ns, &self.sim.url());
@@ -150,6 +161,7 @@ impl Env {
         if self.pace == Pace::Fast {
             env.push(("RUST_LOG", "info,dynamics_operator=debug"));
         }
+        env.extend_from_slice(extra_env);
         let child = ManagedChild::spawn(
             &format!("operator-{index}"),
             &operator_binary(),

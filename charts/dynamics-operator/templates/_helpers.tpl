@@ -72,7 +72,7 @@ bithuman-api
 {{- if eq .Values.watchNamespace "" }}
 - apiGroups: ["dynamics.bithuman.ai"]
   resources: ["dynamicsledgers"]
-  verbs: ["get", "create", "update"]
+  verbs: ["get", "list", "watch", "create", "update"]
 {{- end }}
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]

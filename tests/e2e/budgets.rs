@@ -1,0 +1,119 @@
+//! Budgets: a cap on credits per period stops a rollout where it is reached, and the rest go on
+//! when the period ends.
+
+use std::time::Duration;
+
+use crate::fast_sim;
+use crate::support::operator::{manifest, Env, Pace, TIMEOUT};
+use crate::support::wait::wait_for;
+
+fn reconciling_reason(obj: &dynamics_operator::resource::AgentDynamics) -> Option<String> {
+    let c = obj.status.as_ref()?.condition("Reconciling")?;
+    (c.status == "True").then(|| c.reason.clone())
+}
+
+// A budget of three generations a day (a day, not an hour: a run that straddles the
+// period's end is then rare), reached mid-rollout: three objects are bought, the
+// other two wait with a reason that names the budget (Reconciling, never Stalled), and nothing
+// is bought beyond it, across a restart. A day later (the operator's clock moved on) the two
+// are bought, once each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_budget_reached_mid_rollout_holds_the_rest_until_its_period_ends() {
+    let mut env = Env::new("budget", fast_sim(), Pace::Fast).await;
+    let ns = env.ns.clone();
+    // Each namespace on its own: the other tests' purchases (same API key, same ledger) are
+    // not this namespace's.
+    let budget = "namespace:750/day";
+    env.start_operator_with(
+        &ns,
+        &["--budget", budget, "--max-concurrent-generations", "1"],
+        &[],
+    );
+    let agents: Vec<String> = (1..=5).map(|i| format!("BUDGET0000{i}")).collect();
+    for (i, agent) in agents.iter().enumerate() {
+        env.apply(&manifest(&format!("rollout-{i}"), agent, ""));
+    }
+    let generated = |env: &Env| -> u64 { agents.iter().map(|a| env.calls("generate", a)).sum() };
+    let settled = wait_for(
+        "three Ready and two held by the budget",
+        TIMEOUT,
+        || async {
+            let objects = env.api.list(&Default::default()).await?;
+            let ready = objects
+                .items
+                .iter()
+                .filter(|o| o.status.as_ref().is_some_and(|s| s.is_ready()))
+                .count();
+            let held: Vec<_> = objects
+                .items
+                .iter()
+                .filter(|o| reconciling_reason(o).as_deref() == Some("BudgetExceeded"))
+                .cloned()
+                .collect();
+            Ok((ready == 3 && held.len() == 2).then_some(held))
+        },
+    )
+    .await;
+    let held = settled.unwrap_or_else(|e| panic!("{e}\n{}", env.logs()));
+    assert_eq!(generated(&env), 3, "nothing bought beyond the budget");
+    let message = held[0]
+        .status
+        .as_ref()
+        .and_then(|s| s.condition("Reconciling"))
+        .map(|c| c.message.clone())
+        .unwrap_or_default();
+    assert!(
+        message.contains(budget) && message.contains("750 of 750") && message.contains("frees at"),
+        "{message}"
+    );
+    assert!(held[0]
+        .status
+        .as_ref()
+        .unwrap()
+        .condition("Stalled")
+        .is_none_or(|c| c.status != "True"));
+    let metrics = reqwest::get(format!("{}/metrics", env.metrics_url(0)))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(&format!(
+            "dynamics_operator_budget_waits_total{{budget=\"{budget}\"}} 2"
+        )),
+        "{metrics}"
+    );
+
+    // A restart counts what was spent before it (the ledger), so it buys nothing either.
+    env.operators[0].kill_now();
+    env.start_operator_with(&ns, &["--budget", budget], &[]);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        generated(&env),
+        3,
+        "a restart does not reset the budget\n{}",
+        env.logs()
+    );
+
+    // A day later the period has freed: the two are bought, once each.
+    env.operators[1].kill_now();
+    env.start_operator_with(
+        &ns,
+        &["--budget", budget],
+        &[("DYNAMICS_CLOCK_SKEW", "86400")],
+    );
+    wait_for("all five Ready", TIMEOUT, || async {
+        let objects = env.api.list(&Default::default()).await?;
+        Ok(objects
+            .items
+            .iter()
+            .all(|o| o.status.as_ref().is_some_and(|s| s.is_ready()))
+            .then_some(()))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", env.logs()));
+    for agent in &agents {
+        assert_eq!(env.calls("generate", agent), 1, "{agent}");
+    }
+}
