@@ -350,6 +350,13 @@ pub struct CommonArgs {
     /// no credits) and use it instead of the real API. State is kept in memory only.
     #[arg(long)]
     pub simulator: bool,
+
+    /// A cap on credits per UTC hour, day or month, checked against what the state file
+    /// records as spent before every generate call (as `run --budget`): account:CREDITS/PERIOD,
+    /// namespace:CREDITS/PERIOD or namespace/NAME:CREDITS/PERIOD, optionally @N%. Repeat the
+    /// flag or separate with commas. `plan` shows which changes a budget would hold back.
+    #[arg(long = "budget", value_delimiter = ',', value_parser = Budget::parse)]
+    pub budgets: Vec<Budget>,
 }
 
 /// `dynamics-operator resolve`.

@@ -875,3 +875,57 @@ async fn states_written_by_earlier_releases_buy_nothing() {
         );
     }
 }
+
+// A budget in file mode: plan shows which change it would hold back and where the budget
+// stands after the others; apply buys up to it and waits, naming it; the state counts what was
+// spent, so a second apply buys nothing more; a day later (the clock moved on) the rest is
+// bought, once.
+#[tokio::test]
+async fn a_budget_holds_what_is_past_it_in_plan_and_apply() {
+    let s = charging().await;
+    for (i, id) in ["BUDGET-1", "BUDGET-2", "BUDGET-3"].iter().enumerate() {
+        s.write(&format!("{i}.yaml"), &agent(&format!("agent-{i}"), id, ""));
+    }
+    let budget = ["--budget", "namespace:500/day"];
+    let plan = s.run(&[&["plan"][..], &budget].concat()).await;
+    assert_eq!(plan.code, 1, "changes pending: {plan:?}");
+    assert!(
+        plan.stdout.contains("namespace:500/day 0 -> 250 of 500"),
+        "{plan:?}"
+    );
+    assert!(
+        plan.stdout.contains("namespace:500/day 250 -> 500 of 500"),
+        "{plan:?}"
+    );
+    assert!(
+        plan.stdout
+            .contains("BudgetExceeded: budget namespace:500/day has no room"),
+        "{plan:?}"
+    );
+    assert!(plan.stdout.contains("Credits: 500."), "{plan:?}");
+    assert_eq!(s.total("generate"), 0, "plan sends nothing");
+
+    let apply = s
+        .run(&[&["apply", "--timeout", "5s"][..], &budget].concat())
+        .await;
+    assert_eq!(apply.code, 1, "{apply:?}");
+    assert!(apply.stdout.contains("BudgetExceeded"), "{apply:?}");
+    assert_eq!(s.total("generate"), 2, "nothing bought past the budget");
+    let again = s
+        .run(&[&["apply", "--timeout", "3s"][..], &budget].concat())
+        .await;
+    assert_eq!(again.code, 1, "{again:?}");
+    assert_eq!(s.total("generate"), 2, "the state keeps the spend");
+
+    let mut tomorrow = s.command(&[&["apply", "--timeout", "20s"][..], &budget].concat());
+    tomorrow
+        .arg("-f")
+        .arg(s.manifests())
+        .env("DYNAMICS_CLOCK_SKEW", "86400");
+    let tomorrow = output(tomorrow).await;
+    assert_eq!(tomorrow.code, 0, "{tomorrow:?}");
+    assert_eq!(s.total("generate"), 3);
+    for id in ["BUDGET-1", "BUDGET-2", "BUDGET-3"] {
+        assert_eq!(s.calls("generate", id), 1, "{id}");
+    }
+}

@@ -36,6 +36,12 @@ impl Budgets {
         self.book.lock().expect("budget book lock").remove(name);
     }
 
+    /// Where every budget that applies to `charge` stands (nothing is held).
+    pub fn standings(&self, charge: Charge) -> Vec<budget::Standing> {
+        let book = self.book.lock().expect("budget book lock");
+        budget::standings(&self.rules, &book, charge)
+    }
+
     /// Check `charge` for the object `key` and, when it is within every budget, hold its
     /// spend in the book until `settle` or `release`: two passes of this process that check at
     /// once cannot both take the last room.

@@ -65,8 +65,12 @@ pub(super) async fn run(args: ApplyArgs) -> anyhow::Result<i32> {
     let guards = AccountGuards::new(args.max_concurrent_generations, args.generations_per_hour);
     // Objects waiting for a generation slot are woken when one frees, instead of polling.
     let (wake, mut woken) = tokio::sync::mpsc::unbounded_channel::<String>();
-    let executor =
-        Arc::new(Executor::new(prepared.remote.client.clone(), guards, settings).with_wake(wake));
+    let mut executor =
+        Executor::new(prepared.remote.client.clone(), guards, settings).with_wake(wake);
+    if let Some(budgets) = super::budgets(&prepared.store, &common.budgets) {
+        executor = executor.with_budgets(budgets);
+    }
+    let executor = Arc::new(executor);
     let store = Arc::new(Mutex::new(prepared.store));
     let clock = Clock(Instant::now());
 
@@ -402,7 +406,7 @@ impl FileSink {
 }
 
 /// The state file is the ledger: the marker and the status written with the apply lock held
-/// record every purchase, so there is nothing else to write.
+/// record every purchase; a write adds only its spend to this object's tallies.
 impl LedgerStore for FileSink {
     fn read_ledger(
         &mut self,
@@ -417,10 +421,14 @@ impl LedgerStore for FileSink {
 
     fn write_ledger(
         &mut self,
-        _agent_id: &str,
-        _write: &LedgerWrite,
+        agent_id: &str,
+        write: &LedgerWrite,
     ) -> impl std::future::Future<Output = Result<Option<String>, SaveError>> + Send {
-        std::future::ready(Ok(None))
+        let result = lock(&self.store)
+            .record_spend(&self.key, agent_id, &write.record.spend)
+            .map(|()| None)
+            .map_err(|e| SaveError::Other(format!("{e:#}")));
+        std::future::ready(result)
     }
 }
 

@@ -146,6 +146,24 @@ pub(crate) async fn prepare(
 }
 
 /// The state file (read-only for `plan`, locked for `apply`), or memory with `--simulator`.
+/// The budgets with what the state records as spent for each agent (as the cluster's ledger
+/// holds it per agent); `None` without budgets.
+fn budgets(
+    store: &StateStore,
+    rules: &[crate::reconcile::budget::Budget],
+) -> Option<std::sync::Arc<crate::executor::Budgets>> {
+    if rules.is_empty() {
+        return None;
+    }
+    let budgets = crate::executor::Budgets::new(rules.to_vec());
+    for agent in store.agents() {
+        if let Some(record) = store.agent_record(agent, "") {
+            budgets.put(&crate::reconcile::ledger::record_name(agent), &record);
+        }
+    }
+    Some(std::sync::Arc::new(budgets))
+}
+
 fn open_state(common: &CommonArgs, mode: Mode) -> anyhow::Result<StateStore> {
     if common.simulator {
         return Ok(StateStore::ephemeral());

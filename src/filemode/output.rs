@@ -148,6 +148,7 @@ mod tests {
                 generations: 2,
                 ..Default::default()
             },
+            spend: Vec::new(),
         };
         let value = list(&[resource(&manifest, &record)]);
         for format in [OutputFormat::Json, OutputFormat::Yaml] {

@@ -4,11 +4,13 @@
 use futures::{stream, StreamExt};
 use serde::Serialize;
 
-use crate::executor::{Executor, LedgerStore, Preview, SaveError};
+use crate::executor::{Budgets, Executor, LedgerStore, Preview, SaveError};
+use crate::reconcile::budget::{BudgetCheck, Charge};
 use crate::reconcile::desired::{changed_inputs, dynamics_hash};
 use crate::reconcile::guard::AccountGuards;
 use crate::reconcile::ledger::LedgerState;
 use crate::reconcile::plan::LedgerWrite;
+use crate::reconcile::reasons;
 use crate::reconcile::{Action, GenerateCause, Health, Settings};
 
 use super::output::{self, OutputFormat};
@@ -86,12 +88,15 @@ pub(super) async fn run(args: PlanArgs) -> anyhow::Result<i32> {
         .buffered(CONCURRENT_READS)
         .collect()
         .await;
-    let items: Vec<PlannedObject> = prepared
+    let mut items: Vec<PlannedObject> = prepared
         .objects
         .iter()
         .zip(previews)
         .map(|(object, preview)| describe(object, &preview))
         .collect();
+    if let Some(budgets) = super::budgets(&prepared.store, &common.budgets) {
+        apply_budgets(&budgets, &prepared.objects, &mut items);
+    }
 
     let credits: u64 = items.iter().map(|i| i.credits).sum();
     let errors = items
@@ -169,6 +174,59 @@ fn print_table(plan: &PlanDocument) {
         plan.credits,
         if plan.simulated { " (SIMULATED API)" } else { "" }
     );
+}
+
+/// Each change's effect on its budgets, in the order apply would buy: a generation past a
+/// budget becomes a wait that names it (as apply would hold it back); the others say where
+/// their budgets stand after them.
+fn apply_budgets(budgets: &Budgets, objects: &[Object], items: &mut [PlannedObject]) {
+    let now = crate::failpoint::now();
+    for (object, item) in objects.iter().zip(items.iter_mut()) {
+        if item.action != Step::Generate {
+            continue;
+        }
+        let account = object
+            .view
+            .access
+            .secret()
+            .map(|s| s.fingerprint())
+            .unwrap_or_default();
+        let charge = Charge {
+            namespace: &item.namespace,
+            account: &account,
+            credits: CREDITS_PER_GENERATION,
+            now,
+        };
+        let before = budgets.standings(charge);
+        match budgets.reserve(&object.view.key, charge) {
+            BudgetCheck::Over(standing) => {
+                item.action = Step::Wait;
+                item.credits = 0;
+                item.reason = reasons::BUDGET_EXCEEDED.to_string();
+                item.message = format!(
+                    "budget {} has no room for this generation ({} of {} credits spent in its period with the changes above); apply would wait until {}",
+                    standing.budget, standing.spent, standing.limit, standing.frees_at
+                );
+            }
+            BudgetCheck::Within { .. } => {
+                let effects: Vec<String> = before
+                    .iter()
+                    .map(|b| {
+                        format!(
+                            "{} {} -> {} of {}",
+                            b.budget,
+                            b.spent,
+                            b.spent + CREDITS_PER_GENERATION,
+                            b.limit
+                        )
+                    })
+                    .collect();
+                if !effects.is_empty() {
+                    item.message = format!("{} (budgets: {})", item.message, effects.join(", "));
+                }
+            }
+        }
+    }
 }
 
 /// Turns the executor's preview into a step with a reason a person can act on.

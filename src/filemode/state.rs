@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use crate::reconcile::desired::{inputs_hash, normalized_inputs};
 use crate::resource::{
     AgentDynamicsSpec, AgentDynamicsStatus, DynamicsLedgerSpec, LedgerHolder, LedgerPurchase,
+    LedgerSpend,
 };
 
 /// Default `--state`: in the current directory, like other tools' local state files, so that
@@ -42,6 +43,10 @@ pub struct ObjectState {
     pub spec: AgentDynamicsSpec,
     #[serde(default)]
     pub status: AgentDynamicsStatus,
+    /// Credits this object spent in the current hour, day and month (the cluster's ledger keeps
+    /// them per agent): what budgets count.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub spend: Vec<LedgerSpend>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -198,8 +203,82 @@ impl StateStore {
         if let Some(record) = &mut record {
             // Oldest first, as the cluster's record keeps them.
             record.purchases.sort_by(|a, b| a.at.cmp(&b.at));
+            record.spend = self.agent_spend(agent_id);
         }
         record
+    }
+
+    /// What every object naming the agent spent, summed per period, namespace and account.
+    fn agent_spend(&self, agent_id: &str) -> Vec<LedgerSpend> {
+        let mut sum: Vec<LedgerSpend> = Vec::new();
+        let spent = self
+            .data
+            .objects
+            .values()
+            .filter(|o| o.agent_id == agent_id)
+            .flat_map(|o| &o.spend);
+        for s in spent {
+            match sum.iter_mut().find(|t| same_tally(t, s)) {
+                Some(t) => t.credits = t.credits.saturating_add(s.credits),
+                None => sum.push(s.clone()),
+            }
+        }
+        sum
+    }
+
+    /// Record in `key`'s own tallies what a ledger write changes in its agent's spend (the
+    /// state keeps spend per object; the ledger hands it over per agent).
+    pub fn record_spend(
+        &mut self,
+        key: &str,
+        agent_id: &str,
+        spend: &[LedgerSpend],
+    ) -> anyhow::Result<()> {
+        let before = self.agent_spend(agent_id);
+        let Some(mut object) = self.data.objects.get(key).cloned() else {
+            anyhow::bail!("{key} is missing from the state");
+        };
+        let periods: Vec<&String> = spend.iter().map(|s| &s.period).collect();
+        // Tallies of periods that are over are dropped, as in the cluster's ledger.
+        object.spend.retain(|s| periods.contains(&&s.period));
+        for s in spend {
+            let had = before
+                .iter()
+                .find(|t| same_tally(t, s))
+                .map_or(0, |t| t.credits);
+            let delta = s.credits as i64 - had as i64;
+            if delta == 0 {
+                continue;
+            }
+            match object.spend.iter_mut().find(|t| same_tally(t, s)) {
+                Some(t) => t.credits = t.credits.saturating_add_signed(delta),
+                None if delta > 0 => object.spend.push(LedgerSpend {
+                    credits: delta as u64,
+                    ..s.clone()
+                }),
+                None => {}
+            }
+        }
+        // A tally the write no longer has (a refusal took it back to nothing).
+        for t in &mut object.spend {
+            if !spend.iter().any(|s| same_tally(s, t)) && before.iter().any(|b| same_tally(b, t)) {
+                t.credits = 0;
+            }
+        }
+        object.spend.retain(|t| t.credits > 0);
+        if object.spend == self.data.objects[key].spend {
+            return Ok(());
+        }
+        self.put(key, object)
+    }
+
+    /// Every agent with a record in the state, each once.
+    pub fn agents(&self) -> std::collections::BTreeSet<&str> {
+        self.data
+            .objects
+            .values()
+            .map(|o| o.agent_id.as_str())
+            .collect()
     }
 
     /// The record for a manifest's spec, created or advanced (not saved): a new object gets a uid
@@ -224,6 +303,7 @@ impl StateStore {
                     .to_string(),
                 spec: spec.clone(),
                 status: AgentDynamicsStatus::default(),
+                spend: Vec::new(),
             },
         }
     }
@@ -469,6 +549,10 @@ fn new_uid() -> String {
         &h[16..20],
         &h[20..32]
     )
+}
+
+fn same_tally(a: &LedgerSpend, b: &LedgerSpend) -> bool {
+    a.period == b.period && a.namespace == b.namespace && a.account == b.account
 }
 
 #[cfg(test)]

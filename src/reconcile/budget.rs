@@ -317,23 +317,37 @@ pub enum BudgetCheck {
     Over(Standing),
 }
 
+/// Where every budget that applies to `charge` stands before it (what `plan` shows).
+pub fn standings(budgets: &[Budget], book: &SpendBook, charge: Charge) -> Vec<Standing> {
+    budgets
+        .iter()
+        .filter(|b| b.applies(charge.namespace))
+        .map(|budget| standing(budget, book, charge))
+        .collect()
+}
+
+fn standing(budget: &Budget, book: &SpendBook, charge: Charge) -> Standing {
+    let period = budget.period.key(charge.now);
+    let spent = match budget.scope {
+        Scope::Account => book.spent(&period, None, Some(charge.account)),
+        Scope::EachNamespace | Scope::Namespace(_) => {
+            book.spent(&period, Some(charge.namespace), None)
+        }
+    };
+    Standing {
+        budget: budget.name(),
+        spent,
+        limit: budget.credits,
+        frees_at: budget.period.next_start(charge.now),
+    }
+}
+
 pub fn check(budgets: &[Budget], book: &SpendBook, charge: Charge) -> BudgetCheck {
     let mut over: Option<Standing> = None;
     let mut warnings = Vec::new();
     for budget in budgets.iter().filter(|b| b.applies(charge.namespace)) {
-        let period = budget.period.key(charge.now);
-        let spent = match budget.scope {
-            Scope::Account => book.spent(&period, None, Some(charge.account)),
-            Scope::EachNamespace | Scope::Namespace(_) => {
-                book.spent(&period, Some(charge.namespace), None)
-            }
-        };
-        let standing = Standing {
-            budget: budget.name(),
-            spent,
-            limit: budget.credits,
-            frees_at: budget.period.next_start(charge.now),
-        };
+        let standing = standing(budget, book, charge);
+        let spent = standing.spent;
         let after = spent.saturating_add(charge.credits);
         if after > budget.credits {
             if over.as_ref().is_none_or(|o| o.frees_at < standing.frees_at) {
