@@ -66,6 +66,13 @@ pub enum Command {
   dynamics-operator resolve agents/support-agent --accept
   dynamics-operator resolve agents/support-agent --retry")]
     Resolve(ResolveArgs),
+    /// Print every paid generate call on record: from the cluster's purchase ledger, or with
+    /// --state from a file mode state file.
+    #[command(after_help = "Examples:
+  dynamics-operator spend --since 24h
+  dynamics-operator spend -n agents -o json
+  dynamics-operator spend --state .dynamics-state.json")]
+    Spend(SpendArgs),
     /// Print every condition and Event reason with its meaning and fix (Markdown, as in
     /// docs/troubleshooting.md).
     Reasons,
@@ -357,6 +364,23 @@ pub struct CommonArgs {
     /// flag or separate with commas. `plan` shows which changes a budget would hold back.
     #[arg(long = "budget", value_delimiter = ',', value_parser = Budget::parse)]
     pub budgets: Vec<Budget>,
+}
+
+/// `dynamics-operator spend`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SpendArgs {
+    /// Only calls sent within this long, e.g. 24h, 7d (default: everything on record; the
+    /// ledger keeps an agent's last 16 purchases).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub since: Option<Duration>,
+    /// Only objects of this namespace.
+    #[arg(short = 'n', long)]
+    pub namespace: Option<String>,
+    /// Read a file mode state file instead of the cluster.
+    #[arg(long)]
+    pub state: Option<PathBuf>,
+    #[arg(short = 'o', long, value_enum, default_value_t = crate::spend::SpendFormat::Table)]
+    pub output: crate::spend::SpendFormat,
 }
 
 /// `dynamics-operator resolve`.

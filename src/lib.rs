@@ -18,4 +18,5 @@ pub mod reconcile;
 pub mod resource;
 pub mod shutdown;
 pub mod sim;
+pub mod spend;
 pub mod telemetry;

@@ -928,4 +928,23 @@ async fn a_budget_holds_what_is_past_it_in_plan_and_apply() {
     for id in ["BUDGET-1", "BUDGET-2", "BUDGET-3"] {
         assert_eq!(s.calls("generate", id), 1, "{id}");
     }
+    // The spend report from the state file: one row per charged call, as the simulator saw.
+    let mut report = tokio::process::Command::new(BIN);
+    report
+        .args(["spend", "-o", "json", "--state"])
+        .arg(s.state())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let report = output(report).await;
+    assert_eq!(report.code, 0, "{report:?}");
+    let report: serde_json::Value = serde_json::from_str(&report.stdout).unwrap();
+    let mut agents: Vec<&str> = report["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["agentId"].as_str().unwrap())
+        .collect();
+    agents.sort();
+    assert_eq!(agents, ["BUDGET-1", "BUDGET-2", "BUDGET-3"]);
+    assert_eq!(report["credits"], 250 * s.total("generate"));
 }

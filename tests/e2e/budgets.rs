@@ -1,5 +1,5 @@
 //! Budgets: a cap on credits per period stops a rollout where it is reached, and the rest go on
-//! when the period ends.
+//! when the period ends; the spend report says what was paid, call by call.
 
 use std::time::Duration;
 
@@ -116,4 +116,36 @@ async fn a_budget_reached_mid_rollout_holds_the_rest_until_its_period_ends() {
     for agent in &agents {
         assert_eq!(env.calls("generate", agent), 1, "{agent}");
     }
+
+    // The spend report, from the ledger, matches the simulator's record of charged calls.
+    let out = std::process::Command::new(crate::support::operator::operator_binary())
+        .args(["spend", "-n", &ns, "-o", "json"])
+        .env("KUBECONFIG", env.cp.kubeconfig_path())
+        .output()
+        .expect("spend runs");
+    assert!(out.status.success(), "{out:?}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut reported: Vec<(String, u64)> = report["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["agentId"].as_str().unwrap().to_string(),
+                r["credits"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    reported.sort();
+    let mut charged: Vec<(String, u64)> = env
+        .sim
+        .generations()
+        .iter()
+        .filter(|g| g.is_charged() && agents.contains(&g.agent_id))
+        .map(|g| (g.agent_id.clone(), 250))
+        .collect();
+    charged.sort();
+    assert_eq!(reported, charged, "{report}");
+    assert_eq!(report["credits"], 1250);
+    assert_eq!(report["creditsByNamespace"][&ns], 1250);
 }
