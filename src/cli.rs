@@ -66,6 +66,12 @@ pub enum Command {
   dynamics-operator resolve agents/support-agent --accept
   dynamics-operator resolve agents/support-agent --retry")]
     Resolve(ResolveArgs),
+    /// Read existing agents (GET only) and print AgentDynamics manifests that adopt their
+    /// dynamics when applied (nothing is bought), ready to commit to Git.
+    #[command(after_help = "Examples:
+  dynamics-operator import A91XMB7113 B72KQW0042 --namespace agents > agents.yaml
+  dynamics-operator import A91XMB7113 --observe")]
+    Import(ImportArgs),
     /// Print every paid generate call on record: from the cluster's purchase ledger, or with
     /// --state from a file mode state file.
     #[command(after_help = "Examples:
@@ -364,6 +370,22 @@ pub struct CommonArgs {
     /// flag or separate with commas. `plan` shows which changes a budget would hold back.
     #[arg(long = "budget", value_delimiter = ',', value_parser = Budget::parse)]
     pub budgets: Vec<Budget>,
+}
+
+/// `dynamics-operator import`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ImportArgs {
+    #[command(flatten)]
+    pub api: ApiArgs,
+    /// The agents to import, as the API knows them.
+    #[arg(required = true)]
+    pub agents: Vec<String>,
+    /// metadata.namespace of the manifests (default: none, kubectl's namespace applies).
+    #[arg(short = 'n', long)]
+    pub namespace: Option<String>,
+    /// Write every manifest with managementPolicy: Observe (report only, never write or pay).
+    #[arg(long)]
+    pub observe: bool,
 }
 
 /// `dynamics-operator spend`.

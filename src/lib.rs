@@ -13,6 +13,7 @@ pub mod controller;
 pub mod executor;
 pub mod failpoint;
 pub mod filemode;
+pub mod import;
 pub mod metrics;
 pub mod reconcile;
 pub mod resource;

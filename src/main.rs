@@ -61,6 +61,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Resolve(args) => dynamics_operator::controller::resolve(args).await,
         Command::Spend(args) => dynamics_operator::spend::run(args).await,
+        Command::Import(args) => {
+            let code = dynamics_operator::import::run(args).await;
+            std::process::exit(code.unwrap_or_else(|e| config_error(e)))
+        }
         Command::Reasons => {
             print!(
                 "{}",

@@ -104,7 +104,7 @@ fn claimant(obj: &AgentDynamics) -> Claimant {
         key_of(obj),
         obj.status.as_ref(),
         obj.creation_timestamp().map(|t| t.0),
-        obj.metadata.deletion_timestamp.is_some(),
+        obj.metadata.deletion_timestamp.is_some() || !obj.spec.management_policy.is_manage(),
     )
 }
 

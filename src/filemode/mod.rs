@@ -294,7 +294,8 @@ fn admit_objects(
                 key,
                 previous.map(|p| &p.status),
                 created,
-                false,
+                // An object that only observes owns nothing.
+                !manifest.object.spec.management_policy.is_manage(),
             ));
     }
     let mut objects = Vec::new();

@@ -19,7 +19,7 @@ pub struct Claimant {
     pub acted: bool,
     /// Creation time; unknown (file mode, first apply) sorts after any known time.
     pub created: Option<Timestamp>,
-    /// Objects being deleted own nothing.
+    /// Objects being deleted, or only observing (`managementPolicy: Observe`), own nothing.
     pub deleting: bool,
 }
 

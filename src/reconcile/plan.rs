@@ -10,7 +10,7 @@ use jiff::Timestamp;
 use crate::api::{ApiErrorKind, DynamicsState, GenerateRequest, RemoteStatus, UpdateRequest};
 use crate::resource::{
     AdoptionPolicy, AgentDynamicsSpec, AgentDynamicsStatus, DeletionPolicy, DynamicsLedgerSpec,
-    GenerateOutcome, PendingGeneration,
+    GenerateOutcome, ManagementPolicy, PendingGeneration,
 };
 
 use super::conditions::Health;
@@ -343,6 +343,9 @@ pub fn plan(input: &Input) -> Action {
     }
     if spec.suspend {
         return Action::Report(Report::new(Health::Suspended, settings.resync));
+    }
+    if spec.management_policy == ManagementPolicy::Observe {
+        return plan_observe(input);
     }
     match &input.blocker {
         Some(Blocker::Conflict { owner }) => {
@@ -902,6 +905,44 @@ pub fn holds_generation_slot(input: &Input) -> bool {
     })
 }
 
+/// `managementPolicy: Observe`: GET and report, nothing else. Another object managing the
+/// agent is no conflict (this one sends nothing); a Secret that cannot be read still is.
+fn plan_observe(input: &Input) -> Action {
+    let settings = input.settings;
+    if let Some(Blocker::Secret { reason, message }) = &input.blocker {
+        return Action::Report(Report::new(
+            Health::stalled(reason, message.clone()),
+            settings.stalled_retry,
+        ));
+    }
+    let agent = &input.spec.agent_id;
+    match input.remote {
+        None => Action::Observe,
+        Some(Observation::Failed(err)) => Action::Report(report_error(err, input)),
+        Some(Observation::Found(remote)) => {
+            let shows = match (&remote.status, &remote.model_url) {
+                (None, None) => "no dynamics".to_string(),
+                (status, url) => format!(
+                    "status {}, model {}, {} gesture(s)",
+                    status.as_ref().map_or("none", RemoteStatus::as_str),
+                    url.as_deref().map_or("none", url_identity),
+                    remote.gestures.len()
+                ),
+            };
+            let message = format!(
+                "observing agent {agent} (managementPolicy: Observe): the API shows {shows}; nothing is written or paid. Set managementPolicy: Manage to take the agent over (its dynamics are adopted, nothing is bought)"
+            );
+            Action::Report(Report::new(
+                Health::Ready {
+                    reason: reasons::OBSERVED.into(),
+                    message,
+                },
+                settings.resync,
+            ))
+        }
+    }
+}
+
 fn plan_deletion(input: &Input) -> Action {
     let Input { spec, status, .. } = input;
     // Nothing of ours is out there to switch off: never touched, suspended, orphaned, or owned by another object.
@@ -909,7 +950,12 @@ fn plan_deletion(input: &Input) -> Action {
         && status.generations == 0
         && status.pending_generation.is_none();
     let conflicted = matches!(input.blocker, Some(Blocker::Conflict { .. }));
-    if spec.deletion_policy == DeletionPolicy::Orphan || spec.suspend || never_applied || conflicted
+    let observing = spec.management_policy == ManagementPolicy::Observe;
+    if spec.deletion_policy == DeletionPolicy::Orphan
+        || spec.suspend
+        || never_applied
+        || conflicted
+        || observing
     {
         return Action::Release;
     }

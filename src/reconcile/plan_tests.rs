@@ -16,7 +16,8 @@ use crate::api::{
 };
 use crate::resource::{
     AdoptionPolicy, AgentDynamicsSpec, AgentDynamicsStatus, DeletionPolicy, DynamicsBlock,
-    DynamicsLedgerSpec, GenerateOutcome, LedgerHolder, LedgerPurchase, PendingGeneration,
+    DynamicsLedgerSpec, GenerateOutcome, LedgerHolder, LedgerPurchase, ManagementPolicy,
+    PendingGeneration,
 };
 
 const NOW: i64 = 1_800_000_000;
@@ -328,6 +329,10 @@ fn every_rule() {
     };
     let regen = AgentDynamicsSpec {
         regenerate: Some("again".into()),
+        ..spec()
+    };
+    let observing = AgentDynamicsSpec {
+        management_policy: ManagementPolicy::Observe,
         ..spec()
     };
     let new_object = AgentDynamicsStatus::default();
@@ -799,6 +804,67 @@ fn every_rule() {
             Some(generating()),
             "progressing:Generating",
         ),
+        // managementPolicy: Observe.
+        row(
+            "observe: the first pass reads",
+            observing.clone(),
+            new_object.clone(),
+            None,
+            "observe",
+        ),
+        row(
+            "observe, no dynamics remotely: reported, never generated",
+            observing.clone(),
+            new_object.clone(),
+            Some(nothing()),
+            "ready:Observed",
+        ),
+        row(
+            "observe, dynamics remotely: reported, never adopted or applied",
+            observing.clone(),
+            new_object.clone(),
+            Some(ready(url)),
+            "ready:Observed",
+        ),
+        row(
+            "observe an object that was converged with other dynamics: nothing is PUT",
+            AgentDynamicsSpec {
+                dynamics: disabled.dynamics.clone(),
+                ..observing.clone()
+            },
+            converged(&s),
+            Some(ready(url)),
+            "ready:Observed",
+        ),
+        Row {
+            blocker: Some(Blocker::Conflict {
+                owner: "agents/manager".into(),
+            }),
+            ..row(
+                "observe an agent another object manages: no conflict, it only reads",
+                observing.clone(),
+                new_object.clone(),
+                Some(ready(url)),
+                "ready:Observed",
+            )
+        },
+        row(
+            "observe, the API refuses the secret: stalled as any object",
+            observing.clone(),
+            new_object.clone(),
+            Some(failed(ApiErrorKind::Unauthorized, None)),
+            "stalled:Unauthorized",
+        ),
+        Row {
+            deleting: true,
+            ..row(
+                "delete an observing object that was converged before: release, no call",
+                observing.clone(),
+                converged(&s),
+                None,
+                "release",
+            )
+        },
         // Deletion.
         Row {
             deleting: true,

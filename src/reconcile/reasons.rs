@@ -10,6 +10,8 @@ pub const READY: &str = "Ready";
 /// The agent already had dynamics and no purchase was on record: adopted, nothing bought.
 pub const ADOPTED: &str = "Adopted";
 pub const SUSPENDED: &str = "Suspended";
+/// `spec.managementPolicy: Observe`: what the API shows is reported, nothing is written or paid.
+pub const OBSERVED: &str = "Observed";
 pub const GENERATING: &str = "Generating";
 pub const GENERATION_STARTED: &str = "GenerationStarted";
 pub const REGENERATING: &str = "Regenerating";
@@ -257,6 +259,13 @@ pub const TABLE: &[Reason] = &[
         "The account started `--generations-per-hour` generations within the last hour.",
         "Waits until the oldest of them is an hour old (the message says when), then starts.",
         "Nothing to fix, or raise `--generations-per-hour` (chart value `operator.generationsPerHour`).",
+    ),
+    reason(
+        OBSERVED,
+        Kind::Ready,
+        "`spec.managementPolicy: Observe`: the object reports what the API shows for the agent (`status.remoteStatus`, `modelUrl`, `gestures`) and the message says it.",
+        "Reads the agent at the resync interval; sends no generate call and no PUT, pays nothing, holds no claim on the agent, and deleting the object sends nothing.",
+        "Nothing to fix. To manage the agent, set `managementPolicy: Manage` (or remove it): the existing dynamics are adopted for the spec, nothing is bought.",
     ),
     reason(
         BUDGET_EXCEEDED,

@@ -11,7 +11,7 @@ pub use ledger::{
 };
 pub use spec::{
     AdoptionPolicy, AgentDynamics, AgentDynamicsSpec, BatchResultSpec, DeletionPolicy,
-    DynamicsBlock, ModelRefSpec, SecretKeyRef,
+    DynamicsBlock, ManagementPolicy, ModelRefSpec, SecretKeyRef,
 };
 pub use status::{AgentDynamicsStatus, GenerateOutcome, PendingGeneration};
 

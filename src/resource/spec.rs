@@ -92,6 +92,12 @@ pub struct AgentDynamicsSpec {
     #[serde(default)]
     pub adoption_policy: AdoptionPolicy,
 
+    /// Manage (the default: generate, apply and pay as the spec asks) or Observe (report what
+    /// the API shows for the agent; never write to it, never pay, claim nothing). Switching
+    /// from Observe to Manage takes the existing dynamics over without paying.
+    #[serde(default, skip_serializing_if = "ManagementPolicy::is_manage")]
+    pub management_policy: ManagementPolicy,
+
     /// When true the operator neither reads nor changes anything remotely for this object.
     #[serde(default)]
     pub suspend: bool,
@@ -217,6 +223,22 @@ pub enum DeletionPolicy {
     Disable,
     /// Leave the remote dynamics as they are.
     Orphan,
+}
+
+/// Whether the operator acts for the agent or only looks.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum ManagementPolicy {
+    /// Converge the agent to the spec (generate, apply, pay).
+    #[default]
+    Manage,
+    /// Report what the API shows; send nothing but GET, pay nothing, hold no claim.
+    Observe,
+}
+
+impl ManagementPolicy {
+    pub fn is_manage(&self) -> bool {
+        *self == ManagementPolicy::Manage
+    }
 }
 
 /// What an object does on first sight of an agent that already has dynamics.

@@ -327,3 +327,92 @@ async fn resolve_retry_sends_once_more_and_accept_sends_nothing() {
         .last_handled_resolve
         .is_some_and(|v| v.starts_with("accept@")));
 }
+
+// Agents that exist are brought under management with `import`: its manifests, applied, adopt
+// what each agent has and buy nothing. One imported with --observe only reports, sends no PUT,
+// and when switched to Manage takes the agent over without paying; an agent with no dynamics
+// is imported observing, since managing it would buy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn imported_agents_are_adopted_or_observed_and_nothing_is_bought() {
+    const MANAGED: &str = "IMPORT0001";
+    const OBSERVED: &str = "IMPORT0002";
+    const EMPTY: &str = "IMPORT0003";
+    let env = Env::start("import", charged()).await;
+    let client = DynamicsClient::new(ClientConfig {
+        base_url: env.sim.url(),
+        ..ClientConfig::default()
+    })
+    .unwrap();
+    let secret = ApiSecret::new(SECRET);
+    for agent in [MANAGED, OBSERVED] {
+        let request = GenerateRequest {
+            agent_id: agent.into(),
+            ..Default::default()
+        };
+        client.generate(&secret, &request, None).await.unwrap();
+    }
+    env.sim.mark_known(EMPTY);
+    wait_for("the agents' own dynamics are ready", TIMEOUT, || async {
+        let ready = [MANAGED, OBSERVED]
+            .iter()
+            .all(|a| env.sim.agent(a).status.as_deref() == Some("ready"));
+        Ok(ready.then_some(()))
+    })
+    .await
+    .unwrap();
+    let bought_before = env.sim.generations().len();
+
+    let import = |args: &[&str]| {
+        let out = std::process::Command::new(operator_binary())
+            .arg("import")
+            .args(args)
+            .args(["--namespace", &env.ns, "--api-url", &env.sim.url()])
+            .env("BITHUMAN_API_SECRET", SECRET)
+            .output()
+            .expect("import runs");
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let managed = import(&[MANAGED, EMPTY]);
+    let observed = import(&["--observe", OBSERVED]);
+    env.apply(&managed);
+    env.apply(&observed);
+
+    let name = |agent: &str| dynamics_operator::import::object_name(agent);
+    let adopted = env.wait_ready(&name(MANAGED)).await;
+    assert_eq!(ready_reason(&adopted).as_deref(), Some("Adopted"));
+    for agent in [OBSERVED, EMPTY] {
+        let obj = env.wait_reason(&name(agent), "Observed").await;
+        assert!(obj.status.unwrap().is_ready(), "{agent}");
+        assert_eq!(
+            env.calls("update", agent),
+            0,
+            "{agent}: observing sends no PUT"
+        );
+    }
+    assert!(
+        ledger(&env, OBSERVED)
+            .await
+            .is_none_or(|l| l.spec.holder.is_none()),
+        "an observing object claims nothing"
+    );
+
+    // Observe -> Manage: taken over, nothing bought.
+    env.patch_spec(
+        &name(OBSERVED),
+        serde_json::json!({"managementPolicy": "Manage"}),
+    )
+    .await;
+    wait_for("taken over", TIMEOUT, || async {
+        let obj = env.api.get(&name(OBSERVED)).await?;
+        Ok((ready_reason(&obj).as_deref() == Some("Adopted")).then_some(()))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", env.logs()));
+    assert_eq!(
+        env.sim.generations().len(),
+        bought_before,
+        "import, observe and take-over bought nothing\n{}",
+        env.logs()
+    );
+}
