@@ -54,6 +54,14 @@ struct StateLabel {
     state: String,
 }
 
+/// Whose credits: the namespace of the object that paid (as `object_states` labels it, so an
+/// alert can route to its owners) and the account's fingerprint (never its key).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SpendLabels {
+    namespace: String,
+    account: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BudgetLabel {
     budget: String,
@@ -84,7 +92,7 @@ pub struct Metrics {
     objects: Family<ReadyLabel, Gauge>,
     ready: AtomicBool,
     ready_gauge: Gauge,
-    credits: Counter,
+    credits: Family<SpendLabels, Counter>,
     generate_calls: Family<OutcomeLabel, Counter>,
     object_states: Family<StateLabel, Gauge>,
     /// Each object's state: both gauges follow it, so one entry per object serves them.
@@ -198,10 +206,10 @@ impl Metrics {
             "Duration of one controller pass over one object (remote calls and status write included)",
             reconcile_duration.clone(),
         );
-        let credits = Counter::default();
+        let credits = Family::<SpendLabels, Counter>::default();
         registry.register(
             "credits_spent",
-            "Credits the generate calls sent cost (250 each)",
+            "Credits the generate calls sent cost (250 each), by the paying object's namespace and account fingerprint",
             credits.clone(),
         );
         let generate_calls = Family::<OutcomeLabel, Counter>::default();
@@ -287,7 +295,7 @@ impl Metrics {
     /// One generate call's outcome: `accepted`, `refused` or `unknown` ([`GENERATE_OUTCOMES`]).
     /// Every call that may have been charged (all but refused) also counts as a generation and
     /// its credits.
-    pub fn generate_call(&self, outcome: &str) {
+    pub fn generate_call(&self, outcome: &str, namespace: &str, account: &str) {
         self.generate_calls
             .get_or_create(&OutcomeLabel {
                 outcome: outcome.to_string(),
@@ -295,7 +303,12 @@ impl Metrics {
             .inc();
         if outcome != "refused" {
             self.generations.inc();
-            self.credits.inc_by(crate::filemode::CREDITS_PER_GENERATION);
+            self.credits
+                .get_or_create(&SpendLabels {
+                    namespace: namespace.to_string(),
+                    account: account.to_string(),
+                })
+                .inc_by(crate::filemode::CREDITS_PER_GENERATION);
         }
     }
 
@@ -563,8 +576,8 @@ mod tests {
         let m = Metrics::new();
         m.observe(Endpoint::Generate, Some(200), Duration::from_millis(12));
         m.observe(Endpoint::Get, None, Duration::from_millis(3));
-        m.generate_call("refused");
-        m.generate_call("accepted");
+        m.generate_call("refused", "a", "f00d");
+        m.generate_call("accepted", "a", "f00d");
         m.object_state("a/x", Some("progressing"));
         m.object_state("a/x", Some("ready"));
         m.object_state("a/y", Some("stalled"));
@@ -588,7 +601,7 @@ mod tests {
             "dynamics_operator_reconcile_duration_seconds_count 1",
             r#"dynamics_operator_objects{ready="true"} 1"#,
             r#"dynamics_operator_objects{ready="false"} 2"#,
-            "dynamics_operator_credits_spent_total 250",
+            r#"dynamics_operator_credits_spent_total{namespace="a",account="f00d"} 250"#,
             "dynamics_operator_generation_queue_depth 3",
             "dynamics_operator_generations_in_flight 2",
             "dynamics_operator_ready 1",

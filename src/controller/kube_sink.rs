@@ -166,8 +166,10 @@ impl StatusSink for KubeStatusSink {
         }
     }
 
-    fn generate_called(&mut self, outcome: GenerateCall) {
-        self.metrics.generate_call(outcome.as_str());
+    fn generate_called(&mut self, outcome: GenerateCall, account: &str) {
+        let namespace = self.object.namespace().unwrap_or_default();
+        self.metrics
+            .generate_call(outcome.as_str(), &namespace, account);
     }
 
     fn regeneration_started(&mut self) {

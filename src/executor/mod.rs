@@ -137,8 +137,8 @@ pub trait StatusSink: LedgerStore {
     /// Read the stored status again (after a conflict), so the next `save` is based on it.
     fn reload(&mut self) -> impl Future<Output = Result<AgentDynamicsStatus, SaveError>> + Send;
     fn note(&mut self, note: Note);
-    /// A generate call was sent and ended this way.
-    fn generate_called(&mut self, outcome: GenerateCall);
+    /// A generate call was sent and ended this way; `account` is the payer's fingerprint.
+    fn generate_called(&mut self, outcome: GenerateCall, account: &str);
     /// A PUT made the API regenerate the movements.
     fn regeneration_started(&mut self) {}
     /// A generation was held back by `budget`.
@@ -917,7 +917,24 @@ impl Executor {
                 GenerateCall::Unknown
             }
         };
-        sink.generate_called(call);
+        sink.generate_called(call, &account);
+        if call != GenerateCall::Refused {
+            // One line per call that may have been charged: the spend report of the logs.
+            let changed = ledger::changed_inputs(&generate.ledger.record, &generate.inputs_hash);
+            tracing::info!(
+                target: "dynamics_operator::spend",
+                object = %obj.key,
+                uid = %obj.uid,
+                agent = %agent,
+                key = %generate.inputs_hash,
+                cause = ?generate.cause,
+                changed = %changed.join(","),
+                outcome = call.as_str(),
+                credits = CREDITS_PER_GENERATION,
+                account = %account,
+                "paid generate call"
+            );
+        }
         if let (Ok(reply), RecordAccepted::WithNextWrite) = (&outcome, self.record_accepted) {
             self.unrecorded.lock().expect("unrecorded lock").insert(
                 obj.key.clone(),

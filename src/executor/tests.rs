@@ -74,7 +74,7 @@ impl StatusSink for MemorySink {
         self.notes.push(note);
     }
 
-    fn generate_called(&mut self, outcome: GenerateCall) {
+    fn generate_called(&mut self, outcome: GenerateCall, _account: &str) {
         self.calls.push(outcome);
     }
 }

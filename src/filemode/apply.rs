@@ -464,7 +464,7 @@ impl StatusSink for FileSink {
 
     /// The run's summary counts from the status (`generations`), which records every call that
     /// may have been charged.
-    fn generate_called(&mut self, _outcome: GenerateCall) {}
+    fn generate_called(&mut self, _outcome: GenerateCall, _account: &str) {}
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

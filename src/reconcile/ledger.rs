@@ -162,6 +162,41 @@ pub fn released(record: Option<&DynamicsLedgerSpec>, asker: Asker) -> Option<Dyn
     })
 }
 
+/// Which generate inputs of the purchase `key` in `record` differ from those of the purchase
+/// before it (`first` when it is the agent's first on record, `same` when none differ: a
+/// deliberate retry, or inputs recorded before the normalized ones were kept).
+pub fn changed_inputs(record: &DynamicsLedgerSpec, key: &str) -> Vec<&'static str> {
+    let Some(i) = record.purchases.iter().rposition(|p| p.key == key) else {
+        return vec!["unknown"];
+    };
+    let Some(before) = i.checked_sub(1).map(|j| &record.purchases[j]) else {
+        return vec!["first"];
+    };
+    let (Some(a), Some(b)) = (&before.inputs, &record.purchases[i].inputs) else {
+        return vec!["unknown"];
+    };
+    let mut changed = Vec::new();
+    if a.image_url != b.image_url {
+        changed.push("imageUrl");
+    }
+    if a.duration != b.duration {
+        changed.push("duration");
+    }
+    if a.model != b.model {
+        changed.push("model");
+    }
+    if a.motion_prompts != b.motion_prompts {
+        changed.push("motionPrompts");
+    }
+    if a.regenerate != b.regenerate {
+        changed.push("regenerate");
+    }
+    if changed.is_empty() {
+        changed.push("same");
+    }
+    changed
+}
+
 /// The name of an agent's record: agent ids are case-sensitive and may hold `_`, which names
 /// may not, so the readable part is lowered and mapped, and a hash of the exact id keeps two
 /// ids that map alike apart (`Ab` and `ab`, `a_b` and `a-b`).
@@ -292,6 +327,28 @@ mod tests {
             uid: "uid-2",
         };
         assert_eq!(without_call(Some(&bought), "k1", other), None);
+    }
+
+    #[test]
+    fn changed_inputs_name_the_fields_since_the_purchase_before() {
+        let inputs = |image: &str, duration: Option<u32>| GenerateInputs {
+            image_url: Some(image.into()),
+            duration,
+            ..Default::default()
+        };
+        let first = with_purchase(None, "A1", ME, "k1", &inputs("a.jpg", None), "t1", 1);
+        assert_eq!(changed_inputs(&first, "k1"), ["first"]);
+        let second = with_purchase(
+            Some(&first),
+            "A1",
+            ME,
+            "k2",
+            &inputs("b.jpg", Some(3)),
+            "t2",
+            1,
+        );
+        assert_eq!(changed_inputs(&second, "k2"), ["imageUrl", "duration"]);
+        assert_eq!(changed_inputs(&second, "k9"), ["unknown"]);
     }
 
     #[test]
