@@ -66,6 +66,12 @@ pub enum Command {
   dynamics-operator resolve agents/support-agent --accept
   dynamics-operator resolve agents/support-agent --retry")]
     Resolve(ResolveArgs),
+    /// Approve the paid change an AgentDynamics waits for (reason ApprovalRequired, with
+    /// --require-approval): sets dynamics.bithuman.ai/approve to the key of its spec as it
+    /// stands. The approval holds for that key only.
+    #[command(after_help = "Examples:
+  dynamics-operator approve agents/support-agent")]
+    Approve(ApproveArgs),
     /// Read existing agents (GET only) and print AgentDynamics manifests that adopt their
     /// dynamics when applied (nothing is bought), ready to commit to Git.
     #[command(after_help = "Examples:
@@ -214,6 +220,16 @@ pub struct RunArgs {
         help_heading = "Credits"
     )]
     pub budgets: Vec<Budget>,
+    /// Namespaces whose paid changes wait for approval (reason ApprovalRequired) until
+    /// `dynamics-operator approve NAMESPACE/NAME` approves their key; `*` for every namespace.
+    /// Comma-separated or repeated. Default: none.
+    #[arg(
+        long,
+        env = "REQUIRE_APPROVAL",
+        value_delimiter = ',',
+        help_heading = "Credits"
+    )]
+    pub require_approval: Vec<String>,
     /// Address of /metrics, /healthz and /readyz.
     #[arg(
         long,
@@ -320,6 +336,7 @@ impl RunArgs {
             max_concurrent_generations: self.max_concurrent_generations,
             generations_per_hour: self.generations_per_hour,
             budgets: self.budgets,
+            require_approval: self.require_approval,
             metrics_addr: self.metrics_addr,
             leader_election: self.leader_elect.then(|| LeaderConfig {
                 lease_name: self.lease_name,
@@ -403,6 +420,13 @@ pub struct SpendArgs {
     pub state: Option<PathBuf>,
     #[arg(short = 'o', long, value_enum, default_value_t = crate::spend::SpendFormat::Table)]
     pub output: crate::spend::SpendFormat,
+}
+
+/// `dynamics-operator approve`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ApproveArgs {
+    /// The object, as NAMESPACE/NAME.
+    pub object: String,
 }
 
 /// `dynamics-operator resolve`.

@@ -60,6 +60,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Resolve(args) => dynamics_operator::controller::resolve(args).await,
+        Command::Approve(args) => dynamics_operator::controller::approve(args).await,
         Command::Spend(args) => dynamics_operator::spend::run(args).await,
         Command::Import(args) => {
             let code = dynamics_operator::import::run(args).await;

@@ -15,7 +15,7 @@ use crate::metrics::Metrics;
 use crate::reconcile::guard::AccountGuards;
 use crate::reconcile::ownership::{owner_instead_of, Claimant};
 use crate::reconcile::{Blocker, Health};
-use crate::resource::{AgentDynamics, RECONCILE_REQUESTED_AT, RESOLVE};
+use crate::resource::{AgentDynamics, APPROVE, RECONCILE_REQUESTED_AT, RESOLVE};
 
 use super::events::EventPublisher;
 use super::index::ObjectIndex;
@@ -89,6 +89,9 @@ impl Context {
         if let Some(budgets) = budgets {
             executor = executor.with_budgets(budgets);
         }
+        executor = executor.with_approval(crate::executor::ApprovalScope::new(
+            config.require_approval.clone(),
+        ));
         Context {
             events: EventPublisher::new(client.clone(), std::env::var("POD_NAME").ok()),
             client,
@@ -167,6 +170,7 @@ impl Context {
             deleting,
             requested_at: obj.annotations().get(RECONCILE_REQUESTED_AT).cloned(),
             resolve: obj.annotations().get(RESOLVE).cloned(),
+            approve: obj.annotations().get(APPROVE).cloned(),
             access,
         };
         let failures = self.failures(&key);

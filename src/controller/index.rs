@@ -15,7 +15,7 @@ use kube::runtime::watcher::Event;
 use kube::ResourceExt;
 
 use crate::reconcile::ownership::Claimant;
-use crate::resource::{refresh_request, AgentDynamics, RECONCILE_REQUESTED_AT, RESOLVE};
+use crate::resource::{refresh_request, AgentDynamics, APPROVE, RECONCILE_REQUESTED_AT, RESOLVE};
 
 use super::context::{key_of, reference_to};
 
@@ -32,7 +32,8 @@ pub fn trim_for_cache(obj: &mut AgentDynamics) {
         if let Some(requested) = refresh_request(annotations).cloned() {
             annotations.insert(RECONCILE_REQUESTED_AT.to_string(), requested);
         }
-        annotations.retain(|key, _| key == RECONCILE_REQUESTED_AT || key == RESOLVE);
+        annotations
+            .retain(|key, _| key == RECONCILE_REQUESTED_AT || key == RESOLVE || key == APPROVE);
     }
 }
 
@@ -96,6 +97,7 @@ fn relevant_state(obj: &AgentDynamics) -> u64 {
         .get(RECONCILE_REQUESTED_AT)
         .hash(&mut hasher);
     obj.annotations().get(RESOLVE).hash(&mut hasher);
+    obj.annotations().get(APPROVE).hash(&mut hasher);
     hasher.finish()
 }
 

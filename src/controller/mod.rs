@@ -33,7 +33,7 @@ use crate::reconcile::Settings;
 use crate::resource::{AgentDynamics, API_SECRET_LABEL, FINALIZER};
 
 pub use context::Context;
-pub use resolve::resolve;
+pub use resolve::{approve, resolve};
 
 /// Everything `run` needs, parsed from flags and environment by `crate::cli`.
 #[derive(Debug, Clone)]
@@ -47,6 +47,8 @@ pub struct RunConfig {
     pub generations_per_hour: Option<usize>,
     /// Caps on credits per period (`--budget`), none by default.
     pub budgets: Vec<crate::reconcile::budget::Budget>,
+    /// Namespaces whose paid changes wait for approval (`*`: all).
+    pub require_approval: Vec<String>,
     pub metrics_addr: SocketAddr,
     pub leader_election: Option<leader::LeaderConfig>,
     /// Where Secrets are read (RBAC grants them there and nowhere else).

@@ -47,6 +47,8 @@ pub struct ObjectView {
     pub requested_at: Option<String>,
     /// Value of the resolve annotation (see `resource::RESOLVE`).
     pub resolve: Option<String>,
+    /// Value of the approve annotation (see `resource::APPROVE`).
+    pub approve: Option<String>,
     pub access: Access,
 }
 
@@ -241,6 +243,24 @@ pub struct Executor {
     wake: Option<tokio::sync::mpsc::UnboundedSender<String>>,
     /// Caps on credits per period, checked before every generate call.
     budgets: Option<Arc<Budgets>>,
+    /// Where paid changes need the user's approval.
+    approval: ApprovalScope,
+}
+
+/// The namespaces whose paid changes need approval (`--require-approval`; `*`: all).
+#[derive(Debug, Clone, Default)]
+pub struct ApprovalScope {
+    namespaces: Vec<String>,
+}
+
+impl ApprovalScope {
+    pub fn new(namespaces: Vec<String>) -> Self {
+        ApprovalScope { namespaces }
+    }
+
+    pub fn requires(&self, namespace: &str) -> bool {
+        self.namespaces.iter().any(|n| n == "*" || n == namespace)
+    }
 }
 
 impl Executor {
@@ -255,7 +275,14 @@ impl Executor {
             epoch: Instant::now(),
             wake: None,
             budgets: None,
+            approval: ApprovalScope::default(),
         }
+    }
+
+    /// Paid changes in these namespaces wait for an approval of their key.
+    pub fn with_approval(mut self, approval: ApprovalScope) -> Self {
+        self.approval = approval;
+        self
     }
 
     /// Check every generate call against these budgets (and keep their spend up to date).
@@ -570,6 +597,12 @@ impl Executor {
             generation: obj.generation,
             requested_at: obj.requested_at.as_deref(),
             resolve: obj.resolve.as_deref(),
+            approval: crate::reconcile::plan::Approval {
+                required: self
+                    .approval
+                    .requires(obj.key.split_once('/').map_or("", |(ns, _)| ns)),
+                approved: obj.approve.as_deref(),
+            },
             deleting: obj.deleting,
             blocker: obj.access.blocker(),
             remote,

@@ -116,6 +116,7 @@ fn executor_polling(sim: &SimHandle, timeout: Duration, poll_max: Duration) -> E
 fn object(status: AgentDynamicsStatus) -> ObjectView {
     ObjectView {
         resolve: None,
+        approve: None,
         key: "agents/support".into(),
         uid: "uid-1".into(),
         spec: AgentDynamicsSpec {

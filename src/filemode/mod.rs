@@ -349,6 +349,13 @@ fn admit_objects(
                 .as_ref()
                 .and_then(|a| a.get(RESOLVE))
                 .cloned(),
+            approve: manifest
+                .object
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(crate::resource::APPROVE))
+                .cloned(),
             access,
         };
         objects.push(Object {

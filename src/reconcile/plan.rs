@@ -161,6 +161,8 @@ pub struct Input<'a> {
     pub requested_at: Option<&'a str>,
     /// Value of the resolve annotation, echoed into status once handled (`resource::RESOLVE`).
     pub resolve: Option<&'a str>,
+    /// Whether a paid change needs the user's approval first, and the key approved.
+    pub approval: Approval<'a>,
     pub deleting: bool,
     pub blocker: Option<Blocker>,
     /// `None` until the caller has done the GET that `Action::Observe` asks for.
@@ -178,6 +180,15 @@ pub struct Input<'a> {
     pub timing: Option<GenerationTiming>,
     pub now: Timestamp,
     pub settings: &'a Settings,
+}
+
+/// Approval of paid changes (`--require-approval`): when `required`, a generation is bought only
+/// for the key `approved` names (`resource::APPROVE`); a deliberate `resolve --retry` is its own
+/// approval.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Approval<'a> {
+    pub required: bool,
+    pub approved: Option<&'a str>,
 }
 
 /// The next step.
@@ -331,6 +342,44 @@ impl Report {
 
 /// Decide the next step. Pure: same inputs, same answer.
 pub fn plan(input: &Input) -> Action {
+    approval_gate(input, decide(input))
+}
+
+/// A generation this object may not buy without approval waits for it, naming the key and
+/// the cost; an approval of another key approves nothing.
+fn approval_gate(input: &Input, action: Action) -> Action {
+    let Action::Generate(generate) = &action else {
+        return action;
+    };
+    let approval = input.approval;
+    if !approval.required
+        || generate.cause == GenerateCause::Retry
+        || approval.approved == Some(generate.inputs_hash.as_str())
+    {
+        return action;
+    }
+    let other = match approval.approved {
+        Some(key) => format!(" (the approval on the object is for key {key}, not this one)"),
+        None => String::new(),
+    };
+    let message = format!(
+        "this change buys one generation ({CREDITS_PER_GENERATION} credits) for key {}{other}; approval is required: {} (annotation {}={})",
+        generate.inputs_hash,
+        approve_command(input),
+        crate::resource::APPROVE,
+        generate.inputs_hash
+    );
+    Action::Report(Report::new(
+        Health::progressing(reasons::APPROVAL_REQUIRED, message),
+        input.settings.stalled_retry,
+    ))
+}
+
+fn approve_command(input: &Input) -> String {
+    format!("`dynamics-operator approve {}`", input.asker.object)
+}
+
+fn decide(input: &Input) -> Action {
     let Input {
         spec,
         status,

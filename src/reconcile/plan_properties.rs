@@ -222,6 +222,7 @@ proptest! {
     ) {
         let settings = Settings::default();
         let input = Input {
+            approval: Approval::default(),
             asker: Asker { object: "agents/me", uid: "uid-agents/me" },
             spec: &spec,
             status: &status,

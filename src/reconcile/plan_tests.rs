@@ -138,6 +138,7 @@ struct Row {
     ledger: Option<LedgerState>,
     resolve: Option<&'static str>,
     outdated: bool,
+    approval: Approval<'static>,
     want: &'static str,
 }
 
@@ -223,6 +224,7 @@ fn row(
         ledger: empty_ledger(),
         resolve: None,
         outdated: false,
+        approval: Approval::default(),
         want,
     }
 }
@@ -235,6 +237,16 @@ impl Row {
     fn outdated(self) -> Self {
         Row {
             outdated: true,
+            ..self
+        }
+    }
+
+    fn approval(self, approved: Option<&'static str>) -> Self {
+        Row {
+            approval: Approval {
+                required: true,
+                approved,
+            },
             ..self
         }
     }
@@ -272,6 +284,7 @@ fn describe(action: &Action) -> String {
 fn decide(r: &Row) -> Action {
     let settings = Settings::default();
     plan(&Input {
+        approval: r.approval,
         asker: ASKER,
         spec: &r.spec,
         status: &r.status,
@@ -331,6 +344,7 @@ fn every_rule() {
         regenerate: Some("again".into()),
         ..spec()
     };
+    let key_of_s: &'static str = Box::leak(inputs_hash(&s).into_boxed_str());
     let observing = AgentDynamicsSpec {
         management_policy: ManagementPolicy::Observe,
         ..spec()
@@ -804,6 +818,56 @@ fn every_rule() {
             Some(generating()),
             "progressing:Generating",
         ),
+        // Approval of paid changes (--require-approval).
+        row(
+            "approval required, none given: waits with the key and the cost",
+            s.clone(),
+            new_object.clone(),
+            Some(nothing()),
+            "progressing:ApprovalRequired",
+        )
+        .approval(None),
+        row(
+            "approval required, this key approved: generate",
+            s.clone(),
+            new_object.clone(),
+            Some(nothing()),
+            "generate",
+        )
+        .approval(Some(key_of_s)),
+        row(
+            "approval required, another key approved: still waits",
+            edited.clone(),
+            converged(&s),
+            Some(ready(url)),
+            "progressing:ApprovalRequired",
+        )
+        .approval(Some(key_of_s)),
+        row(
+            "approval required, existing dynamics: adopted, nothing to approve",
+            s.clone(),
+            new_object.clone(),
+            Some(ready(url)),
+            "adopt:Existing",
+        )
+        .approval(None),
+        row(
+            "approval required, a dynamics edit: PUT, it costs nothing",
+            disabled.clone(),
+            converged(&s),
+            Some(ready(url)),
+            "update",
+        )
+        .approval(None),
+        row(
+            "approval required, resolve retry: the user's own decision, sent",
+            s.clone(),
+            marker(&s, WINDOW + 60, ACCEPTED, None, None),
+            Some(nothing()),
+            "generate",
+        )
+        .resolved("retry")
+        .approval(None),
         // managementPolicy: Observe.
         row(
             "observe: the first pass reads",
@@ -1137,6 +1201,7 @@ fn input<'a>(
         generation: 4,
         requested_at: Some("2026-11-29T10:00:00Z"),
         resolve: None,
+        approval: Approval::default(),
         deleting: false,
         blocker: None,
         remote,

@@ -23,6 +23,8 @@ pub const GENERATION_OUTCOME_PENDING: &str = "GenerationOutcomePending";
 pub const GENERATION_ADOPTED: &str = "GenerationAdopted";
 pub const WAITING_FOR_GENERATION_SLOT: &str = "WaitingForGenerationSlot";
 pub const GENERATION_BUDGET_EXHAUSTED: &str = "GenerationBudgetExhausted";
+/// Approval of paid changes is required (`--require-approval`) and this key is not approved.
+pub const APPROVAL_REQUIRED: &str = "ApprovalRequired";
 /// A budget (`--budget`) has no room for one more generation in its period.
 pub const BUDGET_EXCEEDED: &str = "BudgetExceeded";
 /// Event: a generation took a budget to its warning threshold.
@@ -266,6 +268,13 @@ pub const TABLE: &[Reason] = &[
         "`spec.managementPolicy: Observe`: the object reports what the API shows for the agent (`status.remoteStatus`, `modelUrl`, `gestures`) and the message says it.",
         "Reads the agent at the resync interval; sends no generate call and no PUT, pays nothing, holds no claim on the agent, and deleting the object sends nothing.",
         "Nothing to fix. To manage the agent, set `managementPolicy: Manage` (or remove it): the existing dynamics are adopted for the spec, nothing is bought.",
+    ),
+    reason(
+        APPROVAL_REQUIRED,
+        Kind::Reconciling,
+        "Paid changes in this namespace need approval (`--require-approval`, chart value `operator.requireApproval`), and this change would buy a generation (250 credits) whose key is not approved; the message names the key.",
+        "Sends nothing; acts at once when the approval annotation is set (and looks again every `--stalled-retry`).",
+        "Review the change, then `dynamics-operator approve NAMESPACE/NAME` (it sets `dynamics.bithuman.ai/approve` to the key of the spec as it stands). An approval for one key never approves another: a later edit needs its own.",
     ),
     reason(
         BUDGET_EXCEEDED,

@@ -23,6 +23,9 @@ pub const RECONCILE_REQUESTED_AT: &str = "dynamics.bithuman.ai/reconcile-request
 /// shows as the purchase (nothing is sent), `retry` sends the pending call once more (counted).
 /// Anything after an `@` only makes the value new (`dynamics-operator resolve` adds the time).
 pub const RESOLVE: &str = "dynamics.bithuman.ai/resolve";
+/// Annotation that approves one paid change where approval is required (`--require-approval`):
+/// the key of the purchase (`status.generateHash` form) it approves, and no other.
+pub const APPROVE: &str = "dynamics.bithuman.ai/approve";
 /// Flux's annotation for the same (`reconcile.fluxcd.io/requestedAt`), accepted as well.
 pub const FLUX_RECONCILE_REQUESTED_AT: &str = "reconcile.fluxcd.io/requestedAt";
 

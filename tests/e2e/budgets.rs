@@ -149,3 +149,96 @@ async fn a_budget_reached_mid_rollout_holds_the_rest_until_its_period_ends() {
     assert_eq!(report["credits"], 1250);
     assert_eq!(report["creditsByNamespace"][&ns], 1250);
 }
+
+async fn wait_reconciling(
+    env: &Env,
+    name: &str,
+    reason: &str,
+) -> dynamics_operator::resource::AgentDynamics {
+    wait_for(&format!("{name} Reconciling {reason}"), TIMEOUT, || async {
+        let obj = env.api.get(name).await?;
+        Ok((reconciling_reason(&obj).as_deref() == Some(reason)).then_some(obj))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", env.logs()))
+}
+
+// With approval required, a change that would buy waits, naming its key and cost; `approve`
+// approves that key and nothing else: the next edit waits again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approval_buys_its_own_key_only() {
+    let mut env = Env::new("approve", fast_sim(), Pace::Fast).await;
+    let ns = env.ns.clone();
+    env.start_operator_with(&ns, &["--require-approval", &ns], &[]);
+    let agent = "APPROVE001";
+    env.apply(&manifest(
+        "reviewed",
+        agent,
+        "  imageUrl: https://example.com/a.jpg\n",
+    ));
+    let waiting = wait_reconciling(&env, "reviewed", "ApprovalRequired").await;
+    let key = dynamics_operator::reconcile::desired::inputs_hash(&waiting.spec);
+    let message = waiting
+        .status
+        .unwrap()
+        .condition("Reconciling")
+        .unwrap()
+        .message
+        .clone();
+    assert!(
+        message.contains(&key) && message.contains("250 credits"),
+        "{message}"
+    );
+    assert!(
+        message.contains(&format!("dynamics-operator approve {ns}/reviewed")),
+        "{message}"
+    );
+    assert_eq!(env.calls("generate", agent), 0);
+
+    let approve = || {
+        let out = std::process::Command::new(crate::support::operator::operator_binary())
+            .args(["approve", &format!("{ns}/reviewed")])
+            .env("KUBECONFIG", env.cp.kubeconfig_path())
+            .output()
+            .expect("approve runs");
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let said = approve();
+    assert!(said.contains(&key), "{said}");
+    env.wait_ready("reviewed").await;
+    assert_eq!(env.calls("generate", agent), 1);
+
+    // The approval was for that key: an edit waits for its own.
+    env.patch_spec(
+        "reviewed",
+        serde_json::json!({"imageUrl": "https://example.com/b.jpg"}),
+    )
+    .await;
+    let again = wait_reconciling(&env, "reviewed", "ApprovalRequired").await;
+    let message = again
+        .status
+        .unwrap()
+        .condition("Reconciling")
+        .unwrap()
+        .message
+        .clone();
+    assert!(message.contains("not this one"), "{message}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        env.calls("generate", agent),
+        1,
+        "nothing bought without its approval"
+    );
+    approve();
+    wait_for("the edit bought once", TIMEOUT, || async {
+        let obj = env.api.get("reviewed").await?;
+        let ready = obj
+            .status
+            .as_ref()
+            .is_some_and(|s| s.is_ready() && s.observed_generation == obj.metadata.generation);
+        Ok((ready && env.calls("generate", agent) == 1 + 1).then_some(()))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", env.logs()));
+}
