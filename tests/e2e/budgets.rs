@@ -150,6 +150,14 @@ async fn a_budget_reached_mid_rollout_holds_the_rest_until_its_period_ends() {
     assert_eq!(report["creditsByNamespace"][&ns], 1250);
 }
 
+fn reconciling_message(obj: &dynamics_operator::resource::AgentDynamics) -> String {
+    obj.status
+        .as_ref()
+        .and_then(|s| s.condition("Reconciling"))
+        .map(|c| c.message.clone())
+        .unwrap_or_default()
+}
+
 async fn wait_reconciling(
     env: &Env,
     name: &str,
@@ -178,13 +186,7 @@ async fn an_approval_buys_its_own_key_only() {
     ));
     let waiting = wait_reconciling(&env, "reviewed", "ApprovalRequired").await;
     let key = dynamics_operator::reconcile::desired::inputs_hash(&waiting.spec);
-    let message = waiting
-        .status
-        .unwrap()
-        .condition("Reconciling")
-        .unwrap()
-        .message
-        .clone();
+    let message = reconciling_message(&waiting);
     assert!(
         message.contains(&key) && message.contains("250 credits"),
         "{message}"
@@ -216,13 +218,7 @@ async fn an_approval_buys_its_own_key_only() {
     )
     .await;
     let again = wait_reconciling(&env, "reviewed", "ApprovalRequired").await;
-    let message = again
-        .status
-        .unwrap()
-        .condition("Reconciling")
-        .unwrap()
-        .message
-        .clone();
+    let message = reconciling_message(&again);
     assert!(message.contains("not this one"), "{message}");
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(
