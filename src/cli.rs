@@ -448,6 +448,11 @@ pub struct ResolveArgs {
 pub struct PlanArgs {
     #[command(flatten)]
     pub common: CommonArgs,
+
+    /// Save the plan (each object's action, key and credits, and a digest of all of it) for
+    /// `apply --plan FILE`, which does exactly that or changes nothing.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
 }
 
 /// `dynamics-operator apply`: converge every object and wait until all are Ready.
@@ -455,6 +460,12 @@ pub struct PlanArgs {
 pub struct ApplyArgs {
     #[command(flatten)]
     pub common: CommonArgs,
+
+    /// Do exactly the plan saved by `plan --out FILE`: refused, changing nothing, if the
+    /// manifests, the state or what the API shows would make it differ; nothing is bought
+    /// that the plan did not show.
+    #[arg(long = "plan")]
+    pub plan: Option<PathBuf>,
 
     /// How long to wait for every object to become Ready, e.g. 90s, 5m, 1h.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "10m")]
@@ -478,4 +489,6 @@ pub enum OutputFormat {
     Table,
     Json,
     Yaml,
+    /// `plan` only: a Markdown table for a pull-request comment.
+    Markdown,
 }

@@ -948,3 +948,86 @@ async fn a_budget_holds_what_is_past_it_in_plan_and_apply() {
     assert_eq!(agents, ["BUDGET-1", "BUDGET-2", "BUDGET-3"]);
     assert_eq!(report["credits"], 250 * s.total("generate"));
 }
+
+// Terraform's saved plan: `plan --out` writes what apply would do; `apply --plan` does exactly
+// that, and refuses, changing nothing, once the manifests (or the state, or GET) make another
+// plan. `plan -o markdown` is the same plan for a pull-request comment.
+#[tokio::test]
+async fn a_saved_plan_is_applied_as_reviewed_or_refused_when_it_no_longer_holds() {
+    let s = charging().await;
+    s.write("a.yaml", &agent("alpha", "SAVED-1", ""));
+    s.write("b.yaml", &agent("beta", "SAVED-2", ""));
+    let saved = s.dir.path().join("reviewed.json");
+    let planned = s.run(&["plan", "--out", saved.to_str().unwrap()]).await;
+    assert_eq!(planned.code, 1, "changes pending: {planned:?}");
+    assert!(planned.stderr.contains("Plan saved to"), "{planned:?}");
+    let markdown = s.run(&["plan", "-o", "markdown"]).await;
+    assert!(
+        markdown
+            .stdout
+            .contains("| `default/alpha` | `SAVED-1` | generate | 250 |")
+            && markdown.stdout.contains("**Credits: 500**"),
+        "{markdown:?}"
+    );
+    let applied = s
+        .run(&[
+            "apply",
+            "--plan",
+            saved.to_str().unwrap(),
+            "--timeout",
+            "20s",
+        ])
+        .await;
+    assert_eq!(applied.code, 0, "{applied:?}");
+    assert_eq!(s.total("generate"), 2);
+
+    // Reviewed: an edit of alpha. Then beta is edited too before apply: refused, nothing sent.
+    s.write("a.yaml", &agent("alpha", "SAVED-1", "  duration: 4\n"));
+    let reviewed = s.dir.path().join("edit.json");
+    let planned = s.run(&["plan", "--out", reviewed.to_str().unwrap()]).await;
+    assert_eq!(planned.code, 1, "{planned:?}");
+    s.write("b.yaml", &agent("beta", "SAVED-2", "  duration: 5\n"));
+    let refused = s
+        .run(&[
+            "apply",
+            "--plan",
+            reviewed.to_str().unwrap(),
+            "--timeout",
+            "20s",
+        ])
+        .await;
+    assert_eq!(refused.code, 2, "{refused:?}");
+    assert!(
+        refused.stderr.contains("no longer holds") && refused.stderr.contains("default/beta"),
+        "{refused:?}"
+    );
+    assert_eq!(s.total("generate"), 2, "a refused plan sends nothing");
+
+    // Back to what was reviewed: the plan holds again and buys exactly its one generation.
+    s.write("b.yaml", &agent("beta", "SAVED-2", ""));
+    let applied = s
+        .run(&[
+            "apply",
+            "--plan",
+            reviewed.to_str().unwrap(),
+            "--timeout",
+            "20s",
+        ])
+        .await;
+    assert_eq!(applied.code, 0, "{applied:?}");
+    assert_eq!(s.calls("generate", "SAVED-1"), 2);
+    assert_eq!(s.calls("generate", "SAVED-2"), 1);
+
+    // A plan edited by hand is refused before anything is read.
+    let text = std::fs::read_to_string(&reviewed).unwrap();
+    std::fs::write(
+        &reviewed,
+        text.replace("\"credits\": 250", "\"credits\": 0"),
+    )
+    .unwrap();
+    let tampered = s
+        .run(&["apply", "--plan", reviewed.to_str().unwrap()])
+        .await;
+    assert_eq!(tampered.code, 2, "{tampered:?}");
+    assert!(tampered.stderr.contains("digest"), "{tampered:?}");
+}

@@ -56,10 +56,40 @@ pub(super) async fn run(args: ApplyArgs) -> anyhow::Result<i32> {
         anyhow::bail!("--timeout must be greater than 0");
     }
     let common = &args.common;
-    let prepared = match prepare(common, Mode::Apply).await? {
+    if common.output == OutputFormat::Markdown {
+        anyhow::bail!("-o markdown is for plan; apply prints table, json or yaml");
+    }
+    let saved = args
+        .plan
+        .as_deref()
+        .map(super::plan::read_saved)
+        .transpose()?;
+    let mut prepared = match prepare(common, Mode::Apply).await? {
         Ok(p) => p,
         Err(code) => return Ok(code),
     };
+    // A saved plan: the present must make the same plan, or nothing is changed; then every
+    // object may buy only the key the plan showed for it (an approval per object).
+    if let Some(saved) = &saved {
+        let now = super::plan::compute(&prepared, &common.budgets).await;
+        let differences = super::plan::differences(saved, &now);
+        if !differences.is_empty() {
+            eprintln!(
+                "error: the saved plan {} no longer holds; nothing was changed. Make a new plan. What differs:\n  {}",
+                args.plan.as_deref().unwrap_or_else(|| std::path::Path::new("")).display(),
+                differences.join("\n  ")
+            );
+            return Ok(exit::ERROR);
+        }
+        for object in &mut prepared.objects {
+            let planned = saved.items.iter().find(|i| {
+                i.action == super::plan::Step::Generate
+                    && object.manifest.namespace == i.namespace
+                    && object.manifest.name == i.name
+            });
+            object.view.approve = planned.map(|i| i.key.clone());
+        }
+    }
     let simulated = prepared.remote.simulator.is_some();
     let settings = settings(simulated);
     let guards = AccountGuards::new(args.max_concurrent_generations, args.generations_per_hour);
@@ -69,6 +99,9 @@ pub(super) async fn run(args: ApplyArgs) -> anyhow::Result<i32> {
         Executor::new(prepared.remote.client.clone(), guards, settings).with_wake(wake);
     if let Some(budgets) = super::budgets(&prepared.store, &common.budgets) {
         executor = executor.with_budgets(budgets);
+    }
+    if saved.is_some() {
+        executor = executor.with_approval(crate::executor::ApprovalScope::new(vec!["*".into()]));
     }
     let executor = Arc::new(executor);
     let store = Arc::new(Mutex::new(prepared.store));

@@ -49,7 +49,9 @@ pub fn render<T: Serialize>(format: OutputFormat, value: &T) -> anyhow::Result<S
             text
         }
         OutputFormat::Yaml => serde_yaml::to_string(value)?,
-        OutputFormat::Table => anyhow::bail!("a table is rendered by its command"),
+        OutputFormat::Table | OutputFormat::Markdown => {
+            anyhow::bail!("a table or Markdown is rendered by its command")
+        }
     })
 }
 

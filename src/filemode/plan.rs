@@ -2,7 +2,7 @@
 //! file, and say what `apply` would do, why, and what it would cost.
 
 use futures::{stream, StreamExt};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::executor::{Budgets, Executor, LedgerStore, Preview, SaveError};
 use crate::reconcile::budget::{BudgetCheck, Charge};
@@ -15,13 +15,14 @@ use crate::reconcile::{Action, GenerateCause, Health, Settings};
 
 use super::output::{self, OutputFormat};
 use super::state::StateStore;
-use super::{exit, prepare, Mode, Object, PlanArgs, CREDITS_PER_GENERATION};
+use super::{exit, prepare, Mode, Object, PlanArgs, Prepared, CREDITS_PER_GENERATION};
+use crate::reconcile::budget::Budget;
 
 /// GETs in flight at once: polite to the API, still quick for a large folder.
 const CONCURRENT_READS: usize = 8;
 
 /// What apply would do for one object.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Step {
     /// POST a generation (costs credits).
@@ -39,7 +40,7 @@ pub enum Step {
 }
 
 /// One row of the plan.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PlannedObject {
     pub namespace: String,
@@ -52,29 +53,50 @@ pub struct PlannedObject {
     pub message: String,
     /// Credits apply would spend on this object.
     pub credits: u64,
+    /// The key of the generate inputs the spec asks for (what a generation here would buy).
+    pub key: String,
 }
 
 /// `plan -o json|yaml`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PlanDocument {
     pub items: Vec<PlannedObject>,
     pub credits: u64,
     pub changes_pending: bool,
     pub simulated: bool,
+    /// SHA-256 of the items as they read: what `apply --plan` checks a saved plan by.
+    pub digest: String,
 }
 
-pub(super) async fn run(args: PlanArgs) -> anyhow::Result<i32> {
-    let common = &args.common;
-    let prepared = match prepare(common, Mode::Plan).await? {
-        Ok(p) => p,
-        Err(code) => return Ok(code),
-    };
-    let simulated = prepared.remote.simulator.is_some();
+/// The steps of a plan that `apply --plan` holds the present to: per object its action, key
+/// and credits (reasons and messages are words, and may change without the plan changing).
+fn steps(items: &[PlannedObject]) -> Vec<(String, String, Step, String, u64)> {
+    items
+        .iter()
+        .map(|i| {
+            (
+                format!("{}/{}", i.namespace, i.name),
+                i.agent_id.clone(),
+                i.action,
+                i.key.clone(),
+                i.credits,
+            )
+        })
+        .collect()
+}
+
+fn digest(items: &[PlannedObject]) -> String {
+    use sha2::{Digest, Sha256};
+    let text = serde_json::to_string(&steps(items)).unwrap_or_default();
+    hex::encode(Sha256::digest(text.as_bytes()))
+}
+
+/// What the manifests, the state and GET make of every object now, with the budgets.
+pub(super) async fn compute(prepared: &Prepared, budgets: &[Budget]) -> PlanDocument {
     // Previews never start a generation; the guard is only there because the executor wants one.
     let guard = AccountGuards::new(0, None);
     let executor = Executor::new(prepared.remote.client.clone(), guard, Settings::default());
-
     let previews: Vec<Preview> = stream::iter(&prepared.objects)
         .map(|object| {
             let executor = &executor;
@@ -94,27 +116,108 @@ pub(super) async fn run(args: PlanArgs) -> anyhow::Result<i32> {
         .zip(previews)
         .map(|(object, preview)| describe(object, &preview))
         .collect();
-    if let Some(budgets) = super::budgets(&prepared.store, &common.budgets) {
+    if let Some(budgets) = super::budgets(&prepared.store, budgets) {
         apply_budgets(&budgets, &prepared.objects, &mut items);
     }
-
     let credits: u64 = items.iter().map(|i| i.credits).sum();
-    let errors = items
-        .iter()
-        .filter(|i| matches!(i.action, Step::Stalled | Step::Error))
-        .count();
     let pending = items
         .iter()
         .any(|i| matches!(i.action, Step::Generate | Step::Update | Step::Wait));
-    let document = PlanDocument {
+    PlanDocument {
+        digest: digest(&items),
         items,
         credits,
         changes_pending: pending,
-        simulated,
+        simulated: prepared.remote.simulator.is_some(),
+    }
+}
+
+/// A saved plan (`plan --out`) as `apply --plan` reads it: refused if it was edited by hand.
+pub(super) fn read_saved(path: &std::path::Path) -> anyhow::Result<PlanDocument> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("cannot read --plan {}: {e}", path.display()))?;
+    let saved: PlanDocument = serde_json::from_str(&text).map_err(|e| {
+        anyhow::anyhow!(
+            "--plan {} is not a plan written by `plan --out`: {e}",
+            path.display()
+        )
+    })?;
+    if digest(&saved.items) != saved.digest {
+        anyhow::bail!(
+            "--plan {}: its digest does not match its steps (edited after `plan --out`?); make a new plan",
+            path.display()
+        );
+    }
+    Ok(saved)
+}
+
+/// How the plan made now differs from the saved one, step by step (empty: the same).
+pub(super) fn differences(saved: &PlanDocument, now: &PlanDocument) -> Vec<String> {
+    let (before, after) = (steps(&saved.items), steps(&now.items));
+    let mut out = Vec::new();
+    for step in &before {
+        match after.iter().find(|s| s.0 == step.0) {
+            None => out.push(format!(
+                "{}: in the saved plan, not among the manifests now",
+                step.0
+            )),
+            Some(now) if now != step => out.push(format!(
+                "{}: saved {:?} key {} ({} credits), now {:?} key {} ({} credits)",
+                step.0,
+                step.2,
+                short(&step.3),
+                step.4,
+                now.2,
+                short(&now.3),
+                now.4
+            )),
+            Some(_) => {}
+        }
+    }
+    for step in &after {
+        if !before.iter().any(|s| s.0 == step.0) {
+            out.push(format!(
+                "{}: among the manifests now, not in the saved plan",
+                step.0
+            ));
+        }
+    }
+    out
+}
+
+fn short(key: &str) -> &str {
+    &key[..key.len().min(12)]
+}
+
+pub(super) async fn run(args: PlanArgs) -> anyhow::Result<i32> {
+    let common = &args.common;
+    let prepared = match prepare(common, Mode::Plan).await? {
+        Ok(p) => p,
+        Err(code) => return Ok(code),
     };
+    let document = compute(&prepared, &common.budgets).await;
+    let errors = document
+        .items
+        .iter()
+        .filter(|i| matches!(i.action, Step::Stalled | Step::Error))
+        .count();
+    let pending = document.changes_pending;
+    if let Some(path) = &args.out {
+        let text = serde_json::to_string_pretty(&document)?;
+        std::fs::write(path, text + "\n")
+            .map_err(|e| anyhow::anyhow!("cannot write --out {}: {e}", path.display()))?;
+        eprintln!(
+            "Plan saved to {} (digest {}): `apply --plan {}` does exactly this, or changes nothing.",
+            path.display(),
+            short(&document.digest),
+            path.display()
+        );
+    }
 
     if common.output == OutputFormat::Table {
         print_table(&document);
+    } else if common.output == OutputFormat::Markdown {
+        print!("{}", markdown(&document));
     } else {
         print!("{}", output::render(common.output, &document)?);
     }
@@ -330,7 +433,56 @@ fn describe(object: &Object, preview: &Preview) -> PlannedObject {
         reason,
         message,
         credits,
+        key: crate::reconcile::desired::inputs_hash(spec),
     }
+}
+
+/// The plan as a pull-request comment: a table of the changes, the credits, the digest.
+fn markdown(plan: &PlanDocument) -> String {
+    let mut out = String::from("### dynamics-operator plan\n\n");
+    let changes: Vec<&PlannedObject> = plan
+        .items
+        .iter()
+        .filter(|i| i.action != Step::Nothing)
+        .collect();
+    if changes.is_empty() {
+        out.push_str("No changes: every object is in sync.\n");
+    } else {
+        out.push_str(
+            "| object | agent | action | credits | why |\n| --- | --- | --- | ---: | --- |\n",
+        );
+        for i in changes {
+            let action = serde_json::to_value(i.action)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default();
+            out.push_str(&format!(
+                "| `{}/{}` | `{}` | {} | {} | {}: {} |\n",
+                i.namespace,
+                i.name,
+                i.agent_id,
+                action,
+                i.credits,
+                i.reason,
+                i.message.replace('|', "\\|")
+            ));
+        }
+    }
+    out.push_str(&format!(
+        "\n**Credits: {}**{} · {} object(s) in sync · plan digest `{}`\n",
+        plan.credits,
+        if plan.simulated {
+            " (simulated API)"
+        } else {
+            ""
+        },
+        plan.items
+            .iter()
+            .filter(|i| i.action == Step::Nothing)
+            .count(),
+        short(&plan.digest)
+    ));
+    out
 }
 
 /// The state as the ledger for a preview: read, never written.
