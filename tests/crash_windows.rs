@@ -7,14 +7,15 @@
 //!
 //! | failpoint              | the POST | end state                                          |
 //! | ---------------------- | -------- | -------------------------------------------------- |
-//! | after-marker-saved     | not sent | Stalled `GenerationOutcomeUnknown`, 0 calls        |
+//! | after-marker-saved     | not sent | Ready, bought after the restart, 1 call            |
 //! | after-generate-sent    | landed   | Ready, the generation adopted, 1 call              |
 //! | after-generate-reply   | landed   | Ready, the generation adopted, 1 call              |
 //! | after-generate-reply + job invisible to GET for 4 s | landed | Ready, 1 call        |
 //!
-//! A marker without a reply is an unknown outcome: the operator may not send again, and with
-//! no evidence of the call within `--visibility-window` the object is Stalled
-//! `GenerationOutcomeUnknown` (a user change, e.g. `spec.regenerate`, buys the next one).
+//! A marker without a reply is an unknown outcome once its purchase is on the ledger (written
+//! after the marker, before the POST): the operator may not send again, and with no evidence of
+//! the call within `--visibility-window` the object is Stalled `GenerationOutcomeUnknown`. A
+//! marker with no call on the ledger proves the POST was never sent, and the change is bought.
 
 #[path = "support/chaos.rs"]
 mod chaos;
@@ -175,41 +176,34 @@ impl World {
     }
 }
 
-/// Crash after the marker is saved, before the POST: nothing was bought. The restarted operator
-/// finds a marker it cannot explain; it never sends again on its own, and once the visibility
-/// window has passed without evidence the object is Stalled `GenerationOutcomeUnknown`. A new
-/// user change then buys exactly one generation.
+/// Crash after the marker is saved, before the POST: nothing was bought. The purchase goes on the
+/// agent's ledger record after the marker and before the POST, so the restarted operator finds
+/// a marker with no call on record: proof that the call was never sent. It buys the change
+/// then, exactly once, instead of stalling on an outcome it knows. A later user change buys
+/// exactly one more.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn crash_after_marker_saved_never_sends_twice() {
+async fn crash_after_marker_saved_buys_once_after_the_restart() {
     let mut w = World::start("crash-marker", SimConfig::default()).await;
     let (name, agent) = ("marker", "CRASHMARK1");
     let op = w.start_operator("after-marker-saved");
     w.create(name, agent, "m1").await;
     w.expect_failpoint_exit(op, "after-marker-saved").await;
-    let crashed_at = Instant::now();
 
     let obj = w.get(name).await;
     let status = obj.status.clone().unwrap_or_default();
-    assert!(
-        status.pending_generation.is_some(),
-        "the marker was saved before the crash: {status:?}"
-    );
+    let marker = status
+        .pending_generation
+        .clone()
+        .unwrap_or_else(|| panic!("the marker was saved before the crash: {status:?}"));
+    assert!(marker.ledger_first, "{marker:?}");
     assert_eq!(w.charged(agent), 0, "the POST was never sent");
 
     w.start_operator("");
-    let obj = w.wait_stalled(name, "GenerationOutcomeUnknown").await;
-    let waited = crashed_at.elapsed();
-    // The marker was written just before the crash: the window counts from then.
-    assert!(
-        waited + Duration::from_secs(1) >= WINDOW,
-        "Stalled after {waited:?}, before the visibility window of {WINDOW:?} ran out"
-    );
+    let obj = w.wait_ready(name).await;
     let status = obj.status.clone().unwrap();
     assert_eq!(status.observed_generation, obj.metadata.generation);
-    // status.generations counts the calls that may have been charged: the operator cannot tell
-    // a call that was never sent from one whose reply was lost, so the bill's upper bound is 1.
-    assert_eq!(status.generations, 1, "{status:?}");
-    w.assert_still_charged(agent, 0, "an unknown outcome is never resent automatically")
+    assert_eq!(status.generations, 1, "one call, counted once: {status:?}");
+    w.assert_still_charged(agent, 1, "the change bought exactly once")
         .await;
 
     // A user change is a new key: exactly one generation for it.
@@ -217,14 +211,16 @@ async fn crash_after_marker_saved_never_sends_twice() {
         .patch(name, &PatchParams::default(), &edit_patch(agent, "m2"))
         .await
         .expect("edit");
-    let obj = w.wait_ready(name).await;
-    let status = obj.status.unwrap();
-    assert_eq!(
-        status.generations, 2,
-        "the unknown one and this one: {status:?}"
-    );
-    assert!(status.pending_generation.is_none(), "{status:?}");
-    w.assert_still_charged(agent, 1, "one generation for the new change")
+    wait_for("the edit bought", TIMEOUT, || async {
+        let obj = w.api.get(name).await?;
+        let done = obj.status.as_ref().is_some_and(|s| {
+            s.is_ready() && s.observed_generation == obj.metadata.generation && s.generations == 2
+        });
+        Ok(done.then_some(()))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", w.logs()));
+    w.assert_still_charged(agent, 2, "one generation for the new change")
         .await;
 }
 

@@ -127,6 +127,11 @@ pub trait LedgerStore: Send {
         agent_id: &str,
         write: &LedgerWrite,
     ) -> impl Future<Output = Result<Option<String>, SaveError>> + Send;
+    /// Whether every generate call's purchase is written here before the call is sent (and
+    /// apart from the marker), so that a record without it proves the call was never sent.
+    fn written_before_calls(&self) -> bool {
+        false
+    }
 }
 
 /// Where a pass keeps status and sends notes.
@@ -507,6 +512,24 @@ impl Executor {
         let mut outdated = false;
         let mut took = None;
         let mut rounds = 0;
+        // A marker whose pass died before recording the call's outcome: if the ledger, written
+        // before every call, has no call of ours for its key, the pass died before its call.
+        // The marker then holds nothing back, and the change is bought as if it never began.
+        let unanswered = status
+            .pending_generation
+            .as_ref()
+            .filter(|p| p.outcome.is_none() && p.ledger_first)
+            .map(|p| p.inputs_hash.clone());
+        if let (Some(key), true) = (unanswered, store.written_before_calls()) {
+            let read = store.read_ledger(&obj.spec.agent_id).await;
+            if let LedgerState::Read { record, .. } = &read {
+                if ledger::call_never_sent(record.as_ref(), &key, &obj.uid, true) {
+                    tracing::info!(object = %obj.key, key = %key, "a generate call prepared before a crash was never sent (the purchase ledger has no call for it); the change is bought now");
+                    status.pending_generation = None;
+                }
+            }
+            ledger_state = Some(read);
+        }
         loop {
             let mut input = self.input(obj, &status, remote.as_ref(), failures, now);
             input.ledger = ledger_state.as_ref();
@@ -833,7 +856,10 @@ impl Executor {
             Some(Observation::Found(state)) => Some(state),
             _ => None,
         };
-        let marker = with_marker(&status, generate, before, input.now);
+        let mut marker = with_marker(&status, generate, before, input.now);
+        if let Some(pending) = &mut marker.pending_generation {
+            pending.ledger_first = sink.written_before_calls();
+        }
         let sending = Report::new(
             Health::progressing(
                 reasons::GENERATION_STARTED,

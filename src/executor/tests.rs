@@ -27,6 +27,10 @@ struct MemorySink {
 }
 
 impl LedgerStore for MemorySink {
+    fn written_before_calls(&self) -> bool {
+        true
+    }
+
     async fn read_ledger(&mut self, _agent_id: &str) -> LedgerState {
         LedgerState::Read {
             record: self.ledger.clone(),
@@ -745,4 +749,86 @@ fn a_reservation_holds_the_last_room_until_settled_or_released() {
         budgets.reserve("agents/c", charge),
         BudgetCheck::Within { .. }
     ));
+}
+
+// A marker whose pass died before its call: the ledger (written before every call) has no
+// call of ours for its key, so the call was never sent and the change is bought now, once. With
+// our call on record, the same marker is an unknown outcome and nothing is sent.
+#[tokio::test]
+async fn a_marker_with_no_call_on_the_ledger_was_never_sent_and_is_bought() {
+    let sim = simulator(10_000).await;
+    let exec = executor(&sim, Duration::from_secs(5));
+    let spec = object(AgentDynamicsStatus::default()).spec;
+    let key = inputs_hash(&spec);
+    let died_before_call = AgentDynamicsStatus {
+        pending_generation: Some(crate::resource::PendingGeneration {
+            inputs_hash: key.clone(),
+            since: Timestamp::now().to_string(),
+            outcome: None,
+            previous_remote_status: None,
+            previous_model_url: None,
+            previous_gestures: vec![],
+            previous_hidden: false,
+            ledger_first: true,
+        }),
+        ..Default::default()
+    };
+    // Another agent's purchase only: the record exists and has no call of ours.
+    let mut record = crate::reconcile::ledger::with_purchase(
+        None,
+        AGENT,
+        crate::reconcile::ledger::Asker {
+            object: "agents/earlier",
+            uid: "uid-0",
+        },
+        "older-key",
+        &Default::default(),
+        "2026-12-01T00:00:00Z",
+        1,
+    );
+    record.holder = None; // that object was deleted
+
+    let mut sink = MemorySink {
+        stored: died_before_call.clone(),
+        ledger: Some(record.clone()),
+        ..Default::default()
+    };
+    exec.pass(&object(died_before_call.clone()), 0, &mut sink)
+        .await
+        .expect("pass");
+    assert_eq!(generate_calls(&sim), 1, "bought once, now");
+    assert_eq!(
+        sink.stored.generations, 1,
+        "counted once: {:?}",
+        sink.stored
+    );
+
+    // The same marker with our call on record: it may have been sent; nothing is sent again.
+    let sim = simulator(10_000).await;
+    let exec = executor(&sim, Duration::from_secs(5));
+    let ours = crate::reconcile::ledger::with_purchase(
+        Some(&record),
+        AGENT,
+        crate::reconcile::ledger::Asker {
+            object: "agents/support",
+            uid: "uid-1",
+        },
+        &key,
+        &Default::default(),
+        "2026-12-07T00:00:00Z",
+        1,
+    );
+    let mut sink = MemorySink {
+        stored: died_before_call.clone(),
+        ledger: Some(ours),
+        ..Default::default()
+    };
+    exec.pass(&object(died_before_call), 0, &mut sink)
+        .await
+        .expect("pass");
+    assert_eq!(
+        generate_calls(&sim),
+        0,
+        "an unknown outcome is never resent"
+    );
 }

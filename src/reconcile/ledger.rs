@@ -150,6 +150,25 @@ pub fn without_call(
     Some(next)
 }
 
+/// Whether `record` proves that the generate call a marker of `uid` for `key` stands for was
+/// never sent: where the purchase is written after the marker and before the call
+/// (`ledger_first`, the cluster's ledger), a marker whose pass died with no call of its own for
+/// `key` on record (or no record at all) died before its call. A marker of a release before the
+/// ledger proves nothing.
+pub fn call_never_sent(
+    record: Option<&DynamicsLedgerSpec>,
+    key: &str,
+    uid: &str,
+    ledger_first: bool,
+) -> bool {
+    ledger_first
+        && record.is_none_or(|r| {
+            !r.purchases
+                .iter()
+                .any(|p| p.key == key && p.uid == uid && p.calls > 0)
+        })
+}
+
 /// Deletion releases the claim, never the purchases. `None` when this object holds nothing.
 pub fn released(record: Option<&DynamicsLedgerSpec>, asker: Asker) -> Option<DynamicsLedgerSpec> {
     let record = record?;
@@ -349,6 +368,43 @@ mod tests {
         );
         assert_eq!(changed_inputs(&second, "k2"), ["imageUrl", "duration"]);
         assert_eq!(changed_inputs(&second, "k9"), ["unknown"]);
+    }
+
+    #[test]
+    fn a_call_is_proven_unsent_only_by_a_record_without_it() {
+        let inputs = GenerateInputs::default();
+        let bought = with_purchase(None, "A1", ME, "k1", &inputs, "t", 1);
+        let adopted = with_purchase(None, "A1", ME, "k1", &inputs, "t", 0);
+        let by_other = with_purchase(
+            None,
+            "A1",
+            Asker {
+                object: "x/y",
+                uid: "uid-9",
+            },
+            "k1",
+            &inputs,
+            "t",
+            1,
+        );
+        let rows = [
+            ("no record: the pass died before writing it", None, true),
+            (
+                "our call on record: it may have been sent",
+                Some(&bought),
+                false,
+            ),
+            ("adopted, no call of ours", Some(&adopted), true),
+            ("another object's call only", Some(&by_other), true),
+            ("nothing for this key", Some(&record(None, &["k2"])), true),
+        ];
+        for (name, rec, want) in rows {
+            assert_eq!(call_never_sent(rec, "k1", "uid-1", true), want, "{name}");
+            assert!(
+                !call_never_sent(rec, "k1", "uid-1", false),
+                "{name}: a marker of a release before the ledger proves nothing"
+            );
+        }
     }
 
     #[test]

@@ -101,6 +101,7 @@ fn status() -> impl Strategy<Value = AgentDynamicsStatus> {
                     previous_model_url,
                     previous_gestures: vec![],
                     previous_hidden,
+                    ledger_first: false,
                 }
             },
         );

@@ -99,6 +99,7 @@ fn marker(
             previous_model_url: prev_url.map(str::to_string),
             previous_gestures: vec![],
             previous_hidden: false,
+            ledger_first: false,
         }),
         generate_hash: accepted.then(|| inputs_hash(spec)),
         generations: i64::from(outcome.is_some()),
@@ -1672,6 +1673,7 @@ fn a_signed_model_url_is_no_evidence_of_a_new_job() {
         previous_model_url: Some("https://cdn/m.bin?X-Signature=a&Expires=1".into()),
         previous_gestures: vec![],
         previous_hidden: false,
+        ledger_first: false,
     };
     let Observation::Found(resigned) = ready("https://cdn/m.bin?X-Signature=b&Expires=2") else {
         unreachable!()
@@ -1704,6 +1706,7 @@ fn the_old_model_showing_again_after_the_api_hid_it_is_no_evidence() {
         previous_model_url: None,
         previous_gestures: vec![],
         previous_hidden: true,
+        ledger_first: false,
     };
     let Observation::Found(old_model) = ready("https://cdn/fixed.bin") else {
         unreachable!()

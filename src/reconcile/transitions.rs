@@ -132,6 +132,8 @@ pub fn with_marker(
             .map(|r| r.gestures.keys().cloned().collect())
             .unwrap_or_default(),
         previous_hidden: said_nothing && had_dynamics,
+        // Set by the executor where the ledger is written before the call.
+        ledger_first: false,
     });
     status
 }

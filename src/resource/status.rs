@@ -110,6 +110,11 @@ pub struct PendingGeneration {
     /// this job, only work under way is.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub previous_hidden: bool,
+    /// The purchase goes on the agent's ledger record after this marker and before the call: a
+    /// record without a call of this object for the key (or no record at all) proves that the
+    /// call was never sent. Absent in markers of releases before the ledger, which prove nothing.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ledger_first: bool,
 }
 
 /// What a generate call's reply proved.
