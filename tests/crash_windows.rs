@@ -24,8 +24,8 @@ mod support;
 use std::time::{Duration, Instant};
 
 use chaos::{
-    charged_for, debug_operator_binary, edit_patch, object, sim_generations, true_condition,
-    wait_exit, OperatorSpec, FAILPOINT_EXIT, SECRET,
+    charged_for, debug_operator_binary, edit_patch, object, sim_generations, wait_exit,
+    OperatorSpec, FAILPOINT_EXIT, SECRET,
 };
 use dynamics_operator::resource::AgentDynamics;
 use dynamics_operator::sim::{self, Modes, SimConfig, SimHandle};
@@ -36,8 +36,6 @@ use support::process::ManagedChild;
 use support::wait::wait_for;
 
 const TIMEOUT: Duration = Duration::from_secs(60);
-/// `--visibility-window` of these tests (at least --api-timeout + --poll-max).
-const WINDOW: Duration = Duration::from_secs(8);
 
 struct World {
     sim: SimHandle,
@@ -153,16 +151,6 @@ impl World {
             let status = obj.status.clone().unwrap_or_default();
             let ready = status.is_ready() && status.observed_generation == obj.metadata.generation;
             Ok(ready.then_some(obj))
-        })
-        .await;
-        result.unwrap_or_else(|e| panic!("{e}\n{}", self.logs()))
-    }
-
-    async fn wait_stalled(&self, name: &str, reason: &str) -> AgentDynamics {
-        let result = wait_for(&format!("{name} Stalled {reason}"), TIMEOUT, || async {
-            let obj = self.api.get(name).await?;
-            let hit = true_condition(&obj, "Stalled").is_some_and(|(r, _)| r == reason);
-            Ok(hit.then_some(obj))
         })
         .await;
         result.unwrap_or_else(|e| panic!("{e}\n{}", self.logs()))
