@@ -68,10 +68,9 @@ fn release_binary() -> PathBuf {
     binary
 }
 
-/// The README's install, from a registry: push the image (deploy/image/build.sh) and the
-/// packaged chart, then `helm install` the chart by its OCI reference with the image pinned by
-/// digest, against the simulator.
-fn install(extra_values: &[&str]) -> Installed {
+/// A node with the release published as the README says: the image (deploy/image/build.sh)
+/// and the packaged chart pushed to its registry, and the simulator running on its address.
+fn publish() -> Installed {
     support::node::check_built();
     let binary = release_binary();
     let helm = tool("helm");
@@ -170,48 +169,78 @@ fn install(extra_values: &[&str]) -> Installed {
             .then_some(())
     });
 
-    node.kubectl(&["create", "namespace", NS]);
-    node.kubectl(&[
-        "-n",
-        NS,
-        "create",
-        "secret",
-        "generic",
-        "bithuman-api",
-        &format!("--from-literal=api-secret={SIM_SECRET}"),
-    ]);
-    let mut args = vec![
-        "install".to_string(),
-        "dynamics-operator".into(),
-        format!("oci://{REGISTRY}/charts/dynamics-operator"),
-        "--version".into(),
-        version.clone(),
-        "--plain-http".into(),
-        "-n".into(),
-        NS.into(),
-        "--set".into(),
-        format!("image.repository={image}"),
-        "--set".into(),
-        format!("image.digest={digest}"),
-        "--set".into(),
-        format!("operator.apiUrl={SIM_URL}"),
-        "--set".into(),
-        "leaderElection.enabled=true".into(),
-    ];
-    for v in extra_values {
-        args.push("--set".into());
-        args.push((*v).into());
-    }
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    node.helm(&args);
-    let installed = Installed {
+    Installed {
         node,
         sim,
         digest,
         chart_version: version,
-    };
-    installed.rollout();
-    installed
+    }
+}
+
+impl Installed {
+    fn image(&self) -> String {
+        format!("{REGISTRY}/dynamics-operator")
+    }
+
+    /// The operator's Secret, holding the simulator's secret.
+    fn api_secret(&self) {
+        self.node.kubectl(&[
+            "-n",
+            NS,
+            "create",
+            "secret",
+            "generic",
+            "bithuman-api",
+            &format!("--from-literal=api-secret={SIM_SECRET}"),
+        ]);
+    }
+
+    /// `helm install` from the registry, image pinned by digest, leader election on.
+    fn helm_install(&self) {
+        self.node.kubectl(&["create", "namespace", NS]);
+        self.api_secret();
+        self.node.helm(&[
+            "install",
+            "dynamics-operator",
+            &format!("oci://{REGISTRY}/charts/dynamics-operator"),
+            "--version",
+            &self.chart_version,
+            "--plain-http",
+            "-n",
+            NS,
+            "--set",
+            &format!("image.repository={}", self.image()),
+            "--set",
+            &format!("image.digest={}", self.digest),
+            "--set",
+            &format!("operator.apiUrl={SIM_URL}"),
+            "--set",
+            "leaderElection.enabled=true",
+        ]);
+        self.rollout();
+    }
+
+    /// `kubectl apply -k` of deploy/ through deploy/overlay.sh: the image from the registry by
+    /// digest, the API URL the simulator's.
+    fn kustomize_install(&self) {
+        let overlay = self.node.dir().join("work/overlay");
+        let out = std::process::Command::new(Path::new(ROOT).join("deploy/overlay.sh"))
+            .arg(&overlay)
+            .arg(Path::new(ROOT).join("deploy"))
+            .arg(format!("{}@{}", self.image(), self.digest))
+            .arg(SIM_URL)
+            .output()
+            .expect("deploy/overlay.sh");
+        assert!(
+            out.status.success(),
+            "deploy/overlay.sh: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.node
+            .kubectl(&["apply", "-k", overlay.to_str().unwrap()]);
+        self.api_secret();
+        self.rollout();
+    }
 }
 
 impl Installed {
@@ -440,7 +469,8 @@ fn pid_alive(pid: u32) -> bool {
 fn operator_from_registry_runs_on_a_node_and_survives_what_users_do() {
     let _one = ONE_NODE.lock().unwrap_or_else(|e| e.into_inner());
     let started = Instant::now();
-    let op = install(&[]);
+    let op = publish();
+    op.helm_install();
     let node = &op.node;
 
     // What the pod shows: the image pulled by digest from the registry, ready, not restarted.
@@ -590,7 +620,8 @@ fn operator_from_registry_runs_on_a_node_and_survives_what_users_do() {
 #[test]
 fn operator_pod_stops_within_its_grace_period_when_the_api_server_is_unreachable() {
     let _one = ONE_NODE.lock().unwrap_or_else(|e| e.into_inner());
-    let op = install(&[]);
+    let op = publish();
+    op.helm_install();
     let node = &op.node;
     // Drop, not reject: connections hang, the worst case for a graceful stop.
     let block = [
@@ -641,4 +672,37 @@ fn operator_pod_stops_within_its_grace_period_when_the_api_server_is_unreachable
         );
         op.ready_pods(1);
     }
+}
+
+/// The other install the README gives: `kubectl apply -k` with the image overridden to the
+/// registry (deploy/overlay.sh, as tests/kind/run.sh uses it). One replica, no leader election.
+#[test]
+fn operator_from_registry_with_kustomize_converges_objects() {
+    let _one = ONE_NODE.lock().unwrap_or_else(|e| e.into_inner());
+    let op = publish();
+    op.kustomize_install();
+    let pods = op.ready_pods(1);
+    let image_id = pods[0]["status"]["containerStatuses"][0]["imageID"]
+        .as_str()
+        .unwrap();
+    assert!(
+        image_id.ends_with(&op.digest),
+        "imageID {image_id}, pushed {}",
+        op.digest
+    );
+    op.node.kubectl(&["create", "namespace", AGENTS]);
+    let ids = ["NODEK001", "NODEK002"];
+    op.apply_agents(&ids);
+    op.all_ready_once(&ids, "kubectl apply -k");
+    let metrics = op.node.kubectl(&[
+        "get",
+        "--raw",
+        &format!(
+            "/api/v1/namespaces/{NS}/services/dynamics-operator-metrics:metrics/proxy/metrics"
+        ),
+    ]);
+    assert!(
+        metrics.contains("dynamics_operator_generations_total 2"),
+        "metrics through the Service:\n{metrics}"
+    );
 }
