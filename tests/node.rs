@@ -333,6 +333,79 @@ impl Installed {
         )
     }
 
+    /// Package the chart again with one more printer column in the AgentDynamics CRD, push it
+    /// as a new version and `helm upgrade` to it; the CRD in the cluster must show the column.
+    fn upgrade_to_a_changed_crd(&self) {
+        let next = self.node.dir().join("work/next");
+        let chart = next.join("dynamics-operator");
+        std::fs::create_dir_all(&next).unwrap();
+        let copied = std::process::Command::new("cp")
+            .arg("-r")
+            .arg(Path::new(ROOT).join("charts/dynamics-operator"))
+            .arg(&next)
+            .status()
+            .unwrap();
+        assert!(copied.success());
+        let crd_file = chart.join("files/crds/agentdynamics.yaml");
+        let mut crd: serde_yaml::Value =
+            serde_yaml::from_str(&std::fs::read_to_string(&crd_file).unwrap()).unwrap();
+        let column: serde_yaml::Value =
+            serde_yaml::from_str("{name: Upgraded, type: string, jsonPath: .spec.agentId}")
+                .unwrap();
+        crd["spec"]["versions"][0]["additionalPrinterColumns"]
+            .as_sequence_mut()
+            .expect("printer columns")
+            .push(column);
+        std::fs::write(&crd_file, serde_yaml::to_string(&crd).unwrap()).unwrap();
+        let version = format!("{}-crd-changed", self.chart_version);
+        let helm = tool("helm");
+        let work = self.node.dir().join("work");
+        self.node.run_ok(
+            &helm,
+            &[
+                "package",
+                chart.to_str().unwrap(),
+                "--version",
+                &version,
+                "-d",
+                work.to_str().unwrap(),
+            ],
+        );
+        let tgz = work.join(format!("dynamics-operator-{version}.tgz"));
+        self.node.run_ok(
+            &helm,
+            &[
+                "push",
+                tgz.to_str().unwrap(),
+                &format!("oci://{REGISTRY}/charts"),
+                "--plain-http",
+            ],
+        );
+        self.node.helm(&[
+            "upgrade",
+            "dynamics-operator",
+            &format!("oci://{REGISTRY}/charts/dynamics-operator"),
+            "--version",
+            &version,
+            "--plain-http",
+            "-n",
+            NS,
+            "--reuse-values",
+        ]);
+        self.rollout();
+        let columns = self.node.kubectl(&[
+            "get",
+            "crd",
+            "agentdynamics.dynamics.bithuman.ai",
+            "-o",
+            "jsonpath={.spec.versions[0].additionalPrinterColumns[*].name}",
+        ]);
+        assert!(
+            columns.contains("Upgraded"),
+            "printer columns after helm upgrade: {columns}"
+        );
+    }
+
     /// Delete the leader's pod and wait until another live pod holds the Lease.
     fn delete_leader(&self, leader: &Json) {
         let old = leader["metadata"]["name"].as_str().unwrap();
@@ -596,6 +669,10 @@ fn operator_from_registry_runs_on_a_node_and_survives_what_users_do() {
     ids.push("NODEE001");
     op.apply_agents(&ids);
     op.all_ready_once(&ids, "deleting the leader of two");
+
+    // A chart whose CRD changed: `helm upgrade` upgrades the CRD (it is a template).
+    op.upgrade_to_a_changed_crd();
+    op.all_ready_once(&ids, "helm upgrade with a changed CRD");
 
     // helm uninstall keeps the CRD, the objects and what was bought.
     node.helm(&["uninstall", "dynamics-operator", "-n", NS, "--wait"]);
