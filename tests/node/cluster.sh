@@ -16,7 +16,8 @@
 # the private mount namespace, so no mount outlives the cluster; pod cgroups live under one
 # cgroup root that `down` empties and removes.
 #
-# Environment: CONTROLPLANE_BIN, NODE_BIN, TOOLS_BIN (default: under target/).
+# Environment: CONTROLPLANE_BIN, NODE_BIN, TOOLS_BIN (default: under target/); NODE_OWNER_PID:
+# take the cluster down when that process ends, however it ends.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -310,6 +311,17 @@ YAML
   start kube-proxy "$node_bin/kube-proxy" --config="$dir/proxy.yaml"
   wait_for kubelet 90 kubectl_ wait --for=condition=Ready "node/$NODE_NAME" --timeout=1s
 
+  # A test process killed outright (a CI timeout) runs no clean-up of its own: when the owner
+  # goes, this watcher takes the cluster down.
+  if [ -n "${NODE_OWNER_PID:-}" ]; then
+    (
+      while kill -0 "$NODE_OWNER_PID" 2>/dev/null; do sleep 2; done
+      "$0" down "$dir" >>"$dir/logs/reaper.log" 2>&1
+    ) </dev/null >/dev/null 2>&1 &
+    echo $! >"$dir/pids/reaper"
+    disown
+  fi
+
   cat >"$dir/env" <<ENV
 KUBECONFIG=$dir/admin.kubeconfig
 NODE_IP=$NODE_IP
@@ -348,7 +360,7 @@ down() {
   if kill -0 "$(holder_pid)" 2>/dev/null; then
     # The kubelet first, so it restarts nothing; then the pods' processes; then the rest.
     local n
-    for n in kubelet kube-proxy kube-scheduler kube-controller-manager; do
+    for n in reaper kubelet kube-proxy kube-scheduler kube-controller-manager; do
       [ -f "$dir/pids/$n" ] && kill "$(cat "$dir/pids/$n")" 2>/dev/null || true
     done
     local d

@@ -40,6 +40,7 @@ impl Node {
         let out = Command::new(script())
             .arg("up")
             .arg(dir.path())
+            .env("NODE_OWNER_PID", std::process::id().to_string())
             .output()
             .expect("run tests/node/cluster.sh");
         assert!(
