@@ -132,7 +132,6 @@ up() {
   [ -d /sys/fs/cgroup/pids ] || [ -f /sys/fs/cgroup/cgroup.controllers ] || die "no cgroup hierarchy at /sys/fs/cgroup"
 
   mkdir -p "$dir/pids" "$dir/logs" "$dir/run"
-  [ -z "$(holder_pid)" ] || die "$dir already holds a cluster (down it first)"
   local id; id="$(basename "$dir" | tr -c 'a-zA-Z0-9\n' '-')"
   echo "dynamics-node-$id" >"$dir/cgroup-root"
 
@@ -393,7 +392,11 @@ down() {
 
 case "$cmd" in
   # A start that fails half-way leaves nothing behind.
-  up) trap 'rc=$?; if [ "$rc" != 0 ]; then down; fi; exit "$rc"' EXIT; up ;;
+  up)
+    [ -z "$(holder_pid)" ] || die "$dir already holds a cluster (down it first)"
+    trap 'rc=$?; if [ "$rc" != 0 ]; then down; fi; exit "$rc"' EXIT
+    up
+    ;;
   down) down ;;
   exec) in_ns "$@" ;;
   *) die "unknown command $cmd" ;;
