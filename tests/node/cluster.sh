@@ -141,6 +141,14 @@ up() {
   sleep 0.2
   kill -0 "$(holder_pid)" || die "unshare failed (root is needed)"
   in_ns mount -t tmpfs -o mode=0755 node-state "$dir/run"
+  # Paths that containerd, the CNI plugins and the kubelet use whatever they are told (pod
+  # network namespaces, shim sockets, CNI results, device plugins, pod log links): a tmpfs of
+  # the node's own over each, so nothing they write outlives the node or meets another's.
+  local p
+  for p in /run/containerd /run/netns /var/lib/cni /var/lib/kubelet /var/log/pods /var/log/containers; do
+    mkdir -p "$p"
+    in_ns mount -t tmpfs -o mode=0755 node-state "$p"
+  done
   in_ns ip link set lo up
   in_ns ip link add node0 type veth peer name node0-peer
   in_ns ip link set node0-peer up
