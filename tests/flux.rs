@@ -61,7 +61,7 @@ fn flux_objects_point_at_this_repository_its_paths_and_its_chart() {
     assert!(Path::new(ROOT).join(chart_dir).join("Chart.yaml").exists());
     assert_eq!(chart["sourceRef"]["kind"], "GitRepository");
     assert_eq!(chart["sourceRef"]["name"], "dynamics-operator");
-    // Helm never upgrades crds/; Flux does when asked.
+    // Older charts kept the CRDs in crds/, which Helm never upgrades; Flux does when asked.
     assert_eq!(release["spec"]["install"]["crds"], "CreateReplace");
     assert_eq!(release["spec"]["upgrade"]["crds"], "CreateReplace");
 }

@@ -109,11 +109,65 @@ fn container(deployment: &Json) -> &Json {
 fn chart_crds_are_the_committed_crds() {
     for file in ["agentdynamics.yaml", "dynamicsledgers.yaml"] {
         let committed = std::fs::read(Path::new(ROOT).join("crds").join(file)).unwrap();
-        let chart = std::fs::read(chart().join("crds").join(file)).unwrap();
+        let chart = std::fs::read(chart().join("files/crds").join(file)).unwrap();
         assert!(
             committed == chart,
-            "{CHART}/crds/{file} differs from crds/{file}: cp crds/{file} {CHART}/crds/{file}"
+            "{CHART}/files/crds/{file} differs from crds/{file}: cp crds/{file} {CHART}/files/crds/{file}"
         );
+    }
+}
+
+/// The CRDs are templates (so `helm upgrade` upgrades them), rendered with the committed specs,
+/// kept on uninstall unless `crds.keep=false`, left out with `crds.enabled=false`.
+#[test]
+fn crds_are_templates_kept_on_uninstall_unless_told() {
+    let crds = |docs: &[Json]| -> Vec<Json> {
+        docs.iter()
+            .filter(|d| d["kind"] == "CustomResourceDefinition")
+            .cloned()
+            .collect()
+    };
+    let rendered = crds(&template(&[]));
+    assert_eq!(rendered.len(), 2, "CRDs rendered by default");
+    for file in ["agentdynamics.yaml", "dynamicsledgers.yaml"] {
+        let committed: Json = serde_yaml::from_str(
+            &std::fs::read_to_string(Path::new(ROOT).join("crds").join(file)).unwrap(),
+        )
+        .unwrap();
+        let name = &committed["metadata"]["name"];
+        let crd = rendered
+            .iter()
+            .find(|c| &c["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("{name} not rendered"));
+        // Numbers pass through Helm as floats: compare as numbers, not as text.
+        assert_eq!(
+            normalize_numbers(&crd["spec"]),
+            normalize_numbers(&committed["spec"]),
+            "{name}: the rendered spec differs from crds/{file}"
+        );
+        assert_eq!(
+            crd["metadata"]["annotations"]["helm.sh/resource-policy"], "keep",
+            "{name} kept on uninstall"
+        );
+    }
+    let not_kept = crds(&template(&["--set", "crds.keep=false"]));
+    assert_eq!(not_kept.len(), 2);
+    assert!(not_kept
+        .iter()
+        .all(|c| c["metadata"]["annotations"]["helm.sh/resource-policy"].is_null()));
+    assert!(crds(&template(&["--set", "crds.enabled=false"])).is_empty());
+}
+
+fn normalize_numbers(value: &Json) -> Json {
+    match value {
+        Json::Number(n) => json!(n.as_f64().unwrap()),
+        Json::Array(items) => Json::Array(items.iter().map(normalize_numbers).collect()),
+        Json::Object(map) => Json::Object(
+            map.iter()
+                .map(|(k, v)| (k.clone(), normalize_numbers(v)))
+                .collect(),
+        ),
+        other => other.clone(),
     }
 }
 
@@ -869,7 +923,7 @@ async fn install_run_as_installed_and_uninstall() {
         .unwrap()
         .items
         .is_empty());
-    // Helm never deletes a CRD from crds/: the objects of other releases stay.
+    // crds.keep: Helm leaves the CRDs, and with them the objects of other releases.
     get(&["crd", "agentdynamics.dynamics.bithuman.ai"]);
 }
 

@@ -14,7 +14,10 @@
 #      source by tests/argocd/build.sh, once, with Debian's redis-server (apt-get when
 #      missing): with them a real Argo CD syncs a Git repository of AgentDynamics
 #      (tests/argocd_sync.rs);
-#   6. the release binary, once per run, for the OCI image test (deploy/image/build.sh).
+#   6. the release binary, once per run, for the OCI image test (deploy/image/build.sh);
+#   7. kubelet, kube-scheduler and kube-proxy from the control plane's module source and a pause
+#      binary, once (tests/node/build.sh): with Debian's containerd, runc and CNI plugins they
+#      make the one-node cluster on which tests/node.rs installs the operator from a registry.
 # Set DYNAMICS_E2E_KUBECONFIG to run the end-to-end suite against an existing cluster (kind).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,6 +31,9 @@ tests/tools/build.sh
 
 echo "== Argo CD (tests/argocd/build.sh)"
 tests/argocd/build.sh
+
+echo "== node (tests/node/build.sh)"
+tests/node/build.sh
 
 # tests/image.rs builds the image from it (twice, to prove the build reproducible).
 echo "== release binary (cargo build --release)"

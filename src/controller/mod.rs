@@ -109,6 +109,8 @@ impl Error {
 
 /// Run until SIGTERM/SIGINT (or, with leader election, until leadership is lost).
 pub async fn run(config: RunConfig) -> anyhow::Result<()> {
+    // Before anything that may wait on the API server: a stop must never depend on it.
+    let stop = crate::shutdown::install(crate::shutdown::DEADLINE);
     let mut kube_config = kube::Config::infer().await.map_err(|e| {
         anyhow::anyhow!("cannot reach Kubernetes (KUBECONFIG or in-cluster config): {e}")
     })?;
@@ -128,11 +130,19 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         Some(leader_config) => {
             // Followers are healthy and ready; they just do not reconcile.
             metrics.set_ready(true);
-            let leadership = leader::acquire(client.clone(), leader_config).await?;
+            // A follower waits here for as long as the leader lives: a signal ends the wait.
+            let leadership = tokio::select! {
+                acquired = leader::acquire(client.clone(), leader_config) => acquired?,
+                signal = stop.requested() => {
+                    tracing::info!(signal, "stopped before becoming leader");
+                    server.abort();
+                    return Ok(());
+                }
+            };
             tracing::info!(identity = %leader_config.identity, "became leader; starting the controller");
             let lost = leadership.lost();
             metrics.set_leader(true);
-            run_controller(client, config.clone(), metrics.clone(), lost).await;
+            run_controller(client, config.clone(), metrics.clone(), lost, stop).await;
             metrics.set_leader(false);
             leadership.release().await;
             Ok(())
@@ -144,6 +154,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
                 config.clone(),
                 metrics.clone(),
                 futures::future::pending(),
+                stop,
             )
             .await;
             Ok(())
@@ -157,7 +168,8 @@ async fn run_controller(
     client: Client,
     config: RunConfig,
     metrics: Arc<Metrics>,
-    stop: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+    lost: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+    stop: crate::shutdown::Stop,
 ) {
     // Metadata only: the operator never keeps Secret values in memory; it reads one when a pass
     // needs it. One watch per namespace of the Secret scope, so RBAC can grant them there only.
@@ -269,7 +281,7 @@ async fn run_controller(
         .reconcile_on(changes)
         .reconcile_on(from_lane)
         .with_config(kube::runtime::controller::Config::default().concurrency(config.concurrency))
-        .graceful_shutdown_on(shutdown_signal(stop))
+        .graceful_shutdown_on(shutdown_signal(stop, lost))
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
             if let Err(err) = result {
@@ -281,10 +293,10 @@ async fn run_controller(
     tracing::info!("controller stopped");
 }
 
-async fn shutdown_signal(stop: impl std::future::Future<Output = ()>) {
+async fn shutdown_signal(stop: crate::shutdown::Stop, lost: impl std::future::Future<Output = ()>) {
     tokio::select! {
-        signal = crate::shutdown::signal() => tracing::info!(signal, "shutting down"),
-        _ = stop => tracing::warn!("leadership lost; shutting down"),
+        signal = stop.requested() => tracing::info!(signal, "stopping the controller"),
+        _ = lost => tracing::warn!("leadership lost; shutting down"),
     }
 }
 

@@ -71,19 +71,9 @@ kind load docker-image "$image" --name "$cluster"
 
 say "install: kubectl apply -k deploy/overlays/simulator, with the image set to $image"
 # An overlay of our own (under target/, ignored by git) sets the image the way users do with
-# kustomize; kustomize takes no absolute paths, hence the relative one.
+# kustomize; deploy/overlay.sh writes it, as it does for the node test (tests/node.rs).
 overlay=$work/overlay
-mkdir -p "$overlay"
-cat > "$overlay/kustomization.yaml" <<YAML
-apiVersion: kustomize.config.k8s.io/v1beta1
-kind: Kustomization
-resources:
-  - ../../../deploy/overlays/simulator
-images:
-  - name: ghcr.io/bithuman/dynamics-operator
-    newName: ${image%:*}
-    newTag: ${image##*:}
-YAML
+deploy/overlay.sh "$overlay" deploy/overlays/simulator "$image" >/dev/null
 kubectl apply -k "$overlay"
 kubectl -n "$ns" rollout status deploy/dynamics-api-simulator --timeout=180s
 kubectl -n "$ns" rollout status deploy/dynamics-operator --timeout=180s

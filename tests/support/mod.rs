@@ -8,6 +8,8 @@
 //! * [`process`]: child processes that die with the test process.
 //! * [`operator`]: the operator binary against the control plane and the simulator
 //!   (`Env`, one namespace each), the CRD, the metrics address in the operator's log.
+//! * [`node`]: a one-node cluster (kubelet, containerd, kube-proxy, a registry) in namespaces of
+//!   its own, by tests/node/cluster.sh.
 //! * [`tools`]: the Go tools of tests/tools/build.sh (helm, crane, promtool, kstatus, argocd-lua),
 //!   the harness's kubectl and its kustomize.
 //!
@@ -16,6 +18,7 @@
 #![allow(dead_code)]
 
 pub mod controlplane;
+pub mod node;
 pub mod operator;
 pub mod process;
 pub mod tools;
