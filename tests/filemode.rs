@@ -1017,6 +1017,36 @@ async fn a_saved_plan_is_applied_as_reviewed_or_refused_when_it_no_longer_holds(
     assert_eq!(applied.code, 0, "{applied:?}");
     assert_eq!(s.calls("generate", "SAVED-1"), 2);
     assert_eq!(s.calls("generate", "SAVED-2"), 1);
+    // Every charged call is in the spend report, the one bought before the edit too.
+    let mut report = tokio::process::Command::new(BIN);
+    report
+        .args(["spend", "-o", "json", "--state"])
+        .arg(s.state())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let report = output(report).await;
+    let report: serde_json::Value = serde_json::from_str(&report.stdout).unwrap();
+    let mut rows: Vec<(String, Option<u64>)> = report["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["agentId"].as_str().unwrap().to_string(),
+                r["inputs"]["duration"].as_u64(),
+            )
+        })
+        .collect();
+    rows.sort();
+    let mut charged: Vec<(String, Option<u64>)> = s
+        .sim
+        .generations()
+        .iter()
+        .filter(|g| g.is_charged())
+        .map(|g| (g.agent_id.clone(), g.body["duration"].as_u64()))
+        .collect();
+    charged.sort();
+    assert_eq!(rows, charged, "{report}");
 
     // A plan edited by hand is refused before anything is read.
     let text = std::fs::read_to_string(&reviewed).unwrap();

@@ -458,7 +458,7 @@ impl LedgerStore for FileSink {
         write: &LedgerWrite,
     ) -> impl std::future::Future<Output = Result<Option<String>, SaveError>> + Send {
         let result = lock(&self.store)
-            .record_spend(&self.key, agent_id, &write.record.spend)
+            .record_ledger(&self.key, agent_id, &write.record)
             .map(|()| None)
             .map_err(|e| SaveError::Other(format!("{e:#}")));
         std::future::ready(result)

@@ -151,6 +151,7 @@ mod tests {
                 ..Default::default()
             },
             spend: Vec::new(),
+            purchases: Vec::new(),
         };
         let value = list(&[resource(&manifest, &record)]);
         for format in [OutputFormat::Json, OutputFormat::Yaml] {

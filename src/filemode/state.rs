@@ -47,6 +47,11 @@ pub struct ObjectState {
     /// them per agent): what budgets count.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub spend: Vec<LedgerSpend>,
+    /// This object's purchases as the ledger records them (key, inputs, time, calls), the last
+    /// `reconcile::ledger::PURCHASES_KEPT`: what `spend` reports. States of earlier releases
+    /// have none; their purchases are derived from the status.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub purchases: Vec<LedgerPurchase>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -172,7 +177,7 @@ impl StateStore {
             let status = &object.status;
             let pending = status.pending_generation.as_ref().map(|p| &p.inputs_hash);
             let keys: Vec<&String> = status.generate_hash.iter().chain(pending).collect();
-            if keys.is_empty() && status.generations == 0 {
+            if keys.is_empty() && status.generations == 0 && object.purchases.is_empty() {
                 continue;
             }
             let record = record.get_or_insert_with(|| DynamicsLedgerSpec {
@@ -184,6 +189,11 @@ impl StateStore {
                     object: key.clone(),
                     uid: object.uid.clone(),
                 });
+            }
+            for stored in &object.purchases {
+                if !record.purchases.iter().any(|p| p.key == stored.key) {
+                    record.purchases.push(stored.clone());
+                }
             }
             let current = inputs_hash(&object.spec);
             for bought in keys {
@@ -226,18 +236,26 @@ impl StateStore {
         sum
     }
 
-    /// Record in `key`'s own tallies what a ledger write changes in its agent's spend (the
-    /// state keeps spend per object; the ledger hands it over per agent).
-    pub fn record_spend(
+    /// Record what a ledger write says of `key`: its own purchases, and what the write changes
+    /// in its agent's spend (the state keeps both per object; the ledger hands them over per
+    /// agent).
+    pub fn record_ledger(
         &mut self,
         key: &str,
         agent_id: &str,
-        spend: &[LedgerSpend],
+        record: &DynamicsLedgerSpec,
     ) -> anyhow::Result<()> {
+        let spend = &record.spend;
         let before = self.agent_spend(agent_id);
         let Some(mut object) = self.data.objects.get(key).cloned() else {
             anyhow::bail!("{key} is missing from the state");
         };
+        object.purchases = record
+            .purchases
+            .iter()
+            .filter(|p| p.uid == object.uid)
+            .cloned()
+            .collect();
         let periods: Vec<&String> = spend.iter().map(|s| &s.period).collect();
         // Tallies of periods that are over are dropped, as in the cluster's ledger.
         object.spend.retain(|s| periods.contains(&&s.period));
@@ -266,7 +284,7 @@ impl StateStore {
             }
         }
         object.spend.retain(|t| t.credits > 0);
-        if object.spend == self.data.objects[key].spend {
+        if object == self.data.objects[key] {
             return Ok(());
         }
         self.put(key, object)
@@ -304,6 +322,7 @@ impl StateStore {
                 spec: spec.clone(),
                 status: AgentDynamicsStatus::default(),
                 spend: Vec::new(),
+                purchases: Vec::new(),
             },
         }
     }
