@@ -260,10 +260,30 @@ impl Installed {
         );
         if !out.status.success() {
             panic!(
-                "the operator did not roll out:\n{}\n{}\nevents:\n{}\nkubelet:\n{}",
+                "the operator did not roll out:\n{}\n{}\nevents:\n{}\noperator (last run):\n{}\nkubelet:\n{}",
                 String::from_utf8_lossy(&out.stderr),
                 self.node.kubectl(&["-n", NS, "get", "pods", "-o", "wide"]),
                 self.node.kubectl(&["-n", NS, "get", "events"]),
+                {
+                    let logs = self.node.run(
+                        support::node::kubectl(),
+                        &[
+                            "--kubeconfig",
+                            self.node.kubeconfig.to_str().unwrap(),
+                            "-n",
+                            NS,
+                            "logs",
+                            "deploy/dynamics-operator",
+                            "--previous",
+                            "--tail=30",
+                        ],
+                    );
+                    format!(
+                        "{}{}",
+                        String::from_utf8_lossy(&logs.stdout),
+                        String::from_utf8_lossy(&logs.stderr)
+                    )
+                },
                 self.node.log_tail("kubelet", 30)
             );
         }
