@@ -98,6 +98,18 @@ impl Setup {
         output(self.command(&all)).await
     }
 
+    /// `dynamics-operator spend -o json --state STATE`, parsed.
+    async fn spend_report(&self) -> serde_json::Value {
+        let mut cmd = tokio::process::Command::new(BIN);
+        cmd.args(["spend", "-o", "json", "--state"])
+            .arg(self.state())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let out = output(cmd).await;
+        assert_eq!(out.code, 0, "{out:?}");
+        serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:?}"))
+    }
+
     fn calls(&self, endpoint: &str, agent: &str) -> u64 {
         self.sim.stats().count(endpoint, Some(agent), None)
     }
@@ -929,15 +941,7 @@ async fn a_budget_holds_what_is_past_it_in_plan_and_apply() {
         assert_eq!(s.calls("generate", id), 1, "{id}");
     }
     // The spend report from the state file: one row per charged call, as the simulator saw.
-    let mut report = tokio::process::Command::new(BIN);
-    report
-        .args(["spend", "-o", "json", "--state"])
-        .arg(s.state())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let report = output(report).await;
-    assert_eq!(report.code, 0, "{report:?}");
-    let report: serde_json::Value = serde_json::from_str(&report.stdout).unwrap();
+    let report = s.spend_report().await;
     let mut agents: Vec<&str> = report["items"]
         .as_array()
         .unwrap()
@@ -1018,14 +1022,7 @@ async fn a_saved_plan_is_applied_as_reviewed_or_refused_when_it_no_longer_holds(
     assert_eq!(s.calls("generate", "SAVED-1"), 2);
     assert_eq!(s.calls("generate", "SAVED-2"), 1);
     // Every charged call is in the spend report, the one bought before the edit too.
-    let mut report = tokio::process::Command::new(BIN);
-    report
-        .args(["spend", "-o", "json", "--state"])
-        .arg(s.state())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let report = output(report).await;
-    let report: serde_json::Value = serde_json::from_str(&report.stdout).unwrap();
+    let report = s.spend_report().await;
     let mut rows: Vec<(String, Option<u64>)> = report["items"]
         .as_array()
         .unwrap()
