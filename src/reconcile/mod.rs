@@ -8,6 +8,7 @@
 //! - `guard` caps generations per account (credits are money).
 //! - `timing` estimates when a running generation ends, so it is looked at then.
 //! - `ownership` decides which object owns an agent that several name.
+//! - `start` decides when a process that just started first looks at an object.
 //! - `reasons` spells the condition reasons once.
 
 pub mod conditions;
@@ -17,6 +18,7 @@ pub mod ledger;
 pub mod ownership;
 pub mod plan;
 pub mod reasons;
+pub mod start;
 pub mod timing;
 pub mod transitions;
 
