@@ -1,6 +1,6 @@
 //! A restart costs the API nothing it does not need: settled objects are looked at over their
-//! resync window, not all at once; work pending and edits go at once; an account's calls stay
-//! within its rate.
+//! resync window, not all at once; work pending and edits go at once; a standby takes over
+//! from its warm cache; an account's calls stay within its rate.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 use dynamics_operator::reconcile::start::first_look;
 use dynamics_operator::resource::AgentDynamics;
 use dynamics_operator::sim::SimConfig;
+use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::ListParams;
-use kube::ResourceExt;
+use kube::{Api, ResourceExt};
 
 use crate::fast_sim;
 use crate::support::operator::{manifest, Env, Pace, TIMEOUT};
@@ -193,4 +194,80 @@ async fn an_accounts_calls_stay_within_its_rate() {
     assert!(calls >= 3 * n as u64, "{calls} calls");
     // Counted by the simulator as calls arrive, in any one-second window.
     assert!(peak <= limit, "{peak} calls in one second, limit {limit}");
+}
+
+/// A standby keeps its watches and cache: it has the objects before it leads, and once the
+/// leader is killed it acts on an edit made at that moment as soon as the lease is its own,
+/// without looking at the settled objects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warm_standby_takes_over_without_a_burst() {
+    let mut env = Env::new("standby", fast_sim(), Pace::Fast).await;
+    let ns = env.ns.clone();
+    let election = [
+        "--leader-elect",
+        "--lease-namespace",
+        ns.as_str(),
+        "--lease-name",
+        "standby-e2e",
+        "--lease-duration",
+        "3",
+    ];
+    env.start_operator(&election);
+    env.start_operator(&election);
+    let n = 8;
+    converge(&env, "standby", n).await;
+    let synced = |env: &Env, i: usize| {
+        env.operators[i]
+            .log_tail(1 << 20)
+            .contains("object cache synced")
+    };
+    wait_for("both caches synced", TIMEOUT, || async {
+        Ok((synced(&env, 0) && synced(&env, 1)).then_some(()))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", env.logs()));
+    let leases: Api<Lease> = Api::namespaced(env.cp.kube_client().await.unwrap(), &ns);
+    let holder = leases
+        .get("standby-e2e")
+        .await
+        .unwrap()
+        .spec
+        .and_then(|s| s.holder_identity)
+        .unwrap();
+    let leading =
+        |env: &Env, i: usize| env.operators[i].log_tail(1 << 20).contains("became leader");
+    let (leader, standby) = if leading(&env, 0) { (0, 1) } else { (1, 0) };
+    assert!(!leading(&env, standby), "one leader\n{}", env.logs());
+
+    let looks = first_looks(&env, Duration::from_secs(600)).await;
+    let edited = looks[n - 1].1.clone();
+    env.sim.reset_stats();
+    env.operators[leader].kill_now();
+    let killed = Instant::now();
+    env.patch_spec(&edited, serde_json::json!({"dynamics": {"enabled": false}}))
+        .await;
+    let agent = agent("STANDBY", edited["standby-".len()..].parse().unwrap());
+    wait_for("the edit's PUT", TIMEOUT, || async {
+        Ok((env.calls("update", &agent) == 1).then_some(()))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", env.logs()));
+    eprintln!(
+        "the edit reached the API {:?} after the leader ({holder}) was killed",
+        killed.elapsed()
+    );
+    let log = env.operators[standby].log_tail(1 << 20);
+    let cached = log.find("object cache synced").unwrap();
+    let led = log.find("became leader").expect("the standby leads");
+    assert!(
+        cached < led,
+        "the standby had its cache before it led:\n{log}"
+    );
+    assert_eq!(
+        log.matches("object cache synced").count(),
+        1,
+        "no second sync:\n{log}"
+    );
+    // The edited object's look; the settled ones wait for their resync.
+    assert!(env.sim.stats().total("get") <= 2, "{}", env.logs());
 }
