@@ -13,7 +13,8 @@
 //! simulator in this process and the target as a child process: this operator (release build)
 //! or crossplane-contrib/provider-http (built by benches/peer/build.sh, driven by the Request
 //! templates of benches/peer/). It creates N objects through the Kubernetes API and measures,
-//! in phases (setup, create, converge, counters, idle, edits, lost reply, report):
+//! in phases (setup, create, converge, counters, idle, edits, lost reply, restart, failover,
+//! report):
 //!
 //! * time from the first create until every object has converged on the simulator's record (a
 //!   ready generation with the object's current inputs and its dynamics block applied) and, for
@@ -23,7 +24,11 @@
 //! * remote calls and API-server writes during an idle window after convergence;
 //! * the target's peak RSS and CPU time (/proc);
 //! * edit-to-call latency: a dynamics edit until the simulator has the new block (p50/p99/max);
-//! * what the target does when the reply of a generate call is lost (one extra object).
+//! * what the target does when the reply of a generate call is lost (one extra object);
+//! * this operator only: a restart, then a failover between two replicas with leader election,
+//!   over the converged objects: calls in the first minute and their peak per second per
+//!   account, writes, time to the first call and for an edit made at that moment, peak RSS of
+//!   the new process (`convergence/restart.rs`).
 //!
 //! Results go to stdout (a Markdown table) and to `target/bench/convergence-<...>.json`.
 //! `cargo test --all-targets` runs this binary without `--bench`: it then does nothing.
@@ -40,6 +45,8 @@ mod measure;
 mod oracle;
 #[path = "convergence/peer.rs"]
 mod peer;
+#[path = "convergence/restart.rs"]
+mod restart;
 #[path = "convergence/watch.rs"]
 mod watch;
 
@@ -153,6 +160,20 @@ struct Args {
     /// How long to watch the lost-reply object (default 20s plus two generation times).
     #[arg(long, value_parser = humantime::parse_duration)]
     lost_reply_window: Option<Duration>,
+    /// Operator --api-calls-per-second while objects are created and converge (0: no limit;
+    /// the simulated generations and polls are 100 to 1,000 times faster than real ones, and so
+    /// are their calls). The restart and failover phases run with the operator's default.
+    #[arg(long, default_value_t = 0)]
+    api_calls_per_second: u32,
+    /// Skip the restart and failover phases (always skipped for the peer).
+    #[arg(long)]
+    no_takeover: bool,
+    /// How long the restart and failover phases each measure.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    takeover_window: Duration,
+    /// --lease-duration of the two replicas in the failover phase (seconds).
+    #[arg(long, default_value_t = 5)]
+    lease_duration: u64,
     /// Give up waiting for convergence after this long.
     #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
     timeout: Duration,
@@ -655,7 +676,10 @@ async fn setup(args: &Args, plan: &Plan) -> anyhow::Result<World> {
         .build()?;
 
     let mut target = match built_peer {
-        None => start_operator(args, plan, &ns, &sim, &kubeconfig, &log)?,
+        None => {
+            let limit = format!("--api-calls-per-second={}", args.api_calls_per_second);
+            start_operator(args, plan, &ns, &sim, &kubeconfig, &log, &[limit])?
+        }
         Some(b) => start_peer(plan, b, &kubeconfig, &log)?,
     };
     wait_target_ready(&http, &mut target).await?;
@@ -695,6 +719,7 @@ fn start_operator(
     sim: &SimHandle,
     kubeconfig: &str,
     log: &Path,
+    extra: &[String],
 ) -> anyhow::Result<Target> {
     let bin = args
         .operator_bin
@@ -739,6 +764,7 @@ fn start_operator(
             humantime::format_duration(d).to_string(),
         ]);
     }
+    argv.extend(extra.iter().cloned());
     argv.extend(args.operator_args.iter().cloned());
     let rust_log = std::env::var("BENCH_OPERATOR_LOG")
         .unwrap_or_else(|_| dynamics_operator::telemetry::SERVICE_FILTER.to_string());
@@ -1219,10 +1245,31 @@ async fn run(args: Args) -> anyhow::Result<()> {
         },
         _ => None,
     };
+    // 8, 9. restart, failover
+    let (restart, failover) = if plan.peer.is_none() && !args.no_takeover && converged.all.is_some()
+    {
+        let restart = restart::restart_phase(&mut world, &args, &plan, args.takeover_window)
+            .await
+            .map_err(|e| eprintln!("bench: restart: {e:#}"))
+            .ok();
+        let failover = restart::failover_phase(
+            &mut world,
+            &args,
+            &plan,
+            args.takeover_window,
+            args.lease_duration,
+        )
+        .await
+        .map_err(|e| eprintln!("bench: failover: {e:#}"))
+        .ok();
+        (restart, failover)
+    } else {
+        (None, None)
+    };
     if let Some(task) = world.watch_task.take() {
         task.abort();
     }
-    // 8. report
+    // 10. report
     let phases = Phases {
         start,
         created,
@@ -1233,6 +1280,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         edits,
         after_edits,
         lost,
+        restart,
+        failover,
         load_before,
         wall: wall.elapsed(),
     };
@@ -1275,8 +1324,75 @@ struct Phases {
     edits: Vec<EditResult>,
     after_edits: Snapshot,
     lost: Option<LostReply>,
+    restart: Option<restart::Takeover>,
+    failover: Option<restart::Takeover>,
     load_before: String,
     wall: Duration,
+}
+
+fn takeover_json(t: &restart::Takeover) -> Value {
+    json!({
+        "window_s": t.window.as_secs_f64(),
+        "remote_gets": t.gets,
+        "remote_calls": t.calls,
+        "peak_calls_per_second": t.peak_calls_per_second,
+        "calls_per_second_limit": dynamics_operator::cli::DEFAULT_API_CALLS_PER_SECOND,
+        "apiserver_writes_besides_the_edit": t.apiserver_writes,
+        "status_writes": t.status_writes,
+        "first_call_ms": t.first_call.map(|d| secs(d) * 1000.0),
+        "edit_to_call_ms": t.edit_to_call.map(|d| secs(d) * 1000.0),
+        "peak_rss_mib": t.peak_rss_mib,
+        "lease_duration_s": t.lease_duration_s,
+    })
+}
+
+/// Markdown rows of a restart or failover phase.
+fn takeover_rows(t: &restart::Takeover, n: usize) -> Vec<[String; 3]> {
+    let w = t.window.as_secs();
+    let from = match t.kind {
+        "failover" => format!(
+            "from the SIGKILL of the leader, lease {} s",
+            t.lease_duration_s.unwrap_or(0)
+        ),
+        _ => "from the end of the old process".to_string(),
+    };
+    let ms = |d: Option<Duration>| fmt_opt(d.map(|d| secs(d) * 1000.0), 0);
+    vec![
+        [
+            format!("{}: remote GETs / calls in the first {w} s", t.kind),
+            format!("{} / {}", t.gets, t.calls),
+            format!(
+                "{:.2}% of the {n} objects' GETs; the edit made at that moment included",
+                t.gets as f64 * 100.0 / n as f64
+            ),
+        ],
+        [
+            format!("{}: peak calls per second per account", t.kind),
+            t.peak_calls_per_second.to_string(),
+            format!(
+                "limit {} (the operator's default)",
+                dynamics_operator::cli::DEFAULT_API_CALLS_PER_SECOND
+            ),
+        ],
+        [
+            format!("{}: API-server writes in the first {w} s", t.kind),
+            fmt_opt(t.apiserver_writes, 0),
+            format!(
+                "the benchmark's edit subtracted; the new process's status writes: {}",
+                fmt_opt(t.status_writes, 0)
+            ),
+        ],
+        [
+            format!("{}: first remote call / edit reaches the API (ms)", t.kind),
+            format!("{} / {}", ms(t.first_call), ms(t.edit_to_call)),
+            from,
+        ],
+        [
+            format!("{}: new process peak RSS (MiB)", t.kind),
+            format!("{:.1}", t.peak_rss_mib),
+            "VmHWM after the window".into(),
+        ],
+    ]
 }
 
 fn fmt_opt(v: Option<f64>, prec: usize) -> String {
@@ -1598,6 +1714,9 @@ fn report(args: &Args, plan: &Plan, world: &World, p: &Phases, out: &Path) -> an
                 .join(" ")
         ),
     ));
+    for t in p.restart.iter().chain(&p.failover) {
+        rows.extend(takeover_rows(t, n).into_iter().map(|[a, b, c]| (a, b, c)));
+    }
     if converged_s.is_none() {
         rows.insert(
             0,
@@ -1678,6 +1797,10 @@ fn report(args: &Args, plan: &Plan, world: &World, p: &Phases, out: &Path) -> an
             "poll_min_ms": plan.poll_min.map(|d| d.as_millis() as u64),
             "poll_max_ms": plan.poll_max.map(|d| d.as_millis() as u64),
             "operator_extra_args": args.operator_args,
+            "operator_api_calls_per_second": args.api_calls_per_second,
+            "takeover_api_calls_per_second": dynamics_operator::cli::DEFAULT_API_CALLS_PER_SECOND,
+            "takeover_window_s": args.takeover_window.as_secs_f64(),
+            "failover_lease_duration_s": args.lease_duration,
             "peer_poll_ms": plan.peer.and(plan.peer_poll).map(|d| d.as_millis() as u64),
             "peer_max_reconcile_rate": plan.peer.and(plan.peer_rate),
             "create_parallelism": args.create_parallelism,
@@ -1753,6 +1876,8 @@ fn report(args: &Args, plan: &Plan, world: &World, p: &Phases, out: &Path) -> an
                 "converged_after_s": l.converged_after_s,
                 "target_view": l.target_view,
             })),
+            "restart": p.restart.as_ref().map(takeover_json),
+            "failover": p.failover.as_ref().map(takeover_json),
             "wall_s": secs(p.wall),
         },
         "snapshots": {

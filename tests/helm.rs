@@ -84,6 +84,7 @@ apiSecret:
 operator:
   maxConcurrentGenerations: 1
   generationsPerHour: 20
+  apiCallsPerSecond: 3
   stalledRetry: 20s
 metrics:
   serviceMonitor:
@@ -297,6 +298,7 @@ fn template_passes_only_flags_the_binary_knows() {
     for want in [
         "--namespace=agents",
         "--generations-per-hour=20",
+        "--api-calls-per-second=3",
         "--max-concurrent-generations=1",
         "--stalled-retry=20s",
         "--log-format=json",

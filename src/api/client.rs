@@ -14,9 +14,13 @@ use serde::Serialize;
 use tracing::debug;
 
 use super::error::{ApiError, ApiErrorKind, Endpoint, RemoteErrorBody};
+use super::limit::AccountLimits;
 use super::retry::{backoff_delay, parse_retry_after};
 use super::secret::ApiSecret;
 use super::types::{DynamicsState, GenerateReply, GenerateRequest, UpdateReply, UpdateRequest};
+
+/// How long a 429 without Retry-After pauses its account.
+const ACCOUNT_PAUSE_WITHOUT_RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// Default base URL, from the seed document.
 pub const DEFAULT_BASE_URL: &str = "https://public.api.bithuman.ai";
@@ -36,6 +40,8 @@ pub struct ClientConfig {
     /// CA certificates (PEM) trusted besides the bundled roots and the system's (which
     /// `SSL_CERT_FILE` and `SSL_CERT_DIR` replace): a TLS-inspecting proxy's, say.
     pub extra_root_certs_pem: Option<Vec<u8>>,
+    /// Calls per second per account, every kind and retries included (0: no limit).
+    pub calls_per_second: u32,
 }
 
 impl Default for ClientConfig {
@@ -48,6 +54,7 @@ impl Default for ClientConfig {
             initial_backoff: Duration::from_millis(200),
             max_backoff: Duration::from_secs(10),
             extra_root_certs_pem: None,
+            calls_per_second: 0,
         }
     }
 }
@@ -65,6 +72,8 @@ pub struct DynamicsClient {
     base: Arc<Url>,
     config: Arc<ClientConfig>,
     observer: Option<Arc<dyn CallObserver>>,
+    /// Shared by clones, so one process keeps one rate per account.
+    limits: Arc<AccountLimits>,
 }
 
 impl fmt::Debug for DynamicsClient {
@@ -126,6 +135,7 @@ impl DynamicsClient {
         Ok(DynamicsClient {
             http,
             base: Arc::new(base),
+            limits: Arc::new(AccountLimits::new(config.calls_per_second)),
             config: Arc::new(config),
             observer: None,
         })
@@ -232,13 +242,24 @@ impl DynamicsClient {
         parse: impl Fn(&[u8]) -> Result<T, ApiError>,
     ) -> Result<T, ApiError> {
         let header = secret_header(secret, &call)?;
+        let account = secret.account();
         let mut attempt = 0u32;
         loop {
+            let token = self.limits.take(account).await;
             let result = self.attempt(&call, &header, &parse, attempt).await;
+            drop(token);
             let err = match result {
                 Ok(v) => return Ok(v),
                 Err(e) => e.with_agent(call.agent).redacted(secret),
             };
+            if err.http_status() == Some(429) {
+                // The API counts the account: every call of it waits, not only this one.
+                let wait = err
+                    .retry_after()
+                    .unwrap_or(ACCOUNT_PAUSE_WITHOUT_RETRY_AFTER);
+                self.limits
+                    .pause(account, wait.min(self.config.max_backoff));
+            }
             if !err.is_retryable() || attempt >= call.max_retries {
                 return Err(err.with_attempts(attempt + 1));
             }

@@ -8,6 +8,7 @@
 
 mod client;
 mod error;
+mod limit;
 mod reply;
 mod retry;
 mod secret;
@@ -16,6 +17,7 @@ mod types;
 
 pub use client::{CallObserver, ClientConfig, DynamicsClient, DEFAULT_BASE_URL};
 pub use error::{ApiError, ApiErrorKind, Endpoint, RemoteErrorBody};
+pub use limit::{with_priority, Priority};
 pub use retry::{parse_retry_after, MAX_REMOTE_WAIT};
 pub use secret::{AccountId, ApiSecret};
 pub use status::RemoteStatus;

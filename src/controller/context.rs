@@ -175,7 +175,15 @@ impl Context {
         };
         let failures = self.failures(&key);
         let mut sink = KubeStatusSink::new(api, (*obj).clone(), self.metrics.clone());
-        let result = self.executor.pass(&view, failures, &mut sink).await;
+        // A settled object's pass is a resync: its calls wait behind those of work pending.
+        let priority = if crate::reconcile::start::is_settled(&obj) {
+            crate::api::Priority::Resync
+        } else {
+            crate::api::Priority::Urgent
+        };
+        let result =
+            crate::api::with_priority(priority, self.executor.pass(&view, failures, &mut sink))
+                .await;
         let (notes, replaced, mut written) = sink.finish();
         super::index::trim_for_cache(&mut written);
         let written = Arc::new(written);

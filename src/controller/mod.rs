@@ -12,6 +12,7 @@ mod leader;
 mod lean;
 mod resolve;
 mod secrets;
+mod start;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,7 +23,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action as ControllerAction, Controller};
 use kube::runtime::finalizer::{finalizer, Event as FinalizerEvent};
-use kube::runtime::reflector;
+use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client, ResourceExt};
 
@@ -126,6 +127,11 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
     let server = tokio::spawn(crate::metrics::serve(config.metrics_addr, metrics.clone()));
 
+    // The watches run from now on, leader or not: a standby keeps its cache warm and takes
+    // over without a relist (see `start`).
+    let watches = Watches::start(client.clone(), &config, metrics.clone());
+    // Budgets count every ledger record: read before leading, and followed, like the cache.
+    let budgets = budgets::start(&client, &config.budgets).await;
     let result = match &config.leader_election {
         Some(leader_config) => {
             // Followers are healthy and ready; they just do not reconcile.
@@ -142,7 +148,15 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
             tracing::info!(identity = %leader_config.identity, "became leader; starting the controller");
             let lost = leadership.lost();
             metrics.set_leader(true);
-            run_controller(client, config.clone(), metrics.clone(), lost, stop).await;
+            run_controller(
+                client,
+                config.clone(),
+                metrics.clone(),
+                (watches, budgets),
+                lost,
+                stop,
+            )
+            .await;
             metrics.set_leader(false);
             leadership.release().await;
             Ok(())
@@ -153,6 +167,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
                 client,
                 config.clone(),
                 metrics.clone(),
+                (watches, budgets),
                 futures::future::pending(),
                 stop,
             )
@@ -164,68 +179,163 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     result
 }
 
+/// The watches of AgentDynamics and of the labelled Secrets, feeding kube's object cache and
+/// the index, and the passes they ask for once this replica leads.
+struct Watches {
+    reader: reflector::Store<AgentDynamics>,
+    index: Arc<index::ObjectIndex>,
+    /// This replica leads: the start rule runs and changes pass from then on.
+    lead: tokio::sync::oneshot::Sender<()>,
+    /// Passes asked for, into the controller's queue (the start rule's delayed ones too).
+    changes: tokio::sync::mpsc::UnboundedReceiver<ObjectRef<AgentDynamics>>,
+    /// Sends into `changes`, for the generation lane's hand-backs.
+    to_controller: tokio::sync::mpsc::UnboundedSender<ObjectRef<AgentDynamics>>,
+    feed: tokio::task::JoinHandle<()>,
+}
+
+impl Watches {
+    fn start(client: Client, config: &RunConfig, metrics: Arc<Metrics>) -> Watches {
+        // Metadata only: the operator never keeps Secret values in memory; it reads one when a
+        // pass needs it. One watch per namespace of the Secret scope, so RBAC can grant them
+        // there only.
+        secrets::set_scope(config.secret_scope.clone());
+        let secret_apis: Vec<Api<PartialObjectMeta<Secret>>> =
+            match config.secret_scope.watches(config.namespace.as_deref()) {
+                None => vec![Api::all(client.clone())],
+                Some(namespaces) => namespaces
+                    .iter()
+                    .map(|ns| Api::namespaced(client.clone(), ns))
+                    .collect(),
+            };
+
+        let (reader, writer) = reflector::store();
+        let index = Arc::new(index::ObjectIndex::beside(reader.clone()));
+        // The index passes on only the events worth a pass: the operator's own status writes
+        // change neither generation nor finalizers nor the refresh annotation, so they do not
+        // wake it up. Parsed lean: without managedFields and labels (see `lean`).
+        let lean_objects: Api<lean::LeanAgentDynamics> = match &config.namespace {
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
+        };
+        let objects = watcher(lean_objects, watcher::Config::default().any_semantic())
+            .default_backoff()
+            .map_ok(lean::full_event)
+            .reflect(writer)
+            .map(|event| Input::Object(Box::new(event)));
+        // Only Secrets labelled for this operator: it neither sees nor caches the others.
+        let secret_selector = format!("{API_SECRET_LABEL}=true");
+        let secrets = futures::stream::select_all(secret_apis.into_iter().map(|api| {
+            watcher(
+                api,
+                watcher::Config::default()
+                    .labels(&secret_selector)
+                    .any_semantic(),
+            )
+            .default_backoff()
+            .boxed()
+        }))
+        .map(|event| Input::Secret(Box::new(event)));
+        let (lead, led) = tokio::sync::oneshot::channel::<()>();
+        let led = futures::stream::once(led).map(|_| Input::Lead);
+        let (to_controller, changes) = tokio::sync::mpsc::unbounded_channel();
+
+        let mut gate = start::Gate::new(index.clone(), reader.clone(), config.settings.resync);
+        let secret_users = reader.clone();
+        let out = to_controller.clone();
+        let inputs = futures::stream::select(futures::stream::select(objects, secrets), led);
+        let feed = tokio::spawn(async move {
+            futures::pin_mut!(inputs);
+            while let Some(input) = inputs.next().await {
+                let due = match input {
+                    Input::Object(event) => match *event {
+                        Ok(event) => gate.object_event(event),
+                        Err(err) => {
+                            tracing::warn!(error = %err, "watch of AgentDynamics failed; retrying with backoff");
+                            continue;
+                        }
+                    },
+                    Input::Secret(event) => match *event {
+                        Ok(event) => match gate.secret_event(event) {
+                            Some((ns, name)) => start::Due {
+                                now: secrets::objects_using(&secret_users, &ns, &name),
+                                later: Vec::new(),
+                            },
+                            None => continue,
+                        },
+                        Err(err) => {
+                            tracing::warn!(error = %err, "watch of Secrets failed; retrying with backoff");
+                            continue;
+                        }
+                    },
+                    Input::Lead => gate.lead(),
+                };
+                for reference in due.now {
+                    let _ = out.send(reference);
+                }
+                start::send_later(out.clone(), due.later);
+            }
+        });
+
+        let ready_store = reader.clone();
+        tokio::spawn(async move {
+            // Ready once the first list is in the cache: before that, passes would see no
+            // conflicts. The store's readiness wakes only its latest waiter (the controller
+            // also waits on it), so ask again each second instead of waiting once.
+            loop {
+                match tokio::time::timeout(Duration::from_secs(1), ready_store.wait_until_ready())
+                    .await
+                {
+                    Ok(Ok(())) => {
+                        tracing::info!("object cache synced; ready");
+                        metrics.set_ready(true);
+                        return;
+                    }
+                    Ok(Err(err)) => {
+                        return tracing::warn!(error = %err, "object cache never synced")
+                    }
+                    Err(_elapsed) => continue,
+                }
+            }
+        });
+        Watches {
+            reader,
+            index,
+            lead,
+            changes,
+            to_controller,
+            feed,
+        }
+    }
+}
+
+/// What the feed task takes in. Events are boxed: every item of the merged stream would
+/// otherwise be as large as the largest event.
+enum Input {
+    Object(Box<Result<watcher::Event<AgentDynamics>, watcher::Error>>),
+    Secret(Box<Result<watcher::Event<PartialObjectMeta<Secret>>, watcher::Error>>),
+    Lead,
+}
+
 async fn run_controller(
     client: Client,
     config: RunConfig,
     metrics: Arc<Metrics>,
+    (watches, budgets): (Watches, Option<Arc<crate::executor::Budgets>>),
     lost: impl std::future::Future<Output = ()> + Send + Sync + 'static,
     stop: crate::shutdown::Stop,
 ) {
-    // Metadata only: the operator never keeps Secret values in memory; it reads one when a pass
-    // needs it. One watch per namespace of the Secret scope, so RBAC can grant them there only.
-    secrets::set_scope(config.secret_scope.clone());
-    let secret_apis: Vec<Api<PartialObjectMeta<Secret>>> =
-        match config.secret_scope.watches(config.namespace.as_deref()) {
-            None => vec![Api::all(client.clone())],
-            Some(namespaces) => namespaces
-                .iter()
-                .map(|ns| Api::namespaced(client.clone(), ns))
-                .collect(),
-        };
-
-    let (reader, writer) = reflector::store();
-    let index = Arc::new(index::ObjectIndex::beside(reader.clone()));
-    let index_feed = index.clone();
-    // The index passes on only the events worth a pass: the operator's own status writes change
-    // neither generation nor finalizers nor the refresh annotation, so they do not wake it up.
-    // Parsed lean: without managedFields and labels (see `lean`).
-    let lean_objects: Api<lean::LeanAgentDynamics> = match &config.namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    };
-    let changes = watcher(lean_objects, watcher::Config::default().any_semantic())
-        .default_backoff()
-        .map_ok(lean::full_event)
-        .reflect(writer)
-        .flat_map(move |event| {
-            futures::stream::iter(match event {
-                Ok(event) => index_feed.follow(event),
-                Err(err) => {
-                    tracing::warn!(error = %err, "watch of AgentDynamics failed; retrying with backoff");
-                    Vec::new()
-                }
-            })
-        });
-    // Only Secrets labelled for this operator: it neither sees nor caches the others.
-    let secret_selector = format!("{API_SECRET_LABEL}=true");
-    let secret_changes = futures::stream::select_all(secret_apis.into_iter().map(|api| {
-        watcher(
-            api,
-            watcher::Config::default()
-                .labels(&secret_selector)
-                .any_semantic(),
-        )
-        .default_backoff()
-        .touched_objects()
-        .boxed()
-    }));
-
+    let Watches {
+        reader,
+        index,
+        lead,
+        changes,
+        to_controller,
+        feed,
+    } = watches;
     // Objects woken for a free generation slot, and looks at running generations, go through
     // the generation lane; what the lane hands back goes through the controller's queue.
     let (wake, woken) = tokio::sync::mpsc::unbounded_channel::<String>();
     let (polls_tx, polls) = tokio::sync::mpsc::unbounded_channel();
-    let budgets = budgets::start(&client, &config.budgets).await;
-    let (handed_back, from_lane) = tokio::sync::mpsc::unbounded_channel();
     let ctx = Arc::new(Context::new(
         client.clone(),
         &config,
@@ -238,48 +348,21 @@ async fn run_controller(
     let lane = lane::Lane::new(
         ctx.clone(),
         reader.clone(),
-        handed_back,
+        to_controller,
         config.concurrency.into(),
     );
     let lane = tokio::spawn(lane.run(woken, polls));
-    let from_lane = futures::stream::unfold(from_lane, |mut rx| async move {
+    let changes = futures::stream::unfold(changes, |mut rx| async move {
         let reference = rx.recv().await?;
         Some((reference, rx))
     });
-    let ready_store = reader.clone();
-    let ready_metrics = metrics.clone();
-    tokio::spawn(async move {
-        // Ready once the first list is in the cache: before that, passes would see no conflicts.
-        // The store's readiness wakes only its latest waiter (the controller also waits on it),
-        // so ask again each second instead of waiting once.
-        loop {
-            match tokio::time::timeout(Duration::from_secs(1), ready_store.wait_until_ready()).await
-            {
-                Ok(Ok(())) => {
-                    tracing::info!("object cache synced; ready");
-                    ready_metrics.set_ready(true);
-                    return;
-                }
-                Ok(Err(err)) => return tracing::warn!(error = %err, "object cache never synced"),
-                Err(_elapsed) => continue,
-            }
-        }
-    });
+    let _ = lead.send(());
 
-    let secret_users = reader.clone();
     // Changes come in as plain references (`reference_to`), so the controller's own trigger
-    // stream is empty; the cache it reads from is fed by the watch above.
+    // stream is empty; the cache it reads from is fed by the watches.
     let no_objects = futures::stream::pending::<Result<AgentDynamics, watcher::Error>>();
     Controller::for_stream(no_objects, reader)
-        .watches_stream(secret_changes, move |secret| {
-            secrets::objects_using(
-                &secret_users,
-                &secret.namespace().unwrap_or_default(),
-                &secret.name_any(),
-            )
-        })
         .reconcile_on(changes)
-        .reconcile_on(from_lane)
         .with_config(kube::runtime::controller::Config::default().concurrency(config.concurrency))
         .graceful_shutdown_on(shutdown_signal(stop, lost))
         .run(reconcile, error_policy, ctx)
@@ -290,6 +373,7 @@ async fn run_controller(
         })
         .await;
     lane.abort();
+    feed.abort();
     tracing::info!("controller stopped");
 }
 

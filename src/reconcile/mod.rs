@@ -9,6 +9,7 @@
 //! - `budget` caps the credits spent per hour, day or month, per account or namespace.
 //! - `timing` estimates when a running generation ends, so it is looked at then.
 //! - `ownership` decides which object owns an agent that several name.
+//! - `start` decides when a process that just started first looks at an object.
 //! - `reasons` spells the condition reasons once.
 
 pub mod budget;
@@ -19,6 +20,7 @@ pub mod ledger;
 pub mod ownership;
 pub mod plan;
 pub mod reasons;
+pub mod start;
 pub mod timing;
 pub mod transitions;
 

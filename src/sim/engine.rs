@@ -195,6 +195,10 @@ struct Account {
     /// queue fed never loses (`AccountStats::worker_idle_ms`).
     worker_idle: Duration,
     worker_idle_gaps: u64,
+    /// Calls that arrived within the last second, oldest first, and the most ever seen in one
+    /// second (`AccountStats::peak_calls_per_second`).
+    recent_calls: VecDeque<Instant>,
+    peak_calls_per_second: u64,
 }
 
 impl Account {
@@ -557,6 +561,25 @@ impl Engine {
 
     // ---- the /v1 endpoints ----------------------------------------------
 
+    /// A call with `secret` arrived at `now`: counted for its account's peak rate.
+    pub fn note_call(&mut self, now: Instant, secret: Option<&str>) {
+        let Ok(account) = self.check_secret(secret, None) else {
+            return;
+        };
+        let Some(a) = self.accounts.get_mut(account) else {
+            return;
+        };
+        while a
+            .recent_calls
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(1))
+        {
+            a.recent_calls.pop_front();
+        }
+        a.recent_calls.push_back(now);
+        a.peak_calls_per_second = a.peak_calls_per_second.max(a.recent_calls.len() as u64);
+    }
+
     /// The account a secret belongs to, or 401.
     fn check_secret(&self, secret: Option<&str>, agent: Option<&str>) -> Result<usize, Reply> {
         let details = match secret {
@@ -889,6 +912,7 @@ impl Engine {
                     queued: a.queue.len(),
                     worker_idle_ms: a.worker_idle.as_millis() as u64,
                     worker_idle_gaps: a.worker_idle_gaps,
+                    peak_calls_per_second: a.peak_calls_per_second,
                 })
                 .collect(),
         }
@@ -897,6 +921,10 @@ impl Engine {
     pub fn reset_stats(&mut self) {
         self.counters = Counters::default();
         self.generation_log.clear();
+        for a in &mut self.accounts {
+            a.recent_calls.clear();
+            a.peak_calls_per_second = 0;
+        }
     }
 
     /// Sets every account's balance.

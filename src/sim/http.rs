@@ -79,9 +79,14 @@ async fn generate(
 ) -> Response {
     let secret = header(&headers, "api-secret");
     let key = header(&headers, "idempotency-key");
-    v1_call(&sh, &conn, "generate", agent_hint(&body), |e, now| {
-        e.generate(now, secret.as_deref(), key.as_deref(), &body)
-    })
+    v1_call(
+        &sh,
+        &conn,
+        "generate",
+        agent_hint(&body),
+        secret.clone(),
+        |e, now| e.generate(now, secret.as_deref(), key.as_deref(), &body),
+    )
     .await
 }
 
@@ -92,9 +97,14 @@ async fn get_dynamics(
     headers: HeaderMap,
 ) -> Response {
     let secret = header(&headers, "api-secret");
-    v1_call(&sh, &conn, "get", Some(agent_id.clone()), |e, now| {
-        e.get(now, secret.as_deref(), &agent_id)
-    })
+    v1_call(
+        &sh,
+        &conn,
+        "get",
+        Some(agent_id.clone()),
+        secret.clone(),
+        |e, now| e.get(now, secret.as_deref(), &agent_id),
+    )
     .await
 }
 
@@ -107,9 +117,14 @@ async fn update(
 ) -> Response {
     let secret = header(&headers, "api-secret");
     let wall = SystemTime::now();
-    v1_call(&sh, &conn, "update", Some(agent_id.clone()), |e, now| {
-        e.update(now, wall, secret.as_deref(), &agent_id, &body)
-    })
+    v1_call(
+        &sh,
+        &conn,
+        "update",
+        Some(agent_id.clone()),
+        secret.clone(),
+        |e, now| e.update(now, wall, secret.as_deref(), &agent_id, &body),
+    )
     .await
 }
 
@@ -120,9 +135,12 @@ async fn v1_call(
     conn: &ConnKiller,
     endpoint: &'static str,
     agent: Option<String>,
+    secret: Option<String>,
     call: impl FnOnce(&mut Engine, Instant) -> Reply,
 ) -> Response {
     let started = Instant::now();
+    // Counted on arrival, before any latency or fault: what the account's rate limit sees.
+    lock(sh).note_call(started, secret.as_deref());
     let latency = lock(sh).faults().latency_ms;
     if latency > 0 {
         tokio::time::sleep(Duration::from_millis(latency)).await;

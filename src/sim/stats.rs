@@ -65,6 +65,10 @@ pub struct AccountStats {
     pub worker_idle_ms: u64,
     #[serde(default)]
     pub worker_idle_gaps: u64,
+    /// The most calls (any endpoint, any status) that arrived with this account's secrets in
+    /// any one-second window since start or the last reset.
+    #[serde(default)]
+    pub peak_calls_per_second: u64,
 }
 
 impl SimStats {

@@ -12,6 +12,7 @@
 //! | [`deletion`]      | deletion policies: Disable, Orphan, a remote already gone           |
 //! | [`errors`]        | remote errors stall without a retry storm; admission refuses input  |
 //! | [`restarts`]      | a SIGKILLed operator, leader election handing over                  |
+//! | [`api_budget`]    | restarts spread settled objects; pending work first; calls per second |
 //! | [`credit_safety`] | the generation guard; credit-safety stalls in `kubectl get`         |
 //! | [`ownership`]     | two objects for one agent; the refresh annotation                   |
 //! | [`ledger`]        | re-creation, replace, wiped status, two installs, adoption, resolve |
@@ -21,6 +22,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod api_budget;
 mod budgets;
 mod credit_safety;
 mod deletion;

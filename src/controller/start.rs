@@ -1,0 +1,384 @@
+//! What the watches pass on to the controller, and when, around a start or a takeover.
+//!
+//! The watches run from the moment the process starts, leader or not, so a replica waiting for
+//! the lease keeps its cache and index warm and takes over without a relist. Until it leads
+//! (at once without leader election) their events only feed the cache and the index. When it
+//! leads and the cache holds the first complete list, `reconcile::start::first_look` decides for
+//! every cached object when the controller first looks at it: at once for work pending, when
+//! its resync would have come for settled objects. From then on the watches pass on changes as
+//! they come.
+//!
+//! Secrets: the first list of the labelled Secrets is not a change, so it wakes nobody (the
+//! start rule covers every object); later changes, and a relist that finds a Secret at another
+//! version, wake the objects that use it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::core::PartialObjectMeta;
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher::Event;
+use kube::ResourceExt;
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::reconcile::start::first_look;
+use crate::resource::AgentDynamics;
+
+use super::context::reference_to;
+use super::index::ObjectIndex;
+
+/// Passes for the controller: now, and later (after a delay from now).
+#[derive(Debug, Default, PartialEq)]
+pub struct Due {
+    pub now: Vec<ObjectRef<AgentDynamics>>,
+    pub later: Vec<Later>,
+}
+
+/// A pass after a delay. Compact, since a start holds one for every settled object: 24 bytes
+/// and the key's, where an `ObjectRef` and a `Duration` take 112 and two strings.
+#[derive(Debug, PartialEq)]
+pub struct Later {
+    after_ms: u32,
+    /// namespace/name
+    key: Box<str>,
+}
+
+impl Later {
+    fn new(after: Duration, obj: &AgentDynamics) -> Self {
+        Later {
+            after_ms: after.as_millis().min(u128::from(u32::MAX)) as u32,
+            key: super::context::key_of(obj).into_boxed_str(),
+        }
+    }
+
+    pub fn after(&self) -> Duration {
+        Duration::from_millis(self.after_ms.into())
+    }
+
+    pub fn reference(&self) -> ObjectRef<AgentDynamics> {
+        let (namespace, name) = self.key.split_once('/').unwrap_or(("", &self.key));
+        ObjectRef::new(name).within(namespace)
+    }
+}
+
+pub struct Gate {
+    index: Arc<ObjectIndex>,
+    cache: Store<AgentDynamics>,
+    resync: Duration,
+    leading: bool,
+    /// The cache holds a complete list.
+    listed: bool,
+    /// The start rule has run over the cache (once, when both leading and listed).
+    started: bool,
+    /// Labelled Secrets (namespace/name) and the resourceVersion last seen.
+    secrets: HashMap<String, String>,
+    secrets_relisting: Option<HashMap<String, String>>,
+    secrets_listed: bool,
+}
+
+impl Gate {
+    pub fn new(index: Arc<ObjectIndex>, cache: Store<AgentDynamics>, resync: Duration) -> Self {
+        Gate {
+            index,
+            cache,
+            resync,
+            leading: false,
+            listed: false,
+            started: false,
+            secrets: HashMap::new(),
+            secrets_relisting: None,
+            secrets_listed: false,
+        }
+    }
+
+    /// One event of the AgentDynamics watch, after kube's cache has seen it.
+    pub fn object_event(&mut self, event: Event<AgentDynamics>) -> Due {
+        let listed = matches!(event, Event::InitDone);
+        let changes = self.index.follow(event);
+        self.listed |= listed;
+        if !self.leading {
+            return Due::default();
+        }
+        if !self.started {
+            // The first list completes after leadership came: the start rule covers it.
+            return if self.listed {
+                self.start()
+            } else {
+                Due::default()
+            };
+        }
+        Due {
+            now: changes,
+            later: Vec::new(),
+        }
+    }
+
+    /// This replica leads from now on.
+    pub fn lead(&mut self) -> Due {
+        self.leading = true;
+        if self.listed && !self.started {
+            self.start()
+        } else {
+            Due::default()
+        }
+    }
+
+    fn start(&mut self) -> Due {
+        self.started = true;
+        let now = jiff::Timestamp::now();
+        let objects = self.cache.state();
+        let mut due = Due {
+            now: Vec::new(),
+            // Nearly all of them, in one allocation rather than doublings.
+            later: Vec::with_capacity(objects.len()),
+        };
+        for obj in objects {
+            let at = first_look(&obj, self.resync, now);
+            if at.is_zero() {
+                due.now.push(reference_to(&obj));
+            } else {
+                due.later.push(Later::new(at, &obj));
+            }
+        }
+        tracing::info!(
+            now = due.now.len(),
+            spread = due.later.len(),
+            over_s = self.resync.as_secs(),
+            "starting: objects with work pending are looked at now, settled ones spread over the resync window"
+        );
+        due
+    }
+
+    /// One event of a Secret watch: the Secret (namespace, name) whose change wakes its users.
+    pub fn secret_event(
+        &mut self,
+        event: Event<PartialObjectMeta<Secret>>,
+    ) -> Option<(String, String)> {
+        let key = |s: &PartialObjectMeta<Secret>| (s.namespace().unwrap_or_default(), s.name_any());
+        let changed = match &event {
+            Event::Init => {
+                self.secrets_relisting = Some(HashMap::new());
+                None
+            }
+            Event::InitApply(s) => {
+                let (ns, name) = key(s);
+                let version = s.resource_version().unwrap_or_default();
+                let at = format!("{ns}/{name}");
+                let changed = self.secrets_listed && self.secrets.get(&at) != Some(&version);
+                self.secrets_relisting
+                    .get_or_insert_with(HashMap::new)
+                    .insert(at, version);
+                changed.then_some((ns, name))
+            }
+            Event::InitDone => {
+                let listed = self.secrets_relisting.take().unwrap_or_default();
+                // Merged, not replaced: several Secret watches (one per namespace) feed this.
+                self.secrets.extend(listed);
+                self.secrets_listed = true;
+                None
+            }
+            Event::Apply(s) => {
+                let (ns, name) = key(s);
+                self.secrets.insert(
+                    format!("{ns}/{name}"),
+                    s.resource_version().unwrap_or_default(),
+                );
+                Some((ns, name))
+            }
+            Event::Delete(s) => {
+                let (ns, name) = key(s);
+                self.secrets.remove(&format!("{ns}/{name}"));
+                Some((ns, name))
+            }
+        };
+        changed.filter(|_| self.leading && self.started)
+    }
+}
+
+/// Sends the passes due later to `controller`, each at its time, from one task: a sorted list
+/// and one timer rather than a task per object.
+pub fn send_later(controller: UnboundedSender<ObjectRef<AgentDynamics>>, mut later: Vec<Later>) {
+    if later.is_empty() {
+        return;
+    }
+    later.sort_unstable_by_key(|l| l.after_ms);
+    let start = tokio::time::Instant::now();
+    tokio::spawn(async move {
+        for pass in later {
+            tokio::time::sleep_until(start + pass.after()).await;
+            if controller.send(pass.reference()).is_err() {
+                return; // The controller stopped.
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resource::{AgentDynamicsSpec, AgentDynamicsStatus, FINALIZER};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+    use kube::runtime::reflector;
+
+    const RESYNC: Duration = Duration::from_secs(600);
+
+    fn obj(name: &str, settled: bool) -> AgentDynamics {
+        let mut o = AgentDynamics::new(
+            name,
+            AgentDynamicsSpec {
+                agent_id: name.to_uppercase(),
+                ..Default::default()
+            },
+        );
+        o.metadata.namespace = Some("ns".into());
+        o.metadata.uid = Some(format!("uid-{name}"));
+        o.metadata.resource_version = Some("1".into());
+        o.metadata.generation = Some(1);
+        o.metadata.finalizers = Some(vec![FINALIZER.into()]);
+        let ready = Condition {
+            type_: "Ready".into(),
+            status: if settled { "True" } else { "False" }.into(),
+            reason: "R".into(),
+            message: String::new(),
+            last_transition_time: Time(jiff::Timestamp::UNIX_EPOCH),
+            observed_generation: Some(1),
+        };
+        o.status = Some(AgentDynamicsStatus {
+            observed_generation: Some(1),
+            conditions: vec![ready],
+            ..Default::default()
+        });
+        o
+    }
+
+    struct Fixture {
+        gate: Gate,
+        feed: reflector::store::Writer<AgentDynamics>,
+    }
+
+    impl Fixture {
+        fn new() -> Self {
+            let (cache, feed) = reflector::store();
+            let index = Arc::new(ObjectIndex::beside(cache.clone()));
+            Fixture {
+                gate: Gate::new(index, cache, RESYNC),
+                feed,
+            }
+        }
+
+        fn event(&mut self, event: Event<AgentDynamics>) -> Due {
+            self.feed.apply_watcher_event(&event);
+            self.gate.object_event(event)
+        }
+
+        fn list(&mut self, objects: &[AgentDynamics]) -> Vec<Due> {
+            let mut dues = vec![self.event(Event::Init)];
+            for o in objects {
+                dues.push(self.event(Event::InitApply(o.clone())));
+            }
+            dues.push(self.event(Event::InitDone));
+            dues
+        }
+    }
+
+    fn names(refs: &[ObjectRef<AgentDynamics>]) -> Vec<String> {
+        let mut names: Vec<String> = refs.iter().map(|r| r.name.clone()).collect();
+        names.sort();
+        names
+    }
+
+    fn spread_names(due: &Due) -> Vec<String> {
+        let refs: Vec<_> = due.later.iter().map(Later::reference).collect();
+        names(&refs)
+    }
+
+    #[test]
+    fn a_start_looks_now_at_pending_work_and_later_at_settled_objects() {
+        let mut f = Fixture::new();
+        f.gate.lead();
+        let dues = f.list(&[obj("busy", false), obj("done", true), obj("done2", true)]);
+        let (list, done) = dues.split_at(dues.len() - 1);
+        assert!(
+            list.iter().all(|d| *d == Due::default()),
+            "nothing before the list is complete"
+        );
+        assert_eq!(names(&done[0].now), ["busy"]);
+        assert_eq!(spread_names(&done[0]), ["done", "done2"]);
+        let reference = done[0].later[0].reference();
+        assert_eq!(reference.namespace.as_deref(), Some("ns"), "{reference:?}");
+        assert!(done[0]
+            .later
+            .iter()
+            .all(|l| !l.after().is_zero() && l.after() < RESYNC + RESYNC / 10));
+        // After the start, changes pass as they come; a status write does not.
+        let mut edited = obj("done", true);
+        edited.metadata.generation = Some(2);
+        edited.metadata.resource_version = Some("2".into());
+        assert_eq!(names(&f.event(Event::Apply(edited)).now), ["done"]);
+        let mut written = obj("done2", true);
+        written.metadata.resource_version = Some("3".into());
+        assert_eq!(f.event(Event::Apply(written)), Due::default());
+        // A relist after a broken watch passes only what changed, and spreads nothing.
+        let dues = f.list(&[obj("busy", false), obj("done2", true), obj("new", false)]);
+        assert_eq!(names(&dues.last().unwrap().now), ["new"]);
+        assert!(dues.iter().all(|d| d.later.is_empty()));
+    }
+
+    /// A standby keeps its cache and index from the watch and passes nothing; when it takes the
+    /// lease, the start rule runs over what it holds (no relist), changes made while it waited
+    /// included.
+    #[test]
+    fn a_standby_passes_nothing_until_it_leads_then_starts_from_its_cache() {
+        let mut f = Fixture::new();
+        let dues = f.list(&[obj("busy", false), obj("done", true)]);
+        assert!(dues.iter().all(|d| *d == Due::default()));
+        let mut edited = obj("done", true);
+        edited.metadata.generation = Some(2);
+        assert_eq!(f.event(Event::Apply(edited)), Due::default(), "not leading");
+        let due = f.gate.lead();
+        assert_eq!(
+            names(&due.now),
+            ["busy", "done"],
+            "the edit made meanwhile is pending"
+        );
+        assert!(due.later.is_empty());
+        assert_eq!(f.gate.lead(), Due::default(), "the start runs once");
+    }
+
+    #[test]
+    fn the_first_list_of_secrets_wakes_nobody_later_changes_do() {
+        let mut f = Fixture::new();
+        f.gate.lead();
+        f.list(&[]);
+        let secret = |name: &str, version: &str| {
+            let mut s = PartialObjectMeta::<Secret>::default();
+            s.metadata.namespace = Some("ns".into());
+            s.metadata.name = Some(name.into());
+            s.metadata.resource_version = Some(version.into());
+            s
+        };
+        let woken = |f: &mut Fixture, e| f.gate.secret_event(e).map(|(_, name)| name);
+        assert_eq!(woken(&mut f, Event::Init), None);
+        assert_eq!(woken(&mut f, Event::InitApply(secret("a", "1"))), None);
+        assert_eq!(woken(&mut f, Event::InitApply(secret("b", "1"))), None);
+        assert_eq!(woken(&mut f, Event::InitDone), None);
+        assert_eq!(
+            woken(&mut f, Event::Apply(secret("a", "2"))),
+            Some("a".into())
+        );
+        // A relist: only the Secret at another version wakes its users.
+        woken(&mut f, Event::Init);
+        assert_eq!(woken(&mut f, Event::InitApply(secret("a", "2"))), None);
+        assert_eq!(
+            woken(&mut f, Event::InitApply(secret("b", "5"))),
+            Some("b".into())
+        );
+        woken(&mut f, Event::InitDone);
+        assert_eq!(
+            woken(&mut f, Event::Delete(secret("b", "6"))),
+            Some("b".into())
+        );
+    }
+}
