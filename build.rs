@@ -32,7 +32,12 @@ fn main() {
                         println!("cargo:rerun-if-changed={}", path.display());
                     }
                 }
-                println!("cargo:rerun-if-changed={common}/packed-refs");
+                // Watched only where it exists: cargo takes a missing path as changed, and
+                // would rebuild the crate on every command.
+                let packed = PathBuf::from(&common).join("packed-refs");
+                if packed.exists() {
+                    println!("cargo:rerun-if-changed={}", packed.display());
+                }
             }
             git(&["rev-parse", "--short", "HEAD"]).unwrap_or_else(|| "unknown".into())
         }
