@@ -480,7 +480,7 @@ impl Figures {
         if !self.ready_without_generation.is_empty() {
             let _ = writeln!(
                 s,
-                "  Ready without their generation (known open defect): {:?}",
+                "  Ready without their generation (the long run fails on this): {:?}",
                 self.ready_without_generation
             );
         }
@@ -1368,9 +1368,9 @@ pub async fn run_campaign(cp: &ControlPlane, cfg: &CampaignConfig) -> anyhow::Re
                     .last_generate_request
                     .and_then(|b| b.get("image_url").cloned());
                 if last != obj.spec.image_url.clone().map(serde_json::Value::String) {
-                    // Kept apart from `violations`: a known open defect (RELIABILITY.md, the
-                    // long run with the ledger), never a second purchase. The long run fails on
-                    // it (benches/chaos.rs); the short one reports it.
+                    // Kept apart from `violations`: never a second purchase, and rare since the
+                    // fixes of RELIABILITY.md's long runs. The long run fails on it
+                    // (benches/chaos.rs); the short one reports it.
                     f.ready_without_generation.push(format!(
                         "{name} is Ready but the simulator's last generate body has image_url {last:?}, the spec {:?}",
                         obj.spec.image_url
