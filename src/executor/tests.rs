@@ -832,3 +832,61 @@ async fn a_marker_with_no_call_on_the_ledger_was_never_sent_and_is_bought() {
         "an unknown outcome is never resent"
     );
 }
+
+// Two replicas at once (a rollout without leader election): one sends the call and records it
+// in the ledger; the other, whose view of the status has no marker (it dropped it, or its cache
+// lags), finds this object's own call on the ledger. It adopts it without a call and counts it
+// once: the generation is this object's purchase. A status that already counts it is left as is.
+#[tokio::test]
+async fn this_objects_call_sent_by_another_replica_is_adopted_and_counted_once() {
+    let sim = simulator(10_000).await;
+    let exec = executor(&sim, Duration::from_secs(5));
+    let spec = object(AgentDynamicsStatus::default()).spec;
+    let key = inputs_hash(&spec);
+    // One call for these inputs on the ledger, sent for the object of this name with `uid`.
+    let bought_by = |uid: &str| {
+        crate::reconcile::ledger::with_purchase(
+            None,
+            AGENT,
+            crate::reconcile::ledger::Asker {
+                object: "agents/support",
+                uid,
+            },
+            &key,
+            &Default::default(),
+            "2026-12-07T00:00:00Z",
+            1,
+        )
+    };
+    let mut sink = MemorySink {
+        ledger: Some(bought_by("uid-1")),
+        ..Default::default()
+    };
+    exec.pass(&object(AgentDynamicsStatus::default()), 0, &mut sink)
+        .await
+        .expect("pass");
+    assert_eq!(generate_calls(&sim), 0, "bought already: nothing is sent");
+    assert_eq!(sink.stored.generations, 1, "{:?}", sink.stored);
+    assert!(sink.stored.was_bought(&key), "{:?}", sink.stored);
+    let counted = sink.stored.clone();
+    exec.pass(&object(counted.clone()), 0, &mut sink)
+        .await
+        .expect("second pass");
+    assert_eq!(
+        sink.stored.generations, 1,
+        "counted once: {:?}",
+        sink.stored
+    );
+
+    // Another object's purchase of the same inputs (a re-created object) is taken over, not counted.
+    let mut sink = MemorySink {
+        ledger: Some(bought_by("uid-0")),
+        ..Default::default()
+    };
+    exec.pass(&object(AgentDynamicsStatus::default()), 0, &mut sink)
+        .await
+        .expect("pass");
+    assert_eq!(generate_calls(&sim), 0);
+    assert_eq!(sink.stored.generations, 0, "{:?}", sink.stored);
+    assert!(sink.stored.was_bought(&key));
+}

@@ -76,6 +76,13 @@ pub fn verdict(record: Option<&DynamicsLedgerSpec>, asker: Asker, key: &str) -> 
     }
 }
 
+/// Whether the latest purchase of `key` on `record` is a call this object (this uid) sent.
+pub fn own_call(record: Option<&DynamicsLedgerSpec>, asker: Asker, key: &str) -> bool {
+    record
+        .and_then(|r| r.purchases.iter().rfind(|p| p.key == key))
+        .is_some_and(|p| p.uid == asker.uid && p.calls > 0)
+}
+
 /// The record with this object holding the agent and `key` recorded: `calls` generate calls
 /// about to be sent for it (0 when existing dynamics are adopted). A key already on record
 /// moves to the end (it is the latest now) and adds its calls.
@@ -400,6 +407,8 @@ mod tests {
         ];
         for (name, rec, want) in rows {
             assert_eq!(call_never_sent(rec, "k1", "uid-1", true), want, "{name}");
+            // A call of ours on record is one this object's status counts when it adopts it.
+            assert_eq!(own_call(rec, ME, "k1"), !want, "{name}: own call");
             assert!(
                 !call_never_sent(rec, "k1", "uid-1", false),
                 "{name}: a marker of a release before the ledger proves nothing"

@@ -245,6 +245,9 @@ pub struct AdoptPlan {
     pub ledger: Option<LedgerWrite>,
     /// A remote status this operator does not know, accepted as finished by the user.
     pub accept_status: Option<String>,
+    /// The purchase is this object's own call, which its status does not count yet (another
+    /// replica sent it and recorded it only in the ledger): it is counted now.
+    pub own_call: bool,
 }
 
 /// Where adopted inputs come from.
@@ -569,6 +572,7 @@ fn plan_pending(
                     from: AdoptFrom::Resolved,
                     ledger: None,
                     accept_status: None,
+                    own_call: false,
                 }))
             }
             Some(Resolution::Retry) => return Some(retry_plan(input, hash.to_string())),
@@ -683,6 +687,8 @@ fn plan_purchase(input: &Input, remote: Option<&DynamicsState>, hash: String) ->
             ))
         }
         Verdict::Bought => Action::Adopt(AdoptPlan {
+            own_call: ledger::own_call(record, input.asker, &hash)
+                && !input.status.was_bought(&hash),
             inputs_hash: hash,
             from: AdoptFrom::Ledger,
             ledger: ledger::with_holder(record, agent, input.asker)
@@ -731,6 +737,7 @@ fn plan_purchase(input: &Input, remote: Option<&DynamicsState>, hash: String) ->
                     from: AdoptFrom::Existing,
                     ledger: Some(write),
                     accept_status: None,
+                    own_call: false,
                 }),
                 Ok(write) => Action::Generate(generate_plan(input, hash, write)),
                 Err(action) => *action,
@@ -803,6 +810,7 @@ fn resolved_adopt(input: &Input, hash: String, accept_status: Option<String>) ->
             from: AdoptFrom::Resolved,
             ledger: Some(write),
             accept_status,
+            own_call: false,
         }),
         Err(action) => *action,
     }

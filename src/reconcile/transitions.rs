@@ -83,9 +83,13 @@ pub struct TakenIn {
     pub outdated: bool,
 }
 
-/// Inputs taken as bought without a call (`Action::Adopt`): nothing is counted.
+/// Inputs taken as bought without a call (`Action::Adopt`): nothing is counted, unless the
+/// call was this object's own and its status never counted it.
 pub fn adopted(status: &AgentDynamicsStatus, plan: &AdoptPlan) -> AgentDynamicsStatus {
     let mut status = status.clone();
+    if plan.own_call {
+        status.generations += 1;
+    }
     status.generate_hash = Some(plan.inputs_hash.clone());
     status.remember_bought(&plan.inputs_hash);
     if status
