@@ -50,7 +50,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let config = args.into_config().unwrap_or_else(|e| config_error(e));
             dynamics_operator::controller::run(config).await
         }
-        Command::Sim(args) => dynamics_operator::sim::run_foreground(args).await,
+        Command::Sim(args) => {
+            let stop = async {
+                dynamics_operator::shutdown::signal().await;
+            };
+            dynamics_operator::sim::run_foreground(args, stop).await
+        }
         Command::Crd { ledger } => {
             if ledger {
                 print!("{}", dynamics_operator::resource::ledger_crd_yaml());

@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use dynamics_operator::api::{
-    parse_retry_after, DynamicsState, GenerateReply, RemoteErrorBody, UpdateReply, MAX_REMOTE_WAIT,
+    parse_generate, parse_retry_after, parse_state, parse_update, RemoteErrorBody, MAX_REMOTE_WAIT,
 };
 use dynamics_operator::filemode::manifests::{load_text, Loaded};
 use proptest::prelude::*;
@@ -51,9 +51,9 @@ fn json_value() -> impl Strategy<Value = Value> {
 
 /// Every reply parser on the same body; none may panic.
 fn parse_all(body: &[u8]) {
-    let _ = DynamicsState::parse_reply(body, "agent");
-    let _ = GenerateReply::parse_reply(body);
-    let _ = UpdateReply::parse_reply(body);
+    let _ = parse_state(body, "agent");
+    let _ = parse_generate(body);
+    let _ = parse_update(body);
     let _ = RemoteErrorBody::parse(body);
 }
 
@@ -73,7 +73,7 @@ proptest! {
         let wrapped = serde_json::to_vec(&json!({"success": true, "data": v})).unwrap();
         parse_all(&wrapped);
         // `data` is read when it is an object or null, refused otherwise.
-        let state = DynamicsState::parse_reply(&wrapped, "agent");
+        let state = parse_state(&wrapped, "agent");
         prop_assert_eq!(state.is_ok(), v.is_object() || v.is_null(), "{:?}", state);
     }
 
@@ -82,9 +82,9 @@ proptest! {
         let mut obj = json!({"success": false});
         obj["data"] = v;
         let body = serde_json::to_vec(&obj).unwrap();
-        prop_assert!(DynamicsState::parse_reply(&body, "a").is_err());
-        prop_assert!(GenerateReply::parse_reply(&body).is_err());
-        prop_assert!(UpdateReply::parse_reply(&body).is_err());
+        prop_assert!(parse_state(&body, "a").is_err());
+        prop_assert!(parse_generate(&body).is_err());
+        prop_assert!(parse_update(&body).is_err());
     }
 
     #[test]

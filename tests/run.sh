@@ -40,4 +40,4 @@ echo "== release binary (cargo build --release)"
 cargo build --release --locked --bin dynamics-operator
 
 echo "== cargo test"
-cargo test --locked --all-targets --no-fail-fast
+cargo test --locked --workspace --all-targets --no-fail-fast

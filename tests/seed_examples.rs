@@ -5,8 +5,9 @@
 use std::collections::BTreeSet;
 
 use dynamics_operator::api::{
-    ApiError, ApiErrorKind, BatchResult, DynamicsState, Endpoint, GenerateReply, GenerateRequest,
-    ModelRef, Regeneration, RemoteErrorBody, RemoteStatus, UpdateReply, UpdateRequest,
+    parse_generate, parse_state, parse_update, ApiError, ApiErrorKind, BatchResult, Endpoint,
+    GenerateReply, GenerateRequest, ModelRef, Regeneration, RemoteErrorBody, RemoteStatus,
+    UpdateReply, UpdateRequest,
 };
 use dynamics_operator::sim::{self, SimConfig};
 use serde_json::{json, Value};
@@ -37,7 +38,7 @@ fn keys(v: &Value) -> BTreeSet<String> {
 #[test]
 fn generate_reply_example() {
     let body = fixture("generate-reply.json");
-    let r = GenerateReply::parse_reply(body.as_bytes()).unwrap();
+    let r = parse_generate(body.as_bytes()).unwrap();
     assert_eq!(
         r,
         GenerateReply {
@@ -46,15 +47,14 @@ fn generate_reply_example() {
             status: Some(RemoteStatus::Processing),
         }
     );
-    let again =
-        GenerateReply::parse_reply(&with_unknown_fields(fixture_json("generate-reply.json")));
+    let again = parse_generate(&with_unknown_fields(fixture_json("generate-reply.json")));
     assert_eq!(again.unwrap(), r);
 }
 
 #[test]
 fn get_reply_example() {
     let body = fixture("get-reply.json");
-    let s = DynamicsState::parse_reply(body.as_bytes(), "other-id").unwrap();
+    let s = parse_state(body.as_bytes(), "other-id").unwrap();
     assert_eq!(s.agent_id, "A91XMB7113", "the reply's agent id wins");
     assert_eq!(s.status, Some(RemoteStatus::Generating));
     assert_eq!(
@@ -65,15 +65,14 @@ fn get_reply_example() {
     assert_eq!(s.error_message, None);
     assert!(s.has_dynamics());
     assert!(s.status.as_ref().unwrap().is_in_progress());
-    let again =
-        DynamicsState::parse_reply(&with_unknown_fields(fixture_json("get-reply.json")), "x");
+    let again = parse_state(&with_unknown_fields(fixture_json("get-reply.json")), "x");
     assert_eq!(again.unwrap(), s);
 }
 
 #[test]
 fn get_reply_newer_docs_shape() {
     let body = fixture("get-reply-newer.json");
-    let s = DynamicsState::parse_reply(body.as_bytes(), "x").unwrap();
+    let s = parse_state(body.as_bytes(), "x").unwrap();
     assert_eq!(s.status, Some(RemoteStatus::Ready));
     assert_eq!(
         s.model_url.as_deref(),
@@ -81,7 +80,7 @@ fn get_reply_newer_docs_shape() {
     );
     assert_eq!(s.gestures["wave"], "https://storage.supabase.co/wave.mp4");
     assert_eq!(s.gestures["nod"], "https://storage.supabase.co/nod.mp4");
-    let again = DynamicsState::parse_reply(
+    let again = parse_state(
         &with_unknown_fields(fixture_json("get-reply-newer.json")),
         "x",
     );
@@ -172,7 +171,7 @@ fn generate_request_field_names_match_the_schema_sketch() {
 
 #[test]
 fn update_reply_examples() {
-    let a = UpdateReply::parse_reply(fixture("update-reply-data.json").as_bytes()).unwrap();
+    let a = parse_update(fixture("update-reply-data.json").as_bytes()).unwrap();
     assert_eq!(
         a,
         UpdateReply {
@@ -182,14 +181,14 @@ fn update_reply_examples() {
             regeneration: None,
         }
     );
-    let b = UpdateReply::parse_reply(fixture("update-reply-regeneration.json").as_bytes()).unwrap();
+    let b = parse_update(fixture("update-reply-regeneration.json").as_bytes()).unwrap();
     assert_eq!(b.agent_id.as_deref(), Some("A91XMB7113"));
     assert_eq!(b.regeneration, Some(Regeneration::Started));
     assert_eq!(b.updated_at, None);
     assert!(b.message.unwrap().contains("regeneration started"));
     for name in ["update-reply-data.json", "update-reply-regeneration.json"] {
-        let plain = UpdateReply::parse_reply(fixture(name).as_bytes()).unwrap();
-        let extra = UpdateReply::parse_reply(&with_unknown_fields(fixture_json(name))).unwrap();
+        let plain = parse_update(fixture(name).as_bytes()).unwrap();
+        let extra = parse_update(&with_unknown_fields(fixture_json(name))).unwrap();
         assert_eq!(plain, extra, "{name}");
     }
 }

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use dynamics_test_process::clock_ticks;
 use support::controlplane::ControlPlane;
 
 use super::support;
@@ -14,20 +15,6 @@ pub struct ProcSample {
     pub cpu_s: f64,
     pub rss_kib: u64,
     pub hwm_kib: u64,
-}
-
-extern "C" {
-    fn sysconf(name: std::os::raw::c_int) -> std::os::raw::c_long;
-}
-pub const SC_CLK_TCK: std::os::raw::c_int = 2;
-
-pub fn clock_ticks() -> f64 {
-    let t = unsafe { sysconf(SC_CLK_TCK) };
-    if t > 0 {
-        t as f64
-    } else {
-        100.0
-    }
 }
 
 /// utime+stime (all threads) and VmRSS/VmHWM of a process.

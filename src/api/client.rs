@@ -17,7 +17,9 @@ use super::error::{ApiError, ApiErrorKind, Endpoint, RemoteErrorBody};
 use super::limit::AccountLimits;
 use super::retry::{backoff_delay, parse_retry_after};
 use super::secret::ApiSecret;
-use super::types::{DynamicsState, GenerateReply, GenerateRequest, UpdateReply, UpdateRequest};
+use dynamics_core::wire::{
+    DynamicsState, GenerateReply, GenerateRequest, UpdateReply, UpdateRequest,
+};
 
 /// How long a 429 without Retry-After pauses its account.
 const ACCOUNT_PAUSE_WITHOUT_RETRY_AFTER: Duration = Duration::from_secs(1);
@@ -180,7 +182,8 @@ impl DynamicsClient {
             idempotency_key,
             max_retries: 0,
         };
-        self.execute(secret, call, GenerateReply::parse_reply).await
+        self.execute(secret, call, super::reply::parse_generate)
+            .await
     }
 
     /// Reads an agent's dynamics; retried on transient failures.
@@ -196,7 +199,7 @@ impl DynamicsClient {
             idempotency_key: None,
             max_retries: self.config.max_retries,
         };
-        self.execute(secret, call, |b| DynamicsState::parse_reply(b, agent_id))
+        self.execute(secret, call, |b| super::reply::parse_state(b, agent_id))
             .await
     }
 
@@ -219,7 +222,7 @@ impl DynamicsClient {
             idempotency_key: None,
             max_retries: self.config.max_retries,
         };
-        self.execute(secret, call, UpdateReply::parse_reply).await
+        self.execute(secret, call, super::reply::parse_update).await
     }
 
     /// Base URL plus path segments; segments are percent-encoded, so agent

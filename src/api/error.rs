@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::secret::{redact, ApiSecret};
+pub use dynamics_core::wire::{ApiErrorKind, Disposition};
 
 /// The three remote endpoints.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -38,134 +39,6 @@ impl Endpoint {
 impl fmt::Display for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
-    }
-}
-
-/// Error classes. Each maps to one Kubernetes condition reason.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum ApiErrorKind {
-    /// 400: the request's parameters were refused.
-    InvalidRequest,
-    /// 401 or 403: the api-secret was refused.
-    Unauthorized,
-    /// 402: the account has too few credits.
-    InsufficientCredits,
-    /// 404: the agent does not exist for this account.
-    NotFound,
-    /// 429.
-    RateLimited,
-    /// 503: the remote's workers are busy.
-    Unavailable,
-    /// Other 5xx, and status codes the API does not document.
-    Server,
-    /// Connect or request timeout.
-    Timeout,
-    /// The connection never opened (refused, DNS, TLS handshake): nothing was sent.
-    Connect,
-    /// Connection reset or closed before a reply: the request may have been processed.
-    Transport,
-    /// A reply that could not be understood.
-    Decode,
-}
-
-impl ApiErrorKind {
-    /// CamelCase reason for a Kubernetes condition.
-    pub fn reason(&self) -> &'static str {
-        match self {
-            ApiErrorKind::InvalidRequest => "InvalidRequest",
-            ApiErrorKind::Unauthorized => "Unauthorized",
-            ApiErrorKind::InsufficientCredits => "InsufficientCredits",
-            ApiErrorKind::NotFound => "AgentNotFound",
-            ApiErrorKind::RateLimited => "RateLimited",
-            ApiErrorKind::Unavailable => "RemoteUnavailable",
-            ApiErrorKind::Server => "RemoteError",
-            ApiErrorKind::Timeout => "Timeout",
-            ApiErrorKind::Connect => "ConnectFailed",
-            ApiErrorKind::Transport => "TransportError",
-            ApiErrorKind::Decode => "BadReply",
-        }
-    }
-
-    /// Whether trying again later may succeed without anyone changing anything.
-    /// Decode is not retryable: repeating a request whose reply we cannot read
-    /// would only repeat the failure (and for generate, the bill).
-    pub fn is_retryable(&self) -> bool {
-        matches!(
-            self,
-            ApiErrorKind::RateLimited
-                | ApiErrorKind::Unavailable
-                | ApiErrorKind::Server
-                | ApiErrorKind::Timeout
-                | ApiErrorKind::Connect
-                | ApiErrorKind::Transport
-        )
-    }
-
-    /// Whether a failed generate call of this kind certainly bought nothing: the API refused it
-    /// (400, 401, 402, 404, 422, 429, 503 "workers busy": the call was not taken) or the
-    /// connection never opened. A timeout, a dropped connection or a reply we cannot read may
-    /// have been processed and charged. A 500 is a refusal only with the API's own error body
-    /// (see [`ApiError::refused_before_processing`]).
-    pub fn refused_before_processing(&self) -> bool {
-        matches!(
-            self,
-            ApiErrorKind::InvalidRequest
-                | ApiErrorKind::Unauthorized
-                | ApiErrorKind::InsufficientCredits
-                | ApiErrorKind::NotFound
-                | ApiErrorKind::RateLimited
-                | ApiErrorKind::Unavailable
-                | ApiErrorKind::Connect
-        )
-    }
-
-    /// Whether the user must change something (spec, Secret, account) before a retry can succeed.
-    pub fn needs_user_action(&self) -> bool {
-        matches!(
-            self,
-            ApiErrorKind::InvalidRequest
-                | ApiErrorKind::Unauthorized
-                | ApiErrorKind::InsufficientCredits
-                | ApiErrorKind::NotFound
-        )
-    }
-
-    /// Classifies a non-2xx HTTP status.
-    pub fn from_http_status(status: u16) -> Self {
-        match status {
-            400 | 422 => ApiErrorKind::InvalidRequest,
-            401 | 403 => ApiErrorKind::Unauthorized,
-            402 => ApiErrorKind::InsufficientCredits,
-            404 => ApiErrorKind::NotFound,
-            429 => ApiErrorKind::RateLimited,
-            503 => ApiErrorKind::Unavailable,
-            _ => ApiErrorKind::Server,
-        }
-    }
-
-    /// Classifies an error `code` from a reply body (used for `success: false`
-    /// replies that arrive with HTTP 200). Unrecognised codes give `None`.
-    pub fn from_remote_code(code: &str) -> Option<Self> {
-        let c = code.trim().to_ascii_uppercase().replace(['-', ' '], "_");
-        let kind = match c.as_str() {
-            "INVALID_REQUEST" | "BAD_REQUEST" | "INVALID_PARAMETERS" | "VALIDATION_ERROR" => {
-                ApiErrorKind::InvalidRequest
-            }
-            "UNAUTHORIZED" | "INVALID_API_SECRET" | "FORBIDDEN" => ApiErrorKind::Unauthorized,
-            "INSUFFICIENT_CREDITS" | "PAYMENT_REQUIRED" => ApiErrorKind::InsufficientCredits,
-            "NOT_FOUND" | "AGENT_NOT_FOUND" => ApiErrorKind::NotFound,
-            "RATE_LIMITED" | "TOO_MANY_REQUESTS" => ApiErrorKind::RateLimited,
-            "SERVICE_UNAVAILABLE" | "UNAVAILABLE" | "WORKERS_BUSY" => ApiErrorKind::Unavailable,
-            "INTERNAL_ERROR" | "SERVER_ERROR" => ApiErrorKind::Server,
-            _ => return None,
-        };
-        Some(kind)
-    }
-}
-
-impl fmt::Display for ApiErrorKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.reason())
     }
 }
 
@@ -370,7 +243,7 @@ impl ApiError {
     /// answered that it failed. A 5xx without that body (a proxy, a crash mid-request) may have
     /// been processed.
     pub fn refused_before_processing(&self) -> bool {
-        self.0.kind.refused_before_processing()
+        self.0.kind.disposition().bought_nothing()
             || (self.0.kind == ApiErrorKind::Server
                 && self.0.http_status == Some(500)
                 && self
@@ -381,7 +254,7 @@ impl ApiError {
     }
 
     pub fn is_retryable(&self) -> bool {
-        self.0.kind.is_retryable()
+        self.0.kind.disposition().retried_by_client()
     }
 
     /// Shorthand for `kind().reason()`.
@@ -464,82 +337,21 @@ impl ApiError {
     }
 }
 
+/// What the reconcile core needs of a failed call.
+impl From<&ApiError> for dynamics_core::reconcile::RemoteError {
+    fn from(err: &ApiError) -> Self {
+        dynamics_core::reconcile::RemoteError {
+            kind: err.kind(),
+            message: err.to_string(),
+            retry_after: err.retry_after(),
+            refused: err.refused_before_processing(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn status_classification() {
-        use ApiErrorKind::*;
-        let cases = [
-            (400, InvalidRequest),
-            (401, Unauthorized),
-            (403, Unauthorized),
-            (402, InsufficientCredits),
-            (404, NotFound),
-            (429, RateLimited),
-            (503, Unavailable),
-            (500, Server),
-            (502, Server),
-            (409, Server),
-            (302, Server),
-        ];
-        for (s, k) in cases {
-            assert_eq!(ApiErrorKind::from_http_status(s), k, "{s}");
-        }
-    }
-
-    #[test]
-    fn reasons_and_retryability() {
-        use ApiErrorKind::*;
-        let all = [
-            (InvalidRequest, "InvalidRequest", false),
-            (Unauthorized, "Unauthorized", false),
-            (InsufficientCredits, "InsufficientCredits", false),
-            (NotFound, "AgentNotFound", false),
-            (RateLimited, "RateLimited", true),
-            (Unavailable, "RemoteUnavailable", true),
-            (Server, "RemoteError", true),
-            (Timeout, "Timeout", true),
-            (Connect, "ConnectFailed", true),
-            (Transport, "TransportError", true),
-            (Decode, "BadReply", false),
-        ];
-        for (k, reason, retry) in all {
-            assert_eq!(k.reason(), reason);
-            assert_eq!(k.is_retryable(), retry, "{reason}");
-        }
-        // Only a refusal or a connection that never opened proves a generate call bought nothing.
-        let refused: Vec<_> = [
-            InvalidRequest,
-            Unauthorized,
-            InsufficientCredits,
-            NotFound,
-            RateLimited,
-            Unavailable,
-            Server,
-            Timeout,
-            Connect,
-            Transport,
-            Decode,
-        ]
-        .into_iter()
-        .filter(ApiErrorKind::refused_before_processing)
-        .collect();
-        assert_eq!(
-            refused,
-            vec![
-                InvalidRequest,
-                Unauthorized,
-                InsufficientCredits,
-                NotFound,
-                RateLimited,
-                Unavailable,
-                Connect
-            ]
-        );
-        assert_eq!(ApiErrorKind::from_http_status(422), InvalidRequest);
-    }
 
     #[test]
     fn a_500_is_a_refusal_only_with_the_apis_own_error_body() {
@@ -568,19 +380,6 @@ mod tests {
                 "{status} {body:?}"
             );
         }
-    }
-
-    #[test]
-    fn remote_codes() {
-        assert_eq!(
-            ApiErrorKind::from_remote_code("insufficient-credits"),
-            Some(ApiErrorKind::InsufficientCredits)
-        );
-        assert_eq!(
-            ApiErrorKind::from_remote_code("AGENT_NOT_FOUND"),
-            Some(ApiErrorKind::NotFound)
-        );
-        assert_eq!(ApiErrorKind::from_remote_code("WHATEVER"), None);
     }
 
     #[test]

@@ -20,7 +20,7 @@ use std::time::Duration;
 use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 
-use super::secret::AccountId;
+use dynamics_core::wire::AccountId;
 
 /// Which queue a call waits in when its account is at its limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -12,16 +12,15 @@ mod limit;
 mod reply;
 mod retry;
 mod secret;
-mod status;
-mod types;
 
 pub use client::{CallObserver, ClientConfig, DynamicsClient, DEFAULT_BASE_URL};
-pub use error::{ApiError, ApiErrorKind, Endpoint, RemoteErrorBody};
+pub use error::{ApiError, ApiErrorKind, Disposition, Endpoint, RemoteErrorBody};
 pub use limit::{with_priority, Priority};
-pub use retry::{parse_retry_after, MAX_REMOTE_WAIT};
-pub use secret::{AccountId, ApiSecret};
-pub use status::RemoteStatus;
-pub use types::{
-    BatchResult, DynamicsConfig, DynamicsState, GenerateReply, GenerateRequest, ModelRef,
-    Regeneration, UpdateReply, UpdateRequest,
+pub use reply::{parse_generate, parse_state, parse_update};
+pub use retry::parse_retry_after;
+pub use secret::ApiSecret;
+// The wire types are the core's: the reconcile decisions read them too.
+pub use dynamics_core::wire::{
+    AccountId, BatchResult, DynamicsConfig, DynamicsState, GenerateReply, GenerateRequest,
+    ModelRef, Regeneration, RemoteStatus, UpdateReply, UpdateRequest, MAX_REMOTE_WAIT,
 };

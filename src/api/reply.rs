@@ -7,8 +7,7 @@ use std::collections::BTreeMap;
 use serde_json::{Map, Value};
 
 use super::error::{ApiError, ApiErrorKind, Endpoint, RemoteErrorBody};
-use super::status::RemoteStatus;
-use super::types::{DynamicsState, GenerateReply, Regeneration, UpdateReply};
+use dynamics_core::wire::{DynamicsState, GenerateReply, Regeneration, RemoteStatus, UpdateReply};
 
 type Obj = Map<String, Value>;
 
@@ -102,71 +101,65 @@ fn gestures(v: Option<&Value>) -> BTreeMap<String, String> {
     out
 }
 
-impl DynamicsState {
-    /// Parses a GET reply. `requested_agent` fills `agent_id` when the reply
-    /// omits it. `data` must be present (an object or null): a reply without
-    /// it is refused rather than read as "no dynamics", which would invite a
-    /// paid generation on the strength of a reply we did not understand.
-    pub fn parse_reply(body: &[u8], requested_agent: &str) -> Result<Self, ApiError> {
-        let obj = envelope(body, Endpoint::Get)?;
-        let empty = Obj::new();
-        let data = match obj.get("data") {
-            Some(Value::Object(d)) => d,
-            Some(Value::Null) => &empty,
-            Some(_) => {
-                return Err(ApiError::new(ApiErrorKind::Decode, Endpoint::Get)
-                    .with_detail("reply's data is not an object"))
-            }
-            None => {
-                return Err(ApiError::new(ApiErrorKind::Decode, Endpoint::Get)
-                    .with_detail("reply has no data object"))
-            }
-        };
-        let model_url = match data.get("dynamics") {
-            Some(Value::String(s)) if !s.trim().is_empty() => Some(s.clone()),
-            Some(Value::Object(o)) => url_in(o),
-            _ => None,
+/// Parses a GET reply. `requested_agent` fills `agent_id` when the reply
+/// omits it. `data` must be present (an object or null): a reply without
+/// it is refused rather than read as "no dynamics", which would invite a
+/// paid generation on the strength of a reply we did not understand.
+pub fn parse_state(body: &[u8], requested_agent: &str) -> Result<DynamicsState, ApiError> {
+    let obj = envelope(body, Endpoint::Get)?;
+    let empty = Obj::new();
+    let data = match obj.get("data") {
+        Some(Value::Object(d)) => d,
+        Some(Value::Null) => &empty,
+        Some(_) => {
+            return Err(ApiError::new(ApiErrorKind::Decode, Endpoint::Get)
+                .with_detail("reply's data is not an object"))
         }
-        .or_else(|| string(data, "url"));
-        Ok(DynamicsState {
-            agent_id: string(data, "agent_id").unwrap_or_else(|| requested_agent.to_string()),
-            status: status(data),
-            model_url,
-            gestures: gestures(data.get("gestures")),
-            error_message: string(data, "error_message").or_else(|| string(data, "error")),
-        })
+        None => {
+            return Err(ApiError::new(ApiErrorKind::Decode, Endpoint::Get)
+                .with_detail("reply has no data object"))
+        }
+    };
+    let model_url = match data.get("dynamics") {
+        Some(Value::String(s)) if !s.trim().is_empty() => Some(s.clone()),
+        Some(Value::Object(o)) => url_in(o),
+        _ => None,
     }
+    .or_else(|| string(data, "url"));
+    Ok(DynamicsState {
+        agent_id: string(data, "agent_id").unwrap_or_else(|| requested_agent.to_string()),
+        status: status(data),
+        model_url,
+        gestures: gestures(data.get("gestures")),
+        error_message: string(data, "error_message").or_else(|| string(data, "error")),
+    })
 }
 
-impl GenerateReply {
-    /// Parses a generate reply; fields may also sit under `data`.
-    pub fn parse_reply(body: &[u8]) -> Result<Self, ApiError> {
-        let obj = envelope(body, Endpoint::Generate)?;
-        let data = obj.get("data").and_then(Value::as_object);
-        Ok(GenerateReply {
-            message: string(&obj, "message"),
-            agent_id: string(&obj, "agent_id").or_else(|| data.and_then(|d| string(d, "agent_id"))),
-            status: status(&obj).or_else(|| data.and_then(status)),
-        })
-    }
+/// Parses a generate reply; fields may also sit under `data`.
+pub fn parse_generate(body: &[u8]) -> Result<GenerateReply, ApiError> {
+    let obj = envelope(body, Endpoint::Generate)?;
+    let data = obj.get("data").and_then(Value::as_object);
+    Ok(GenerateReply {
+        message: string(&obj, "message"),
+        agent_id: string(&obj, "agent_id").or_else(|| data.and_then(|d| string(d, "agent_id"))),
+        status: status(&obj).or_else(|| data.and_then(status)),
+    })
 }
 
-impl UpdateReply {
-    /// Parses an update reply in either shape: `data.{agent_id, updated_at}`
-    /// or top-level `agent_id, regeneration_status, regeneration_error`.
-    pub fn parse_reply(body: &[u8]) -> Result<Self, ApiError> {
-        let obj = envelope(body, Endpoint::Update)?;
-        let data = obj.get("data").and_then(Value::as_object);
-        let either = |k: &str| string(&obj, k).or_else(|| data.and_then(|d| string(d, k)));
-        let regeneration = either("regeneration_status")
-            .map(|s| Regeneration::parse(&s, either("regeneration_error")));
-        Ok(UpdateReply {
-            message: string(&obj, "message"),
-            agent_id: either("agent_id"),
-            updated_at: either("updated_at"),
-            regeneration,
-        })
-    }
+/// Parses an update reply in either shape: `data.{agent_id, updated_at}`
+/// or top-level `agent_id, regeneration_status, regeneration_error`.
+pub fn parse_update(body: &[u8]) -> Result<UpdateReply, ApiError> {
+    let obj = envelope(body, Endpoint::Update)?;
+    let data = obj.get("data").and_then(Value::as_object);
+    let either = |k: &str| string(&obj, k).or_else(|| data.and_then(|d| string(d, k)));
+    let regeneration = either("regeneration_status")
+        .map(|s| Regeneration::parse(&s, either("regeneration_error")));
+    Ok(UpdateReply {
+        message: string(&obj, "message"),
+        agent_id: either("agent_id"),
+        updated_at: either("updated_at"),
+        regeneration,
+    })
 }
 
 #[cfg(test)]
@@ -178,7 +171,7 @@ mod tests {
         let body = br#"{"success":true,"data":{"url":"https://m/1.bin","status":"Ready",
             "gestures":{"wave":"https://v/wave.mp4","nod":{"video_url":"https://v/nod.mp4","status":"success"},
             "odd":{"k":1},"gone":null},"extra":[1,2]}}"#;
-        let s = DynamicsState::parse_reply(body, "A1").unwrap();
+        let s = parse_state(body, "A1").unwrap();
         assert_eq!(s.agent_id, "A1");
         assert_eq!(s.model_url.as_deref(), Some("https://m/1.bin"));
         assert_eq!(s.status, Some(RemoteStatus::Ready));
@@ -190,20 +183,20 @@ mod tests {
 
     #[test]
     fn get_with_null_dynamics_has_none() {
-        let s = DynamicsState::parse_reply(
+        let s = parse_state(
             br#"{"success":true,"data":{"agent_id":"B","dynamics":null}}"#,
             "x",
         )
         .unwrap();
         assert_eq!(s.agent_id, "B");
         assert!(!s.has_dynamics());
-        let s = DynamicsState::parse_reply(br#"{"success":true,"data":null}"#, "x").unwrap();
+        let s = parse_state(br#"{"success":true,"data":null}"#, "x").unwrap();
         assert!(!s.has_dynamics());
     }
 
     #[test]
     fn get_gesture_list_and_non_string_status() {
-        let s = DynamicsState::parse_reply(
+        let s = parse_state(
             br#"{"data":{"status":3,"gestures":["wave",{"name":"nod","url":"u"}]}}"#,
             "x",
         )
@@ -216,7 +209,7 @@ mod tests {
     #[test]
     fn unreadable_replies_are_decode_errors() {
         for body in [&b""[..], b"not json", b"[1,2]", b"{}", br#"{"data":"x"}"#] {
-            let e = DynamicsState::parse_reply(body, "A").unwrap_err();
+            let e = parse_state(body, "A").unwrap_err();
             assert_eq!(
                 e.kind(),
                 ApiErrorKind::Decode,
@@ -225,37 +218,37 @@ mod tests {
             );
         }
         assert_eq!(
-            GenerateReply::parse_reply(b"<html>").unwrap_err().kind(),
+            parse_generate(b"<html>").unwrap_err().kind(),
             ApiErrorKind::Decode
         );
         assert_eq!(
-            UpdateReply::parse_reply(b"42").unwrap_err().kind(),
+            parse_update(b"42").unwrap_err().kind(),
             ApiErrorKind::Decode
         );
     }
 
     #[test]
     fn success_false_is_classified_by_code() {
-        let e = GenerateReply::parse_reply(
+        let e = parse_generate(
             br#"{"success":false,"error":"no money","code":"INSUFFICIENT_CREDITS"}"#,
         )
         .unwrap_err();
         assert_eq!(e.kind(), ApiErrorKind::InsufficientCredits);
         assert_eq!(e.remote().unwrap().error.as_deref(), Some("no money"));
-        let e = UpdateReply::parse_reply(br#"{"success":false}"#).unwrap_err();
+        let e = parse_update(br#"{"success":false}"#).unwrap_err();
         assert_eq!(e.kind(), ApiErrorKind::Server);
     }
 
     #[test]
     fn update_reply_shapes() {
-        let a = UpdateReply::parse_reply(
+        let a = parse_update(
             br#"{"success":true,"message":"ok","data":{"agent_id":"A","updated_at":"t"}}"#,
         )
         .unwrap();
         assert_eq!(a.agent_id.as_deref(), Some("A"));
         assert_eq!(a.updated_at.as_deref(), Some("t"));
         assert_eq!(a.regeneration, None);
-        let b = UpdateReply::parse_reply(
+        let b = parse_update(
             br#"{"success":true,"agent_id":"A","regeneration_status":"failed","regeneration_error":"boom"}"#,
         )
         .unwrap();

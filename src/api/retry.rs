@@ -2,11 +2,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// The longest wait the remote can impose through Retry-After. A longer
-/// value (`18446744073709551615`, a date in the year 9999) is read as this,
-/// so a misbehaving or hostile API cannot park an object for years, and no
-/// later `Instant + wait` can overflow.
-pub const MAX_REMOTE_WAIT: Duration = Duration::from_secs(3600);
+pub use dynamics_core::wire::MAX_REMOTE_WAIT;
 
 /// Delay before retry number `attempt` (0-based). A Retry-After from the
 /// remote wins over the computed backoff; both are capped at `max`.

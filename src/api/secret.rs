@@ -2,6 +2,8 @@
 
 use std::fmt;
 
+use dynamics_core::wire::AccountId;
+
 /// An `api-secret` value. Deliberately not `Serialize`, and both `Debug` and
 /// `Display` print a placeholder, so the secret cannot leak through logging,
 /// status writes or error messages by accident.
@@ -52,12 +54,6 @@ impl From<&str> for ApiSecret {
     }
 }
 
-/// The account a secret belongs to, for limits kept per account (the generation guard): a keyed
-/// hash of the secret, keyed by a value drawn once per process, so it says nothing about the
-/// secret and differs from run to run. Two Secrets holding the same value are one account.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct AccountId(u64);
-
 impl ApiSecret {
     /// A stable name for the account, kept in the purchase ledger for budgets: the first 16
     /// hex digits of the key's SHA-256. It names the account across restarts and replicas;
@@ -67,11 +63,14 @@ impl ApiSecret {
         hex::encode(Sha256::digest(self.0.as_bytes()))[..16].to_string()
     }
 
+    /// The account this secret belongs to, for limits kept per account: a keyed hash of the
+    /// secret, keyed by a value drawn once per process, so it says nothing about the secret and
+    /// differs from run to run. Two Secrets holding the same value are one account.
     pub fn account(&self) -> AccountId {
         use std::hash::BuildHasher;
         static KEY: std::sync::OnceLock<std::collections::hash_map::RandomState> =
             std::sync::OnceLock::new();
-        AccountId(KEY.get_or_init(Default::default).hash_one(&self.0))
+        AccountId::from_raw(KEY.get_or_init(Default::default).hash_one(&self.0))
     }
 }
 

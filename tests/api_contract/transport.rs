@@ -127,7 +127,7 @@ async fn unreachable_remote_is_a_connect_failure_that_sent_nothing() {
     let e = c.get(&secret(), "A").await.unwrap_err();
     assert_eq!(e.kind(), ApiErrorKind::Connect);
     assert!(
-        e.kind().refused_before_processing(),
+        e.kind().disposition().bought_nothing(),
         "a generate here bought nothing"
     );
     assert_eq!(e.attempts(), 2);

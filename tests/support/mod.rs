@@ -20,6 +20,6 @@
 pub mod controlplane;
 pub mod node;
 pub mod operator;
-pub mod process;
+pub use dynamics_test_process as process;
 pub mod tools;
 pub mod wait;

@@ -11,13 +11,13 @@ use super::plan::*;
 use super::timing::GenerationTiming;
 use super::transitions::{after_generate, after_update, settle, take_in_remote, with_marker};
 use super::Health;
-use crate::api::{
-    ApiErrorKind, DynamicsState, GenerateReply, Regeneration, RemoteStatus, UpdateReply,
-};
 use crate::resource::{
     AdoptionPolicy, AgentDynamicsSpec, AgentDynamicsStatus, DeletionPolicy, DynamicsBlock,
     DynamicsLedgerSpec, GenerateOutcome, LedgerHolder, LedgerPurchase, ManagementPolicy,
     PendingGeneration,
+};
+use crate::wire::{
+    ApiErrorKind, DynamicsState, GenerateReply, Regeneration, RemoteStatus, UpdateReply,
 };
 
 const NOW: i64 = 1_800_000_000;
@@ -1390,19 +1390,7 @@ fn no_error_path_loops_hot() {
     let settings = Settings::default();
     let s = spec();
     let st = converged(&s);
-    for kind in [
-        ApiErrorKind::InvalidRequest,
-        ApiErrorKind::Unauthorized,
-        ApiErrorKind::InsufficientCredits,
-        ApiErrorKind::NotFound,
-        ApiErrorKind::RateLimited,
-        ApiErrorKind::Unavailable,
-        ApiErrorKind::Server,
-        ApiErrorKind::Timeout,
-        ApiErrorKind::Connect,
-        ApiErrorKind::Transport,
-        ApiErrorKind::Decode,
-    ] {
+    for kind in ApiErrorKind::ALL {
         // Even a Retry-After of zero must not requeue at once.
         let obs = failed(kind, Some(0));
         let wait = requeue_of(plan(&input(&s, &st, Some(&obs), &settings)));

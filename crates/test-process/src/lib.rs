@@ -11,6 +11,10 @@
 //!
 //! No `libc` crate needed: the few libc functions used are declared here (std
 //! links libc anyway).
+//!
+//! This is the project's only unsafe code, and it is test code: a crate of its own, so that
+//! the operator's crates can forbid `unsafe` outright (the workspace's lints, which this crate
+//! alone does not take).
 
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
@@ -247,5 +251,21 @@ pub fn tail_file(path: &Path, max_bytes: u64) -> String {
         }
     } else {
         s
+    }
+}
+
+extern "C" {
+    fn sysconf(name: std::os::raw::c_int) -> std::os::raw::c_long;
+}
+const SC_CLK_TCK: std::os::raw::c_int = 2;
+
+/// Clock ticks per second, the unit of CPU times in `/proc/PID/stat`.
+pub fn clock_ticks() -> f64 {
+    // SAFETY: sysconf reads a configuration value; it has no preconditions.
+    let t = unsafe { sysconf(SC_CLK_TCK) };
+    if t > 0 {
+        t as f64
+    } else {
+        100.0
     }
 }

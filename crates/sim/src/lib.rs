@@ -11,6 +11,9 @@
 //! every generate call accepted and charged. See docs/simulator.md.
 //! Tests start it in-process with [`start`]; `dynamics-operator sim` runs it
 //! in the foreground with [`run_foreground`].
+//!
+//! A crate of its own, so that it cannot use the client it stands in for: it shares no code
+//! with the operator, not even the wire types, and reads requests as the real service would.
 
 mod config;
 mod conn;
@@ -76,8 +79,11 @@ pub async fn start(config: SimConfig) -> anyhow::Result<SimHandle> {
     })
 }
 
-/// Runs the simulator until Ctrl-C or SIGTERM.
-pub async fn run_foreground(args: SimArgs) -> anyhow::Result<()> {
+/// Runs the simulator until `shutdown` resolves (the command passes Ctrl-C or SIGTERM).
+pub async fn run_foreground(
+    args: SimArgs,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let config = args.to_config();
     let listener = TcpListener::bind(args.addr)
         .await
@@ -98,11 +104,9 @@ pub async fn run_foreground(args: SimArgs) -> anyhow::Result<()> {
     );
     let idle_timeout = config.idle_timeout;
     let shared: Shared = Arc::new(Mutex::new(Engine::new(config)));
-    serve(listener, idle_timeout, shared, async {
-        crate::shutdown::signal().await;
-    })
-    .await
-    .context("serving the simulator")?;
+    serve(listener, idle_timeout, shared, shutdown)
+        .await
+        .context("serving the simulator")?;
     info!("simulator stopped");
     Ok(())
 }

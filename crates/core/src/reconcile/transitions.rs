@@ -4,8 +4,8 @@
 
 use jiff::Timestamp;
 
-use crate::api::{DynamicsState, GenerateReply, Regeneration, RemoteStatus, UpdateReply};
 use crate::resource::{AgentDynamicsStatus, GenerateOutcome, PendingGeneration};
+use crate::wire::{DynamicsState, GenerateReply, Regeneration, RemoteStatus, UpdateReply};
 
 use super::conditions::{conditions, Health};
 use super::plan::{

@@ -11,11 +11,11 @@ use proptest::prelude::*;
 use super::desired::inputs_hash;
 use super::ledger::{Asker, LedgerState};
 use super::plan::*;
-use crate::api::{ApiErrorKind, DynamicsState, RemoteStatus};
 use crate::resource::{
     AgentDynamicsSpec, AgentDynamicsStatus, DynamicsLedgerSpec, GenerateOutcome, LedgerHolder,
     LedgerPurchase, PendingGeneration,
 };
+use crate::wire::{ApiErrorKind, DynamicsState, RemoteStatus};
 
 const NOW: i64 = 1_800_000_000;
 
@@ -172,19 +172,7 @@ fn ledger() -> impl Strategy<Value = Option<LedgerState>> {
 }
 
 fn observation() -> impl Strategy<Value = Option<Observation>> {
-    let kinds = [
-        ApiErrorKind::InvalidRequest,
-        ApiErrorKind::Unauthorized,
-        ApiErrorKind::InsufficientCredits,
-        ApiErrorKind::NotFound,
-        ApiErrorKind::RateLimited,
-        ApiErrorKind::Unavailable,
-        ApiErrorKind::Server,
-        ApiErrorKind::Timeout,
-        ApiErrorKind::Connect,
-        ApiErrorKind::Transport,
-        ApiErrorKind::Decode,
-    ];
+    let kinds = ApiErrorKind::ALL;
     let found = (remote_status(), url()).prop_map(|(status, model_url)| {
         Some(Observation::Found(DynamicsState {
             agent_id: "A91XMB7113".into(),

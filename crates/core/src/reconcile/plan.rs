@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 
-use crate::api::{ApiErrorKind, DynamicsState, GenerateRequest, RemoteStatus, UpdateRequest};
 use crate::resource::{
     AdoptionPolicy, AgentDynamicsSpec, AgentDynamicsStatus, DeletionPolicy, DynamicsLedgerSpec,
     GenerateOutcome, ManagementPolicy, PendingGeneration,
 };
+use crate::wire::{ApiErrorKind, DynamicsState, GenerateRequest, RemoteStatus, UpdateRequest};
 
 use super::conditions::Health;
 use super::ledger::{self, Asker, LedgerState, Verdict};
@@ -25,7 +25,7 @@ use super::desired::{
     update_request,
 };
 /// The longest wait any answer of the API (Retry-After) can impose.
-pub use crate::api::MAX_REMOTE_WAIT;
+pub use crate::wire::MAX_REMOTE_WAIT;
 
 /// Timings that shape requeues. Defaults suit production; tests shorten them.
 #[derive(Debug, Clone)]
@@ -116,18 +116,7 @@ impl RemoteError {
             kind,
             message: message.into(),
             retry_after: None,
-            refused: kind.refused_before_processing(),
-        }
-    }
-}
-
-impl From<&crate::api::ApiError> for RemoteError {
-    fn from(err: &crate::api::ApiError) -> Self {
-        RemoteError {
-            kind: err.kind(),
-            message: err.to_string(),
-            retry_after: err.retry_after(),
-            refused: err.refused_before_processing(),
+            refused: kind.disposition().bought_nothing(),
         }
     }
 }
@@ -1050,7 +1039,7 @@ fn generate_plan(input: &Input, inputs_hash: String, ledger: LedgerWrite) -> Gen
 pub fn report_error(err: &RemoteError, input: &Input) -> Report {
     let settings = input.settings;
     match err.kind {
-        kind if kind.needs_user_action() => Report::new(
+        kind if kind.disposition().needs_user() => Report::new(
             Health::stalled(err.kind.reason(), err.message.clone()),
             settings.stalled_retry,
         ),

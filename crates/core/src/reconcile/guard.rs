@@ -26,7 +26,7 @@ use std::time::Duration;
 use jiff::Timestamp;
 
 use super::timing::{GenerationTimer, GenerationTiming};
-use crate::api::AccountId;
+use crate::wire::AccountId;
 
 #[derive(Debug, Clone)]
 pub struct GenerationGuard {
@@ -866,7 +866,8 @@ mod tests {
     }
 
     fn account(secret: &str) -> AccountId {
-        crate::api::ApiSecret::new(secret).account()
+        use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+        AccountId::from_raw(BuildHasherDefault::<DefaultHasher>::default().hash_one(secret))
     }
 
     #[test]

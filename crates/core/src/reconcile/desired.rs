@@ -2,10 +2,10 @@
 
 use sha2::{Digest, Sha256};
 
-use crate::api::{BatchResult, DynamicsConfig, GenerateRequest, ModelRef, UpdateRequest};
 use crate::resource::{
     AgentDynamicsSpec, AgentDynamicsStatus, DynamicsBlock, GenerateInputs, ModelRefSpec,
 };
+use crate::wire::{BatchResult, DynamicsConfig, GenerateRequest, ModelRef, UpdateRequest};
 
 /// The generate call for this spec.
 pub fn generate_request(spec: &AgentDynamicsSpec) -> GenerateRequest {

@@ -585,7 +585,7 @@ const KINDS: [Kind; 5] = [
 pub fn troubleshooting_markdown() -> String {
     let mut out = String::new();
     out.push_str(
-        "<!-- Generated from src/reconcile/reasons.rs by `dynamics-operator reasons`; edit the table there,\n     then: cargo run -- reasons > docs/troubleshooting.md (tests/troubleshooting.rs checks they agree). -->\n\n",
+        "<!-- Generated from crates/core/src/reconcile/reasons.rs by `dynamics-operator reasons`; edit the table there,\n     then: cargo run -- reasons > docs/troubleshooting.md (tests/troubleshooting.rs checks they agree). -->\n\n",
     );
     out.push_str("# Troubleshooting\n\n");
     out.push_str(
@@ -646,7 +646,7 @@ The metric `dynamics_operator_object_states{namespace,state}` counts objects per
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::ApiErrorKind;
+    use crate::wire::ApiErrorKind;
 
     #[test]
     fn every_reason_is_listed_once() {
@@ -663,30 +663,11 @@ mod tests {
 
     #[test]
     fn remote_error_reasons_are_listed_with_the_kind_they_report() {
-        use ApiErrorKind::*;
-        let all = [
-            InvalidRequest,
-            Unauthorized,
-            InsufficientCredits,
-            NotFound,
-            RateLimited,
-            Unavailable,
-            Server,
-            Timeout,
-            Connect,
-            Transport,
-            Decode,
-        ];
-        for kind in all {
-            // A new variant must be added to `all` above: this match stops compiling without it.
-            match kind {
-                InvalidRequest | Unauthorized | InsufficientCredits | NotFound | RateLimited
-                | Unavailable | Server | Timeout | Connect | Transport | Decode => {}
-            }
+        for kind in ApiErrorKind::ALL {
             let entry = lookup(kind.reason())
                 .unwrap_or_else(|| panic!("{} is not in reasons::TABLE", kind.reason()));
             // plan::report_error: user action stalls, everything else backs off.
-            let expected = if kind.needs_user_action() {
+            let expected = if kind.disposition().needs_user() {
                 Kind::Stalled
             } else {
                 Kind::Reconciling
