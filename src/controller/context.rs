@@ -199,12 +199,8 @@ impl Context {
                 self.failures.lock().expect("failures lock").remove(&key);
                 Ok(Next::AwaitChange)
             }
-            PassResult::Requeue {
-                after,
-                health,
-                transient,
-                generation_running,
-            } => {
+            PassResult::Requeue { next, health } => {
+                let (after, transient) = (next.after(), next.is_backoff());
                 let result = match &health {
                     Health::Ready { .. } => "ready",
                     Health::Progressing { .. } => "progressing",
@@ -232,7 +228,7 @@ impl Context {
                         after,
                     });
                 }
-                Ok(if generation_running {
+                Ok(if next.looks_at_a_generation() {
                     Next::Lane(after)
                 } else {
                     Next::Requeue(after)

@@ -24,7 +24,7 @@ use crate::reconcile::ledger::{self, Asker, LedgerState};
 use crate::reconcile::ownership::AgentClaims;
 use crate::reconcile::plan::{
     holds_generation_slot, plan, report_error, Action, AdoptFrom, Blocker, GeneratePlan, Input,
-    LedgerWrite, Observation, RemoteError, Report, Settings, CREDITS_PER_GENERATION,
+    LedgerWrite, Next, Observation, RemoteError, Report, Settings, Write, CREDITS_PER_GENERATION,
 };
 use crate::reconcile::reasons;
 use crate::reconcile::transitions::{
@@ -164,14 +164,9 @@ const OUTCOME_SAVE_ATTEMPTS: usize = 5;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum PassResult {
-    /// Look again after `after` (jitter included). `transient`: count it towards backoff.
-    /// `generation_running`: the next look is at a running generation.
-    Requeue {
-        after: Duration,
-        health: Health,
-        transient: bool,
-        generation_running: bool,
-    },
+    /// Look again as `next` says (jitter included): a backoff counts towards the next one; a
+    /// poll looks at a running generation.
+    Requeue { next: Next, health: Health },
     /// Nothing left to do remotely for a deleted object: drop the finalizer / forget it.
     Released,
 }
@@ -384,7 +379,7 @@ impl Executor {
             .await;
         let (action, remote, status) = (decided.action, decided.remote, decided.status);
         let ledger_state = decided.ledger;
-        let write_waits = matches!(&action, Action::Report(r) if r.write_can_wait);
+        let write_waits = matches!(&action, Action::Report(r) if r.write == Write::WithNext);
         let mut input = self.input(obj, &status, remote.as_ref(), failures, now);
         input.ledger = ledger_state.as_ref();
         if decided.adopted {
@@ -1005,10 +1000,8 @@ impl Executor {
                 },
             );
             return Ok(PassResult::Requeue {
-                after: requeue_after(&report),
-                generation_running: report.generation_running,
+                next: requeue_after(&report),
                 health: report.health,
-                transient: false,
             });
         }
         self.save_outcome(obj, &marked_input, &marked, status, report, sink, |fresh| {
@@ -1072,18 +1065,16 @@ impl Executor {
         sink: &mut impl StatusSink,
     ) -> Result<PassResult, PassError> {
         let settled = settle(input, status, &report);
-        if &settled != saved && !report.write_can_wait {
+        if &settled != saved && report.write == Write::Now {
             if newly_stalled(saved, &report.health) {
                 sink.note(note(true, report.health.reason(), report.health.message()));
             }
             sink.save(&settled).await?;
         }
-        tracing::debug!(object = %obj.key, reason = report.health.reason(), requeue_ms = report.requeue.as_millis() as u64, "pass finished");
+        tracing::debug!(object = %obj.key, reason = report.health.reason(), requeue_ms = report.requeue().as_millis() as u64, "pass finished");
         Ok(PassResult::Requeue {
-            after: requeue_after(&report),
-            generation_running: report.generation_running,
+            next: requeue_after(&report),
             health: report.health,
-            transient: report.transient,
         })
     }
 }
@@ -1216,12 +1207,12 @@ fn newly_stalled(saved: &AgentDynamicsStatus, health: &Health) -> bool {
     !before.is_some_and(|c| c.status == "True" && &c.reason == reason)
 }
 
-/// The requeue with jitter, unless it is the expected end of a generation.
-fn requeue_after(report: &Report) -> Duration {
-    if report.exact {
-        report.requeue
+/// The next look with jitter, unless it is the expected end of a generation.
+fn requeue_after(report: &Report) -> Next {
+    if report.next.is_exact() {
+        report.next
     } else {
-        jitter(report.requeue)
+        report.next.with_after(jitter(report.requeue()))
     }
 }
 

@@ -591,9 +591,10 @@ async fn the_account_timer_sends_the_poll_to_the_expected_end() {
     let mut second = MemorySink::default();
     let view = second_object();
     let result = exec.pass(&view, 0, &mut second).await.unwrap();
-    let PassResult::Requeue { after, health, .. } = result else {
+    let PassResult::Requeue { next, health } = result else {
         panic!("{result:?}")
     };
+    let after = next.after();
     assert_eq!(health.reason(), "GenerationStarted");
     assert!(
         after >= Duration::from_millis(150) && after <= Duration::from_millis(300),
@@ -676,9 +677,10 @@ async fn a_budget_holds_the_generation_past_it_and_records_the_spend() {
         .await
         .expect("second pass");
     assert_eq!(generate_calls(&sim), 1, "nothing bought past the budget");
-    let PassResult::Requeue { health, after, .. } = result else {
+    let PassResult::Requeue { health, next } = result else {
         panic!("expected a wait, got {result:?}")
     };
+    let after = next.after();
     assert_eq!(health.reason(), reasons::BUDGET_EXCEEDED);
     assert!(
         health.message().contains("namespace:250/day"),

@@ -213,9 +213,9 @@ pub(super) async fn run(args: ApplyArgs) -> anyhow::Result<i32> {
                     t.object.view.status = record.status.clone();
                 }
                 match result {
-                    Ok(PassResult::Requeue { after, health, transient, .. }) => {
-                        t.failures = if transient { t.failures.saturating_add(1) } else { 0 };
-                        t.next_at = Instant::now() + after;
+                    Ok(PassResult::Requeue { next, health }) => {
+                        t.failures = if next.is_backoff() { t.failures.saturating_add(1) } else { 0 };
+                        t.next_at = Instant::now() + next.after();
                         due.push(Reverse((t.next_at, index)));
                         let printed = (health.reason().to_string(), health.message().to_string());
                         let same_event = t.last_printed.as_ref().is_some_and(|(reason, message)| reason == &printed.0 && (message.is_empty() || message == &printed.1));

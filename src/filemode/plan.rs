@@ -403,7 +403,7 @@ fn describe(object: &Object, preview: &Preview) -> PlannedObject {
             Health::Stalled { reason, message } => {
                 (Step::Stalled, reason.clone(), message.clone(), 0)
             }
-            Health::Progressing { reason, message } if report.transient => {
+            Health::Progressing { reason, message } if report.next.is_backoff() => {
                 (Step::Error, reason.clone(), message.clone(), 0)
             }
             Health::Progressing { reason, message } => {

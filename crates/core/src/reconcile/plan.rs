@@ -292,32 +292,85 @@ pub enum GenerateCause {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Report {
     pub health: Health,
-    pub requeue: Duration,
-    /// The error was transient: the caller counts it for the next backoff.
-    pub transient: bool,
-    /// The requeue is the expected end of a running generation: taken as it is, without the
-    /// jitter that spreads other requeues (generations already end at different times).
-    pub exact: bool,
-    /// The requeue looks at a running generation (whose end frees a generation slot).
-    pub generation_running: bool,
-    /// What this look found changes nothing of substance: the status need not be written now
-    /// and waits for the next write (see `write_can_wait`).
-    pub write_can_wait: bool,
+    /// When to look again, and what kind of wait that is.
+    pub next: Next,
+    /// Whether the status this pass leaves is written now or waits for the next write.
+    pub write: Write,
     /// The spec changed while a generation runs: one more generation follows it (what `plan -f`
     /// counts as credits to come).
     pub follow_up: bool,
+}
+
+/// When to look at the object again, and what kind of wait it is: one value, so that only the
+/// combinations that mean something can be said.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// Look again after this: the resync of a converged object, a stall's slow retry, a wait
+    /// for the user or for a limit. Spread by jitter.
+    After(Duration),
+    /// A transient failure: back off this long (spread by jitter). The caller counts it, so
+    /// that the next backoff is longer.
+    Backoff(Duration),
+    /// A generation runs (its end frees a generation slot): look at it again after this,
+    /// exactly then when it is the generation's expected end (`exact`; generations already end
+    /// at different times), else spread by jitter.
+    Poll { after: Duration, exact: bool },
+}
+
+impl Next {
+    pub fn after(&self) -> Duration {
+        match self {
+            Next::After(after) | Next::Backoff(after) | Next::Poll { after, .. } => *after,
+        }
+    }
+
+    /// The same kind of wait, of another length (the executor's jitter).
+    pub fn with_after(self, after: Duration) -> Next {
+        match self {
+            Next::After(_) => Next::After(after),
+            Next::Backoff(_) => Next::Backoff(after),
+            Next::Poll { exact, .. } => Next::Poll { after, exact },
+        }
+    }
+
+    pub fn is_backoff(&self) -> bool {
+        matches!(self, Next::Backoff(_))
+    }
+
+    pub fn looks_at_a_generation(&self) -> bool {
+        matches!(self, Next::Poll { .. })
+    }
+
+    /// Taken as it is, without jitter.
+    pub fn is_exact(&self) -> bool {
+        matches!(self, Next::Poll { exact: true, .. })
+    }
+}
+
+/// When the status a pass leaves is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Write {
+    Now,
+    /// What this look found changes nothing of substance: the write waits for the next one
+    /// (see `write_can_wait`).
+    WithNext,
 }
 
 impl Report {
     pub fn new(health: Health, requeue: Duration) -> Self {
         Report {
             health,
-            requeue,
-            transient: false,
-            exact: false,
-            generation_running: false,
-            write_can_wait: false,
+            next: Next::After(requeue),
+            write: Write::Now,
             follow_up: false,
+        }
+    }
+
+    /// A transient failure: back off `wait`.
+    pub fn backoff(health: Health, wait: Duration) -> Self {
+        Report {
+            next: Next::Backoff(wait),
+            ..Report::new(health, wait)
         }
     }
 
@@ -325,10 +378,17 @@ impl Report {
     /// time is known (exactly then), else by the fallback poll.
     pub fn poll(health: Health, input: &Input) -> Self {
         Report {
-            exact: input.timing.is_some(),
-            generation_running: true,
-            ..Report::new(health, poll_interval(input))
+            next: Next::Poll {
+                after: poll_interval(input),
+                exact: input.timing.is_some(),
+            },
+            ..Report::new(health, Duration::ZERO)
         }
+    }
+
+    /// How long until the next look.
+    pub fn requeue(&self) -> Duration {
+        self.next.after()
     }
 }
 
@@ -478,7 +538,9 @@ fn decide(input: &Input) -> Action {
             message.push_str("; the spec changed meanwhile: one more generation follows this one");
         }
         let mut report = Report::poll(Health::progressing(reasons::GENERATING, message), input);
-        report.write_can_wait = bought == Some(hash.as_str()) && write_can_wait(input);
+        if bought == Some(hash.as_str()) && write_can_wait(input) {
+            report.write = Write::WithNext;
+        }
         report.follow_up = bought != Some(hash.as_str());
         return Action::Report(report);
     }
@@ -763,11 +825,10 @@ fn read_ledger<'a>(
             let message = format!(
                 "the purchase ledger cannot be read ({message}); nothing is bought until it can"
             );
-            let mut report = Report::new(
+            let report = Report::backoff(
                 Health::progressing(reasons::LEDGER_UNAVAILABLE, message),
                 backoff(input),
             );
-            report.transient = true;
             Err(Box::new(Action::Report(report)))
         }
         Some(LedgerState::Read { record, version }) => Ok((record.as_ref(), version.clone())),
@@ -1048,12 +1109,10 @@ pub fn report_error(err: &RemoteError, input: &Input) -> Report {
                 || backoff(input),
                 |after| after.clamp(settings.backoff_base, MAX_REMOTE_WAIT),
             );
-            let mut report = Report::new(
+            Report::backoff(
                 Health::progressing(err.kind.reason(), err.message.clone()),
                 wait,
-            );
-            report.transient = true;
-            report
+            )
         }
     }
 }

@@ -257,8 +257,8 @@ proptest! {
         }
         if let Action::Report(report) = &action {
             let floor = settings.poll_min.min(settings.backoff_base);
-            prop_assert!(report.requeue >= floor, "requeue {:?}", report.requeue);
-            prop_assert!(report.requeue <= settings.resync.max(MAX_REMOTE_WAIT).max(settings.stalled_retry));
+            prop_assert!(report.requeue() >= floor, "requeue {:?}", report.requeue());
+            prop_assert!(report.requeue() <= settings.resync.max(MAX_REMOTE_WAIT).max(settings.stalled_retry));
         }
     }
 }

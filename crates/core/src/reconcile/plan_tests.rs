@@ -1224,7 +1224,7 @@ fn plan_report(action: Action) -> Report {
 
 fn requeue_of(action: Action) -> Duration {
     match action {
-        Action::Report(r) => r.requeue,
+        Action::Report(r) => r.requeue(),
         other => panic!("expected a report, got {other:?}"),
     }
 }
@@ -1302,13 +1302,17 @@ fn requeues_follow_the_rules() {
             ..input(&s, &st, Some(&generating), &settings)
         });
         match action {
-            Action::Report(r) => (r.requeue, r.exact),
+            Action::Report(r) => (r.requeue(), r.next.is_exact()),
             other => panic!("{other:?}"),
         }
     };
     assert_eq!(timed(10, 30), (Duration::from_secs(20), true));
     assert_eq!(timed(200, 64), (Duration::from_secs(2), true));
-    assert!(!plan_report(plan(&input(&s, &st, Some(&generating), &settings))).exact);
+    assert!(
+        !plan_report(plan(&input(&s, &st, Some(&generating), &settings)))
+            .next
+            .is_exact()
+    );
 
     // A pending call is polled like a generation, and never beyond the end of its window.
     let nothing = remote(None, None);
@@ -1377,7 +1381,7 @@ fn a_look_that_finds_a_generation_running_on_time_leaves_the_write_for_later() {
             ..input(spec, &st, Some(&generating), &settings)
         }));
         assert_eq!(
-            report.write_can_wait,
+            report.write == Write::WithNext,
             expected,
             "sent {age} s ago, timing {timing:?}, spec changed: {}",
             !std::ptr::eq(spec, &s)
@@ -1475,7 +1479,7 @@ fn generate_lifecycle_marks_then_records_and_keeps_the_marker_until_seen() {
     );
     assert_eq!(unknown.generate_hash, None);
     assert_eq!(report.health.reason(), "GenerationOutcomePending");
-    assert!(report.transient);
+    assert!(report.next.is_backoff());
     // Evidence (a new model) adopts it: bought, not counted twice.
     let adopted = take_in_remote(
         &unknown,

@@ -241,12 +241,10 @@ pub fn after_generate(
         Err(err) if err.refused => report_error(err, input),
         Err(err) => {
             let message = format!("the generate call's outcome is unknown ({}); nothing is sent again: the API is watched for a sign that it landed", err.message);
-            let mut report = Report::new(
+            Report::backoff(
                 Health::progressing(reasons::GENERATION_OUTCOME_PENDING, message),
                 backoff(input).min(input.settings.poll_max),
-            );
-            report.transient = true;
-            report
+            )
         }
     };
     (status, report)
