@@ -51,7 +51,30 @@ const NOT_REASONS: &[(&str, &str)] = &[
     ("SimHandle", "a Debug name"),
     ("SecretDoc", "a Debug name"),
     ("DynamicsClient", "a Debug name"),
-    ("ControllerError", "a Debug name"),
+    (
+        "WriteConflict",
+        "a controller error category (errors_total, logs)",
+    ),
+    (
+        "StatusStore",
+        "a controller error category (errors_total, logs)",
+    ),
+    (
+        "CleanupRefused",
+        "a controller error category (errors_total, logs)",
+    ),
+    (
+        "KubernetesApi",
+        "a controller error category (errors_total, logs)",
+    ),
+    (
+        "CleanupWaiting",
+        "a controller error category (errors_total, logs)",
+    ),
+    (
+        "Finalizer",
+        "a controller error category (errors_total, logs)",
+    ),
     ("ConnKiller", "a Debug name"),
     ("AgentDynamicsStatus", "a schema name"),
     ("Reconcile", "a log or span name"),

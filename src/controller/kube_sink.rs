@@ -103,9 +103,10 @@ impl LedgerStore for KubeStatusSink {
             }
             // 409: changed since read (or created meanwhile): another writer got there first.
             Err(kube::Error::Api(status)) if status.is_conflict() => Err(SaveError::Conflict),
-            Err(err) => Err(SaveError::Other(format!(
-                "writing DynamicsLedger {name}: {err}"
-            ))),
+            Err(err) => Err(SaveError::store(
+                format!("writing DynamicsLedger {name}"),
+                err,
+            )),
         }
     }
 }
@@ -129,7 +130,7 @@ impl StatusSink for KubeStatusSink {
                 Ok(())
             }
             Err(kube::Error::Api(status)) if status.is_conflict() => Err(SaveError::Conflict),
-            Err(err) => Err(SaveError::Other(err.to_string())),
+            Err(err) => Err(SaveError::store("writing the status", err)),
         }
     }
 
@@ -144,12 +145,12 @@ impl StatusSink for KubeStatusSink {
                     .items
                     .into_iter()
                     .next()
-                    .ok_or_else(|| SaveError::Other(format!("AgentDynamics {name} is gone")))?;
+                    .ok_or_else(|| SaveError::Gone(format!("AgentDynamics {name}")))?;
                 self.replaced.extend(self.object.resource_version());
                 self.object = fresh.0;
                 Ok(self.object.status.clone().unwrap_or_default())
             }
-            Err(err) => Err(SaveError::Other(err.to_string())),
+            Err(err) => Err(SaveError::store("re-reading the object", err)),
         }
     }
 

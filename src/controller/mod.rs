@@ -4,6 +4,7 @@
 
 mod budgets;
 mod context;
+mod error;
 mod events;
 mod index;
 mod kube_sink;
@@ -28,12 +29,12 @@ use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client, ResourceExt};
 
 use crate::api::{ApiSecret, ClientConfig};
-use crate::executor::PassError;
 use crate::metrics::Metrics;
 use crate::reconcile::Settings;
 use crate::resource::{AgentDynamics, API_SECRET_LABEL, FINALIZER};
 
 pub use context::Context;
+pub use error::Error;
 pub use resolve::{approve, resolve};
 
 /// Everything `run` needs, parsed from flags and environment by `crate::cli`.
@@ -58,55 +59,6 @@ pub struct RunConfig {
 
 pub use leader::LeaderConfig;
 pub use secrets::SecretScope;
-
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error(transparent)]
-    Pass(#[from] PassError),
-    #[error("kubernetes API: {0}")]
-    Kube(#[from] kube::Error),
-    #[error("finalizer: {0}")]
-    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
-    /// Deletion cannot finish yet (the status says why); the finalizer stays.
-    #[error("cleanup of {key} waits: {reason}")]
-    CleanupWaiting {
-        key: String,
-        reason: String,
-        after: Duration,
-    },
-}
-
-impl Error {
-    /// The requeue of a deletion that has to wait, however deep the finalizer helper wrapped it.
-    fn cleanup_wait(&self) -> Option<Duration> {
-        use kube::runtime::finalizer::Error as FinalizerError;
-        match self {
-            Error::CleanupWaiting { after, .. } => Some(*after),
-            Error::Finalizer(inner) => match inner.as_ref() {
-                FinalizerError::CleanupFailed(e) | FinalizerError::ApplyFailed(e) => {
-                    e.cleanup_wait()
-                }
-                _ => None,
-            },
-            _ => None,
-        }
-    }
-
-    /// Another writer changed the object between our read and our status write.
-    fn is_write_conflict(&self) -> bool {
-        use kube::runtime::finalizer::Error as FinalizerError;
-        let pass = match self {
-            Error::Pass(pass) => pass,
-            Error::Finalizer(inner) => match inner.as_ref() {
-                FinalizerError::ApplyFailed(Error::Pass(pass))
-                | FinalizerError::CleanupFailed(Error::Pass(pass)) => pass,
-                _ => return false,
-            },
-            Error::Kube(_) | Error::CleanupWaiting { .. } => return false,
-        };
-        matches!(pass, PassError::Save(crate::executor::SaveError::Conflict))
-    }
-}
 
 /// Run until SIGTERM/SIGINT (or, with leader election, until leadership is lost).
 pub async fn run(config: RunConfig) -> anyhow::Result<()> {
@@ -438,8 +390,8 @@ fn retry_after_error(obj: &AgentDynamics, err: &Error, ctx: &Context) -> Duratio
         tracing::debug!(object = %key, "status write conflict; retrying");
         return Duration::from_millis(500);
     }
-    ctx.metrics.error("ControllerError");
+    ctx.metrics.error(err.category());
     let delay = ctx.backoff_after_error(&key);
-    tracing::warn!(object = %key, error = %err, retry_in_ms = delay.as_millis() as u64, "reconcile failed");
+    tracing::warn!(object = %key, category = err.category(), error = %err, retry_in_ms = delay.as_millis() as u64, "reconcile failed");
     delay
 }

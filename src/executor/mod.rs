@@ -94,8 +94,31 @@ pub enum SaveError {
     /// (before a POST, this is what keeps two writers from both generating).
     #[error("the object changed since it was read")]
     Conflict,
-    #[error("saving status failed: {0}")]
-    Other(String),
+    /// The store failed (the API server, the state file): what was being done, and why.
+    #[error("saving status failed: {action}: {source:#}")]
+    Store {
+        action: String,
+        #[source]
+        source: BoxError,
+    },
+    /// The object is no longer in the store.
+    #[error("saving status failed: {0} is no longer there")]
+    Gone(String),
+    /// A preview (`plan`) writes nothing.
+    #[error("a preview writes nothing")]
+    Preview,
+}
+
+/// Any error of a store, kept whole (its source chain is logged, not flattened to text).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+impl SaveError {
+    pub fn store(action: impl Into<String>, source: impl Into<BoxError>) -> Self {
+        SaveError::Store {
+            action: action.into(),
+            source: source.into(),
+        }
+    }
 }
 
 /// How a generate call ended, for counting (every call that may have been charged is counted).
@@ -177,7 +200,12 @@ pub enum PassError {
     Save(#[from] SaveError),
     /// Deletion could not finish (the remote refused the disabling PUT); the object keeps its finalizer.
     #[error("cleanup of {key} is not finished: {message}")]
-    Cleanup { key: String, message: String },
+    Cleanup {
+        key: String,
+        message: String,
+        #[source]
+        source: crate::api::ApiError,
+    },
 }
 
 /// `plan`'s answer with the GET and the ledger it needed.
@@ -756,6 +784,7 @@ impl Executor {
                 return Err(PassError::Cleanup {
                     key: obj.key.clone(),
                     message,
+                    source: err,
                 });
             }
         };

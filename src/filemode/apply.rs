@@ -421,10 +421,7 @@ impl FileSink {
     fn save_now(&mut self, status: &AgentDynamicsStatus) -> Result<(), SaveError> {
         let mut store = lock(&self.store);
         let Some(mut record) = store.get(&self.key).cloned() else {
-            return Err(SaveError::Other(format!(
-                "{} is missing from the state",
-                self.key
-            )));
+            return Err(SaveError::Gone(self.key.clone()));
         };
         if record.status != self.read {
             return Err(SaveError::Conflict);
@@ -432,7 +429,7 @@ impl FileSink {
         record.status = status.clone();
         store
             .put(&self.key, record)
-            .map_err(|e| SaveError::Other(format!("{e:#}")))?;
+            .map_err(|e| SaveError::store("writing the state", e))?;
         self.read = status.clone();
         Ok(())
     }
@@ -460,7 +457,7 @@ impl LedgerStore for FileSink {
         let result = lock(&self.store)
             .record_ledger(&self.key, agent_id, &write.record)
             .map(|()| None)
-            .map_err(|e| SaveError::Other(format!("{e:#}")));
+            .map_err(|e| SaveError::store("recording the purchase in the state", e));
         std::future::ready(result)
     }
 }
@@ -483,10 +480,7 @@ impl StatusSink for FileSink {
                 self.read = status.clone();
                 Ok(status)
             }
-            None => Err(SaveError::Other(format!(
-                "{} is missing from the state",
-                self.key
-            ))),
+            None => Err(SaveError::Gone(self.key.clone())),
         };
         std::future::ready(result)
     }

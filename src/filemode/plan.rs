@@ -504,6 +504,6 @@ impl LedgerStore for StateLedger<'_> {
         _agent_id: &str,
         _write: &LedgerWrite,
     ) -> impl std::future::Future<Output = Result<Option<String>, SaveError>> + Send {
-        std::future::ready(Err(SaveError::Other("a preview writes nothing".into())))
+        std::future::ready(Err(SaveError::Preview))
     }
 }
