@@ -42,6 +42,14 @@ impl fmt::Display for ApiSecret {
     }
 }
 
+impl ApiSecret {
+    /// A secret as a Secret's key holds it, read the same way by the controller and the file
+    /// mode: lossy text, trailing whitespace dropped; empty means there is none.
+    pub fn from_key_bytes(bytes: &[u8]) -> Option<ApiSecret> {
+        Some(ApiSecret::new(String::from_utf8_lossy(bytes).into_owned())).filter(|s| !s.is_empty())
+    }
+}
+
 impl From<String> for ApiSecret {
     fn from(s: String) -> Self {
         ApiSecret::new(s)

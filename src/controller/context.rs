@@ -151,15 +151,13 @@ impl Context {
         deleting: bool,
     ) -> Result<Next, Error> {
         let key = key_of(&obj);
-        let access = if obj.spec.suspend {
-            Access::NotNeeded
-        } else if let Some(owner) = conflict_owner(&obj, &self.index.others_naming(&obj)) {
-            Access::Blocked(Blocker::Conflict { owner })
-        } else {
-            match secrets::resolve(&self.client, &obj, self.default_secret.as_ref()).await {
-                Ok(secret) => Access::Granted(secret),
-                Err(blocker) => Access::Blocked(blocker),
-            }
+        let conflict = conflict_owner(&obj, &self.index.others_naming(&obj))
+            .map(|owner| Blocker::Conflict { owner });
+        let access = match Access::before_secret(obj.spec.suspend, conflict) {
+            Some(access) => access,
+            None => Access::from_secret(
+                secrets::resolve(&self.client, &obj, self.default_secret.as_ref()).await,
+            ),
         };
         let view = ObjectView {
             key: key.clone(),

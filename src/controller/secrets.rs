@@ -132,16 +132,15 @@ pub async fn resolve(
         .data
         .as_ref()
         .and_then(|data| data.get(&reference.key))
-        .map(|bytes| String::from_utf8_lossy(&bytes.0).into_owned())
+        .map(|bytes| bytes.0.as_slice())
         .or_else(|| {
             secret
                 .string_data
                 .as_ref()
                 .and_then(|d| d.get(&reference.key))
-                .cloned()
+                .map(String::as_bytes)
         })
-        .map(ApiSecret::new)
-        .filter(|s| !s.is_empty());
+        .and_then(ApiSecret::from_key_bytes);
     value.ok_or_else(|| Blocker::Secret {
         reason: reasons::SECRET_KEY_NOT_FOUND.into(),
         message: format!(

@@ -65,6 +65,24 @@ pub enum Access {
 }
 
 impl Access {
+    /// The decision both front ends make, in one order: a suspended object needs nothing (its
+    /// secret is not even looked up); one that conflicts with another object over its agent is
+    /// blocked. `None`: its secret decides (`from_secret`), looked up only then.
+    pub fn before_secret(suspended: bool, conflict: Option<Blocker>) -> Option<Access> {
+        if suspended {
+            Some(Access::NotNeeded)
+        } else {
+            conflict.map(Access::Blocked)
+        }
+    }
+
+    pub fn from_secret(secret: Result<ApiSecret, Blocker>) -> Access {
+        match secret {
+            Ok(secret) => Access::Granted(secret),
+            Err(blocker) => Access::Blocked(blocker),
+        }
+    }
+
     pub fn secret(&self) -> Option<&ApiSecret> {
         match self {
             Access::Granted(secret) => Some(secret),

@@ -308,24 +308,20 @@ fn admit_objects(
             .find(|c| c.key == key)
             .expect("every manifest is a claimant");
         let conflict = owner_instead_of(me, rivals).map(|owner| Blocker::Conflict { owner });
-        let access = match (
-            conflict,
-            secrets::resolve(&manifest, &loaded.secrets, operator),
-        ) {
-            (Some(conflict), _) => Access::Blocked(conflict),
-            (None, Ok(secret)) => Access::Granted(secret),
-            (None, Err(blocker)) => match sim_secret {
+        let access = Access::before_secret(spec.suspend, conflict).unwrap_or_else(|| {
+            let secret = secrets::resolve(&manifest, &loaded.secrets, operator);
+            Access::from_secret(secret.or_else(|blocker| match sim_secret {
                 // The simulator has no real accounts: an object whose secret is missing still
                 // shows the rest of the flow, and says so.
-                Some(sim) if !spec.suspend => {
+                Some(sim) => {
                     if let Blocker::Secret { message, .. } = &blocker {
                         eprintln!("note: {key}: {message}; --simulator uses the simulated account's secret instead");
                     }
-                    Access::Granted(sim.clone())
+                    Ok(sim.clone())
                 }
-                _ => Access::Blocked(blocker),
-            },
-        };
+                None => Err(blocker),
+            }))
+        });
         let previous = store.get(&key).cloned();
         let record = store.admit(&key, spec, now);
         let view = ObjectView {

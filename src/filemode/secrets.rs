@@ -53,18 +53,15 @@ pub fn resolve(
             ),
         ));
     };
-    // As the controller reads it: lossy text, trailing newline dropped, empty means missing.
-    let secret = ApiSecret::new(String::from_utf8_lossy(bytes).into_owned());
-    if secret.is_empty() {
-        return Err(blocked(
+    ApiSecret::from_key_bytes(bytes).ok_or_else(|| {
+        blocked(
             reasons::SECRET_KEY_NOT_FOUND,
             format!(
                 "key {:?} of Secret {name} ({}) is empty",
                 reference.key, doc.source
             ),
-        ));
-    }
-    Ok(secret)
+        )
+    })
 }
 
 #[cfg(test)]
