@@ -112,6 +112,10 @@ impl LedgerStore for KubeStatusSink {
 }
 
 impl StatusSink for KubeStatusSink {
+    fn stored(&self) -> Option<&AgentDynamicsStatus> {
+        self.object.status.as_ref()
+    }
+
     async fn save(&mut self, status: &AgentDynamicsStatus) -> Result<(), SaveError> {
         let mut next = LeanAgentDynamics(self.object.clone());
         next.0.status = Some(status.clone());

@@ -182,6 +182,8 @@ pub trait StatusSink: LedgerStore {
         &mut self,
         status: &AgentDynamicsStatus,
     ) -> impl Future<Output = Result<(), SaveError>> + Send;
+    /// The status the store holds now, as last read or written by this pass (`None`: none yet).
+    fn stored(&self) -> Option<&AgentDynamicsStatus>;
     /// Read the stored status again (after a conflict), so the next `save` is based on it.
     fn reload(&mut self) -> impl Future<Output = Result<AgentDynamicsStatus, SaveError>> + Send;
     fn note(&mut self, note: Note);
@@ -812,7 +814,9 @@ impl Executor {
         Ok(PassResult::Released)
     }
 
-    /// Marker first (conditional write), then exactly one POST, then its outcome recorded for good.
+    /// One paid call, in its steps: hold the agent and a generation slot, check the budgets,
+    /// write the marker (conditional) and then the purchase on the ledger, send exactly one
+    /// POST, account for its outcome, and record it for good.
     async fn generate(
         &self,
         obj: &ObjectView,
@@ -822,13 +826,89 @@ impl Executor {
         secret: &ApiSecret,
         sink: &mut impl StatusSink,
     ) -> Result<PassResult, PassError> {
+        if let Err(report) = self.hold(obj, input, secret) {
+            return self.finish(obj, input, status, report, sink).await;
+        }
+        let payer = Payer {
+            namespace: obj.key.split_once('/').map_or("", |(ns, _)| ns),
+            account: secret.fingerprint(),
+        };
+        let warnings = match self.reserve_budget(obj, input, &payer, sink) {
+            Ok(warnings) => warnings,
+            Err(report) => return self.finish(obj, input, status, report, sink).await,
+        };
+        let mut purchase = generate.ledger.clone();
+        purchase.record = budget::with_spend(
+            &purchase.record,
+            input.now,
+            payer.namespace,
+            &payer.account,
+            CREDITS_PER_GENERATION as i64,
+        );
+        let (marked, ledger_version) = self
+            .mark_and_record(obj, input, status, generate, &purchase, &warnings, sink)
+            .await?;
+
+        let outcome = self.send(obj, generate, secret).await;
+
+        let marked_input = Input {
+            status: &marked,
+            timing: self.timing(&obj.key),
+            ..input.clone()
+        };
+        let (status, report) = after_generate(&marked_input, generate, outcome.as_ref());
+        let call = self
+            .account_for_call(obj, generate, &outcome, &status, &payer, sink)
+            .await;
+        if call == GenerateCall::Refused {
+            let spent = Spent {
+                namespace: payer.namespace,
+                account: &payer.account,
+                at: input.now,
+            };
+            let undone = undo_ledger_call(
+                sink,
+                obj,
+                (&purchase.record, ledger_version),
+                &generate.inputs_hash,
+                asker(obj),
+                spent,
+            )
+            .await;
+            if let (Some(budgets), Some(record)) = (&self.budgets, undone) {
+                budgets.put(&ledger::record_name(&obj.spec.agent_id), &record);
+            }
+        }
+        if let (Ok(reply), RecordAccepted::WithNextWrite) = (&outcome, self.record_accepted) {
+            self.unrecorded.lock().expect("unrecorded lock").insert(
+                obj.key.clone(),
+                Unrecorded {
+                    uid: obj.uid.clone(),
+                    plan: generate.clone(),
+                    reply: reply.clone(),
+                    at: input.now,
+                },
+            );
+            return Ok(PassResult::Requeue {
+                next: requeue_after(&report),
+                health: report.health,
+            });
+        }
+        self.save_outcome(obj, &marked_input, status, report, sink, |fresh| {
+            record_generate_outcome(fresh, generate, outcome.as_ref(), input.now)
+        })
+        .await
+    }
+
+    /// The agent for this object (two objects whose views of each other raced: the first to get
+    /// here owns it) and a generation slot of its account; else the report of why it waits.
+    fn hold(&self, obj: &ObjectView, input: &Input<'_>, secret: &ApiSecret) -> Result<(), Report> {
         // A woken waiter comes back at once; the long fallback only covers a lost wake-up.
         let retry = if self.wake.is_some() {
             self.settings.stalled_retry
         } else {
             self.settings.poll_min
         };
-        // Two objects whose views of each other raced: the first to get here owns the agent.
         let claimed = self
             .claims
             .lock()
@@ -842,29 +922,35 @@ impl Executor {
             let Action::Report(report) = plan(&blocked) else {
                 unreachable!("a Conflict blocker always reports")
             };
-            return self.finish(obj, input, status, report, sink).await;
+            return Err(report);
         }
         let account = secret.account();
-        let started =
-            self.with_guard(|guards| guards.try_start(account, &obj.key, input.now, retry));
-        if let Err(refusal) = started {
-            let report = Report::new(
-                Health::progressing(refusal.reason, refusal.message),
-                refusal.retry_after,
-            );
-            return self.finish(obj, input, status, report, sink).await;
-        }
-        // The budgets, against the spend every ledger record shows; the spend of this call goes
-        // on the agent's record with the purchase (the same write).
-        let namespace = obj.key.split_once('/').map_or("", |(ns, _)| ns);
-        let account = secret.fingerprint();
+        self.with_guard(|guards| guards.try_start(account, &obj.key, input.now, retry))
+            .map_err(|refusal| {
+                Report::new(
+                    Health::progressing(refusal.reason, refusal.message),
+                    refusal.retry_after,
+                )
+            })
+    }
+
+    /// The budgets, against the spend every ledger record shows: the warnings to give once the
+    /// purchase is on record, or the wait of a generation no budget has room for (its slot given
+    /// back). The spend of this call goes on the agent's record with the purchase (one write).
+    fn reserve_budget(
+        &self,
+        obj: &ObjectView,
+        input: &Input<'_>,
+        payer: &Payer<'_>,
+        sink: &mut impl StatusSink,
+    ) -> Result<Vec<Standing>, Report> {
         let charge = Charge {
-            namespace,
-            account: &account,
+            namespace: payer.namespace,
+            account: &payer.account,
             credits: CREDITS_PER_GENERATION as u64,
             now: input.now,
         };
-        let warnings = match self.budgets.as_deref().map(|b| b.reserve(&obj.key, charge)) {
+        match self.budgets.as_deref().map(|b| b.reserve(&obj.key, charge)) {
             Some(BudgetCheck::Over(standing)) => {
                 self.with_guard(|guards| guards.cancel(&obj.key));
                 let report = budget_wait(&standing, input.now);
@@ -880,20 +966,28 @@ impl Executor {
                         report.health.message(),
                     ));
                 }
-                return self.finish(obj, input, status, report, sink).await;
+                Err(report)
             }
-            Some(BudgetCheck::Within { warnings }) => warnings,
-            None => Vec::new(),
-        };
-        let mut purchase = generate.ledger.clone();
-        purchase.record = budget::with_spend(
-            &purchase.record,
-            input.now,
-            namespace,
-            &account,
-            CREDITS_PER_GENERATION as i64,
-        );
+            Some(BudgetCheck::Within { warnings }) => Ok(warnings),
+            None => Ok(Vec::new()),
+        }
+    }
 
+    /// The marker (a write conditional on what was read: another writer makes it fail and
+    /// nothing is sent), then the purchase on the agent's ledger record. Returns the status as
+    /// marked and the ledger record's new version. Any failure gives back the slot and the
+    /// budget; a failed ledger write also takes the marker back.
+    #[allow(clippy::too_many_arguments)]
+    async fn mark_and_record(
+        &self,
+        obj: &ObjectView,
+        input: &Input<'_>,
+        status: AgentDynamicsStatus,
+        generate: &GeneratePlan,
+        purchase: &LedgerWrite,
+        warnings: &[Standing],
+        sink: &mut impl StatusSink,
+    ) -> Result<(AgentDynamicsStatus, Option<String>), PassError> {
         let before = match input.remote {
             Some(Observation::Found(state)) => Some(state),
             _ => None,
@@ -922,35 +1016,43 @@ impl Executor {
         // that read the same record fails here and sends nothing. After the marker, so that a
         // crash in between is the marker's known window (a call that may have been sent), never
         // a purchase on record with no call behind it.
-        let ledger_version = match sink.write_ledger(&obj.spec.agent_id, &purchase).await {
+        match sink.write_ledger(&obj.spec.agent_id, purchase).await {
             Ok(version) => {
                 if let Some(budgets) = &self.budgets {
                     let name = ledger::record_name(&obj.spec.agent_id);
                     budgets.settle(&obj.key, &name, &purchase.record);
                 }
-                for standing in &warnings {
+                for standing in warnings {
                     sink.note(note(
                         true,
                         reasons::BUDGET_WARNING,
                         &budget_warning(standing),
                     ));
                 }
-                version
+                Ok((marked, version))
             }
             Err(err) => {
                 self.with_guard(|guards| guards.cancel(&obj.key));
                 self.release_budget(&obj.key);
                 // Nothing was sent: take the marker back (if this write is lost too, the marker
                 // counts as a call of unknown outcome, which never buys twice).
-                let mut unmarked = marked.clone();
+                let mut unmarked = marked;
                 unmarked.pending_generation = None;
                 if let Err(e) = sink.save(&unmarked).await {
                     tracing::warn!(object = %obj.key, error = %e, "the marker of a call that was not sent could not be taken back");
                 }
-                return Err(err.into());
+                Err(err.into())
             }
-        };
+        }
+    }
 
+    /// The one POST, keyed by the object's uid and the inputs, so the API can tell a repeat.
+    async fn send(
+        &self,
+        obj: &ObjectView,
+        generate: &GeneratePlan,
+        secret: &ApiSecret,
+    ) -> Result<GenerateReply, RemoteError> {
         let key = format!("{}-{}", obj.uid, generate.idempotency_key);
         let outcome = self
             .client
@@ -962,14 +1064,22 @@ impl Executor {
             let at = self.epoch.elapsed();
             self.with_guard(|guards| guards.accepted(&obj.key, at));
         }
-        let marked_input = Input {
-            status: &marked,
-            timing: self.timing(&obj.key),
-            ..input.clone()
-        };
-        let (status, report) = after_generate(&marked_input, generate, outcome.as_ref());
+        outcome
+    }
+
+    /// What the call's outcome tells the user, the metrics and the spend log; a refusal also
+    /// gives the slot back. `status` is the status after the call.
+    async fn account_for_call(
+        &self,
+        obj: &ObjectView,
+        generate: &GeneratePlan,
+        outcome: &Result<GenerateReply, RemoteError>,
+        status: &AgentDynamicsStatus,
+        payer: &Payer<'_>,
+        sink: &mut impl StatusSink,
+    ) -> GenerateCall {
         let agent = &obj.spec.agent_id;
-        let call = match &outcome {
+        let call = match outcome {
             Ok(_) => {
                 sink.note(note(
                     false,
@@ -983,27 +1093,6 @@ impl Executor {
             }
             Err(err) if err.refused => {
                 self.with_guard(|guards| guards.cancel(&obj.key));
-                let asker = Asker {
-                    object: &obj.key,
-                    uid: &obj.uid,
-                };
-                let spent = Spent {
-                    namespace,
-                    account: &account,
-                    at: input.now,
-                };
-                let undone = undo_ledger_call(
-                    sink,
-                    obj,
-                    (&purchase.record, ledger_version),
-                    &generate.inputs_hash,
-                    asker,
-                    spent,
-                )
-                .await;
-                if let (Some(budgets), Some(record)) = (&self.budgets, undone) {
-                    budgets.put(&ledger::record_name(&obj.spec.agent_id), &record);
-                }
                 GenerateCall::Refused
             }
             Err(err) => {
@@ -1018,7 +1107,7 @@ impl Executor {
                 GenerateCall::Unknown
             }
         };
-        sink.generate_called(call, &account);
+        sink.generate_called(call, &payer.account);
         if call != GenerateCall::Refused {
             // One line per call that may have been charged: the spend report of the logs.
             let changed = ledger::changed_inputs(&generate.ledger.record, &generate.inputs_hash);
@@ -1032,55 +1121,31 @@ impl Executor {
                 changed = %changed.join(","),
                 outcome = call.as_str(),
                 credits = CREDITS_PER_GENERATION,
-                account = %account,
+                account = %payer.account,
                 "paid generate call"
             );
         }
-        if let (Ok(reply), RecordAccepted::WithNextWrite) = (&outcome, self.record_accepted) {
-            self.unrecorded.lock().expect("unrecorded lock").insert(
-                obj.key.clone(),
-                Unrecorded {
-                    uid: obj.uid.clone(),
-                    plan: generate.clone(),
-                    reply: reply.clone(),
-                    at: input.now,
-                },
-            );
-            return Ok(PassResult::Requeue {
-                next: requeue_after(&report),
-                health: report.health,
-            });
-        }
-        self.save_outcome(obj, &marked_input, &marked, status, report, sink, |fresh| {
-            record_generate_outcome(fresh, generate, outcome.as_ref(), input.now)
-        })
-        .await
+        call
     }
 
     /// Like `finish`, but a conflicting write re-reads the status and re-applies `record` to it:
     /// the outcome of a generate call must reach the store even when someone else wrote meanwhile.
-    #[allow(clippy::too_many_arguments)]
     async fn save_outcome(
         &self,
         obj: &ObjectView,
         input: &Input<'_>,
-        saved: &AgentDynamicsStatus,
         status: AgentDynamicsStatus,
         report: Report,
         sink: &mut impl StatusSink,
         record: impl Fn(&AgentDynamicsStatus) -> AgentDynamicsStatus,
     ) -> Result<PassResult, PassError> {
         let mut status = status;
-        let mut saved = saved.clone();
         for attempt in 1.. {
-            match self
-                .finish_from(obj, input, &saved, status, report.clone(), sink)
-                .await
-            {
+            match self.finish(obj, input, status, report.clone(), sink).await {
                 Err(PassError::Save(SaveError::Conflict)) if attempt < OUTCOME_SAVE_ATTEMPTS => {
                     tracing::debug!(object = %obj.key, attempt, "conflict while recording a generate call; re-reading");
-                    saved = sink.reload().await?;
-                    status = record(&saved);
+                    let fresh = sink.reload().await?;
+                    status = record(&fresh);
                 }
                 result => return result,
             }
@@ -1088,6 +1153,8 @@ impl Executor {
         unreachable!("the loop returns by its last attempt")
     }
 
+    /// Settle the status, save it only if it differs from what the store holds, and turn the
+    /// report into a requeue with jitter.
     async fn finish(
         &self,
         obj: &ObjectView,
@@ -1096,24 +1163,9 @@ impl Executor {
         report: Report,
         sink: &mut impl StatusSink,
     ) -> Result<PassResult, PassError> {
-        self.finish_from(obj, input, &obj.status, status, report, sink)
-            .await
-    }
-
-    /// Settle the status, save it only if it differs from `saved` (what the store holds now),
-    /// and turn the report into a requeue with jitter.
-    async fn finish_from(
-        &self,
-        obj: &ObjectView,
-        input: &Input<'_>,
-        saved: &AgentDynamicsStatus,
-        status: AgentDynamicsStatus,
-        report: Report,
-        sink: &mut impl StatusSink,
-    ) -> Result<PassResult, PassError> {
         let settled = settle(input, status, &report);
-        if &settled != saved && report.write == Write::Now {
-            if newly_stalled(saved, &report.health) {
+        if sink.stored() != Some(&settled) && report.write == Write::Now {
+            if newly_stalled(sink.stored(), &report.health) {
                 sink.note(note(true, report.health.reason(), report.health.message()));
             }
             sink.save(&settled).await?;
@@ -1123,6 +1175,19 @@ impl Executor {
             next: requeue_after(&report),
             health: report.health,
         })
+    }
+}
+
+/// Who pays for a generate call: the object's namespace and the account's fingerprint.
+struct Payer<'a> {
+    namespace: &'a str,
+    account: String,
+}
+
+fn asker(obj: &ObjectView) -> Asker<'_> {
+    Asker {
+        object: &obj.key,
+        uid: &obj.uid,
     }
 }
 
@@ -1246,11 +1311,11 @@ fn change_and_wake<R>(
 
 /// A Warning note only when the object enters Stalled or changes its stalled reason, so a stuck
 /// object does not flood Events.
-fn newly_stalled(saved: &AgentDynamicsStatus, health: &Health) -> bool {
+fn newly_stalled(saved: Option<&AgentDynamicsStatus>, health: &Health) -> bool {
     let Health::Stalled { reason, .. } = health else {
         return false;
     };
-    let before = saved.condition(crate::resource::status::CONDITION_STALLED);
+    let before = saved.and_then(|s| s.condition(crate::resource::status::CONDITION_STALLED));
     !before.is_some_and(|c| c.status == "True" && &c.reason == reason)
 }
 

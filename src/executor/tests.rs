@@ -61,6 +61,10 @@ impl LedgerStore for MemorySink {
 }
 
 impl StatusSink for MemorySink {
+    fn stored(&self) -> Option<&AgentDynamicsStatus> {
+        Some(&self.stored)
+    }
+
     async fn save(&mut self, status: &AgentDynamicsStatus) -> Result<(), SaveError> {
         if self.conflicts.pop_front().unwrap_or(false) {
             return Err(SaveError::Conflict);

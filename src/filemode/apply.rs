@@ -463,6 +463,10 @@ impl LedgerStore for FileSink {
 }
 
 impl StatusSink for FileSink {
+    fn stored(&self) -> Option<&AgentDynamicsStatus> {
+        Some(&self.read)
+    }
+
     fn save(
         &mut self,
         status: &AgentDynamicsStatus,
