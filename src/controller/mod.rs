@@ -1,6 +1,45 @@
 //! `dynamics-operator run`: the Kubernetes controller. It watches `AgentDynamics` (and the Secrets
 //! they reference), and for each object runs one `executor` pass with the status subresource as
 //! its store and Events as its notes.
+//!
+//! How an object travels, and the module for each step:
+//!
+//! ```text
+//!  watch AgentDynamics ─┐   (lean: parsed without managedFields)
+//!  watch Secrets ───────┼─> start ──> index ──> changes ──> kube Controller queue ─┐
+//!  watch DynamicsLedger ┘  (budgets)   (agents, own writes)                        │
+//!                                                                                  v
+//!   lane (woken for a free slot, looks at a generation's expected end) ──> reconcile
+//!                                                                                  │
+//!           context::pass: Access (secrets), ObjectView ──> executor::Executor::pass
+//!                                                                                  │
+//!           kube_sink (status, ledger; conditional writes) ──> events (Events)  <──┘
+//! ```
+//!
+//! - `start` (with `reconcile::start`): what the watches pass on and when, around a start or a
+//!   takeover. Replaces the controller's own watch trigger, which after a restart or failover
+//!   reconciles every object at once (one GET each at 10,000 objects: BENCHMARKS.md, restart
+//!   and failover phases); settled objects are spread over their resync window instead, and a
+//!   standby keeps its cache warm.
+//! - `index`: kept beside kube's cache from the same events: which objects name each agent (the
+//!   ownership rule looks only there, O(1) per pass), what of an object makes a pass worth it
+//!   (so the operator's own status writes wake nothing), and the objects its writes returned
+//!   until the watch delivers them (no 409 from a stale copy: 106 at first, 0 since).
+//! - `lean`: the objects parsed without `managedFields`, half of their JSON (BENCHMARKS.md, peak
+//!   memory at 10,000 objects).
+//! - `lane`: passes that decide how soon a generation slot is used again run at their time in
+//!   tasks of their own, not behind whatever the queue holds (watch-to-call latency).
+//! - `context`: what every pass shares, and the pass itself (the Access decision, the sink,
+//!   Events, metrics, backoff after errors).
+//! - `kube_sink`: the executor's store: status writes and ledger writes, each conditional on the
+//!   resourceVersion read.
+//! - `events`: Events created directly, instead of kube's `Recorder`, which keeps six minutes of
+//!   them and scans that cache on every publish (tens of MiB at 10,000 objects).
+//! - `secrets`: the api-secret of an object, read only where RBAC grants it.
+//! - `budgets`: the spend of every ledger record, watched, for `--budget`.
+//! - `leader`: the Lease; a replica that loses it exits.
+//! - `resolve`: the `resolve` and `approve` commands (annotations the passes act on).
+//! - `error`: the controller's error and its category.
 
 mod budgets;
 mod context;
