@@ -308,7 +308,7 @@ impl Metrics {
                     namespace: namespace.to_string(),
                     account: account.to_string(),
                 })
-                .inc_by(crate::filemode::CREDITS_PER_GENERATION);
+                .inc_by(crate::reconcile::CREDITS_PER_GENERATION);
         }
     }
 

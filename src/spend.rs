@@ -66,7 +66,7 @@ pub fn report(
                 agent_id: r.agent_id.clone(),
                 key: p.key.clone(),
                 calls: p.calls,
-                credits: u64::from(p.calls) * u64::from(CREDITS_PER_GENERATION),
+                credits: u64::from(p.calls) * CREDITS_PER_GENERATION,
                 inputs: p.inputs.clone(),
             }
         })

@@ -24,7 +24,7 @@ use dynamics_core::wire::{
 /// How long a 429 without Retry-After pauses its account.
 const ACCOUNT_PAUSE_WITHOUT_RETRY_AFTER: Duration = Duration::from_secs(1);
 
-/// Default base URL, from the seed document.
+/// Default base URL, from the API document.
 pub const DEFAULT_BASE_URL: &str = "https://public.api.bithuman.ai";
 
 /// Connection and retry settings.

@@ -23,8 +23,8 @@ use crate::reconcile::guard::AccountGuards;
 use crate::reconcile::ledger::{self, Asker, LedgerState};
 use crate::reconcile::ownership::AgentClaims;
 use crate::reconcile::plan::{
-    holds_generation_slot, plan, report_error, Action, AdoptFrom, Blocker, GeneratePlan, Input,
-    LedgerWrite, Next, Observation, RemoteError, Report, Settings, Write, CREDITS_PER_GENERATION,
+    holds_generation_slot, plan, report_error, Action, AdoptFrom, Blocker, Input, LedgerWrite,
+    Next, Observation, Purchase, RemoteError, Report, Settings, Write, CREDITS_PER_GENERATION,
 };
 use crate::reconcile::reasons;
 use crate::reconcile::transitions::{
@@ -269,7 +269,7 @@ pub enum RecordAccepted {
 #[derive(Debug, Clone)]
 struct Unrecorded {
     uid: String,
-    plan: GeneratePlan,
+    plan: Purchase,
     reply: GenerateReply,
     at: Timestamp,
 }
@@ -822,7 +822,7 @@ impl Executor {
         obj: &ObjectView,
         input: &Input<'_>,
         status: AgentDynamicsStatus,
-        generate: &GeneratePlan,
+        generate: &Purchase,
         secret: &ApiSecret,
         sink: &mut impl StatusSink,
     ) -> Result<PassResult, PassError> {
@@ -947,7 +947,7 @@ impl Executor {
         let charge = Charge {
             namespace: payer.namespace,
             account: &payer.account,
-            credits: CREDITS_PER_GENERATION as u64,
+            credits: CREDITS_PER_GENERATION,
             now: input.now,
         };
         match self.budgets.as_deref().map(|b| b.reserve(&obj.key, charge)) {
@@ -983,7 +983,7 @@ impl Executor {
         obj: &ObjectView,
         input: &Input<'_>,
         status: AgentDynamicsStatus,
-        generate: &GeneratePlan,
+        generate: &Purchase,
         purchase: &LedgerWrite,
         warnings: &[Standing],
         sink: &mut impl StatusSink,
@@ -1050,7 +1050,7 @@ impl Executor {
     async fn send(
         &self,
         obj: &ObjectView,
-        generate: &GeneratePlan,
+        generate: &Purchase,
         secret: &ApiSecret,
     ) -> Result<GenerateReply, RemoteError> {
         let key = format!("{}-{}", obj.uid, generate.idempotency_key);
@@ -1072,7 +1072,7 @@ impl Executor {
     async fn account_for_call(
         &self,
         obj: &ObjectView,
-        generate: &GeneratePlan,
+        generate: &Purchase,
         outcome: &Result<GenerateReply, RemoteError>,
         status: &AgentDynamicsStatus,
         payer: &Payer<'_>,

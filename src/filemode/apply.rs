@@ -25,7 +25,8 @@ use crate::resource::AgentDynamicsStatus;
 
 use super::output::{self, OutputFormat};
 use super::state::StateStore;
-use super::{exit, prepare, ApplyArgs, Mode, Object, CREDITS_PER_GENERATION};
+use super::{exit, prepare, ApplyArgs, Mode, Object};
+use crate::reconcile::CREDITS_PER_GENERATION;
 
 /// How often a line says what is still running, when nothing else was printed.
 const HEARTBEAT: Duration = Duration::from_secs(15);
@@ -105,7 +106,7 @@ pub(super) async fn run(args: ApplyArgs) -> anyhow::Result<i32> {
     }
     let executor = Arc::new(executor);
     let store = Arc::new(Mutex::new(prepared.store));
-    let clock = Clock(Instant::now());
+    let log = ProgressLog(Instant::now());
 
     // The current spec (and its generation) is recorded before anything is sent for it.
     let records = prepared
@@ -205,7 +206,7 @@ pub(super) async fn run(args: ApplyArgs) -> anyhow::Result<i32> {
                 t.running = false;
                 for note in notes {
                     let prefix = if note.warning { "warning: " } else { "" };
-                    clock.line(&t.object.view.key, &format!("{prefix}{}: {}", note.reason, note.message));
+                    log.line(&t.object.view.key, &format!("{prefix}{}: {}", note.reason, note.message));
                     t.last_printed = Some((note.reason, String::new()));
                 }
                 // The status the pass saved is what the next pass starts from.
@@ -220,7 +221,7 @@ pub(super) async fn run(args: ApplyArgs) -> anyhow::Result<i32> {
                         let printed = (health.reason().to_string(), health.message().to_string());
                         let same_event = t.last_printed.as_ref().is_some_and(|(reason, message)| reason == &printed.0 && (message.is_empty() || message == &printed.1));
                         if !same_event {
-                            clock.line(&t.object.view.key, &format!("{}: {}", printed.0, printed.1));
+                            log.line(&t.object.view.key, &format!("{}: {}", printed.0, printed.1));
                         }
                         t.last_printed = Some(printed);
                         t.progress = match health {
@@ -238,7 +239,7 @@ pub(super) async fn run(args: ApplyArgs) -> anyhow::Result<i32> {
                         t.progress = Progress::Done(Health::Suspended);
                     }
                     Err(PassError::Save(SaveError::Conflict)) => {
-                        clock.line(&t.object.view.key, "its state changed during the pass; reading it again");
+                        log.line(&t.object.view.key, "its state changed during the pass; reading it again");
                         t.next_at = Instant::now() + Duration::from_secs(1);
                         due.push(Reverse((t.next_at, index)));
                     }
@@ -272,7 +273,7 @@ pub(super) async fn run(args: ApplyArgs) -> anyhow::Result<i32> {
                         })
                         .collect();
                     if !waiting.is_empty() {
-                        clock.line("waiting", &waiting.join(", "));
+                        log.line("waiting", &waiting.join(", "));
                     }
                 }
             }
@@ -503,9 +504,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Progress lines on standard error (standard output is kept for the result).
-struct Clock(Instant);
+struct ProgressLog(Instant);
 
-impl Clock {
+impl ProgressLog {
     fn line(&self, key: &str, text: &str) {
         eprintln!("[{:>6.1}s] {key}: {text}", self.0.elapsed().as_secs_f64());
     }

@@ -34,9 +34,6 @@ pub use crate::cli::{ApplyArgs, CommonArgs, OutputFormat, PlanArgs};
 use manifests::{Manifest, ManifestError};
 use state::{ObjectState, StateStore, DEFAULT_STATE_FILE};
 
-/// Credits one generation costs (bitHuman's price; shown by `plan` and `apply`).
-pub const CREDITS_PER_GENERATION: u64 = crate::reconcile::CREDITS_PER_GENERATION as u64;
-
 /// Exit codes shared by both commands.
 pub mod exit {
     /// `plan`: everything in sync. `apply`: every object Ready (or suspended).

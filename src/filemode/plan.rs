@@ -15,8 +15,9 @@ use crate::reconcile::{Action, GenerateCause, Health, Settings};
 
 use super::output::{self, OutputFormat};
 use super::state::StateStore;
-use super::{exit, prepare, Mode, Object, PlanArgs, Prepared, CREDITS_PER_GENERATION};
+use super::{exit, prepare, Mode, Object, PlanArgs, Prepared};
 use crate::reconcile::budget::Budget;
+use crate::reconcile::CREDITS_PER_GENERATION;
 
 /// GETs in flight at once: polite to the API, still quick for a large folder.
 const CONCURRENT_READS: usize = 8;
@@ -114,7 +115,7 @@ pub(super) async fn compute(prepared: &Prepared, budgets: &[Budget]) -> PlanDocu
         .objects
         .iter()
         .zip(previews)
-        .map(|(object, preview)| describe(object, &preview))
+        .map(|(object, preview)| planned_object(object, &preview))
         .collect();
     if let Some(budgets) = super::budgets(&prepared.store, budgets) {
         apply_budgets(&budgets, &prepared.objects, &mut items);
@@ -333,7 +334,7 @@ fn apply_budgets(budgets: &Budgets, objects: &[Object], items: &mut [PlannedObje
 }
 
 /// Turns the executor's preview into a step with a reason a person can act on.
-fn describe(object: &Object, preview: &Preview) -> PlannedObject {
+fn planned_object(object: &Object, preview: &Preview) -> PlannedObject {
     let spec = &object.view.spec;
     let status = &object.view.status;
     let (action, reason, message, credits) = match &preview.action {

@@ -78,7 +78,7 @@ impl Reply {
 
 /// What the fault dice decided for one call.
 #[derive(Clone, Debug, Default, PartialEq)]
-pub(crate) struct FaultPlan {
+pub(crate) struct FaultSchedule {
     /// Answer with this instead of processing the call.
     pub replace: Option<Reply>,
     /// Close the connection after processing.
@@ -493,7 +493,7 @@ impl Engine {
     }
 
     /// Rolls the fault dice for one `/v1` call; the script goes first.
-    pub fn plan_faults(&mut self, agent: Option<&str>) -> FaultPlan {
+    pub fn plan_faults(&mut self, agent: Option<&str>) -> FaultSchedule {
         let retry = self
             .modes_for(agent)
             .retry_after_header
@@ -524,7 +524,7 @@ impl Engine {
             }
             r
         };
-        let mut plan = FaultPlan::default();
+        let mut plan = FaultSchedule::default();
         if let Some(f) = self.cfg.faults.script.pop_front() {
             match f {
                 ScriptedFault::Internal => plan.replace = Some(injected(500)),
@@ -1597,11 +1597,11 @@ mod tests {
         let p = e.plan_faults(Some("a"));
         let r = p.replace.unwrap();
         assert_eq!((r.status, r.retry_after.as_deref()), (429, Some("3")));
-        assert_eq!(e.plan_faults(Some("a")), FaultPlan::default());
+        assert_eq!(e.plan_faults(Some("a")), FaultSchedule::default());
         let p = e.plan_faults(Some("a"));
         assert!(p.replace.is_none() && p.drop);
         e.set_faults(Faults::default());
-        assert_eq!(e.plan_faults(None), FaultPlan::default());
+        assert_eq!(e.plan_faults(None), FaultSchedule::default());
         e.set_faults(Faults {
             fail_rate_503: 1.0,
             ..Faults::default()

@@ -26,8 +26,8 @@ pub mod transitions;
 
 pub use conditions::Health;
 pub use plan::{
-    plan, Action, Blocker, GenerateCause, GeneratePlan, Input, Next, Observation, RemoteError,
-    Report, Settings, Write, CREDITS_PER_GENERATION, MAX_REMOTE_WAIT,
+    plan, Action, Blocker, GenerateCause, Input, Next, Observation, Purchase, RemoteError, Report,
+    Settings, Write, CREDITS_PER_GENERATION, MAX_REMOTE_WAIT,
 };
 
 #[cfg(test)]

@@ -19,7 +19,7 @@ use super::reasons;
 use super::timing::GenerationTiming;
 
 /// What one generation costs the account.
-pub const CREDITS_PER_GENERATION: u32 = 250;
+pub const CREDITS_PER_GENERATION: u64 = 250;
 use super::desired::{
     disable_request, dynamics_hash, generate_request, inputs_hash, normalized_inputs,
     update_request,
@@ -189,9 +189,9 @@ pub enum Action {
     ConsultLedger,
     /// Take inputs as bought without a call: write `record` (if any) with the version read,
     /// record the key in status (`transitions::adopted`), then call `plan` again.
-    Adopt(AdoptPlan),
+    Adopt(Adoption),
     /// Write the pending marker, then POST once.
-    Generate(GeneratePlan),
+    Generate(Purchase),
     /// PUT the dynamics block.
     Update {
         request: UpdateRequest,
@@ -206,7 +206,7 @@ pub enum Action {
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub struct GeneratePlan {
+pub struct Purchase {
     pub request: GenerateRequest,
     pub inputs_hash: String,
     /// The purchase's key (with the object's uid), for an API that honours Idempotency-Key.
@@ -227,7 +227,7 @@ pub struct LedgerWrite {
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub struct AdoptPlan {
+pub struct Adoption {
     pub inputs_hash: String,
     pub from: AdoptFrom,
     /// The record to write first, when it changes (the claim, the adopted inputs).
@@ -618,7 +618,7 @@ fn plan_pending(
         // A stall about money: the user's resolution, if they gave one.
         match resolution(input) {
             Some(Resolution::Accept) => {
-                return Some(Action::Adopt(AdoptPlan {
+                return Some(Action::Adopt(Adoption {
                     inputs_hash: pending.inputs_hash.clone(),
                     from: AdoptFrom::Resolved,
                     ledger: None,
@@ -737,7 +737,7 @@ fn plan_purchase(input: &Input, remote: Option<&DynamicsState>, hash: String) ->
                 settings.stalled_retry,
             ))
         }
-        Verdict::Bought => Action::Adopt(AdoptPlan {
+        Verdict::Bought => Action::Adopt(Adoption {
             own_call: ledger::own_call(record, input.asker, &hash)
                 && !input.status.was_bought(&hash),
             inputs_hash: hash,
@@ -783,7 +783,7 @@ fn plan_purchase(input: &Input, remote: Option<&DynamicsState>, hash: String) ->
                 ));
             }
             match recording(input, &hash, if adopt { 0 } else { 1 }) {
-                Ok(write) if adopt => Action::Adopt(AdoptPlan {
+                Ok(write) if adopt => Action::Adopt(Adoption {
                     inputs_hash: hash,
                     from: AdoptFrom::Existing,
                     ledger: Some(write),
@@ -855,7 +855,7 @@ fn recording(input: &Input, hash: &str, calls: u32) -> Result<LedgerWrite, Box<A
 /// says so (this object holding the agent). Nothing is sent.
 fn resolved_adopt(input: &Input, hash: String, accept_status: Option<String>) -> Action {
     match recording(input, &hash, 0) {
-        Ok(write) => Action::Adopt(AdoptPlan {
+        Ok(write) => Action::Adopt(Adoption {
             inputs_hash: hash,
             from: AdoptFrom::Resolved,
             ledger: Some(write),
@@ -1078,7 +1078,7 @@ fn plan_deletion(input: &Input) -> Action {
     Action::Disable(disable_request(spec))
 }
 
-fn generate_plan(input: &Input, inputs_hash: String, ledger: LedgerWrite) -> GeneratePlan {
+fn generate_plan(input: &Input, inputs_hash: String, ledger: LedgerWrite) -> Purchase {
     let status = input.status;
     let cause = if status.pending_generation.is_some() {
         GenerateCause::ReplacesStalledCall
@@ -1087,7 +1087,7 @@ fn generate_plan(input: &Input, inputs_hash: String, ledger: LedgerWrite) -> Gen
     } else {
         GenerateCause::InputsChanged
     };
-    GeneratePlan {
+    Purchase {
         request: generate_request(input.spec),
         idempotency_key: inputs_hash.clone(),
         inputs_hash,

@@ -261,7 +261,7 @@ impl Row {
 }
 
 /// A short, readable name for an action.
-fn describe(action: &Action) -> String {
+fn action_name(action: &Action) -> String {
     match action {
         Action::Observe => "observe".into(),
         Action::ConsultLedger => "consult-ledger".into(),
@@ -1177,7 +1177,7 @@ fn every_rule() {
 
     let mut failures = Vec::new();
     for r in &rows {
-        let got = describe(&decide(r));
+        let got = action_name(&decide(r));
         if got != r.want {
             failures.push(format!("{}: want {}, got {got}", r.name, r.want));
         }
@@ -1448,7 +1448,7 @@ fn generate_lifecycle_marks_then_records_and_keeps_the_marker_until_seen() {
     let lagging = take_in_remote(&accepted, state);
     assert!(!lagging.adopted);
     let next = input(&s, &lagging.status, Some(&obs), &settings);
-    assert_eq!(describe(&plan(&next)), "progressing:AwaitingGeneration");
+    assert_eq!(action_name(&plan(&next)), "progressing:AwaitingGeneration");
     // Recording the same reply twice (a retried status write) does not count twice.
     assert_eq!(
         super::transitions::record_generate_outcome(&accepted, &gp, Ok(&reply), now()),
@@ -1557,7 +1557,7 @@ fn update_outcomes() {
     assert!(matches!(report.health, Health::Ready { .. }));
     // The next pass on the same remote is converged: no second PUT.
     let next = input(&s, &applied, Some(&obs), &settings);
-    assert_eq!(describe(&plan(&next)), "ready:Ready");
+    assert_eq!(action_name(&plan(&next)), "ready:Ready");
 
     let regen = UpdateReply {
         regeneration: Some(Regeneration::Started),
@@ -1568,7 +1568,7 @@ fn update_outcomes() {
     assert_eq!(report.health.reason(), "Regenerating");
     // Once the regeneration is ready, nothing more is sent for it.
     let after = input(&s, &regenerating, Some(&obs), &settings);
-    assert_eq!(describe(&plan(&after)), "ready:Ready");
+    assert_eq!(action_name(&plan(&after)), "ready:Ready");
 
     let err = RemoteError::of_kind(ApiErrorKind::Unauthorized, "check the api-secret");
     let (unchanged, report) = after_update(&inp, &dh, Err(&err));

@@ -9,7 +9,7 @@ use crate::wire::{DynamicsState, GenerateReply, Regeneration, RemoteStatus, Upda
 
 use super::conditions::{conditions, Health};
 use super::plan::{
-    backoff, job_visible, ready_health, report_error, AdoptPlan, GeneratePlan, Input, RemoteError,
+    backoff, job_visible, ready_health, report_error, Adoption, Input, Purchase, RemoteError,
     Report, CREDITS_PER_GENERATION,
 };
 use super::plan::{future_skew, url_identity, whole_seconds};
@@ -85,7 +85,7 @@ pub struct TakenIn {
 
 /// Inputs taken as bought without a call (`Action::Adopt`): nothing is counted, unless the
 /// call was this object's own and its status never counted it.
-pub fn adopted(status: &AgentDynamicsStatus, plan: &AdoptPlan) -> AgentDynamicsStatus {
+pub fn adopted(status: &AgentDynamicsStatus, plan: &Adoption) -> AgentDynamicsStatus {
     let mut status = status.clone();
     if plan.own_call {
         status.generations += 1;
@@ -109,7 +109,7 @@ pub fn adopted(status: &AgentDynamicsStatus, plan: &AdoptPlan) -> AgentDynamicsS
 /// The status to write (with the resourceVersion just read) before a generate call.
 pub fn with_marker(
     status: &AgentDynamicsStatus,
-    plan: &GeneratePlan,
+    plan: &Purchase,
     remote: Option<&DynamicsState>,
     now: Timestamp,
 ) -> AgentDynamicsStatus {
@@ -178,7 +178,7 @@ pub fn settle(input: &Input, status: AgentDynamicsStatus, report: &Report) -> Ag
 /// purchase is never forgotten.
 pub fn record_generate_outcome(
     status: &AgentDynamicsStatus,
-    plan: &GeneratePlan,
+    plan: &Purchase,
     outcome: Result<&GenerateReply, &RemoteError>,
     now: Timestamp,
 ) -> AgentDynamicsStatus {
@@ -223,7 +223,7 @@ pub fn record_generate_outcome(
 /// stays until GET shows the job; only a definite refusal clears it.
 pub fn after_generate(
     input: &Input,
-    plan: &GeneratePlan,
+    plan: &Purchase,
     outcome: Result<&GenerateReply, &RemoteError>,
 ) -> (AgentDynamicsStatus, Report) {
     let status = record_generate_outcome(input.status, plan, outcome, input.now);

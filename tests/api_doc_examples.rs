@@ -1,6 +1,6 @@
-//! Every JSON example of the seed document (tests/fixtures/api, see its
+//! Every JSON example of the API document (tests/fixtures/api, see its
 //! README) parses into the client's types, unknown fields are ignored, and the
-//! simulator accepts the seed's requests and answers in the seed's shapes.
+//! simulator accepts the documented requests and answers in the documented shapes.
 
 use std::collections::BTreeSet;
 
@@ -112,7 +112,7 @@ fn update_request_example_round_trips() {
         d.talking.as_ref().unwrap().model_hash.as_deref(),
         Some("def456ghi789")
     );
-    // Field names on the wire are exactly the seed's.
+    // Field names on the wire are exactly the document's.
     assert_eq!(serde_json::to_value(&req).unwrap(), v);
 }
 
@@ -160,10 +160,13 @@ fn generate_request_field_names_match_the_schema_sketch() {
         motion_prompts: Some(vec!["wave".into()]),
     };
     let ours = keys(&serde_json::to_value(&full).unwrap());
-    let seed = keys(&schema);
-    assert!(seed.is_subset(&ours), "seed {seed:?} vs ours {ours:?}");
+    let documented = keys(&schema);
+    assert!(
+        documented.is_subset(&ours),
+        "documented {documented:?} vs ours {ours:?}"
+    );
     assert_eq!(
-        ours.difference(&seed).collect::<Vec<_>>(),
+        ours.difference(&documented).collect::<Vec<_>>(),
         ["motion_prompts"],
         "only the integration example's extra field"
     );
@@ -218,11 +221,11 @@ fn error_body_example() {
     assert_eq!(extra.unwrap().code.as_deref(), Some("INTERNAL_ERROR"));
 }
 
-/// The simulator accepts the seed's requests and answers with the seed's keys.
+/// The simulator accepts the documented requests and answers with the documented keys.
 #[tokio::test]
-async fn simulator_speaks_the_seed_shapes() {
+async fn simulator_speaks_the_documented_shapes() {
     let sim = sim::start(SimConfig {
-        secret: "seed-secret".into(),
+        secret: "doc-secret".into(),
         ..SimConfig::default()
     })
     .await
@@ -232,7 +235,7 @@ async fn simulator_speaks_the_seed_shapes() {
 
     let gen = http
         .post(url("/v1/dynamics/generate"))
-        .header("api-secret", "seed-secret")
+        .header("api-secret", "doc-secret")
         .header("Content-Type", "application/json")
         .body(fixture("generate-request-example.json"))
         .send()
@@ -245,7 +248,7 @@ async fn simulator_speaks_the_seed_shapes() {
 
     let integ = http
         .post(url("/v1/dynamics/generate"))
-        .header("api-secret", "seed-secret")
+        .header("api-secret", "doc-secret")
         .body(fixture("generate-request-integration.json"))
         .send()
         .await
@@ -254,16 +257,16 @@ async fn simulator_speaks_the_seed_shapes() {
 
     let got: Value = http
         .get(url("/v1/dynamics/A91XMB7113"))
-        .header("api-secret", "seed-secret")
+        .header("api-secret", "doc-secret")
         .send()
         .await
         .unwrap()
         .json()
         .await
         .unwrap();
-    let seed_get = fixture_json("get-reply.json");
-    assert_eq!(keys(&got), keys(&seed_get));
-    assert_eq!(keys(&got["data"]), keys(&seed_get["data"]));
+    let documented_get = fixture_json("get-reply.json");
+    assert_eq!(keys(&got), keys(&documented_get));
+    assert_eq!(keys(&got["data"]), keys(&documented_get["data"]));
 
     for (body, reply_fixture) in [
         ("update-request.json", "update-reply-regeneration.json"),
@@ -271,7 +274,7 @@ async fn simulator_speaks_the_seed_shapes() {
     ] {
         let put: Value = http
             .put(url("/v1/dynamics/A91XMB7113"))
-            .header("api-secret", "seed-secret")
+            .header("api-secret", "doc-secret")
             .body(fixture(body))
             .send()
             .await
@@ -291,9 +294,9 @@ async fn simulator_speaks_the_seed_shapes() {
     assert_eq!(stats.credits_charged, 500);
 }
 
-/// The seed's error body keys are what the simulator sends on errors.
+/// The documented error body keys are what the simulator sends on errors.
 #[tokio::test]
-async fn simulator_errors_use_the_seed_error_format() {
+async fn simulator_errors_use_the_documented_error_format() {
     let sim = sim::start(SimConfig::default()).await.unwrap();
     let resp = reqwest::Client::new()
         .get(format!("{}/v1/dynamics/A91XMB7113", sim.url()))
