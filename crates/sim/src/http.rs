@@ -147,16 +147,16 @@ async fn v1_call(
     }
     let (reply, dropped, delay) = {
         let mut e = lock(sh);
-        let plan = e.plan_faults(agent.as_deref());
-        let injected = plan.replace.is_some();
-        let mut reply = match plan.replace {
+        let faults = e.roll_faults(agent.as_deref());
+        let injected = faults.replace.is_some();
+        let mut reply = match faults.replace {
             Some(r) => r,
             None => call(&mut e, Instant::now()),
         };
         if reply.agent.is_none() {
             reply.agent = agent;
         }
-        let drop = plan.drop || reply.drop;
+        let drop = faults.drop || reply.drop;
         let delay = match endpoint {
             "generate" | "update" if !injected && !drop => {
                 Duration::from_millis(e.modes_for(reply.agent.as_deref()).reply_delay_ms)

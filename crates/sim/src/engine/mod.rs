@@ -8,9 +8,14 @@ use std::time::{Duration, Instant, SystemTime};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use serde_json::{json, Map, Value};
 
+mod faults;
+mod validate;
+
+pub(crate) use validate::agent_hint;
+use validate::{validate_generate, validate_update};
+
 use super::config::{
-    ConvergedReply, Faults, Modes, ReplyShape, ScriptedFault, SimConfig, UpdateReplyShape,
-    FIXED_MODEL_URL,
+    ConvergedReply, Faults, Modes, ReplyShape, SimConfig, UpdateReplyShape, FIXED_MODEL_URL,
 };
 use super::stats::{
     AccountStats, CallCount, GenerationRecord, GenerationReply, SimAgent, SimStats,
@@ -74,15 +79,6 @@ impl Reply {
             format!("no agent with id {agent} for this account"),
         )
     }
-}
-
-/// What the fault dice decided for one call.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub(crate) struct FaultSchedule {
-    /// Answer with this instead of processing the call.
-    pub replace: Option<Reply>,
-    /// Close the connection after processing.
-    pub drop: bool,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -490,73 +486,6 @@ impl Engine {
 
     pub fn set_faults(&mut self, faults: Faults) {
         self.cfg.faults = faults;
-    }
-
-    /// Rolls the fault dice for one `/v1` call; the script goes first.
-    pub fn plan_faults(&mut self, agent: Option<&str>) -> FaultSchedule {
-        let retry = self
-            .modes_for(agent)
-            .retry_after_header
-            .clone()
-            .or_else(|| self.cfg.faults.retry_after_header.clone())
-            .unwrap_or_else(|| self.cfg.faults.retry_after_secs.to_string());
-        let injected = |status: u16| {
-            let (error, code, details) = match status {
-                500 => (
-                    "Internal server error",
-                    "INTERNAL_ERROR",
-                    "simulated failure",
-                ),
-                503 => (
-                    "Service unavailable",
-                    "SERVICE_UNAVAILABLE",
-                    "all dynamics workers are busy (simulated)",
-                ),
-                _ => (
-                    "Too many requests",
-                    "RATE_LIMITED",
-                    "rate limit exceeded (simulated)",
-                ),
-            };
-            let mut r = Reply::error(status, agent, error, code, details.to_string());
-            if status != 500 {
-                r.retry_after = Some(retry.clone());
-            }
-            r
-        };
-        let mut plan = FaultSchedule::default();
-        if let Some(f) = self.cfg.faults.script.pop_front() {
-            match f {
-                ScriptedFault::Internal => plan.replace = Some(injected(500)),
-                ScriptedFault::Unavailable => plan.replace = Some(injected(503)),
-                ScriptedFault::RateLimited => plan.replace = Some(injected(429)),
-                ScriptedFault::Drop => plan.drop = true,
-                ScriptedFault::Pass => {}
-            }
-        } else {
-            let f = self.cfg.faults.clone();
-            if self.roll(f.fail_rate_500) {
-                plan.replace = Some(injected(500));
-            } else if self.roll(f.fail_rate_503) {
-                plan.replace = Some(injected(503));
-            } else if self.roll(f.rate_limit_rate) {
-                plan.replace = Some(injected(429));
-            }
-            plan.drop = self.roll(f.drop_rate);
-        }
-        if plan.replace.is_some() {
-            self.counters.injected_faults += 1;
-        }
-        if plan.drop {
-            self.counters.dropped_connections += 1;
-        }
-        plan
-    }
-
-    /// Only draws from the RNG for non-zero rates, so a seeded run stays
-    /// reproducible when unrelated knobs are off.
-    fn roll(&mut self, rate: f64) -> bool {
-        rate > 0.0 && self.rng.random::<f64>() < rate
     }
 
     // ---- the /v1 endpoints ----------------------------------------------
@@ -1025,126 +954,11 @@ fn gestures_of(agent: &Agent) -> BTreeMap<String, String> {
     g
 }
 
-/// The agent id of a generate body, if one can be read, for stats only.
-pub(crate) fn agent_hint(body: &[u8]) -> Option<String> {
-    let v: Value = serde_json::from_slice(body).ok()?;
-    Some(v.get("agent_id")?.as_str()?.to_string()).filter(|s| !s.is_empty())
-}
-
-struct GenerateParams {
-    agent_id: String,
-    prompts: Option<Vec<String>>,
-    raw: Value,
-}
-
-fn object(body: &[u8]) -> Result<Map<String, Value>, String> {
-    match serde_json::from_slice::<Value>(body) {
-        Ok(Value::Object(m)) => Ok(m),
-        Ok(_) => Err("request body must be a JSON object".into()),
-        Err(e) => Err(format!("request body is not valid JSON: {e}")),
-    }
-}
-
-fn is_http_url(s: &str) -> bool {
-    let lower = s.to_ascii_lowercase();
-    ["http://", "https://"]
-        .iter()
-        .any(|p| lower.starts_with(p) && lower.len() > p.len())
-}
-
-fn validate_generate(body: &[u8]) -> Result<GenerateParams, String> {
-    let m = object(body)?;
-    let present = |k: &str| m.get(k).filter(|v| !v.is_null());
-    let agent_id = match present("agent_id") {
-        Some(Value::String(s)) if !s.trim().is_empty() => s.clone(),
-        Some(Value::String(_)) | None => return Err("agent_id is required".into()),
-        Some(_) => return Err("agent_id must be a string".into()),
-    };
-    if let Some(v) = present("image_url") {
-        if !v.as_str().is_some_and(is_http_url) {
-            return Err("image_url must be an http(s) URL".into());
-        }
-    }
-    if let Some(v) = present("duration") {
-        if !v.as_f64().is_some_and(|d| (1.0..=10.0).contains(&d)) {
-            return Err("duration must be a number of seconds between 1 and 10".into());
-        }
-    }
-    if let Some(v) = present("model") {
-        if v.as_str().is_none_or(|s| s.trim().is_empty()) {
-            return Err("model must be a non-empty string".into());
-        }
-    }
-    let prompts = match present("motion_prompts") {
-        None => None,
-        Some(Value::Array(items)) => {
-            let p: Option<Vec<String>> = items
-                .iter()
-                .map(|i| {
-                    i.as_str()
-                        .filter(|s| !s.trim().is_empty())
-                        .map(String::from)
-                })
-                .collect();
-            Some(p.ok_or("motion_prompts must be a list of non-empty strings")?)
-        }
-        Some(_) => return Err("motion_prompts must be a list of non-empty strings".into()),
-    };
-    Ok(GenerateParams {
-        agent_id,
-        prompts,
-        raw: Value::Object(m),
-    })
-}
-
-fn validate_update(body: &[u8]) -> Result<(Map<String, Value>, Option<bool>), String> {
-    let m = object(body)?;
-    let toggle = match m.get("toggle_enabled") {
-        None | Some(Value::Null) => None,
-        Some(Value::Bool(b)) => Some(*b),
-        Some(_) => return Err("toggle_enabled must be a boolean".into()),
-    };
-    let Some(Value::Object(d)) = m.get("dynamics") else {
-        return Err("dynamics must be an object".into());
-    };
-    if !matches!(
-        d.get("enabled"),
-        None | Some(Value::Null) | Some(Value::Bool(_))
-    ) {
-        return Err("dynamics.enabled must be a boolean".into());
-    }
-    match d.get("batch_results") {
-        None | Some(Value::Null) => {}
-        Some(Value::Object(items)) => {
-            for (name, r) in items {
-                let Some(r) = r.as_object() else {
-                    return Err(format!("dynamics.batch_results.{name} must be an object"));
-                };
-                if let Some(u) = r.get("video_url").filter(|v| !v.is_null()) {
-                    if !u.as_str().is_some_and(is_http_url) {
-                        return Err(format!(
-                            "dynamics.batch_results.{name}.video_url must be an http(s) URL"
-                        ));
-                    }
-                }
-            }
-        }
-        Some(_) => return Err("dynamics.batch_results must be an object".into()),
-    }
-    for key in ["result", "talking"] {
-        if !matches!(
-            d.get(key),
-            None | Some(Value::Null) | Some(Value::Object(_))
-        ) {
-            return Err(format!("dynamics.{key} must be an object"));
-        }
-    }
-    Ok((d.clone(), toggle))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::ScriptedFault;
+    use faults::FaultSchedule;
     use std::time::Duration;
 
     const S: Option<&str> = Some("sim-secret");
@@ -1594,19 +1408,19 @@ mod tests {
             fail_rate_500: 1.0,
             ..Faults::default()
         });
-        let p = e.plan_faults(Some("a"));
+        let p = e.roll_faults(Some("a"));
         let r = p.replace.unwrap();
         assert_eq!((r.status, r.retry_after.as_deref()), (429, Some("3")));
-        assert_eq!(e.plan_faults(Some("a")), FaultSchedule::default());
-        let p = e.plan_faults(Some("a"));
+        assert_eq!(e.roll_faults(Some("a")), FaultSchedule::default());
+        let p = e.roll_faults(Some("a"));
         assert!(p.replace.is_none() && p.drop);
         e.set_faults(Faults::default());
-        assert_eq!(e.plan_faults(None), FaultSchedule::default());
+        assert_eq!(e.roll_faults(None), FaultSchedule::default());
         e.set_faults(Faults {
             fail_rate_503: 1.0,
             ..Faults::default()
         });
-        assert_eq!(e.plan_faults(None).replace.unwrap().status, 503);
+        assert_eq!(e.roll_faults(None).replace.unwrap().status, 503);
         assert_eq!(e.stats().injected_faults, 2);
         assert_eq!(e.stats().dropped_connections, 1);
     }
@@ -1856,7 +1670,7 @@ mod tests {
             retry_after_header: Some("18446744073709551615".into()),
             ..Faults::default()
         });
-        let r = e.plan_faults(Some("x")).replace.unwrap();
+        let r = e.roll_faults(Some("x")).replace.unwrap();
         assert_eq!(r.retry_after.as_deref(), Some("18446744073709551615"));
         e.set_agent_modes(
             "a",
@@ -1865,7 +1679,7 @@ mod tests {
                 ..Modes::default()
             }),
         );
-        let r = e.plan_faults(Some("a")).replace.unwrap();
+        let r = e.roll_faults(Some("a")).replace.unwrap();
         assert_eq!(
             r.retry_after.as_deref(),
             Some("Fri, 31 Dec 9999 23:59:59 GMT")
