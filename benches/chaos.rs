@@ -15,7 +15,7 @@
 //! not identical. `cargo test --all-targets` runs this binary without `--bench`: it then does
 //! nothing (`tests/chaos.rs` runs the short campaign in the test suite).
 
-#[path = "../tests/support/chaos.rs"]
+#[path = "../tests/support/chaos/mod.rs"]
 mod chaos;
 #[path = "../tests/support/mod.rs"]
 mod support;

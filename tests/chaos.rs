@@ -1,4 +1,4 @@
-//! The short chaos campaign of the test suite (`tests/support/chaos.rs` has the campaign;
+//! The short chaos campaign of the test suite (`tests/support/chaos/` has the campaign;
 //! `cargo bench --bench chaos -- --seed N --kills K` runs long ones): two operator replicas with
 //! leader election, 50 SIGKILLs at seeded random moments plus probabilistic failpoints, one
 //! kube-apiserver restart, simulator faults on about 30% of calls, hard simulator modes, unique
@@ -11,7 +11,7 @@
 //! `DYNAMICS_CHAOS_SEED=N` replays another seed; `DYNAMICS_CHAOS_LOGS=DIR` keeps the operator
 //! logs there.
 
-#[path = "support/chaos.rs"]
+#[path = "support/chaos/mod.rs"]
 mod chaos;
 mod support;
 

@@ -1,5 +1,5 @@
 //! The crash windows of a generate call, one test each, on the real control plane: the operator
-//! dies at a failpoint (exit code 86), is started again without it, and the simulator's record
+//! dies at a failpoint (`failpoint::EXIT_CODE`), is started again without it, and the simulator's record
 //! of charged generate calls shows that the change was bought at most once.
 //!
 //! The simulator does not honour Idempotency-Key here, so a resent call would be charged again:
@@ -17,7 +17,7 @@
 //! the call within `--visibility-window` the object is Stalled `GenerationOutcomeUnknown`. A
 //! marker with no call on the ledger proves the POST was never sent, and the change is bought.
 
-#[path = "support/chaos.rs"]
+#[path = "support/chaos/mod.rs"]
 mod chaos;
 mod support;
 
@@ -27,6 +27,7 @@ use chaos::{
     charged_for, debug_operator_binary, edit_patch, object, sim_generations, wait_exit,
     OperatorSpec, FAILPOINT_EXIT, SECRET,
 };
+use dynamics_operator::failpoint;
 use dynamics_operator::resource::AgentDynamics;
 use dynamics_operator::sim::{self, Modes, SimConfig, SimHandle};
 use kube::api::{PatchParams, PostParams};
@@ -115,7 +116,7 @@ impl World {
             .expect("create");
     }
 
-    /// Waits for the operator to die at `failpoint`: exit code 86 and the line on stderr.
+    /// Waits for the operator to die at `failpoint`: the failpoint exit code and the line on stderr.
     async fn expect_failpoint_exit(&mut self, index: usize, failpoint: &str) {
         let status = wait_exit(&mut self.operators[index], TIMEOUT).await;
         let log = self.operators[index].log_tail(1_000_000);
@@ -173,9 +174,10 @@ impl World {
 async fn crash_after_marker_saved_buys_once_after_the_restart() {
     let mut w = World::start("crash-marker", SimConfig::default()).await;
     let (name, agent) = ("marker", "CRASHMARK1");
-    let op = w.start_operator("after-marker-saved");
+    let op = w.start_operator(failpoint::AFTER_MARKER_SAVED);
     w.create(name, agent, "m1").await;
-    w.expect_failpoint_exit(op, "after-marker-saved").await;
+    w.expect_failpoint_exit(op, failpoint::AFTER_MARKER_SAVED)
+        .await;
 
     let obj = w.get(name).await;
     let status = obj.status.clone().unwrap_or_default();
@@ -260,13 +262,13 @@ async fn crash_after_the_post_adopts(failpoint: &str, agent: &str, lag: Option<D
 /// Crash after the POST was sent and its headers answered, before the body was read.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_after_generate_sent_adopts_the_generation() {
-    crash_after_the_post_adopts("after-generate-sent", "CRASHSENT1", None).await;
+    crash_after_the_post_adopts(failpoint::AFTER_GENERATE_SENT, "CRASHSENT1", None).await;
 }
 
 /// Crash after the reply was read, before the status recorded it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_after_generate_reply_adopts_the_generation() {
-    crash_after_the_post_adopts("after-generate-reply", "CRASHREPL1", None).await;
+    crash_after_the_post_adopts(failpoint::AFTER_GENERATE_REPLY, "CRASHREPL1", None).await;
 }
 
 /// The same crash against an API that lags: for 4 s after the POST, GET does not show the job.
@@ -275,7 +277,7 @@ async fn crash_after_generate_reply_adopts_the_generation() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_after_generate_reply_with_a_lagging_api_waits_and_adopts() {
     crash_after_the_post_adopts(
-        "after-generate-reply",
+        failpoint::AFTER_GENERATE_REPLY,
         "CRASHLAG01",
         Some(Duration::from_secs(4)),
     )
