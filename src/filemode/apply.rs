@@ -121,34 +121,7 @@ pub(super) async fn run(args: ApplyArgs) -> anyhow::Result<i32> {
 
     let start = Instant::now();
     let deadline = start + args.timeout;
-    let mut tracked: Vec<Tracked> = prepared
-        .objects
-        .into_iter()
-        .map(|object| Tracked {
-            object,
-            progress: Progress::Pending,
-            next_at: start,
-            failures: 0,
-            running: false,
-            last_printed: None,
-        })
-        .collect();
-    let index_of: std::collections::HashMap<String, usize> = tracked
-        .iter()
-        .enumerate()
-        .map(|(i, t)| (t.object.view.key.clone(), i))
-        .collect();
-    // Objects by the time of their next pass, soonest first. An entry whose time no longer
-    // matches its object's `next_at` is stale and skipped.
-    let mut due: BinaryHeap<Reverse<(Instant, usize)>> =
-        (0..tracked.len()).map(|i| Reverse((start, i))).collect();
-    let mut done = 0usize;
-    let initial_generations: Vec<i64> = tracked
-        .iter()
-        .map(|t| t.object.record.status.generations)
-        .collect();
-
-    let mut running: JoinSet<(usize, Result<PassResult, PassError>, Vec<Note>)> = JoinSet::new();
+    let mut passes = Scheduler::new(prepared.objects, executor, store.clone(), start);
     let mut stop: Option<i32> = None;
     let mut fatal: Option<String> = None;
     let mut last_heartbeat = Instant::now();
@@ -161,120 +134,31 @@ pub(super) async fn run(args: ApplyArgs) -> anyhow::Result<i32> {
             stop = Some(exit::PENDING);
         }
         if stop.is_none() {
-            while let Some(&Reverse((at, index))) = due.peek() {
-                // Bounded, so that at --timeout only a few calls are still to finish, and
-                // memory does not grow with the number of objects due at once.
-                if at > now || running.len() >= PASSES_IN_FLIGHT {
-                    break;
-                }
-                due.pop();
-                let t = &mut tracked[index];
-                if t.running || matches!(t.progress, Progress::Done(_)) || t.next_at != at {
-                    continue;
-                }
-                t.running = true;
-                let executor = executor.clone();
-                let view = t.object.view.clone();
-                let sink = FileSink {
-                    store: store.clone(),
-                    key: view.key.clone(),
-                    read: view.status.clone(),
-                    notes: Vec::new(),
-                };
-                let failures = t.failures;
-                running.spawn(one_pass(executor, index, view, failures, sink));
-            }
+            passes.start_due(now);
         }
-        if running.is_empty() && (stop.is_some() || done == tracked.len()) {
+        if passes.running.is_empty() && (stop.is_some() || passes.all_done()) {
             break;
         }
-
-        // With every pass slot taken, the next finished pass wakes the loop, not the clock.
-        let next_due = match due.peek() {
-            Some(Reverse((at, _))) if running.len() < PASSES_IN_FLIGHT => (*at).min(deadline),
-            _ => deadline,
-        };
         let wake = if stop.is_some() {
             deadline.max(now) + Duration::from_secs(3600)
         } else {
-            next_due.min(last_heartbeat + HEARTBEAT)
+            passes.next_due(deadline).min(last_heartbeat + HEARTBEAT)
         };
         tokio::select! {
-            Some(joined) = running.join_next() => {
+            Some(joined) = passes.running.join_next() => {
                 let (index, result, notes) = joined?;
-                let t = &mut tracked[index];
-                t.running = false;
-                for note in notes {
-                    let prefix = if note.warning { "warning: " } else { "" };
-                    log.line(&t.object.view.key, &format!("{prefix}{}: {}", note.reason, note.message));
-                    t.last_printed = Some((note.reason, String::new()));
-                }
-                // The status the pass saved is what the next pass starts from.
-                if let Some(record) = lock(&store).get(&t.object.view.key) {
-                    t.object.view.status = record.status.clone();
-                }
-                match result {
-                    Ok(PassResult::Requeue { next, health }) => {
-                        t.failures = if next.is_backoff() { t.failures.saturating_add(1) } else { 0 };
-                        t.next_at = Instant::now() + next.after();
-                        due.push(Reverse((t.next_at, index)));
-                        let printed = (health.reason().to_string(), health.message().to_string());
-                        let same_event = t.last_printed.as_ref().is_some_and(|(reason, message)| reason == &printed.0 && (message.is_empty() || message == &printed.1));
-                        if !same_event {
-                            log.line(&t.object.view.key, &format!("{}: {}", printed.0, printed.1));
-                        }
-                        t.last_printed = Some(printed);
-                        t.progress = match health {
-                            // Nothing will change a stalled object during this run: the files and
-                            // secrets are fixed, so waiting for the slow retry would only idle.
-                            Health::Ready { .. } | Health::Suspended | Health::Stalled { .. } => {
-                                done += 1;
-                                Progress::Done(health)
-                            }
-                            Health::Progressing { .. } => Progress::Working(health),
-                        };
-                    }
-                    Ok(PassResult::Released) => {
-                        done += 1;
-                        t.progress = Progress::Done(Health::Suspended);
-                    }
-                    Err(PassError::Save(SaveError::Conflict)) => {
-                        log.line(&t.object.view.key, "its state changed during the pass; reading it again");
-                        t.next_at = Instant::now() + Duration::from_secs(1);
-                        due.push(Reverse((t.next_at, index)));
-                    }
-                    Err(e) => {
-                        // The state file could not be written: stop, since a marker that is not
-                        // on disk protects nothing.
-                        fatal = Some(format!("{}: {e}", t.object.view.key));
-                        stop.get_or_insert(exit::ERROR);
-                    }
+                if let Err(message) = passes.finished(index, result, notes, &log) {
+                    // The state file could not be written: stop, since a marker that is not
+                    // on disk protects nothing.
+                    fatal = Some(message);
+                    stop.get_or_insert(exit::ERROR);
                 }
             }
-            Some(key) = woken.recv() => {
-                // A generation slot freed: the waiting object's turn may have come.
-                if let Some(&index) = index_of.get(&key) {
-                    let t = &mut tracked[index];
-                    if !t.running && !matches!(t.progress, Progress::Done(_)) {
-                        t.next_at = Instant::now();
-                        due.push(Reverse((t.next_at, index)));
-                    }
-                }
-            }
+            Some(key) = woken.recv() => passes.wake(&key),
             _ = tokio::time::sleep_until(wake.into()) => {
                 if Instant::now() >= last_heartbeat + HEARTBEAT && stop.is_none() {
                     last_heartbeat = Instant::now();
-                    let waiting: Vec<String> = tracked
-                        .iter()
-                        .filter_map(|t| match &t.progress {
-                            Progress::Working(h) => Some(format!("{} ({})", t.object.view.key, h.reason())),
-                            Progress::Pending => Some(format!("{} (starting)", t.object.view.key)),
-                            Progress::Done(_) => None,
-                        })
-                        .collect();
-                    if !waiting.is_empty() {
-                        log.line("waiting", &waiting.join(", "));
-                    }
+                    passes.print_waiting(&log);
                 }
             }
             _ = &mut ctrl_c, if stop.is_none() => {
@@ -297,8 +181,8 @@ pub(super) async fn run(args: ApplyArgs) -> anyhow::Result<i32> {
     report(
         &Outcome {
             output: common.output,
-            tracked: &tracked,
-            initial_generations: &initial_generations,
+            tracked: &passes.tracked,
+            initial_generations: &passes.initial_generations,
             simulated,
             elapsed: start.elapsed(),
             timeout: timed_out.then_some(args.timeout),
@@ -376,6 +260,197 @@ fn report(run: &Outcome, store: &StateStore) -> anyhow::Result<i32> {
         .iter()
         .all(|r| matches!(r.state(), "Ready" | "Suspended"));
     Ok(if all_ready { exit::OK } else { exit::PENDING })
+}
+
+/// Which object's pass runs when: objects by the time of their next pass, at most
+/// `PASSES_IN_FLIGHT` passes at once, and what each finished pass says about the next.
+struct Scheduler {
+    tracked: Vec<Tracked>,
+    index_of: std::collections::HashMap<String, usize>,
+    /// Soonest first. An entry whose time no longer matches its object's `next_at` is stale and
+    /// skipped.
+    due: BinaryHeap<Reverse<(Instant, usize)>>,
+    done: usize,
+    running: JoinSet<(usize, Result<PassResult, PassError>, Vec<Note>)>,
+    /// Each object's `status.generations` before the run, for the summary.
+    initial_generations: Vec<i64>,
+    executor: Arc<Executor>,
+    store: Arc<Mutex<StateStore>>,
+}
+
+impl Scheduler {
+    fn new(
+        objects: Vec<Object>,
+        executor: Arc<Executor>,
+        store: Arc<Mutex<StateStore>>,
+        start: Instant,
+    ) -> Self {
+        let tracked: Vec<Tracked> = objects
+            .into_iter()
+            .map(|object| Tracked {
+                object,
+                progress: Progress::Pending,
+                next_at: start,
+                failures: 0,
+                running: false,
+                last_printed: None,
+            })
+            .collect();
+        Scheduler {
+            index_of: tracked
+                .iter()
+                .enumerate()
+                .map(|(i, t)| (t.object.view.key.clone(), i))
+                .collect(),
+            due: (0..tracked.len()).map(|i| Reverse((start, i))).collect(),
+            done: 0,
+            running: JoinSet::new(),
+            initial_generations: tracked
+                .iter()
+                .map(|t| t.object.record.status.generations)
+                .collect(),
+            tracked,
+            executor,
+            store,
+        }
+    }
+
+    fn all_done(&self) -> bool {
+        self.done == self.tracked.len()
+    }
+
+    /// Start the passes that are due. Bounded, so that at --timeout only a few calls are still
+    /// to finish, and memory does not grow with the number of objects due at once.
+    fn start_due(&mut self, now: Instant) {
+        while let Some(&Reverse((at, index))) = self.due.peek() {
+            if at > now || self.running.len() >= PASSES_IN_FLIGHT {
+                break;
+            }
+            self.due.pop();
+            let t = &mut self.tracked[index];
+            if t.running || matches!(t.progress, Progress::Done(_)) || t.next_at != at {
+                continue;
+            }
+            t.running = true;
+            let view = t.object.view.clone();
+            let sink = FileSink {
+                store: self.store.clone(),
+                key: view.key.clone(),
+                read: view.status.clone(),
+                notes: Vec::new(),
+            };
+            let pass = one_pass(self.executor.clone(), index, view, t.failures, sink);
+            self.running.spawn(pass);
+        }
+    }
+
+    /// When the next pass is due. With every pass slot taken, the next finished pass wakes the
+    /// loop, not the clock.
+    fn next_due(&self, deadline: Instant) -> Instant {
+        match self.due.peek() {
+            Some(Reverse((at, _))) if self.running.len() < PASSES_IN_FLIGHT => (*at).min(deadline),
+            _ => deadline,
+        }
+    }
+
+    fn requeue(&mut self, index: usize, after: Duration) {
+        let t = &mut self.tracked[index];
+        t.next_at = Instant::now() + after;
+        self.due.push(Reverse((t.next_at, index)));
+    }
+
+    /// Take in a finished pass: print what it said, and schedule the object's next one. `Err`
+    /// with the message when the run must stop (the state could not be written).
+    fn finished(
+        &mut self,
+        index: usize,
+        result: Result<PassResult, PassError>,
+        notes: Vec<Note>,
+        log: &ProgressLog,
+    ) -> Result<(), String> {
+        let t = &mut self.tracked[index];
+        t.running = false;
+        for note in notes {
+            let prefix = if note.warning { "warning: " } else { "" };
+            log.line(
+                &t.object.view.key,
+                &format!("{prefix}{}: {}", note.reason, note.message),
+            );
+            t.last_printed = Some((note.reason, String::new()));
+        }
+        // The status the pass saved is what the next pass starts from.
+        if let Some(record) = lock(&self.store).get(&t.object.view.key) {
+            t.object.view.status = record.status.clone();
+        }
+        match result {
+            Ok(PassResult::Requeue { next, health }) => {
+                t.failures = if next.is_backoff() {
+                    t.failures.saturating_add(1)
+                } else {
+                    0
+                };
+                let printed = (health.reason().to_string(), health.message().to_string());
+                let same_event = t.last_printed.as_ref().is_some_and(|(reason, message)| {
+                    reason == &printed.0 && (message.is_empty() || message == &printed.1)
+                });
+                if !same_event {
+                    log.line(&t.object.view.key, &format!("{}: {}", printed.0, printed.1));
+                }
+                t.last_printed = Some(printed);
+                t.progress = match health {
+                    // Nothing will change a stalled object during this run: the files and
+                    // secrets are fixed, so waiting for the slow retry would only idle.
+                    Health::Ready { .. } | Health::Suspended | Health::Stalled { .. } => {
+                        self.done += 1;
+                        Progress::Done(health)
+                    }
+                    Health::Progressing { .. } => Progress::Working(health),
+                };
+                self.requeue(index, next.after());
+                Ok(())
+            }
+            Ok(PassResult::Released) => {
+                self.done += 1;
+                t.progress = Progress::Done(Health::Suspended);
+                Ok(())
+            }
+            Err(PassError::Save(SaveError::Conflict)) => {
+                log.line(
+                    &t.object.view.key,
+                    "its state changed during the pass; reading it again",
+                );
+                self.requeue(index, Duration::from_secs(1));
+                Ok(())
+            }
+            Err(e) => Err(format!("{}: {e}", t.object.view.key)),
+        }
+    }
+
+    /// A generation slot freed: the waiting object's turn may have come.
+    fn wake(&mut self, key: &str) {
+        if let Some(&index) = self.index_of.get(key) {
+            let t = &self.tracked[index];
+            if !t.running && !matches!(t.progress, Progress::Done(_)) {
+                self.requeue(index, Duration::ZERO);
+            }
+        }
+    }
+
+    /// The objects still at work, on one line.
+    fn print_waiting(&self, log: &ProgressLog) {
+        let waiting: Vec<String> = self
+            .tracked
+            .iter()
+            .filter_map(|t| match &t.progress {
+                Progress::Working(h) => Some(format!("{} ({})", t.object.view.key, h.reason())),
+                Progress::Pending => Some(format!("{} (starting)", t.object.view.key)),
+                Progress::Done(_) => None,
+            })
+            .collect();
+        if !waiting.is_empty() {
+            log.line("waiting", &waiting.join(", "));
+        }
+    }
 }
 
 async fn one_pass(
