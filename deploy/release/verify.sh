@@ -35,11 +35,16 @@ for ref in "$image" "$chart"; do
 done
 log "verifying the SBOM attestation of $image"
 "$cosign" verify-attestation "${flags[@]}" --type cyclonedx "$image" > "$work/attestations.json"
-# One DSSE envelope a line; its payload is an in-toto statement about the image's digest.
-jq -r '.payload' "$work/attestations.json" | head -1 | base64 -d > "$work/statement.json"
-jq -e --arg d "${image##*@sha256:}" '.predicateType == "https://cyclonedx.org/bom" and any(.subject[]; .digest.sha256 == $d)' \
-  "$work/statement.json" >/dev/null || die "the SBOM attestation of $image is not about its digest"
+# One DSSE envelope a line; each payload is an in-toto statement. One must be a CycloneDX SBOM
+# about this image's digest (signing again adds more).
+jq -r '.payload' "$work/attestations.json" | while read -r payload; do
+  printf '%s' "$payload" | base64 -d
+  echo
+done > "$work/statements.json"
+about_image='select(.predicateType == "https://cyclonedx.org/bom" and any(.subject[]; .digest.sha256 == $d))'
+jq -s -e --arg d "${image##*@sha256:}" "[.[] | $about_image] | length > 0" "$work/statements.json" >/dev/null \
+  || die "no SBOM attestation of $image is about its digest"
 if [ -n "$sbom_out" ]; then
-  jq '.predicate' "$work/statement.json" > "$sbom_out"
+  jq -s --arg d "${image##*@sha256:}" "[.[] | $about_image][0].predicate" "$work/statements.json" > "$sbom_out"
 fi
 log "verified: $image and $chart signed by $key; the image's SBOM attested"
