@@ -135,15 +135,7 @@ async fn wait_port(port: u16, child: &mut ManagedChild) {
 }
 
 fn run_ok(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed ({}):\n{}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    String::from_utf8_lossy(&support::tools::command_ok(cmd).stdout).into_owned()
 }
 
 /// A Git repository served read-only by `git daemon` on 127.0.0.1; commits are made in a work

@@ -7,12 +7,16 @@
 //!   the config against their digests;
 //! * what it says: OCI layout with a containerd image name, non-root user 65532, the binary as
 //!   entrypoint, no shell;
+//! * scannable: a dpkg record of each Debian package (/var/lib/dpkg/status.d/) and
+//!   /etc/os-release, and the SBOM of deploy/release/sbom.sh (syft, built by
+//!   tests/tools/build.sh) lists those packages and every crate of Cargo.lock at its version;
 //! * it runs: its root filesystem unpacked, the entrypoint runs chrooted as uid 65532 (needs
 //!   root to chroot, as CI runs): `--version`, `crd`, and `run` against the test API server and
 //!   the simulator, converging an object.
 
 mod support;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -180,6 +184,43 @@ async fn the_image_is_reproducible_valid_and_runs_as_non_root() {
         "a CA bundle"
     );
 
+    // What scanners read: a dpkg record per package, and the distribution.
+    let packages = dpkg_records(&rootfs);
+    let names: Vec<&str> = packages.keys().map(String::as_str).collect();
+    assert_eq!(
+        names,
+        ["ca-certificates", "libc6", "libgcc-s1"],
+        "dpkg records"
+    );
+    for name in packages.keys() {
+        let md5sums =
+            std::fs::read_to_string(rootfs.join(format!("var/lib/dpkg/status.d/{name}.md5sums")))
+                .unwrap();
+        assert!(
+            md5sums.lines().count() > 0,
+            "{name}.md5sums lists the package's files"
+        );
+    }
+    let os_release = std::fs::read_to_string(rootfs.join("etc/os-release")).unwrap();
+    assert!(os_release.lines().any(|l| l == "ID=debian"), "{os_release}");
+
+    // The SBOM of the image (deploy/release/sbom.sh, syft): its Debian packages at the versions
+    // the image records, and the crates of Cargo.lock at their locked versions.
+    let sbom_file = dir.path().join("sbom.cdx.json");
+    run_ok(
+        Path::new("/usr/bin/env"),
+        [
+            format!("SYFT={}", tool("syft").display()),
+            Path::new(ROOT)
+                .join("deploy/release/sbom.sh")
+                .to_string_lossy()
+                .into_owned(),
+            a.to_string_lossy().into_owned(),
+            sbom_file.to_string_lossy().into_owned(),
+        ],
+    );
+    check_sbom(&read_json(&sbom_file), &digest, &packages);
+
     // The entrypoint, as uid 65532.
     let version = in_image(&rootfs, &["--version"]);
     let version_text = String::from_utf8_lossy(&version.stdout);
@@ -201,6 +242,143 @@ async fn the_image_is_reproducible_valid_and_runs_as_non_root() {
     // `run` against the test API server: a kubeconfig and the CA inside the image's /tmp.
     let cp = support::operator::control_plane().await;
     run_in_image(cp, &rootfs).await;
+}
+
+/// Package name to its dpkg record (`Field: value` lines) in `/var/lib/dpkg/status.d/`.
+fn dpkg_records(rootfs: &Path) -> BTreeMap<String, BTreeMap<String, String>> {
+    let dir = rootfs.join("var/lib/dpkg/status.d");
+    let mut records = BTreeMap::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "md5sums") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        let fields: BTreeMap<String, String> = text
+            .lines()
+            .filter(|l| !l.starts_with(' '))
+            .filter_map(|l| l.split_once(": "))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        for field in ["Package", "Version", "Architecture", "Maintainer"] {
+            assert!(fields.contains_key(field), "{field} in {}", path.display());
+        }
+        assert_eq!(
+            fields["Status"],
+            "install ok installed",
+            "{}",
+            path.display()
+        );
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        assert_eq!(fields["Package"], name, "{}", path.display());
+        records.insert(name, fields);
+    }
+    records
+}
+
+/// (name, version) of every package in Cargo.lock.
+fn locked_crates() -> Vec<(String, String)> {
+    let lock = std::fs::read_to_string(Path::new(ROOT).join("Cargo.lock")).unwrap();
+    let mut crates = Vec::new();
+    let mut name = None;
+    for line in lock.lines() {
+        if let Some(n) = line.strip_prefix("name = ") {
+            name = Some(n.trim_matches('"').to_string());
+        } else if let Some(v) = line.strip_prefix("version = ") {
+            if let Some(n) = name.take() {
+                crates.push((n, v.trim_matches('"').to_string()));
+            }
+        }
+    }
+    crates
+}
+
+fn check_sbom(sbom: &Json, digest: &str, packages: &BTreeMap<String, BTreeMap<String, String>>) {
+    assert_eq!(sbom["bomFormat"], "CycloneDX");
+    let subject = &sbom["metadata"]["component"];
+    assert_eq!(subject["type"], "container", "{subject}");
+    assert_eq!(subject["version"], digest, "the SBOM is about this image");
+    let components = sbom["components"].as_array().unwrap();
+    let purls: BTreeSet<&str> = components
+        .iter()
+        .filter_map(|c| c["purl"].as_str())
+        .collect();
+    let with_prefix = |prefix: &str| -> Vec<&str> {
+        purls
+            .iter()
+            .copied()
+            .filter(|p| p.starts_with(prefix))
+            .collect()
+    };
+
+    // Debian: exactly the image's packages, each at its recorded version and architecture.
+    let debs = with_prefix("pkg:deb/");
+    assert_eq!(debs.len(), packages.len(), "{debs:?}");
+    for (name, fields) in packages {
+        let c = components
+            .iter()
+            .find(|c| {
+                c["name"] == name.as_str()
+                    && c["purl"]
+                        .as_str()
+                        .is_some_and(|p| p.starts_with("pkg:deb/debian/"))
+            })
+            .unwrap_or_else(|| panic!("no Debian package {name} in the SBOM: {debs:?}"));
+        assert_eq!(c["version"], fields["Version"].as_str(), "{name}: {c}");
+        let purl = c["purl"].as_str().unwrap();
+        assert!(
+            purl.contains(&format!("arch={}", fields["Architecture"])),
+            "{purl}"
+        );
+        assert!(purl.contains("distro=debian-"), "{purl}");
+    }
+
+    // Cargo.lock: every crate at its locked version, as a cargo purl (the operator's own crate,
+    // which is no registry package, has none).
+    let crates = locked_crates();
+    let kube = crates
+        .iter()
+        .find(|(n, _)| n == "kube")
+        .expect("kube in Cargo.lock");
+    assert!(
+        purls.contains(format!("pkg:cargo/kube@{}", kube.1).as_str()),
+        "kube {} in the SBOM",
+        kube.1
+    );
+    let listed: BTreeSet<(&str, &str)> = components
+        .iter()
+        .filter(|c| {
+            c["purl"]
+                .as_str()
+                .is_some_and(|p| p.starts_with("pkg:cargo/"))
+        })
+        .map(|c| (c["name"].as_str().unwrap(), c["version"].as_str().unwrap()))
+        .collect();
+    let locked: BTreeSet<(&str, &str)> = crates
+        .iter()
+        .filter(|(n, _)| n != env!("CARGO_PKG_NAME"))
+        .map(|(n, v)| (n.as_str(), v.as_str()))
+        .collect();
+    assert_eq!(listed, locked, "the SBOM's crates are those of Cargo.lock");
+    assert_eq!(
+        with_prefix("pkg:cargo/").len(),
+        locked.len(),
+        "one purl per locked crate"
+    );
+
+    // A well-formed graph: every reference names a component or the image.
+    let mut refs: BTreeSet<&str> = components
+        .iter()
+        .filter_map(|c| c["bom-ref"].as_str())
+        .collect();
+    refs.insert(subject["bom-ref"].as_str().unwrap());
+    for dep in sbom["dependencies"].as_array().unwrap() {
+        let named =
+            std::iter::once(&dep["ref"]).chain(dep["dependsOn"].as_array().into_iter().flatten());
+        for r in named {
+            assert!(refs.contains(r.as_str().unwrap()), "dangling reference {r}");
+        }
+    }
 }
 
 async fn run_in_image(cp: &'static ControlPlane, rootfs: &Path) {

@@ -7,6 +7,9 @@
 //! change twice, and every object stays Ready. A pod deleted while the API server is unreachable
 //! still exits within its grace period, and at once on a second signal.
 //!
+//! Before each install the release is signed with cosign and verified as users verify it
+//! (deploy/release/{sbom,sign,verify}.sh): the image, the chart, and the image's SBOM attested.
+//!
 //! Needs root, the release binary and tests/{controlplane,node,tools}/build.sh: tests/run.sh
 //! builds them all, and .ci/run installs the Debian packages. Nothing is skipped.
 
@@ -14,13 +17,13 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Child;
+use std::process::{Child, Command};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use serde_json::Value as Json;
 use support::node::{Node, NODE_IP, REGISTRY};
-use support::tools::{target_dir, tool, ROOT};
+use support::tools::{command_ok, target_dir, tool, ROOT};
 
 const NS: &str = "dynamics-operator";
 const AGENTS: &str = "agents";
@@ -82,15 +85,10 @@ fn publish() -> Installed {
     // The image, as an OCI layout, pushed as it is (the digest the build printed is the one
     // pulled).
     let tar = work.join("dynamics-operator.oci.tar");
-    let out = std::process::Command::new(Path::new(ROOT).join("deploy/image/build.sh"))
-        .arg(&tar)
-        .env("BINARY", &binary)
-        .output()
-        .expect("deploy/image/build.sh");
-    assert!(
-        out.status.success(),
-        "image build failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = command_ok(
+        Command::new(Path::new(ROOT).join("deploy/image/build.sh"))
+            .arg(&tar)
+            .env("BINARY", &binary),
     );
     let digest = String::from_utf8(out.stdout).unwrap().trim().to_string();
     assert!(digest.starts_with("sha256:"), "image digest: {digest}");
@@ -139,6 +137,23 @@ fn publish() -> Installed {
             "--plain-http",
         ],
     );
+    let chart_digest = node
+        .run_ok(
+            &crane,
+            &[
+                "digest",
+                "--insecure",
+                &format!("{REGISTRY}/charts/dynamics-operator:{version}"),
+            ],
+        )
+        .trim()
+        .to_string();
+    sign_and_verify(
+        &node,
+        &tar,
+        &format!("{image}@{digest}"),
+        &format!("{REGISTRY}/charts/dynamics-operator@{chart_digest}"),
+    );
 
     // The remote: the simulator on the node's address, reachable from pods. The oracle counts
     // every charged call, so a repeated Idempotency-Key is charged too.
@@ -175,6 +190,97 @@ fn publish() -> Installed {
         digest,
         chart_version: version,
     }
+}
+
+/// The release signed as deploy/release/sign.sh signs it, with a key pair made here and the
+/// SBOM of deploy/release/sbom.sh attested, then checked as users check it before installing
+/// (deploy/release/verify.sh): the install goes ahead only when the image, the chart and the
+/// SBOM verify against the release's public key. The same check with another key must fail.
+fn sign_and_verify(node: &Node, tar: &Path, image: &str, chart: &str) {
+    let work = node.dir().join("work");
+    let cosign = tool("cosign");
+    let password = random_password();
+    let (keys, other) = (work.join("keys"), work.join("other-keys"));
+    for dir in [&keys, &other] {
+        std::fs::create_dir_all(dir).unwrap();
+        command_ok(
+            Command::new(&cosign)
+                .arg("generate-key-pair")
+                .current_dir(dir)
+                .env("COSIGN_PASSWORD", &password),
+        );
+    }
+    let sbom = work.join("sbom.cdx.json");
+    command_ok(
+        Command::new(Path::new(ROOT).join("deploy/release/sbom.sh"))
+            .arg(tar)
+            .arg(&sbom)
+            .env("SYFT", tool("syft")),
+    );
+
+    // sign.sh and verify.sh talk to the registry: inside the node's namespace.
+    let release_script = |script: &str, key: &Path, extra: Option<&Path>| {
+        let mut cmd = node.command(Path::new(ROOT).join("deploy/release").join(script));
+        cmd.arg(key)
+            .args([image, chart])
+            .args(extra)
+            .env("COSIGN", &cosign)
+            .env("PLAIN_HTTP", "true")
+            .env_remove("COSIGN_PASSWORD");
+        cmd
+    };
+    let signed = command_ok(
+        release_script("sign.sh", &keys.join("cosign.key"), Some(&sbom))
+            .env("COSIGN_PASSWORD", &password),
+    );
+    let shown = format!(
+        "{}{}",
+        String::from_utf8_lossy(&signed.stdout),
+        String::from_utf8_lossy(&signed.stderr)
+    );
+    assert!(
+        !shown.contains(&password),
+        "sign.sh printed the key's password"
+    );
+
+    let attested = work.join("attested.cdx.json");
+    let started = Instant::now();
+    command_ok(&mut release_script(
+        "verify.sh",
+        &keys.join("cosign.pub"),
+        Some(&attested),
+    ));
+    let read =
+        |p: &Path| -> Json { serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap() };
+    assert_eq!(
+        read(&attested),
+        read(&sbom),
+        "the attested SBOM is the one deploy/release/sbom.sh made"
+    );
+    eprintln!(
+        "node: image, chart and SBOM verified in {:.1?}",
+        started.elapsed()
+    );
+
+    let out = release_script("verify.sh", &other.join("cosign.pub"), None)
+        .output()
+        .expect("deploy/release/verify.sh");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("no matching signatures"),
+        "the release verified against a key that did not sign it ({}):\n{stderr}",
+        out.status
+    );
+}
+
+/// 32 hex digits from the kernel's random source.
+fn random_password() -> String {
+    use std::io::Read;
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .expect("/dev/urandom");
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl Installed {

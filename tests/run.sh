@@ -7,9 +7,11 @@
 #      file mode, and the end-to-end suite against the real API server.
 #   3. the deploy checks (least-privilege RBAC, server dry-run, managed fields) and the Argo CD
 #      health check in Lua 5.1;
-#   4. the Go tools of tests/tools (helm, crane, promtool, kstatus, argocd-lua), once: a cold
-#      build takes several minutes, later runs skip it; with them the Helm chart, the alerting
-#      rules and dashboard, and the health engines (kstatus, Argo CD's gopher-lua);
+#   4. the Go tools of tests/tools (helm, crane, promtool, kstatus, argocd-lua, syft, cosign),
+#      once: a cold build takes several minutes, later runs skip it; with them the Helm chart,
+#      the alerting rules and dashboard, the health engines (kstatus, Argo CD's gopher-lua), the
+#      image's SBOM (tests/image.rs) and the release signed and verified before each install on
+#      the node (tests/node.rs);
 #   5. Argo CD (application controller, repo server, API server) and kustomize from module
 #      source by tests/argocd/build.sh, once, with Debian's redis-server (apt-get when
 #      missing): with them a real Argo CD syncs a Git repository of AgentDynamics

@@ -6,8 +6,10 @@
 #
 # The root filesystem: the release binary (/dynamics-operator) linked against glibc; the Debian
 # packages it needs, unpacked with dpkg-deb (libc6, libgcc-s1, ca-certificates, fetched with
-# apt-get download and cached by version); the CA bundle those certificates make; /etc/passwd
-# and /etc/group naming root and the user 65532 (nonroot) the image runs as; /tmp; no shell.
+# apt-get download and cached by version); for scanners, a record of each package in
+# /var/lib/dpkg/status.d/ (as distroless images have) and the build machine's /etc/os-release;
+# the CA bundle those certificates make; /etc/passwd and /etc/group naming root and the user
+# 65532 (nonroot) the image runs as; /tmp; no shell.
 # Two gzip layers (packages, binary) with fixed owners, order and times, a config, an OCI
 # manifest and index, and a Docker-style manifest.json too, so one file loads everywhere:
 #
@@ -74,11 +76,26 @@ trap 'rm -rf "$work"' EXIT
 base="$work/base"
 mkdir -p "$base"
 pkglist=""
+# dpkg-deb -x writes no dpkg database, so scanners (syft, Trivy, Grype) would see no packages.
+# What distroless images carry instead: one record a package in /var/lib/dpkg/status.d/, the
+# .deb's control stanza with its Status, and the package's md5sums beside it.
+status_d="$base/var/lib/dpkg/status.d"
+mkdir -p "$status_d"
 for f in "${deb_files[@]}"; do
   dpkg-deb -x "$f" "$base"
-  pkglist+="$(dpkg-deb -f "$f" Package)=$(dpkg-deb -f "$f" Version) "
+  name="$(dpkg-deb -f "$f" Package)"
+  pkglist+="$name=$(dpkg-deb -f "$f" Version) "
+  { dpkg-deb -f "$f" | sed '/^Package:/a Status: install ok installed'; } > "$status_d/$name"
+  grep -q '^Version: ' "$status_d/$name" || die "no Version in the control file of $f"
+  dpkg-deb --ctrl-tarfile "$f" | tar -xOf - ./md5sums > "$status_d/$name.md5sums" 2>/dev/null || rm -f "$status_d/$name.md5sums"
 done
 pkglist="${pkglist% }"
+# Which distribution the packages are from (scanners match their advisories by it): the build
+# machine's, whose apt-get fetched them.
+os_release=/etc/os-release
+[ -f "$os_release" ] || os_release=/usr/lib/os-release
+grep -q '^ID=debian' "$os_release" || die "$os_release does not name Debian: the packages must come from Debian"
+install -D -m 0644 "$os_release" "$base/etc/os-release"
 [ ! -e "$base/bin/sh" ] && [ ! -e "$base/usr/bin/sh" ] || die "a shell came with the packages"
 mkdir -p "$base/etc/ssl/certs" "$base/tmp" "$base/home/nonroot"
 # What update-ca-certificates (ca-certificates' postinst, not run here) would write.

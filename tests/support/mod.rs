@@ -10,8 +10,8 @@
 //!   (`Env`, one namespace each), the CRD, the metrics address in the operator's log.
 //! * [`node`]: a one-node cluster (kubelet, containerd, kube-proxy, a registry) in namespaces of
 //!   its own, by tests/node/cluster.sh.
-//! * [`tools`]: the Go tools of tests/tools/build.sh (helm, crane, promtool, kstatus, argocd-lua),
-//!   the harness's kubectl and its kustomize.
+//! * [`tools`]: the Go tools of tests/tools/build.sh (helm, crane, promtool, kstatus, argocd-lua,
+//!   syft, cosign), the harness's kubectl and its kustomize.
 //!
 //! `chaos.rs` (the chaos campaign) is not a module here: tests/chaos.rs, tests/crash_windows.rs
 //! and benches/chaos.rs include it by `#[path]` next to this one.

@@ -1,6 +1,6 @@
-//! The Go tools built by `tests/tools/build.sh` (helm, crane, promtool, kstatus, argocd-lua)
-//! and small helpers to run them and read what they print. A missing tool FAILS the test with
-//! the command that builds it: nothing is skipped.
+//! The Go tools built by `tests/tools/build.sh` (helm, crane, promtool, kstatus, argocd-lua,
+//! syft, cosign) and small helpers to run them and read what they print. A missing tool FAILS
+//! the test with the command that builds it: nothing is skipped.
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
@@ -29,6 +29,25 @@ pub fn tool(name: &str) -> PathBuf {
         path.display()
     );
     path
+}
+
+/// Runs `cmd`, panics with its stderr and stdout unless it succeeds, returns its output. The
+/// message names the program and its arguments, never the environment (it may hold secrets).
+pub fn command_ok(cmd: &mut Command) -> Output {
+    let shown = std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|a| a.to_string_lossy())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let out = cmd.output().unwrap_or_else(|e| panic!("run {shown}: {e}"));
+    assert!(
+        out.status.success(),
+        "{shown} failed ({}):\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    out
 }
 
 /// Runs `program args...` and returns its output, whatever the exit status.
