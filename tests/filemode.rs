@@ -833,14 +833,15 @@ async fn two_applies_through_a_symlink_take_one_lock() {
 }
 
 // What earlier releases wrote still reads and buys nothing: state files written by the release
-// before empty values counted as absent (regenerate: "" hashed as written) and by the release
-// before the ledger, applied by this one against an API that has the agents' dynamics.
+// before empty values counted as absent (regenerate: "" hashed as written), by the release
+// before the ledger and by the release that brought it (with the journal it left), applied by
+// this one against an API that has the agents' dynamics.
 #[tokio::test]
 async fn states_written_by_earlier_releases_buy_nothing() {
     use dynamics_operator::api::{ApiSecret, ClientConfig, DynamicsClient, GenerateRequest};
     let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/upgrade");
     let agents = ["UPGRADE001", "UPGRADE002", "UPGRADE003"];
-    for release in ["86891f3", "fb0cf75"] {
+    for release in ["86891f3", "fb0cf75", "a47e41c"] {
         let s = charging().await;
         std::fs::copy(
             fixtures.join("manifests/agents.yaml"),
@@ -848,6 +849,10 @@ async fn states_written_by_earlier_releases_buy_nothing() {
         )
         .unwrap();
         std::fs::copy(fixtures.join(release).join("state.json"), s.state()).unwrap();
+        let journal = fixtures.join(release).join("state.json.journal");
+        if journal.exists() {
+            std::fs::copy(&journal, format!("{}.journal", s.state().display())).unwrap();
+        }
         // The API as that release left it: one generation per agent.
         let client = DynamicsClient::new(ClientConfig {
             base_url: s.sim.url(),

@@ -18,6 +18,7 @@
 //! | [`ledger`]        | re-creation, replace, wiped status, two installs, adoption, resolve |
 //! | [`secrets`]       | labelled Secrets; a missing Secret holds deletion                   |
 //! | [`budgets`]       | a budget reached mid-rollout holds the rest until its period ends   |
+//! | [`upgrade`]       | what the last release left in a cluster reads and buys nothing      |
 
 #[path = "../support/mod.rs"]
 mod support;
@@ -32,6 +33,7 @@ mod lifecycle;
 mod ownership;
 mod restarts;
 mod secrets;
+mod upgrade;
 
 use std::time::Duration;
 
