@@ -28,7 +28,7 @@ pub async fn start(client: &Client, rules: &[Budget]) -> Option<Arc<Budgets>> {
     tokio::spawn(async move {
         let mut records = 0usize;
         // One record per agent: as many as objects, so streamed like them.
-        let mut events = super::listing::watch(api, watcher::Config::default())
+        let mut events = super::listing::watch(api, watcher::Config::default().any_semantic())
             .default_backoff()
             .boxed();
         while let Some(event) = events.next().await {

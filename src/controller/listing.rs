@@ -1,12 +1,13 @@
 //! How the watches of many objects take their first list (and every relist): streamed, as
-//! watch events with `sendInitialEvents` (WatchList), where the API server serves that; else in
-//! pages of 500. A plain list at resourceVersion=0 comes in one body whatever its limit: at
-//! 10,000 objects tens of MiB, held and then parsed at once, which made the peak memory of a
-//! restart; and the API server encodes all of it before the first byte is parsed. A stream is
-//! parsed one object at a time while the API server is still sending the rest.
+//! watch events with `sendInitialEvents` (WatchList), where the API server serves that. A list
+//! at resourceVersion=0 comes in one body whatever its limit: at 10,000 objects 22 MB, held and
+//! then parsed at once, which made the peak memory of a restart. A stream is parsed one object
+//! at a time while the API server is still sending the rest.
 //!
 //! WatchList is on by default in Kubernetes 1.32 and from 1.34 (off in 1.30, 1.31 and 1.33, and
-//! it can be switched off): where the API server refuses it, the watch falls back to pages.
+//! it can be switched off): where the API server refuses it, the watch lists as the config says.
+//! Not in pages: a page at the most recent version took about a second at 10,000 objects on a
+//! loaded test control plane, where the whole list at resourceVersion=0 took three.
 
 use futures::stream::BoxStream;
 use futures::StreamExt;
@@ -14,7 +15,7 @@ use kube::runtime::watcher::{self, watcher, Event};
 use kube::{Api, Resource};
 use serde::de::DeserializeOwned;
 
-/// `watcher(api, config)` with a streamed list, or in pages where the API server refuses it.
+/// `watcher(api, config)` with a streamed list, or with the config's list where it is refused.
 pub fn watch<K>(
     api: Api<K>,
     config: watcher::Config,
@@ -30,7 +31,7 @@ where
             let item = current.next().await?;
             match (item, fallback) {
                 (Err(err), Some((api, config))) if refused(&err) => {
-                    tracing::info!(error = %err, "the API server does not stream lists; listing in pages");
+                    tracing::info!(error = %err, "the API server does not stream lists; listing in one body");
                     let mut paged = watcher(api, config).boxed();
                     let first = paged.next().await?;
                     Some((first, (paged, None)))

@@ -218,9 +218,9 @@ impl Watches {
             Some(ns) => Api::namespaced(client.clone(), ns),
             None => Api::all(client.clone()),
         };
-        // Streamed (see `listing`): at 10,000 objects a list in one body was a restart's peak
-        // memory, and nothing in it could be used before all of it was parsed.
-        let objects = listing::watch(lean_objects, watcher::Config::default())
+        // Streamed (see `listing`): at 10,000 objects a list in one body made a restart's peak
+        // memory.
+        let objects = listing::watch(lean_objects, watcher::Config::default().any_semantic())
             .default_backoff()
             .map_ok(lean::full_event)
             .reflect(writer)
