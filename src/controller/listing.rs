@@ -31,10 +31,10 @@ where
             let item = current.next().await?;
             match (item, fallback) {
                 (Err(err), Some((api, config))) if refused(&err) => {
-                    tracing::info!(error = %err, "the API server does not stream lists; listing in one body");
-                    let mut paged = watcher(api, config).boxed();
-                    let first = paged.next().await?;
-                    Some((first, (paged, None)))
+                    tracing::info!(error = %err, "the API server does not stream lists; listing instead");
+                    let mut listed = watcher(api, config).boxed();
+                    let first = listed.next().await?;
+                    Some((first, (listed, None)))
                 }
                 (Ok(Event::InitDone), _) => Some((Ok(Event::InitDone), (current, None))),
                 (item, fallback) => Some((item, (current, fallback))),
@@ -65,7 +65,7 @@ mod tests {
     }
 
     #[test]
-    fn only_a_refused_request_falls_back_to_pages() {
+    fn only_a_refused_request_falls_back_to_a_plain_list() {
         let start = |code| watcher::Error::WatchStartFailed(kube::Error::Api(status(code)));
         assert!(refused(&start(422)));
         assert!(refused(&start(400)));
