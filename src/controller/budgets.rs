@@ -27,7 +27,8 @@ pub async fn start(client: &Client, rules: &[Budget]) -> Option<Arc<Budgets>> {
     let api: Api<DynamicsLedger> = Api::all(client.clone());
     tokio::spawn(async move {
         let mut records = 0usize;
-        let mut events = watcher::watcher(api, watcher::Config::default().any_semantic())
+        // One record per agent: as many as objects, so streamed like them.
+        let mut events = super::listing::watch(api, watcher::Config::default().any_semantic())
             .default_backoff()
             .boxed();
         while let Some(event) = events.next().await {

@@ -50,6 +50,7 @@ mod kube_sink;
 mod lane;
 mod leader;
 mod lean;
+mod listing;
 mod resolve;
 mod secrets;
 mod start;
@@ -208,7 +209,9 @@ impl Watches {
             Some(ns) => Api::namespaced(client.clone(), ns),
             None => Api::all(client.clone()),
         };
-        let objects = watcher(lean_objects, watcher::Config::default().any_semantic())
+        // Streamed (see `listing`): at 10,000 objects a list in one body made a restart's peak
+        // memory.
+        let objects = listing::watch(lean_objects, watcher::Config::default().any_semantic())
             .default_backoff()
             .map_ok(lean::full_event)
             .reflect(writer)
