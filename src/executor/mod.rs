@@ -378,7 +378,7 @@ impl Executor {
 
     /// Change the guard, then wake the waiters whose turn that may have brought.
     fn with_guard<R>(&self, change: impl FnOnce(&mut AccountGuards) -> R) -> R {
-        change_and_wake(&self.guards, self.wake.as_ref(), change)
+        change_and_wake(&self.guards, self.wake.as_ref(), self.epoch, change)
     }
 
     /// Look at each of these objects at its time (monotonic, from `epoch`), through the wake
@@ -925,7 +925,8 @@ impl Executor {
             return Err(report);
         }
         let account = secret.account();
-        self.with_guard(|guards| guards.try_start(account, &obj.key, input.now, retry))
+        let at = self.epoch.elapsed();
+        self.with_guard(|guards| guards.try_start(account, &obj.key, at, retry))
             .map_err(|refusal| {
                 Report::new(
                     Health::progressing(refusal.reason, refusal.message),
@@ -1292,16 +1293,18 @@ async fn release_claim(obj: &ObjectView, store: &mut impl LedgerStore) {
     tracing::warn!(object = %obj.key, agent = %agent, "the object's claim on its agent could not be released from the purchase ledger");
 }
 
-/// Change the guards, then send the waiters whose turn that may have brought to `wake`.
+/// Change the guards, then send the waiters whose turn that may have brought to `wake`. The
+/// guards keep monotonic time from `epoch`: a wall clock set back or forward moves no slot.
 fn change_and_wake<R>(
     guards: &Mutex<AccountGuards>,
     wake: Option<&tokio::sync::mpsc::UnboundedSender<String>>,
+    epoch: Instant,
     change: impl FnOnce(&mut AccountGuards) -> R,
 ) -> R {
     let mut guards = guards.lock().expect("guard lock");
     let result = change(&mut guards);
     if let Some(wake) = wake {
-        for key in guards.take_woken(failpoint::now()) {
+        for key in guards.take_woken(epoch.elapsed()) {
             tracing::debug!(object = %key, "woken: a generation slot is free");
             let _ = wake.send(key);
         }

@@ -23,8 +23,6 @@
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::time::Duration;
 
-use jiff::Timestamp;
-
 use super::timing::{GenerationTimer, GenerationTiming};
 use crate::wire::AccountId;
 
@@ -41,11 +39,12 @@ pub struct GenerationGuard {
     /// written, or the call is on its way). They join `queued` as their calls are accepted: a
     /// slow marker write lets a later call reach the API first.
     sending: VecDeque<String>,
-    started: VecDeque<Timestamp>,
+    /// When each generation of the last hour started (monotonic, like every time here).
+    started: VecDeque<Duration>,
     /// Objects refused a slot, oldest first.
     waiting: VecDeque<String>,
     /// Objects woken for a free slot, and when: the slot is kept for each until its pass.
-    woken: Vec<(String, Timestamp)>,
+    woken: Vec<(String, Duration)>,
 }
 
 /// Why a generation has to wait, and for how long at most before asking again.
@@ -93,7 +92,7 @@ impl GenerationGuard {
     /// `track` sees the remote finish or `forget` is called. Refused for want of a slot, the
     /// object joins the queue and is named by `take_woken` when its turn may have come;
     /// `retry` is how long it waits at most meanwhile.
-    pub fn try_start(&mut self, key: &str, now: Timestamp, retry: Duration) -> Result<(), Refusal> {
+    pub fn try_start(&mut self, key: &str, now: Duration, retry: Duration) -> Result<(), Refusal> {
         self.expire(now);
         let already_holding = self.holds(key);
         let was_woken = self.take_reservation(key);
@@ -119,8 +118,7 @@ impl GenerationGuard {
         if let Some(limit) = self.per_hour {
             if self.started.len() >= limit {
                 let oldest = self.started.front().copied().unwrap_or(now);
-                let free_at = Duration::try_from(now.duration_since(oldest))
-                    .map_or(HOUR, |age| HOUR.saturating_sub(age));
+                let free_at = HOUR.saturating_sub(now.saturating_sub(oldest));
                 return Err(Refusal {
                     reason: super::reasons::GENERATION_BUDGET_EXHAUSTED,
                     message: format!(
@@ -241,10 +239,9 @@ impl GenerationGuard {
 
     /// The waiting objects that free slots could serve now, oldest first. They leave the queue
     /// and a slot is kept for each until its pass (at most `WOKEN_SLOT_KEPT`).
-    pub fn take_woken(&mut self, now: Timestamp) -> Vec<String> {
-        self.woken.retain(|(_, at)| {
-            Duration::try_from(now.duration_since(*at)).map_or(true, |age| age < WOKEN_SLOT_KEPT)
-        });
+    pub fn take_woken(&mut self, now: Duration) -> Vec<String> {
+        self.woken
+            .retain(|(_, at)| now.saturating_sub(*at) < WOKEN_SLOT_KEPT);
         let free = match self.max_running {
             0 => self.waiting.len(),
             _ => self
@@ -274,10 +271,9 @@ impl GenerationGuard {
         self.waiting.len()
     }
 
-    fn expire(&mut self, now: Timestamp) {
+    fn expire(&mut self, now: Duration) {
         while let Some(first) = self.started.front() {
-            let age = Duration::try_from(now.duration_since(*first)).unwrap_or(Duration::ZERO);
-            if age >= HOUR {
+            if now.saturating_sub(*first) >= HOUR {
                 self.started.pop_front();
             } else {
                 break;
@@ -372,7 +368,7 @@ impl AccountGuards {
         &mut self,
         account: AccountId,
         key: &str,
-        now: Timestamp,
+        now: Duration,
         retry: Duration,
     ) -> Result<(), Refusal> {
         self.guard(account, key).try_start(key, now, retry)
@@ -544,7 +540,7 @@ impl AccountGuards {
     }
 
     /// `GenerationGuard::take_woken` over every account.
-    pub fn take_woken(&mut self, now: Timestamp) -> Vec<String> {
+    pub fn take_woken(&mut self, now: Duration) -> Vec<String> {
         let mut woken = Vec::new();
         for account in self.accounts.values_mut() {
             woken.extend(account.guard.take_woken(now));
@@ -583,8 +579,8 @@ impl AccountGuards {
 mod tests {
     use super::*;
 
-    fn t(s: i64) -> Timestamp {
-        Timestamp::from_second(1_800_000_000 + s).unwrap()
+    fn t(s: u64) -> Duration {
+        Duration::from_secs(s)
     }
     const POLL: Duration = Duration::from_secs(2);
 
@@ -815,7 +811,7 @@ mod tests {
         g.track("a", false);
         assert_eq!(g.take_woken(t(1)), vec!["b".to_string()]);
         assert!(g.take_woken(t(5)).is_empty(), "kept for b for a while");
-        let lapse = 1 + WOKEN_SLOT_KEPT.as_secs() as i64;
+        let lapse = 1 + WOKEN_SLOT_KEPT.as_secs();
         assert_eq!(g.take_woken(t(1 + lapse)), vec!["c".to_string()]);
     }
 
