@@ -483,31 +483,46 @@ impl Executor {
         secret: Option<&ApiSecret>,
         sink: &mut impl StatusSink,
     ) -> Result<PassResult, PassError> {
-        // `plan` asks for a remote call only once the secret resolved.
-        let secret = || secret.expect("plan calls the API only with a secret");
-        match action {
-            Action::Observe | Action::ConsultLedger | Action::Adopt(_) => {
+        match (action, secret) {
+            (Action::Observe | Action::ConsultLedger | Action::Adopt(_), _) => {
                 unreachable!("decide observes, reads the ledger and adopts before it returns")
             }
-            Action::Report(report) => {
+            (Action::Report(report), _) => {
                 if matches!(report.health, Health::Suspended) {
                     self.forget(&obj.key);
                 }
                 self.finish(obj, input, status, report, sink).await
             }
-            Action::Generate(generate) => {
-                self.generate(obj, input, status, &generate, secret(), sink)
+            (Action::Generate(generate), Some(secret)) => {
+                self.generate(obj, input, status, &generate, secret, sink)
                     .await
             }
-            Action::Update {
-                request,
-                dynamics_hash,
-            } => {
-                self.update(obj, input, &request, &dynamics_hash, secret(), sink)
+            (
+                Action::Update {
+                    request,
+                    dynamics_hash,
+                },
+                Some(secret),
+            ) => {
+                self.update(obj, input, &request, &dynamics_hash, secret, sink)
                     .await
             }
-            Action::Disable(request) => self.disable(obj, input, &request, secret(), sink).await,
-            Action::Release => {
+            (Action::Disable(request), Some(secret)) => {
+                self.disable(obj, input, &request, secret, sink).await
+            }
+            (Action::Generate(_) | Action::Update { .. } | Action::Disable(_), None) => {
+                // `plan` asks for a call only once the secret resolved; were it ever to ask
+                // without one, nothing is sent and the object says why.
+                self.finish(
+                    obj,
+                    input,
+                    status,
+                    no_secret(obj, self.settings.stalled_retry),
+                    sink,
+                )
+                .await
+            }
+            (Action::Release, _) => {
                 release_claim(obj, sink).await;
                 self.forget(&obj.key);
                 Ok(PassResult::Released)
@@ -580,6 +595,17 @@ impl Executor {
             let action = plan(&input);
             match action {
                 Action::Observe => {
+                    let Some(secret) = secret else {
+                        // As in `act`: `plan` observes only once the secret resolved.
+                        return Decided {
+                            action: Action::Report(no_secret(obj, self.settings.stalled_retry)),
+                            remote,
+                            status,
+                            adopted: adopted_call,
+                            ledger: ledger_state,
+                            took,
+                        };
+                    };
                     let observation = self.get_remote(obj, secret).await;
                     if let Observation::Found(state) = &observation {
                         let observed = take_in_remote(&status, state);
@@ -705,8 +731,7 @@ impl Executor {
         }
     }
 
-    async fn get_remote(&self, obj: &ObjectView, secret: Option<&ApiSecret>) -> Observation {
-        let secret = secret.expect("plan observes only when the secret resolved");
+    async fn get_remote(&self, obj: &ObjectView, secret: &ApiSecret) -> Observation {
         match self.client.get(secret, &obj.spec.agent_id).await {
             // A reply about another agent says nothing about this one: never evidence, never adopted.
             Ok(state) if state.agent_id != obj.spec.agent_id => {
@@ -1310,6 +1335,21 @@ fn change_and_wake<R>(
         }
     }
     result
+}
+
+/// A remote call asked for without a secret: never sent, and said. `plan` asks for calls only
+/// once the secret resolved (`Access::Granted`), so this is a guard, not a path users meet.
+fn no_secret(obj: &ObjectView, retry: Duration) -> Report {
+    Report::new(
+        Health::stalled(
+            reasons::NO_API_SECRET,
+            format!(
+                "no api-secret was resolved for agent {}: nothing is sent; set spec.apiSecretRef or give the operator one",
+                obj.spec.agent_id
+            ),
+        ),
+        retry,
+    )
 }
 
 /// A Warning note only when the object enters Stalled or changes its stalled reason, so a stuck

@@ -896,3 +896,21 @@ async fn this_objects_call_sent_by_another_replica_is_adopted_and_counted_once()
     assert_eq!(sink.stored.generations, 0, "{:?}", sink.stored);
     assert!(sink.stored.was_bought(&key));
 }
+
+// An object that is not suspended but has no secret (an Access no front end builds today):
+// `plan` asks to observe, and the pass sends nothing and says why instead of panicking.
+#[tokio::test]
+async fn a_call_asked_for_without_a_secret_is_never_sent_and_is_said() {
+    let sim = simulator(10_000).await;
+    let exec = executor(&sim, Duration::from_secs(5));
+    let mut view = object(AgentDynamicsStatus::default());
+    view.access = Access::NotNeeded;
+    let mut sink = MemorySink::default();
+    let result = exec.pass(&view, 0, &mut sink).await.expect("pass");
+    let PassResult::Requeue { health, .. } = result else {
+        panic!("{result:?}")
+    };
+    assert_eq!(health.reason(), reasons::NO_API_SECRET);
+    assert_eq!(sim.stats().total("get"), 0);
+    assert_eq!(generate_calls(&sim), 0);
+}
