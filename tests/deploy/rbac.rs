@@ -286,7 +286,15 @@ async fn operator_as_its_service_account_uses_every_granted_verb_and_nothing_els
     );
     let mut grants = granted(&rules_of(&ha, "ClusterRole"));
     grants.extend(granted(&rules_of(&ha, "Role")));
-    let unused: Vec<String> = grants.difference(&used).map(|p| p.to_string()).collect();
+    assert!(
+        grants.iter().any(fallback_only),
+        "list on dynamicsledgers stays granted for API servers without streamed lists"
+    );
+    let unused: Vec<String> = grants
+        .difference(&used)
+        .filter(|p| !fallback_only(p))
+        .map(|p| p.to_string())
+        .collect();
     let ungranted: Vec<String> = used.difference(&grants).map(|p| p.to_string()).collect();
     assert!(
         unused.is_empty() && ungranted.is_empty(),
@@ -301,6 +309,15 @@ async fn operator_as_its_service_account_uses_every_granted_verb_and_nothing_els
             .join(", "),
         t0.elapsed()
     );
+}
+
+/// A verb granted for API servers other than this one: the ledger watch takes its first list
+/// as a stream of watch events (WatchList) where the API server serves that, as this test
+/// control plane (1.36) does, and lists where it does not (Kubernetes 1.30, 1.31 and 1.33 by
+/// default). Nothing here can use it, so neither test asks for it to be used; the first asserts
+/// it is granted.
+fn fallback_only(p: &Permission) -> bool {
+    p.group == "dynamics.bithuman.ai" && p.resource == "dynamicsledgers" && p.verb == "list"
 }
 
 // Without any one granted verb, the operator fails
@@ -423,6 +440,9 @@ async fn without_any_one_granted_verb_the_operator_fails() {
         for (name, rule) in named_rules_of(&ha, kind) {
             let rule_index = index_in_role.entry(name.clone()).or_default();
             for permission in granted(std::slice::from_ref(&rule)) {
+                if fallback_only(&permission) {
+                    continue;
+                }
                 cases.push(Case {
                     kind: kind.to_string(),
                     name: name.clone(),
