@@ -29,6 +29,8 @@ pub struct Context {
     executor: Executor,
     events: EventPublisher,
     index: Arc<ObjectIndex>,
+    /// The AgentDynamics the watch covers, for `others_naming` before a first list is done.
+    objects: Api<AgentDynamics>,
     default_secret: Option<ApiSecret>,
     failures: Mutex<HashMap<String, u32>>,
     /// One pass per object at a time, from the controller or the generation lane.
@@ -92,12 +94,17 @@ impl Context {
         executor = executor.with_approval(crate::executor::ApprovalScope::new(
             config.require_approval.clone(),
         ));
+        let objects = match &config.namespace {
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
+        };
         Context {
             events: EventPublisher::new(client.clone(), std::env::var("POD_NAME").ok()),
             client,
             metrics,
             executor,
             index,
+            objects,
             default_secret: config.default_secret.clone(),
             failures: Mutex::new(HashMap::new()),
             locks: KeyLocks::default(),
@@ -151,8 +158,11 @@ impl Context {
         deleting: bool,
     ) -> Result<Next, Error> {
         let key = key_of(&obj);
-        let conflict = conflict_owner(&obj, &self.index.others_naming(&obj))
-            .map(|owner| Blocker::Conflict { owner });
+        let Some(others) = self.others_naming(&obj).await else {
+            // The start looks at it when the list is complete.
+            return Ok(Next::AwaitChange);
+        };
+        let conflict = conflict_owner(&obj, &others).map(|owner| Blocker::Conflict { owner });
         let access = match Access::before_secret(obj.spec.suspend, conflict) {
             Some(access) => access,
             None => Access::from_secret(
@@ -235,6 +245,30 @@ impl Context {
         }
     }
 
+    /// The other objects naming `obj`'s agent, for the ownership rule: from the index once a
+    /// first list is complete. Before that (the pass of an object whose user waits, during a
+    /// start's list: see `start`) the index has seen only part of them, so the API server is
+    /// asked for all of them by the agent's selectable field. None when it cannot answer
+    /// (Kubernetes before 1.31 selects no custom field): the pass waits for the list.
+    async fn others_naming(&self, obj: &AgentDynamics) -> Option<Vec<Claimant>> {
+        if self.index.listed() {
+            return Some(self.index.others_naming(obj));
+        }
+        match objects_naming(&self.objects, &obj.spec.agent_id).await {
+            Ok(named) => Some(
+                named
+                    .iter()
+                    .filter(|other| other.uid() != obj.uid())
+                    .map(super::index::claimant)
+                    .collect(),
+            ),
+            Err(err) => {
+                tracing::debug!(object = %key_of(obj), error = %err, "the objects naming its agent cannot be listed yet; it waits for the first list");
+                None
+            }
+        }
+    }
+
     /// The drift resync: how long the controller leaves an object it handed to the lane.
     pub fn resync(&self) -> Duration {
         self.executor.settings().resync
@@ -266,6 +300,16 @@ impl Context {
             *n - 1,
         ))
     }
+}
+
+/// Every object `api` reaches that names `agent`, listed by the API server by field (the CRD
+/// declares `spec.agentId` selectable). agentIds hold no character a field selector escapes.
+pub async fn objects_naming(
+    api: &Api<AgentDynamics>,
+    agent: &str,
+) -> kube::Result<Vec<AgentDynamics>> {
+    let params = kube::api::ListParams::default().fields(&format!("spec.agentId={agent}"));
+    Ok(api.list(&params).await?.items)
 }
 
 /// The object that owns `obj`'s agent instead of it, by the one ownership rule, among the

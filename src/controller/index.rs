@@ -63,6 +63,8 @@ struct Inner {
     relisted_changes: Vec<ObjectRef<AgentDynamics>>,
     /// key -> what our last status write returned.
     written: HashMap<String, Written>,
+    /// A first list is complete: `agents` names every object naming each agent.
+    listed: bool,
 }
 
 /// One object as the index last saw it. Kept here rather than in kube's predicate filter, which
@@ -101,7 +103,8 @@ fn relevant_state(obj: &AgentDynamics) -> u64 {
     hasher.finish()
 }
 
-fn claimant(obj: &AgentDynamics) -> Claimant {
+/// `obj` as the ownership rule sees it.
+pub fn claimant(obj: &AgentDynamics) -> Claimant {
     Claimant::new(
         key_of(obj),
         obj.status.as_ref(),
@@ -172,9 +175,15 @@ impl ObjectIndex {
                 for (uid, seen, claimant) in listed {
                     inner.insert(uid, seen, claimant);
                 }
+                inner.listed = true;
                 std::mem::take(&mut inner.relisted_changes)
             }
         }
+    }
+
+    /// Whether a first list is complete, so that `others_naming` knows every object.
+    pub fn listed(&self) -> bool {
+        self.inner.lock().expect("index lock").listed
     }
 
     /// The other objects that name `obj`'s agent.
@@ -369,12 +378,14 @@ mod tests {
         index.follow(Event::Apply(b.clone()));
         index.follow(Event::Init);
         index.follow(Event::InitApply(a.clone()));
+        assert!(!index.listed(), "no list completed yet");
         assert_eq!(
             owners(&index, &a),
             vec!["ns/b"],
             "the old index serves until done"
         );
         index.follow(Event::InitDone);
+        assert!(index.listed());
         assert!(
             owners(&index, &a).is_empty(),
             "b was deleted while the watch was down"

@@ -128,17 +128,21 @@ impl Lane {
         }
     }
 
-    /// Run the passes asked for: objects woken for a free slot (at once) and looks at running
-    /// generations (at their time), until both senders are gone.
+    /// Run the passes asked for: objects woken for a free slot (at once), looks at running
+    /// generations (at their time) and the passes of a start before its first list is
+    /// complete (at once: the controller's queue waits for the list), until the senders are
+    /// gone.
     pub async fn run(
         self,
         mut woken: UnboundedReceiver<String>,
         mut polls: UnboundedReceiver<(String, Duration)>,
+        mut before_list: UnboundedReceiver<String>,
     ) {
         loop {
             tokio::select! {
                 Some(key) = woken.recv() => self.schedule(key, Duration::ZERO),
                 Some((key, after)) = polls.recv() => self.schedule(key, after),
+                Some(key) = before_list.recv() => self.schedule(key, Duration::ZERO),
                 else => break,
             }
         }

@@ -76,7 +76,7 @@ use crate::metrics::Metrics;
 use crate::reconcile::Settings;
 use crate::resource::{AgentDynamics, API_SECRET_LABEL, FINALIZER};
 
-pub use context::Context;
+pub use context::{objects_naming, Context};
 pub use error::Error;
 pub use resolve::{approve, resolve};
 
@@ -185,6 +185,9 @@ struct Watches {
     changes: tokio::sync::mpsc::UnboundedReceiver<ObjectRef<AgentDynamics>>,
     /// Sends into `changes`, for the generation lane's hand-backs.
     to_controller: tokio::sync::mpsc::UnboundedSender<ObjectRef<AgentDynamics>>,
+    /// Passes before the first list is complete, for the lane (the controller's queue waits
+    /// for the list).
+    before_list: tokio::sync::mpsc::UnboundedReceiver<String>,
     feed: tokio::task::JoinHandle<()>,
 }
 
@@ -217,7 +220,7 @@ impl Watches {
         let objects = listing::watch(lean_objects, watcher::Config::default().any_semantic())
             .default_backoff()
             .map_ok(lean::full_event)
-            .reflect(writer)
+            // Into kube's cache through the gate (see `start::Gate::before_list`).
             .map(|event| Input::Object(Box::new(event)));
         // Only Secrets labelled for this operator: it neither sees nor caches the others.
         let secret_selector = format!("{API_SECRET_LABEL}=true");
@@ -235,8 +238,9 @@ impl Watches {
         let (lead, led) = tokio::sync::oneshot::channel::<()>();
         let led = futures::stream::once(led).map(|_| Input::Lead);
         let (to_controller, changes) = tokio::sync::mpsc::unbounded_channel();
+        let (to_lane, before_list) = tokio::sync::mpsc::unbounded_channel();
 
-        let mut gate = start::Gate::new(index.clone(), reader.clone(), config.settings.resync);
+        let mut gate = start::Gate::new(index.clone(), writer, config.settings.resync);
         let secret_users = reader.clone();
         let out = to_controller.clone();
         let inputs = futures::stream::select(futures::stream::select(objects, secrets), led);
@@ -255,7 +259,7 @@ impl Watches {
                         Ok(event) => match gate.secret_event(event) {
                             Some((ns, name)) => start::Due {
                                 now: secrets::objects_using(&secret_users, &ns, &name),
-                                later: Vec::new(),
+                                ..start::Due::default()
                             },
                             None => continue,
                         },
@@ -268,6 +272,9 @@ impl Watches {
                 };
                 for reference in due.now {
                     let _ = out.send(reference);
+                }
+                for key in due.before_list {
+                    let _ = to_lane.send(key);
                 }
                 start::send_later(out.clone(), due.later);
             }
@@ -300,6 +307,7 @@ impl Watches {
             lead,
             changes,
             to_controller,
+            before_list,
             feed,
         }
     }
@@ -327,6 +335,7 @@ async fn run_controller(
         lead,
         changes,
         to_controller,
+        before_list,
         feed,
     } = watches;
     // Objects woken for a free generation slot, and looks at running generations, go through
@@ -348,7 +357,7 @@ async fn run_controller(
         to_controller,
         config.concurrency.into(),
     );
-    let lane = tokio::spawn(lane.run(woken, polls));
+    let lane = tokio::spawn(lane.run(woken, polls, before_list));
     let changes = futures::stream::unfold(changes, |mut rx| async move {
         let reference = rx.recv().await?;
         Some((reference, rx))

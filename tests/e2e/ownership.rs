@@ -3,7 +3,7 @@
 use kube::api::{Patch, PatchParams};
 
 use crate::fast_sim;
-use crate::support::operator::{manifest, Env, TIMEOUT};
+use crate::support::operator::{manifest, Env, Pace, TIMEOUT};
 use crate::support::wait::wait_for;
 
 // Two objects naming one agent: the later one is Stalled with reason Conflict and costs nothing.
@@ -84,4 +84,56 @@ async fn second_object_for_an_agent_is_a_conflict_and_refresh_is_echoed() {
         "the Flux refresh looked at the remote again"
     );
     assert_eq!(env.calls("generate", "CONFLICT01"), 1);
+}
+
+/// A start passes an object whose user waits before its first list is complete, asking the API
+/// server for every object naming its agent (the index has seen only part of them). That needs
+/// the CRD to make `spec.agentId` selectable, and the answer to hold exactly those objects, in
+/// every namespace the operator watches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_server_lists_every_object_naming_an_agent() {
+    use dynamics_operator::controller::objects_naming;
+    let env = Env::new("naming", fast_sim(), Pace::Fast).await;
+    let other = Env::new("naming2", fast_sim(), Pace::Fast).await;
+    env.apply(&manifest("a", "NAMING01", ""));
+    env.apply(&manifest("b", "NAMING02", ""));
+    env.apply(&manifest("c", "NAMING01", ""));
+    other.apply(&manifest("d", "NAMING01", ""));
+    let names = |objects: Vec<dynamics_operator::resource::AgentDynamics>| {
+        let mut names: Vec<String> = objects
+            .iter()
+            .map(|o| {
+                format!(
+                    "{}/{}",
+                    o.metadata.namespace.as_deref().unwrap_or(""),
+                    o.metadata.name.as_deref().unwrap_or("")
+                )
+            })
+            .collect();
+        names.sort();
+        names
+    };
+    let in_namespace = objects_naming(&env.api, "NAMING01")
+        .await
+        .expect("the field is selectable");
+    assert_eq!(
+        names(in_namespace),
+        [format!("{}/a", env.ns), format!("{}/c", env.ns)]
+    );
+    let everywhere: kube::Api<dynamics_operator::resource::AgentDynamics> =
+        kube::Api::all(env.cp.kube_client().await.unwrap());
+    let mut expected = vec![
+        format!("{}/a", env.ns),
+        format!("{}/c", env.ns),
+        format!("{}/d", other.ns),
+    ];
+    expected.sort();
+    assert_eq!(
+        names(objects_naming(&everywhere, "NAMING01").await.unwrap()),
+        expected
+    );
+    assert!(objects_naming(&env.api, "NAMING03")
+        .await
+        .unwrap()
+        .is_empty());
 }

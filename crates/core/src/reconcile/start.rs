@@ -54,6 +54,28 @@ pub fn is_settled(obj: &AgentDynamics) -> bool {
         && !asked(RESOLVE, &status.last_handled_resolve)
 }
 
+/// Whether `obj` holds a change of its user's that no pass has answered yet (a spec edited
+/// since its status was written, a refresh or a resolution asked for) on an object a pass has
+/// taken in before (our finalizer and a status). Such an object is worth a pass before a
+/// restart's first list is complete: its user is waiting, where the other unsettled objects
+/// (a generation running, an error being retried) keep a rhythm of their own. New and deleted
+/// objects are left to the list's end: their passes go through the finalizer first.
+pub fn user_waiting(obj: &AgentDynamics) -> bool {
+    let Some(status) = &obj.status else {
+        return false;
+    };
+    let asked = |annotation: &str, handled: &Option<String>| {
+        obj.annotations()
+            .get(annotation)
+            .is_some_and(|v| Some(v) != handled.as_ref())
+    };
+    obj.metadata.deletion_timestamp.is_none()
+        && obj.finalizers().iter().any(|f| f == FINALIZER)
+        && (obj.metadata.generation > status.observed_generation
+            || asked(RECONCILE_REQUESTED_AT, &status.last_handled_reconcile_at)
+            || asked(RESOLVE, &status.last_handled_resolve))
+}
+
 /// How long after `now` (a start) the first look at `obj` comes: at once when it is not
 /// settled, else at the next point of its resync rhythm plus its place in the following tenth
 /// of the window (see the module's comment).
@@ -256,6 +278,76 @@ mod tests {
             } else {
                 assert_eq!(at, Duration::ZERO, "{why}: at once");
             }
+        }
+    }
+
+    #[test]
+    fn a_users_unanswered_change_is_worth_a_pass_before_the_list_ends() {
+        type Change = fn(&mut AgentDynamics);
+        // (what differs from a settled object, its user waits?)
+        let rows: Vec<(&str, Change, bool)> = vec![
+            ("nothing", |_| {}, false),
+            ("an edit", |o| o.metadata.generation = Some(4), true),
+            (
+                "an edit to suspend",
+                |o| {
+                    o.metadata.generation = Some(4);
+                    o.spec.suspend = true;
+                },
+                true,
+            ),
+            (
+                "a refresh asked for",
+                |o| annotate(o, RECONCILE_REQUESTED_AT, "t1"),
+                true,
+            ),
+            (
+                "a refresh already handled",
+                |o| {
+                    annotate(o, RECONCILE_REQUESTED_AT, "t1");
+                    status(o).last_handled_reconcile_at = Some("t1".into());
+                },
+                false,
+            ),
+            (
+                "a resolution asked for",
+                |o| annotate(o, RESOLVE, "accept-1"),
+                true,
+            ),
+            (
+                "an error being retried (its own rhythm)",
+                |o| status(o).conditions[2].status = "True".into(),
+                false,
+            ),
+            (
+                "an edit of an object never taken in (no status)",
+                |o| {
+                    o.metadata.generation = Some(4);
+                    o.status = None;
+                },
+                false,
+            ),
+            (
+                "an edit before the finalizer",
+                |o| {
+                    o.metadata.generation = Some(4);
+                    o.metadata.finalizers = None;
+                },
+                false,
+            ),
+            (
+                "an edit of an object being deleted",
+                |o| {
+                    o.metadata.generation = Some(4);
+                    o.metadata.deletion_timestamp = Some(Time(jiff::Timestamp::UNIX_EPOCH));
+                },
+                false,
+            ),
+        ];
+        for (why, change, expected) in rows {
+            let mut o = settled();
+            change(&mut o);
+            assert_eq!(user_waiting(&o), expected, "{why}");
         }
     }
 

@@ -29,6 +29,9 @@ pub const MAX_URL_LEN: u32 = 2048;
     doc = "AgentDynamics declares the dynamics (generated movements) of one bitHuman avatar agent: the generate inputs (imageUrl, duration, model, motionPrompts) and the dynamics block to apply. The dynamics-operator buys a generation (250 credits) only when these inputs change, at most once per change, and reports Ready, Reconciling or Stalled with a reason; docs/troubleshooting.md explains each reason.",
     namespaced,
     status = "AgentDynamicsStatus",
+    // `kubectl get agdyn --field-selector spec.agentId=A1` finds every object naming an
+    // agent; a restarting operator asks it before its first list is complete.
+    selectable = ".spec.agentId",
     printcolumn = r#"{"name":"Agent","type":"string","jsonPath":".spec.agentId"}"#,
     printcolumn = r#"{"name":"Model","type":"string","jsonPath":".spec.model"}"#,
     printcolumn = r#"{"name":"Remote","type":"string","jsonPath":".status.remoteStatus"}"#,
