@@ -20,9 +20,11 @@
 //!   takeover. Replaces the controller's own watch trigger, which after a restart or failover
 //!   reconciles every object at once (one GET each at 10,000 objects: BENCHMARKS.md, restart
 //!   and failover phases); settled objects are spread over their resync window instead, and a
-//!   standby keeps its cache warm.
+//!   standby keeps its cache warm. It also feeds kube's cache (in place of `reflect`), so that an
+//!   object edited while no operator ran is passed (by the lane) as the first list brings it,
+//!   not when the whole list is in (the controller's queue waits for that).
 //! - `index`: kept beside kube's cache from the same events: which objects name each agent (the
-//!   ownership rule looks only there, O(1) per pass), what of an object makes a pass worth it
+//!   ownership rule looks only there once a first list is complete, O(1) per pass), what of an object makes a pass worth it
 //!   (so the operator's own status writes wake nothing), and the objects its writes returned
 //!   until the watch delivers them (no 409 from a stale copy: 106 at first, 0 since).
 //! - `lean`: the objects parsed without `managedFields`, half of their JSON (BENCHMARKS.md, peak
@@ -31,7 +33,8 @@
 //!   of kube's default list at resourceVersion=0, one 22 MB body at 10,000 objects that made a
 //!   restart's peak memory (64.4 MiB; 52 to 55 MiB streamed).
 //! - `lane`: passes that decide how soon a generation slot is used again run at their time in
-//!   tasks of their own, not behind whatever the queue holds (watch-to-call latency).
+//!   tasks of their own, not behind whatever the queue holds (watch-to-call latency); so do a
+//!   start's passes before its first list is complete.
 //! - `context`: what every pass shares, and the pass itself (the Access decision, the sink,
 //!   Events, metrics, backoff after errors).
 //! - `kube_sink`: the executor's store: status writes and ledger writes, each conditional on the
