@@ -11,6 +11,7 @@
 
 use futures::stream::BoxStream;
 use futures::StreamExt;
+use kube::core::WatchEvent;
 use kube::runtime::watcher::{self, watcher, Event};
 use kube::{Api, Resource};
 use serde::de::DeserializeOwned;
@@ -41,6 +42,54 @@ where
             }
         },
     )
+    .boxed()
+}
+
+/// The objects changed from now on, while a first list is still coming: a watch from the
+/// resourceVersion of a one-object list, which the API server answers at once. A streamed list
+/// sends the changes made after its snapshot only once its last object is out (3 s at 10,000
+/// objects), so an edit made during a start would wait for the whole list (see
+/// `start::Gate::recent_change`). Await this before the main watch sends its request: every
+/// change is then in that watch's list or in this stream. Ends at the first error, or when
+/// `until` resolves; it only hurries passes, the main watch stays the source of truth.
+pub async fn changes_from_now<K>(
+    api: Api<K>,
+    until: impl std::future::Future<Output = ()> + Send + 'static,
+) -> BoxStream<'static, K>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    let list = kube::api::ListParams::default().limit(1);
+    let version = match api.list_metadata(&list).await {
+        Ok(listed) => listed.metadata.resource_version,
+        Err(err) => {
+            tracing::debug!(error = %err, "no version to follow changes from; a start's edits wait for its list");
+            None
+        }
+    };
+    let Some(version) = version else {
+        return futures::stream::empty().boxed();
+    };
+    futures::stream::once(async move {
+        api.watch(&kube::api::WatchParams::default(), &version)
+            .await
+            .map(|events| events.boxed())
+            .unwrap_or_else(|_| futures::stream::empty().boxed())
+    })
+    .flatten()
+    .take_while(|event| {
+        std::future::ready(matches!(
+            event,
+            Ok(WatchEvent::Added(_) | WatchEvent::Modified(_) | WatchEvent::Bookmark(_))
+        ))
+    })
+    .filter_map(|event| {
+        std::future::ready(match event {
+            Ok(WatchEvent::Added(obj) | WatchEvent::Modified(obj)) => Some(obj),
+            _ => None,
+        })
+    })
+    .take_until(until)
     .boxed()
 }
 

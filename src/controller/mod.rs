@@ -220,6 +220,7 @@ impl Watches {
         };
         // Streamed (see `listing`): at 10,000 objects a list in one body made a restart's peak
         // memory.
+        let recent_objects = lean_objects.clone();
         let objects = listing::watch(lean_objects, watcher::Config::default().any_semantic())
             .default_backoff()
             .map_ok(lean::full_event)
@@ -247,12 +248,30 @@ impl Watches {
         let secret_users = reader.clone();
         let out = to_controller.clone();
         let inputs = futures::stream::select(futures::stream::select(objects, secrets), led);
+        let (listed, first_list_done) = tokio::sync::oneshot::channel::<()>();
+        let mut listed = Some(listed);
         let feed = tokio::spawn(async move {
+            // Before the object watch sends its request (when `inputs` is first polled): an
+            // edit made during the start is then in its list or among these changes.
+            let recent = listing::changes_from_now(recent_objects, async move {
+                let _ = first_list_done.await;
+            })
+            .await
+            .map(|obj| Input::Recent(Box::new(obj.0)));
+            let inputs = futures::stream::select(inputs, recent);
             futures::pin_mut!(inputs);
             while let Some(input) = inputs.next().await {
                 let due = match input {
                     Input::Object(event) => match *event {
-                        Ok(event) => gate.object_event(event),
+                        Ok(event) => {
+                            if matches!(event, watcher::Event::InitDone) {
+                                // The watch of recent changes has served its purpose.
+                                if let Some(done) = listed.take() {
+                                    let _ = done.send(());
+                                }
+                            }
+                            gate.object_event(event)
+                        }
                         Err(err) => {
                             tracing::warn!(error = %err, "watch of AgentDynamics failed; retrying with backoff");
                             continue;
@@ -271,6 +290,7 @@ impl Watches {
                             continue;
                         }
                     },
+                    Input::Recent(obj) => gate.recent_change(*obj),
                     Input::Lead => gate.lead(),
                 };
                 for reference in due.now {
@@ -321,6 +341,8 @@ impl Watches {
 enum Input {
     Object(Box<Result<watcher::Event<AgentDynamics>, watcher::Error>>),
     Secret(Box<Result<watcher::Event<PartialObjectMeta<Secret>>, watcher::Error>>),
+    /// An object changed while the first list was coming (`listing::changes_from_now`).
+    Recent(Box<AgentDynamics>),
     Lead,
 }
 

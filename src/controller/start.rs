@@ -87,9 +87,22 @@ pub struct Gate {
     secrets: HashMap<String, String>,
     secrets_relisting: Option<HashMap<String, String>>,
     secrets_listed: bool,
-    /// Objects whose user waits, seen in the first list (see `before_list`): keys, and
-    /// whether they were handed to the lane yet (not before this replica leads).
-    before_list: Vec<(String, bool)>,
+    /// Objects whose user waits, seen in the first list or changed while it came (see
+    /// `before_list`).
+    before_list: Vec<Early>,
+    /// Objects passed from the watch of recent changes: key and resourceVersion. The main
+    /// watch delivers the same change once its list is complete; it is not passed again.
+    echoes: HashMap<String, String>,
+}
+
+/// An object passed before the first list is complete.
+struct Early {
+    key: String,
+    /// Handed to the lane (not before this replica leads).
+    handed: bool,
+    /// The copy seen by the watch of recent changes: newer than the list's, so it goes back
+    /// into the cache when the list replaces the cache's content.
+    recent: Option<AgentDynamics>,
 }
 
 impl Gate {
@@ -106,6 +119,7 @@ impl Gate {
             secrets_relisting: None,
             secrets_listed: false,
             before_list: Vec::new(),
+            echoes: HashMap::new(),
         }
     }
 
@@ -113,11 +127,21 @@ impl Gate {
     pub fn object_event(&mut self, event: Event<AgentDynamics>) -> Due {
         let listed = matches!(event, Event::InitDone);
         if let Event::InitApply(obj) = &event {
-            self.before_list(obj);
+            self.before_list(obj, false);
         }
+        let echo = match &event {
+            Event::Apply(obj) => self.is_echo(obj),
+            _ => false,
+        };
         self.feed.apply_watcher_event(&event);
-        let changes = self.index.follow(event);
+        let mut changes = self.index.follow(event);
+        if listed && !self.listed {
+            self.keep_recent_copies();
+        }
         self.listed |= listed;
+        if echo {
+            changes.clear();
+        }
         if !self.leading {
             return Due::default();
         }
@@ -145,17 +169,71 @@ impl Gate {
         }
     }
 
+    /// A change seen by the watch of recent changes (`listing::changes_from_now`) while the
+    /// first list is still coming: an edit made during the start, which the list's stream
+    /// delivers only after its last object.
+    pub fn recent_change(&mut self, obj: AgentDynamics) -> Due {
+        if !self.before_list(&obj, true) {
+            return Due::default();
+        }
+        self.hand_before_list()
+    }
+
     /// An object of a start's first list whose user waits (`user_waiting`: an edit made while
     /// no operator ran, or during the restart) is passed as it arrives, not when the whole
     /// list has (3 s at 10,000 objects): it goes into the cache at once, and its pass asks the
     /// API server which objects name its agent (the index knows only part of them yet).
-    fn before_list(&mut self, obj: &AgentDynamics) {
-        if self.listed || self.before_list.len() >= BEFORE_LIST_MAX || !user_waiting(obj) {
-            return;
+    /// Whether it is taken.
+    fn before_list(&mut self, obj: &AgentDynamics, recent: bool) -> bool {
+        let key = super::context::key_of(obj);
+        if self.listed
+            || self.before_list.len() >= BEFORE_LIST_MAX
+            || !user_waiting(obj)
+            || self.before_list.iter().any(|early| early.key == key)
+        {
+            return false;
         }
         // The list's own copy replaces this one when it completes.
         self.feed.apply_watcher_event(&Event::Apply(obj.clone()));
-        self.before_list.push((super::context::key_of(obj), false));
+        if recent {
+            self.echoes
+                .insert(key.clone(), obj.resource_version().unwrap_or_default());
+        }
+        self.before_list.push(Early {
+            key,
+            handed: false,
+            recent: recent.then(|| obj.clone()),
+        });
+        true
+    }
+
+    /// The list replaced the cache's content: a copy from the watch of recent changes is newer
+    /// than the list's (whose snapshot came first), and a pass must not read the older one.
+    fn keep_recent_copies(&mut self) {
+        for early in &mut self.before_list {
+            let Some(recent) = early.recent.take() else {
+                continue;
+            };
+            let cached = self.cache.get(&ObjectRef::from_obj(&recent));
+            if cached.is_some_and(|c| c.resource_version() != recent.resource_version()) {
+                self.feed.apply_watcher_event(&Event::Apply(recent));
+            }
+        }
+    }
+
+    /// The main watch delivering a change already passed from the watch of recent changes.
+    fn is_echo(&mut self, obj: &AgentDynamics) -> bool {
+        if self.echoes.is_empty() {
+            return false;
+        }
+        let key = super::context::key_of(obj);
+        match self.echoes.get(&key) {
+            Some(version) if Some(version) == obj.resource_version().as_ref() => {
+                self.echoes.remove(&key);
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Objects passed before the list is complete, to the lane, once this replica leads.
@@ -166,10 +244,10 @@ impl Gate {
         let before_list = self
             .before_list
             .iter_mut()
-            .filter(|(_, handed)| !*handed)
-            .map(|(key, handed)| {
-                *handed = true;
-                key.clone()
+            .filter(|early| !early.handed)
+            .map(|early| {
+                early.handed = true;
+                early.key.clone()
             })
             .collect();
         Due {
@@ -189,7 +267,7 @@ impl Gate {
         };
         let passed: std::collections::HashSet<String> = std::mem::take(&mut self.before_list)
             .into_iter()
-            .filter_map(|(key, handed)| handed.then_some(key))
+            .filter_map(|early| early.handed.then_some(early.key))
             .collect();
         for obj in objects {
             // Passed before the list was complete: the start reads what its pass wrote.
@@ -472,6 +550,62 @@ mod tests {
         let due = f.event(Event::Apply(again));
         assert_eq!(names(&due.now), ["done"]);
         assert!(due.before_list.is_empty());
+    }
+
+    /// An edit made during the start, after the list's snapshot: the list would deliver it
+    /// after its last object; the watch of recent changes passes it at once. When the list
+    /// completes the cache keeps that newer copy, and the main watch's delivery of the same
+    /// change passes nothing again.
+    #[test]
+    fn an_edit_made_during_the_start_passes_from_the_watch_of_recent_changes() {
+        let mut f = Fixture::new();
+        f.gate.lead();
+        f.event(Event::Init);
+        let mut edit = edited("r");
+        edit.metadata.resource_version = Some("5".into());
+        let due = f.gate.recent_change(edit.clone());
+        assert_eq!(due.before_list, ["ns/r"]);
+        assert!(f.cached("r"));
+        assert_eq!(
+            f.gate.recent_change(edit.clone()),
+            Due::default(),
+            "passed once"
+        );
+        let mut settled = obj("s", true);
+        settled.metadata.resource_version = Some("6".into());
+        assert_eq!(
+            f.gate.recent_change(settled),
+            Due::default(),
+            "a status write"
+        );
+        // The list's snapshot came before the edit.
+        assert_eq!(f.event(Event::InitApply(obj("r", true))), Due::default());
+        let mut written = obj("r", true);
+        written.metadata.generation = Some(2);
+        written.metadata.resource_version = Some("7".into());
+        let status = written.status.as_mut().unwrap();
+        status.observed_generation = Some(2);
+        status.conditions[0].observed_generation = Some(2);
+        f.index.wrote(&edit, vec!["5".into()], Arc::new(written));
+        let due = f.event(Event::InitDone);
+        let cached = f.cache.get(&ObjectRef::new("r").within("ns")).unwrap();
+        assert_eq!(
+            cached.resource_version().as_deref(),
+            Some("5"),
+            "the cache keeps the newer copy"
+        );
+        assert!(due.now.is_empty(), "its pass converged it");
+        assert_eq!(spread_names(&due), ["r"]);
+        assert_eq!(f.event(Event::Apply(edit)), Due::default(), "the echo");
+        let mut again = edited("r");
+        again.metadata.generation = Some(3);
+        again.metadata.resource_version = Some("9".into());
+        assert_eq!(names(&f.event(Event::Apply(again)).now), ["r"]);
+        assert_eq!(
+            f.gate.recent_change(edited("late")),
+            Due::default(),
+            "nothing before the list once it is complete"
+        );
     }
 
     #[test]
