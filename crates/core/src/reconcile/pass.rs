@@ -1,0 +1,255 @@
+//! One pass, gathered then decided. `step` names the next thing the decision needs (the
+//! pre-call check of the ledger, the GET, the agent's purchase record, an adoption's ledger
+//! write), one at a time; once nothing more is needed it returns the `Decision`: the action,
+//! whether the object holds a generation slot as GET showed it, and what gathering found that
+//! the user is told. Pure: the executor does the I/O `step` names and hands each result back
+//! through `Gathered`, so the order of reads and writes is decided here, in one place.
+
+use crate::resource::AgentDynamicsStatus;
+
+use super::conditions::Health;
+use super::ledger::{self, LedgerState};
+use super::plan::{
+    holds_generation_slot, plan, Action, AdoptFrom, Adoption, Blocker, Input, Observation, Report,
+};
+use super::reasons;
+use super::transitions::{adopted, take_in_remote};
+
+/// How many times one pass reads the ledger again after a write of its own lost a race, before
+/// it leaves the object for a later pass.
+pub const LEDGER_ROUNDS: usize = 3;
+
+/// Something worth telling the user (an Event in the cluster, a line in the file mode).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Note {
+    pub warning: bool,
+    pub reason: String,
+    pub message: String,
+}
+
+impl Note {
+    pub fn new(warning: bool, reason: &str, message: &str) -> Self {
+        Note {
+            warning,
+            reason: reason.to_string(),
+            message: message.to_string(),
+        }
+    }
+}
+
+/// What a pass knows so far: the stored status with what it read taken in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Gathered {
+    /// The stored status, with what GET showed (the marker settled against it) and the inputs
+    /// adopted so far.
+    pub status: AgentDynamicsStatus,
+    pub remote: Option<Observation>,
+    /// The agent's purchase record, once read.
+    pub ledger: Option<LedgerState>,
+    /// GET shows the agent changed with no call of ours to explain it.
+    outdated: bool,
+    /// GET showed the job of a generate call of unknown outcome: it landed.
+    adopted_call: bool,
+    /// Inputs taken as bought without a call, and from where.
+    took: Option<AdoptFrom>,
+    /// Another object of this process holds the agent (found when taking its claim).
+    conflict: Option<String>,
+    /// Calls may be made (a secret resolved).
+    may_call: bool,
+    /// The key of a marker whose outcome was never recorded, to check against the ledger before
+    /// anything else (only where the ledger is written before every call).
+    unanswered: Option<String>,
+    uid: String,
+    /// Adoption writes of this pass that lost a race.
+    lost_writes: usize,
+}
+
+/// The next thing a pass does.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Step {
+    /// GET the remote state, for `Gathered::take_remote`.
+    Get,
+    /// Read the agent's purchase record, for `Gathered::take_ledger`.
+    ReadLedger,
+    /// Take inputs as bought without a call: take the agent's claim (refused:
+    /// `Gathered::take_conflict`), write `ledger` if any (lost: `Gathered::take_lost_write`),
+    /// then `Gathered::take_adoption`. A preview skips the claim and the write.
+    Adopt(Adoption),
+    /// Nothing more to gather.
+    Decided(Decision),
+}
+
+/// What a pass does, decided once with everything gathered.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    pub action: Action,
+    /// Whether the object occupies a generation slot, as GET showed it (`None`: no GET).
+    pub holds_slot: Option<bool>,
+    /// What gathering found that the user is told (adopted calls and inputs).
+    pub notes: Vec<Note>,
+}
+
+impl Gathered {
+    /// `stored`: the status as read; `may_call`: a secret resolved; `ledger_first`: the store
+    /// writes every call's purchase before the call (`LedgerStore::written_before_calls`).
+    pub fn new(stored: AgentDynamicsStatus, uid: &str, may_call: bool, ledger_first: bool) -> Self {
+        // A marker whose pass died before recording the call's outcome: if the ledger, written
+        // before every call, has no call of ours for its key, the pass died before its call.
+        let unanswered = stored
+            .pending_generation
+            .as_ref()
+            .filter(|p| ledger_first && p.outcome.is_none() && p.ledger_first)
+            .map(|p| p.inputs_hash.clone());
+        Gathered {
+            status: stored,
+            remote: None,
+            ledger: None,
+            outdated: false,
+            adopted_call: false,
+            took: None,
+            conflict: None,
+            may_call,
+            unanswered,
+            uid: uid.to_string(),
+            lost_writes: 0,
+        }
+    }
+
+    /// What `plan` sees: `base` (the object, as read) with what was gathered.
+    pub fn input<'a>(&'a self, base: &Input<'a>) -> Input<'a> {
+        Input {
+            status: &self.status,
+            remote: self.remote.as_ref(),
+            ledger: self.ledger.as_ref(),
+            record_outdated: self.outdated,
+            blocker: match &self.conflict {
+                Some(owner) => Some(Blocker::Conflict {
+                    owner: owner.clone(),
+                }),
+                None => base.blocker.clone(),
+            },
+            ..base.clone()
+        }
+    }
+
+    pub fn take_remote(&mut self, observation: Observation) {
+        if let Observation::Found(state) = &observation {
+            let observed = take_in_remote(&self.status, state);
+            self.status = observed.status;
+            self.adopted_call = observed.adopted;
+            self.outdated = observed.outdated;
+        }
+        self.remote = Some(observation);
+    }
+
+    /// Take in the agent's record. `true`: it shows that the call of an unanswered marker was
+    /// never sent; the marker then holds nothing back, and the change is bought as if it never
+    /// began.
+    pub fn take_ledger(&mut self, read: LedgerState) -> bool {
+        let mut never_sent = false;
+        if let (Some(key), LedgerState::Read { record, .. }) = (self.unanswered.take(), &read) {
+            if ledger::call_never_sent(record.as_ref(), &key, &self.uid, true) {
+                self.status.pending_generation = None;
+                never_sent = true;
+            }
+        }
+        self.ledger = Some(read);
+        never_sent
+    }
+
+    /// An adoption's ledger write lost a race (`error` says how). `true`: read the record again
+    /// and decide anew; `false`: after `LEDGER_ROUNDS` lost writes the record counts as
+    /// unavailable for this pass.
+    pub fn take_lost_write(&mut self, error: &str) -> bool {
+        self.lost_writes += 1;
+        if self.lost_writes < LEDGER_ROUNDS {
+            return true;
+        }
+        self.ledger = Some(LedgerState::Unavailable(format!(
+            "it changed under {} writes in a row ({error})",
+            self.lost_writes
+        )));
+        false
+    }
+
+    /// Another object of this process holds the agent: this one is blocked by it.
+    pub fn take_conflict(&mut self, owner: String) {
+        self.conflict = Some(owner);
+    }
+
+    /// The adoption is on record (or, in a preview, would be).
+    pub fn take_adoption(&mut self, adoption: &Adoption) {
+        self.status = adopted(&self.status, adoption);
+        self.took = Some(adoption.from);
+    }
+
+    fn decided(&self, action: Action, input: &Input) -> Step {
+        Step::Decided(Decision {
+            action,
+            holds_slot: self.remote.as_ref().map(|_| holds_generation_slot(input)),
+            notes: self.notes(&input.spec.agent_id),
+        })
+    }
+
+    fn notes(&self, agent: &str) -> Vec<Note> {
+        let mut notes = Vec::new();
+        if self.adopted_call {
+            notes.push(Note::new(false, reasons::GENERATION_ADOPTED, "a generate call of unknown outcome did land (the API shows its job); it is followed, not sent again"));
+        }
+        let took = match self.took {
+            Some(AdoptFrom::Existing) => Some((reasons::ADOPTED, format!(
+                "agent {agent} already had dynamics and nothing was on record as bought for it: adopted for these inputs, nothing bought"
+            ))),
+            Some(AdoptFrom::Ledger) => Some((reasons::ADOPTED, format!(
+                "these generate inputs were already bought for agent {agent} (the purchase ledger has them): taken over, nothing bought"
+            ))),
+            Some(AdoptFrom::Resolved) => Some((reasons::RESOLVED, format!(
+                "resolved with accept: what the API shows for agent {agent} is taken as the purchase of these inputs; nothing was sent"
+            ))),
+            None => None,
+        };
+        if let Some((reason, message)) = took {
+            notes.push(Note::new(false, reason, &message));
+        }
+        notes
+    }
+}
+
+/// The next step of a pass: what to gather, or, with everything gathered, the decision.
+pub fn step(gathered: &Gathered, base: &Input) -> Step {
+    if gathered.unanswered.is_some() && gathered.ledger.is_none() {
+        return Step::ReadLedger;
+    }
+    let input = gathered.input(base);
+    let action = plan(&input);
+    if gathered.conflict.is_some() {
+        // Lost the agent's claim while adopting: `plan` reports the conflict.
+        return gathered.decided(action, &input);
+    }
+    match action {
+        // `plan` observes only once the secret resolved; were it ever to ask without one,
+        // nothing is read and the object says why.
+        Action::Observe if !gathered.may_call => {
+            gathered.decided(Action::Report(no_secret(&input)), &input)
+        }
+        Action::Observe => Step::Get,
+        Action::ConsultLedger => Step::ReadLedger,
+        Action::Adopt(adoption) => Step::Adopt(adoption),
+        action => gathered.decided(action, &input),
+    }
+}
+
+/// A remote call asked for without a secret: never sent, and said. `plan` asks for calls only
+/// once the secret resolved, so this is a guard, not a path users meet.
+pub fn no_secret(input: &Input) -> Report {
+    Report::new(
+        Health::stalled(
+            reasons::NO_API_SECRET,
+            format!(
+                "no api-secret was resolved for agent {}: nothing is sent; set spec.apiSecretRef or give the operator one",
+                input.spec.agent_id
+            ),
+        ),
+        input.settings.stalled_retry,
+    )
+}

@@ -1,0 +1,433 @@
+//! One row per way through a pass: what it gathers, in which order, and what it decides.
+
+use jiff::Timestamp;
+
+use super::desired::inputs_hash;
+use super::ledger::{Asker, LedgerState};
+use super::pass::{step, Gathered, Step, LEDGER_ROUNDS};
+use super::plan::{Action, Approval, Blocker, Input, Observation, Settings};
+use super::plan_tests::{self, ago, remote, spec, NOW};
+use super::Health;
+use crate::resource::{
+    AgentDynamicsSpec, AgentDynamicsStatus, DynamicsLedgerSpec, LedgerPurchase, PendingGeneration,
+};
+use crate::wire::RemoteStatus;
+
+/// Converged, as its last GET showed the agent.
+fn converged(spec: &AgentDynamicsSpec) -> AgentDynamicsStatus {
+    AgentDynamicsStatus {
+        remote_status: Some("ready".into()),
+        model_url: Some("https://cdn/m1.glb".into()),
+        ..plan_tests::converged(spec)
+    }
+}
+
+/// A marker written by a pass that died before recording its call's outcome, `age` seconds ago.
+fn unanswered(spec: &AgentDynamicsSpec, age: i64, ledger_first: bool) -> AgentDynamicsStatus {
+    AgentDynamicsStatus {
+        pending_generation: Some(PendingGeneration {
+            inputs_hash: inputs_hash(spec),
+            since: ago(age),
+            outcome: None,
+            previous_remote_status: None,
+            previous_model_url: None,
+            previous_gestures: vec![],
+            previous_hidden: false,
+            ledger_first,
+        }),
+        ..Default::default()
+    }
+}
+
+fn nothing_on_record() -> LedgerState {
+    LedgerState::Read {
+        record: None,
+        version: None,
+    }
+}
+
+/// The record after this object's call for `spec` went on it.
+fn with_our_call(spec: &AgentDynamicsSpec) -> LedgerState {
+    LedgerState::Read {
+        record: Some(DynamicsLedgerSpec {
+            agent_id: "A91XMB7113".into(),
+            holder: None,
+            purchases: vec![LedgerPurchase {
+                key: inputs_hash(spec),
+                inputs: None,
+                at: ago(30),
+                object: "agents/support".into(),
+                uid: "uid-1".into(),
+                calls: 1,
+            }],
+            spend: vec![],
+        }),
+        version: Some("7".into()),
+    }
+}
+
+/// What the world answers a pass.
+struct World {
+    remote: Observation,
+    ledger: LedgerState,
+    /// How many adoption writes lose their race before one lands.
+    lost_writes: usize,
+    /// Another object of this process holds the agent's claim.
+    claimed_by: Option<&'static str>,
+}
+
+struct Row {
+    name: &'static str,
+    spec: AgentDynamicsSpec,
+    status: AgentDynamicsStatus,
+    deleting: bool,
+    blocker: Option<Blocker>,
+    may_call: bool,
+    ledger_first: bool,
+    world: World,
+    /// What the pass does, in order, then what it decides.
+    want_steps: &'static [&'static str],
+    want_action: &'static str,
+    /// Whether it holds a generation slot after its GET (`None`: no GET).
+    want_slot: Option<bool>,
+    want_notes: &'static [&'static str],
+}
+
+fn action_name(action: &Action) -> String {
+    match action {
+        Action::Report(r) => match &r.health {
+            Health::Ready { reason, .. } => format!("ready:{reason}"),
+            Health::Suspended => "suspended".into(),
+            other => other.reason().to_string(),
+        },
+        Action::Generate(_) => "generate".into(),
+        Action::Update { .. } => "update".into(),
+        Action::Disable(_) => "disable".into(),
+        Action::Release => "release".into(),
+        other => format!("{other:?}"),
+    }
+}
+
+/// Drive `step` against `row.world` the way the executor does, recording every step.
+fn walk(row: &Row) -> (Vec<&'static str>, String, Option<bool>, Vec<String>) {
+    let settings = Settings::default();
+    let base = Input {
+        asker: Asker {
+            object: "agents/support",
+            uid: "uid-1",
+        },
+        spec: &row.spec,
+        status: &row.status,
+        generation: 4,
+        requested_at: None,
+        resolve: None,
+        approval: Approval::default(),
+        deleting: row.deleting,
+        blocker: row.blocker.clone(),
+        remote: None,
+        ledger: None,
+        record_outdated: false,
+        failures: 0,
+        timing: None,
+        now: Timestamp::from_second(NOW).unwrap(),
+        settings: &settings,
+    };
+    let mut gathered = Gathered::new(row.status.clone(), "uid-1", row.may_call, row.ledger_first);
+    let mut lost = 0;
+    let mut steps = Vec::new();
+    for _ in 0..20 {
+        match step(&gathered, &base) {
+            Step::Get => {
+                steps.push("get");
+                gathered.take_remote(row.world.remote.clone());
+            }
+            Step::ReadLedger => {
+                steps.push("read ledger");
+                if gathered.take_ledger(row.world.ledger.clone()) {
+                    steps.push("marker never sent");
+                }
+            }
+            Step::Adopt(adoption) => {
+                steps.push("adopt");
+                if let Some(owner) = row.world.claimed_by {
+                    steps.push("claim refused");
+                    gathered.take_conflict(owner.to_string());
+                    continue;
+                }
+                if adoption.ledger.is_some() && lost < row.world.lost_writes {
+                    lost += 1;
+                    steps.push("write lost");
+                    if gathered.take_lost_write("the object changed since it was read") {
+                        steps.push("read ledger");
+                        gathered.take_ledger(row.world.ledger.clone());
+                    }
+                    continue;
+                }
+                gathered.take_adoption(&adoption);
+            }
+            Step::Decided(decision) => {
+                let notes = decision.notes.iter().map(|n| n.reason.clone()).collect();
+                return (
+                    steps,
+                    action_name(&decision.action),
+                    decision.holds_slot,
+                    notes,
+                );
+            }
+        }
+    }
+    panic!("{}: no decision after 20 steps: {steps:?}", row.name);
+}
+
+fn world(remote: Observation, ledger: LedgerState) -> World {
+    World {
+        remote,
+        ledger,
+        lost_writes: 0,
+        claimed_by: None,
+    }
+}
+
+fn row(name: &'static str, status: AgentDynamicsStatus, world: World) -> Row {
+    Row {
+        name,
+        spec: spec(),
+        status,
+        deleting: false,
+        blocker: None,
+        may_call: true,
+        ledger_first: false,
+        world,
+        want_steps: &[],
+        want_action: "",
+        want_slot: None,
+        want_notes: &[],
+    }
+}
+
+#[test]
+fn a_pass_gathers_only_what_its_decision_needs_in_order() {
+    let s = spec();
+    let empty = || remote(None, None);
+    let ready = || remote(Some(RemoteStatus::Ready), Some("https://cdn/m1.glb"));
+    let rows = vec![
+        Row {
+            want_steps: &[],
+            want_action: "suspended",
+            ..row(
+                "suspended: nothing is read",
+                AgentDynamicsStatus::default(),
+                world(empty(), nothing_on_record()),
+            )
+        }
+        .with_spec(AgentDynamicsSpec {
+            suspend: true,
+            ..spec()
+        }),
+        Row {
+            blocker: Some(Blocker::Secret {
+                reason: "SecretNotFound".into(),
+                message: "secret agents/key not found".into(),
+            }),
+            may_call: false,
+            want_steps: &[],
+            want_action: "SecretNotFound",
+            ..row(
+                "blocked by its Secret: nothing is read",
+                AgentDynamicsStatus::default(),
+                world(empty(), nothing_on_record()),
+            )
+        },
+        Row {
+            blocker: Some(Blocker::Conflict {
+                owner: "agents/other".into(),
+            }),
+            want_steps: &[],
+            want_action: "Conflict",
+            ..row(
+                "another object owns the agent: nothing is read",
+                AgentDynamicsStatus::default(),
+                world(empty(), nothing_on_record()),
+            )
+        },
+        Row {
+            deleting: true,
+            want_steps: &[],
+            want_action: "disable",
+            ..row(
+                "deleted after a generation: disabled without a GET",
+                converged(&s),
+                world(ready(), nothing_on_record()),
+            )
+        },
+        Row {
+            may_call: false,
+            want_steps: &[],
+            want_action: "NoApiSecret",
+            ..row(
+                "no secret and no blocker: nothing is read, and it says why",
+                AgentDynamicsStatus::default(),
+                world(empty(), nothing_on_record()),
+            )
+        },
+        Row {
+            want_steps: &["get"],
+            want_action: "ready:Ready",
+            want_slot: Some(false),
+            ..row(
+                "converged: one GET, no ledger",
+                converged(&s),
+                world(ready(), nothing_on_record()),
+            )
+        },
+        Row {
+            want_steps: &["get"],
+            want_action: "Generating",
+            want_slot: Some(true),
+            ..row(
+                "generating remotely: one GET, holds a slot",
+                converged(&s),
+                world(
+                    remote(Some(RemoteStatus::Processing), Some("https://cdn/m1.glb")),
+                    nothing_on_record(),
+                ),
+            )
+        },
+        Row {
+            want_steps: &["get", "read ledger"],
+            want_action: "generate",
+            want_slot: Some(false),
+            ..row(
+                "new object, nothing anywhere: GET, then the ledger, then buy",
+                AgentDynamicsStatus::default(),
+                world(empty(), nothing_on_record()),
+            )
+        },
+        Row {
+            want_steps: &["get", "read ledger", "adopt"],
+            want_action: "update",
+            want_slot: Some(false),
+            want_notes: &["Adopted"],
+            ..row(
+                "existing dynamics, nothing on record: adopted, then switched on in the same pass",
+                AgentDynamicsStatus::default(),
+                world(ready(), nothing_on_record()),
+            )
+        },
+        Row {
+            want_steps: &[
+                "get",
+                "read ledger",
+                "adopt",
+                "write lost",
+                "read ledger",
+                "adopt",
+            ],
+            want_action: "update",
+            want_slot: Some(false),
+            want_notes: &["Adopted"],
+            ..row(
+                "an adoption write that loses once is read again and retried",
+                AgentDynamicsStatus::default(),
+                World {
+                    lost_writes: 1,
+                    ..world(ready(), nothing_on_record())
+                },
+            )
+        },
+        Row {
+            want_steps: &[
+                "get",
+                "read ledger",
+                "adopt",
+                "write lost",
+                "read ledger",
+                "adopt",
+                "write lost",
+                "read ledger",
+                "adopt",
+                "write lost",
+            ],
+            want_action: "LedgerUnavailable",
+            want_slot: Some(false),
+            ..row(
+                "an adoption write that loses every race gives up after LEDGER_ROUNDS",
+                AgentDynamicsStatus::default(),
+                World {
+                    lost_writes: LEDGER_ROUNDS,
+                    ..world(ready(), nothing_on_record())
+                },
+            )
+        },
+        Row {
+            want_steps: &["get", "read ledger", "adopt", "claim refused"],
+            want_action: "Conflict",
+            want_slot: Some(false),
+            ..row(
+                "another object of this process took the agent first: conflict, nothing adopted",
+                AgentDynamicsStatus::default(),
+                World {
+                    claimed_by: Some("agents/other"),
+                    ..world(ready(), nothing_on_record())
+                },
+            )
+        },
+        Row {
+            ledger_first: true,
+            want_steps: &["read ledger", "marker never sent", "get"],
+            want_action: "generate",
+            want_slot: Some(false),
+            ..row(
+                "a marker whose call is not on the ledger: checked first, the ledger read once, bought",
+                unanswered(&s, 30, true),
+                world(empty(), nothing_on_record()),
+            )
+        },
+        Row {
+            ledger_first: true,
+            want_steps: &["read ledger", "get"],
+            want_action: "GenerationOutcomePending",
+            want_slot: Some(true),
+            want_notes: &[],
+            ..row(
+                "a marker whose call is on the ledger: it may have been charged, nothing is sent",
+                unanswered(&s, 30, true),
+                world(empty(), with_our_call(&s)),
+            )
+        },
+        Row {
+            want_steps: &["get"],
+            want_action: "GenerationOutcomePending",
+            want_slot: Some(true),
+            ..row(
+                "a marker where the ledger is not written first: no ledger check, nothing is sent",
+                unanswered(&s, 30, true),
+                world(empty(), nothing_on_record()),
+            )
+        },
+        Row {
+            want_steps: &["get"],
+            want_action: "update",
+            want_slot: Some(false),
+            want_notes: &["GenerationAdopted"],
+            ..row(
+                "a marker whose job GET shows: the call landed, followed and switched on",
+                unanswered(&s, 30, false),
+                world(ready(), nothing_on_record()),
+            )
+        },
+    ];
+    for r in &rows {
+        let (steps, action, slot, notes) = walk(r);
+        assert_eq!(steps, r.want_steps, "{}: steps", r.name);
+        assert_eq!(action, r.want_action, "{}: action", r.name);
+        assert_eq!(slot, r.want_slot, "{}: slot", r.name);
+        assert_eq!(notes, r.want_notes, "{}: notes", r.name);
+    }
+}
+
+impl Row {
+    fn with_spec(self, spec: AgentDynamicsSpec) -> Row {
+        Row { spec, ..self }
+    }
+}
