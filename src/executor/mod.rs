@@ -1,5 +1,6 @@
-//! One reconcile pass with its I/O: GET, ask `reconcile::plan`, perform at most one POST or PUT,
-//! save the status. Shared by the controller (status in the status subresource, notes as Events)
+//! One reconcile pass with its I/O: gather what `reconcile::pass::step` asks for (the GET, the
+//! agent's purchase record, an adoption's ledger write) until it has decided, perform at most
+//! one POST or PUT, save the status. Shared by the controller (status in the status subresource, notes as Events)
 //! and the file mode (status in a state file, notes printed), so both follow the same rules,
 //! the same generation guard and the same crash-safety marker.
 
@@ -22,14 +23,14 @@ use crate::reconcile::desired::upgrade_recorded_keys;
 use crate::reconcile::guard::AccountGuards;
 use crate::reconcile::ledger::{self, Asker, LedgerState};
 use crate::reconcile::ownership::AgentClaims;
+use crate::reconcile::pass::{self, Decision, Gathered, Step, LEDGER_ROUNDS};
 use crate::reconcile::plan::{
-    holds_generation_slot, plan, report_error, Action, AdoptFrom, Blocker, Input, LedgerWrite,
-    Next, Observation, Purchase, RemoteError, Report, Settings, Write, CREDITS_PER_GENERATION,
+    plan, report_error, Action, Blocker, Input, LedgerWrite, Next, Observation, Purchase,
+    RemoteError, Report, Settings, Write, CREDITS_PER_GENERATION,
 };
 use crate::reconcile::reasons;
 use crate::reconcile::transitions::{
-    adopted, after_generate, after_update, record_generate_outcome, settle, take_in_remote,
-    with_marker,
+    after_generate, after_update, record_generate_outcome, settle, with_marker,
 };
 use crate::reconcile::Health;
 use crate::resource::{AgentDynamicsSpec, AgentDynamicsStatus, DynamicsLedgerSpec};
@@ -98,13 +99,7 @@ impl Access {
     }
 }
 
-/// Something worth telling the user (an Event in the cluster, a line in the file mode).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Note {
-    pub warning: bool,
-    pub reason: String,
-    pub message: String,
-}
+pub use crate::reconcile::pass::Note;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SaveError {
@@ -227,24 +222,6 @@ pub enum PassError {
         source: crate::api::ApiError,
     },
 }
-
-/// `plan`'s answer with the GET and the ledger it needed.
-struct Decided {
-    action: Action,
-    remote: Option<Observation>,
-    /// The stored status with what GET showed (and the marker settled against it).
-    status: AgentDynamicsStatus,
-    /// A generate call of unknown outcome was found to have landed.
-    adopted: bool,
-    /// The agent's purchase record, when it was read.
-    ledger: Option<LedgerState>,
-    /// Inputs taken as bought without a call, and from where.
-    took: Option<AdoptFrom>,
-}
-
-/// How many times one pass reads the ledger again after a write of its own lost a race, before
-/// it leaves the object for a later pass.
-const LEDGER_ROUNDS: usize = 3;
 
 /// What `plan` would do for an object, without doing it (for `dynamics-operator plan`).
 #[derive(Debug, Clone, PartialEq)]
@@ -422,35 +399,28 @@ impl Executor {
         // The stored status, with an accepted call this process has not written yet.
         let (stored, unrecorded) = self.with_unrecorded(obj);
         let stored = upgrade_recorded_keys(&stored, &obj.spec);
-        let decided = self
-            .decide(obj, &stored, secret, failures, now, sink, true)
+        let (gathered, decision) = self
+            .gather(obj, &stored, secret, failures, now, sink, true)
             .await;
-        let (action, remote, status) = (decided.action, decided.remote, decided.status);
-        let ledger_state = decided.ledger;
+        let Decision {
+            action,
+            holds_slot,
+            notes,
+        } = decision;
         let write_waits = matches!(&action, Action::Report(r) if r.write == Write::WithNext);
-        let mut input = self.input(obj, &status, remote.as_ref(), failures, now);
-        input.ledger = ledger_state.as_ref();
-        if decided.adopted {
-            sink.note(note(false, reasons::GENERATION_ADOPTED, "a generate call of unknown outcome did land (the API shows its job); it is followed, not sent again"));
+        let mut input = self.input(
+            obj,
+            &gathered.status,
+            gathered.remote.as_ref(),
+            failures,
+            now,
+        );
+        input.ledger = gathered.ledger.as_ref();
+        for note in notes {
+            sink.note(note);
         }
-        match decided.took {
-            Some(AdoptFrom::Existing) => sink.note(note(false, reasons::ADOPTED, &format!(
-                "agent {} already had dynamics and nothing was on record as bought for it: adopted for these inputs, nothing bought",
-                obj.spec.agent_id
-            ))),
-            Some(AdoptFrom::Ledger) => sink.note(note(false, reasons::ADOPTED, &format!(
-                "these generate inputs were already bought for agent {} (the purchase ledger has them): taken over, nothing bought",
-                obj.spec.agent_id
-            ))),
-            Some(AdoptFrom::Resolved) => sink.note(note(false, reasons::RESOLVED, &format!(
-                "resolved with accept: what the API shows for agent {} is taken as the purchase of these inputs; nothing was sent",
-                obj.spec.agent_id
-            ))),
-            None => {}
-        }
-        if let (Some(_), Some(secret)) = (&remote, secret) {
+        if let (Some(holding), Some(secret)) = (holds_slot, secret) {
             // Any GET that sees a generation end hands its slot on at once.
-            let holding = holds_generation_slot(&input);
             let at = self.epoch.elapsed();
             let due =
                 self.with_guard(|guards| guards.track(secret.account(), &obj.key, holding, at));
@@ -458,7 +428,7 @@ impl Executor {
             input.timing = self.timing(&obj.key);
         }
         let result = self
-            .act(obj, &input, action, status.clone(), secret, sink)
+            .act(obj, &input, action, gathered.status.clone(), secret, sink)
             .await;
         if woken {
             self.with_guard(|guards| guards.release(&obj.key));
@@ -513,14 +483,8 @@ impl Executor {
             (Action::Generate(_) | Action::Update { .. } | Action::Disable(_), None) => {
                 // `plan` asks for a call only once the secret resolved; were it ever to ask
                 // without one, nothing is sent and the object says why.
-                self.finish(
-                    obj,
-                    input,
-                    status,
-                    no_secret(obj, self.settings.stalled_retry),
-                    sink,
-                )
-                .await
+                self.finish(obj, input, status, pass::no_secret(input), sink)
+                    .await
             }
             (Action::Release, _) => {
                 release_claim(obj, sink).await;
@@ -533,8 +497,8 @@ impl Executor {
     /// GET, the ledger and plan only: no POST, no PUT, no write.
     pub async fn preview(&self, obj: &ObjectView, ledger: &mut impl LedgerStore) -> Preview {
         let status = upgrade_recorded_keys(&obj.status, &obj.spec);
-        let decided = self
-            .decide(
+        let (gathered, decision) = self
+            .gather(
                 obj,
                 &status,
                 obj.access.secret(),
@@ -545,15 +509,15 @@ impl Executor {
             )
             .await;
         Preview {
-            action: decided.action,
-            remote: decided.remote,
+            action: decision.action,
+            remote: gathered.remote,
         }
     }
 
-    /// Ask `plan`, doing the GET and the ledger read it asks for first, and taking adopted
-    /// inputs into the status (with their ledger write, unless `write` is false: a preview).
+    /// Do what `pass::step` asks for (the GET, the ledger's read, an adoption's claim and
+    /// ledger write, unless `write` is false: a preview) until it has decided.
     #[allow(clippy::too_many_arguments)]
-    async fn decide(
+    async fn gather(
         &self,
         obj: &ObjectView,
         stored: &AgentDynamicsStatus,
@@ -562,63 +526,29 @@ impl Executor {
         now: Timestamp,
         store: &mut impl LedgerStore,
         write: bool,
-    ) -> Decided {
-        let mut remote = None;
-        let mut status = stored.clone();
-        let mut adopted_call = false;
-        let mut ledger_state: Option<LedgerState> = None;
-        let mut outdated = false;
-        let mut took = None;
-        let mut rounds = 0;
-        // A marker whose pass died before recording the call's outcome: if the ledger, written
-        // before every call, has no call of ours for its key, the pass died before its call.
-        // The marker then holds nothing back, and the change is bought as if it never began.
-        let unanswered = status
-            .pending_generation
-            .as_ref()
-            .filter(|p| p.outcome.is_none() && p.ledger_first)
-            .map(|p| p.inputs_hash.clone());
-        if let (Some(key), true) = (unanswered, store.written_before_calls()) {
-            let read = store.read_ledger(&obj.spec.agent_id).await;
-            if let LedgerState::Read { record, .. } = &read {
-                if ledger::call_never_sent(record.as_ref(), &key, &obj.uid, true) {
-                    tracing::info!(object = %obj.key, key = %key, "a generate call prepared before a crash was never sent (the purchase ledger has no call for it); the change is bought now");
-                    status.pending_generation = None;
-                }
-            }
-            ledger_state = Some(read);
-        }
+    ) -> (Gathered, Decision) {
+        let base = self.input(obj, stored, None, failures, now);
+        let mut gathered = Gathered::new(
+            stored.clone(),
+            &obj.uid,
+            secret.is_some(),
+            store.written_before_calls(),
+        );
         loop {
-            let mut input = self.input(obj, &status, remote.as_ref(), failures, now);
-            input.ledger = ledger_state.as_ref();
-            input.record_outdated = outdated;
-            let action = plan(&input);
-            match action {
-                Action::Observe => {
+            match pass::step(&gathered, &base) {
+                Step::Get => {
                     let Some(secret) = secret else {
-                        // As in `act`: `plan` observes only once the secret resolved.
-                        return Decided {
-                            action: Action::Report(no_secret(obj, self.settings.stalled_retry)),
-                            remote,
-                            status,
-                            adopted: adopted_call,
-                            ledger: ledger_state,
-                            took,
-                        };
+                        unreachable!("`pass::step` asks for a GET only when a secret resolved")
                     };
-                    let observation = self.get_remote(obj, secret).await;
-                    if let Observation::Found(state) = &observation {
-                        let observed = take_in_remote(&status, state);
-                        status = observed.status;
-                        adopted_call = observed.adopted;
-                        outdated = observed.outdated;
+                    gathered.take_remote(self.get_remote(obj, secret).await);
+                }
+                Step::ReadLedger => {
+                    let read = store.read_ledger(&obj.spec.agent_id).await;
+                    if gathered.take_ledger(read) {
+                        tracing::info!(object = %obj.key, "a generate call prepared before a crash was never sent (the purchase ledger has no call for it); the change is bought now");
                     }
-                    remote = Some(observation);
                 }
-                Action::ConsultLedger => {
-                    ledger_state = Some(store.read_ledger(&obj.spec.agent_id).await);
-                }
-                Action::Adopt(adopt) => {
+                Step::Adopt(adoption) => {
                     if write {
                         // Adopting holds the agent like buying does (see `generate`).
                         let claimed = self
@@ -627,46 +557,22 @@ impl Executor {
                             .expect("claims lock")
                             .claim(&obj.spec.agent_id, &obj.key);
                         if let Err(owner) = claimed {
-                            input.blocker = Some(Blocker::Conflict { owner });
-                            return Decided {
-                                action: plan(&input),
-                                remote,
-                                status,
-                                adopted: adopted_call,
-                                ledger: ledger_state,
-                                took,
-                            };
+                            gathered.take_conflict(owner);
+                            continue;
                         }
-                    }
-                    if let (Some(change), true) = (&adopt.ledger, write) {
-                        match store.write_ledger(&obj.spec.agent_id, change).await {
-                            Ok(_) => {}
-                            Err(err) => {
-                                rounds += 1;
-                                ledger_state = Some(if rounds >= LEDGER_ROUNDS {
-                                    LedgerState::Unavailable(format!(
-                                        "it changed under {rounds} writes in a row ({err})"
-                                    ))
-                                } else {
-                                    store.read_ledger(&obj.spec.agent_id).await
-                                });
+                        if let Some(change) = &adoption.ledger {
+                            if let Err(err) = store.write_ledger(&obj.spec.agent_id, change).await {
+                                if gathered.take_lost_write(&err.to_string()) {
+                                    gathered
+                                        .take_ledger(store.read_ledger(&obj.spec.agent_id).await);
+                                }
                                 continue;
                             }
                         }
                     }
-                    status = adopted(&status, &adopt);
-                    took = Some(adopt.from);
+                    gathered.take_adoption(&adoption);
                 }
-                action => {
-                    return Decided {
-                        action,
-                        remote,
-                        status,
-                        adopted: adopted_call,
-                        ledger: ledger_state,
-                        took,
-                    }
-                }
+                Step::Decided(decision) => return (gathered, decision),
             }
         }
     }
@@ -1337,21 +1243,6 @@ fn change_and_wake<R>(
     result
 }
 
-/// A remote call asked for without a secret: never sent, and said. `plan` asks for calls only
-/// once the secret resolved (`Access::Granted`), so this is a guard, not a path users meet.
-fn no_secret(obj: &ObjectView, retry: Duration) -> Report {
-    Report::new(
-        Health::stalled(
-            reasons::NO_API_SECRET,
-            format!(
-                "no api-secret was resolved for agent {}: nothing is sent; set spec.apiSecretRef or give the operator one",
-                obj.spec.agent_id
-            ),
-        ),
-        retry,
-    )
-}
-
 /// A Warning note only when the object enters Stalled or changes its stalled reason, so a stuck
 /// object does not flood Events.
 fn newly_stalled(saved: Option<&AgentDynamicsStatus>, health: &Health) -> bool {
@@ -1372,11 +1263,7 @@ fn requeue_after(report: &Report) -> Next {
 }
 
 fn note(warning: bool, reason: &str, message: &str) -> Note {
-    Note {
-        warning,
-        reason: reason.to_string(),
-        message: message.to_string(),
-    }
+    Note::new(warning, reason, message)
 }
 
 #[cfg(test)]
