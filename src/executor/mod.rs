@@ -23,15 +23,13 @@ use crate::reconcile::desired::upgrade_recorded_keys;
 use crate::reconcile::guard::AccountGuards;
 use crate::reconcile::ledger::{self, Asker, LedgerState};
 use crate::reconcile::ownership::AgentClaims;
-use crate::reconcile::pass::{self, Decision, Gathered, Step, LEDGER_ROUNDS};
+use crate::reconcile::pass::{self, Decision, Folded, Gathered, Outcome, Step, LEDGER_ROUNDS};
 use crate::reconcile::plan::{
-    plan, report_error, Action, Blocker, Input, LedgerWrite, Next, Observation, Purchase,
-    RemoteError, Report, Settings, Write, CREDITS_PER_GENERATION,
+    plan, Action, Blocker, Input, LedgerWrite, Next, Observation, Purchase, RemoteError, Report,
+    Settings, Write, CREDITS_PER_GENERATION,
 };
 use crate::reconcile::reasons;
-use crate::reconcile::transitions::{
-    after_generate, after_update, record_generate_outcome, settle, with_marker,
-};
+use crate::reconcile::transitions::{record_generate_outcome, settle, with_marker};
 use crate::reconcile::Health;
 use crate::resource::{AgentDynamicsSpec, AgentDynamicsStatus, DynamicsLedgerSpec};
 
@@ -99,7 +97,7 @@ impl Access {
     }
 }
 
-pub use crate::reconcile::pass::Note;
+pub use crate::reconcile::pass::{GenerateCall, Note};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SaveError {
@@ -130,24 +128,6 @@ impl SaveError {
         SaveError::Store {
             action: action.into(),
             source: source.into(),
-        }
-    }
-}
-
-/// How a generate call ended, for counting (every call that may have been charged is counted).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GenerateCall {
-    Accepted,
-    Refused,
-    Unknown,
-}
-
-impl GenerateCall {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            GenerateCall::Accepted => "accepted",
-            GenerateCall::Refused => "refused",
-            GenerateCall::Unknown => "unknown",
         }
     }
 }
@@ -674,23 +654,25 @@ impl Executor {
             .update(secret, &obj.spec.agent_id, request)
             .await
             .map_err(|e| RemoteError::from(&e));
-        let (status, report) = after_update(input, dynamics_hash, outcome.as_ref());
-        if status.regenerations > input.status.regenerations {
+        let folded = pass::fold(
+            input,
+            Outcome::Updated {
+                dynamics_hash,
+                reply: outcome.as_ref(),
+            },
+        );
+        if folded.regenerating {
             sink.regeneration_started();
-            sink.note(note(
-                false,
-                reasons::REGENERATION_STARTED,
-                &format!(
-                    "the API answered the PUT for agent {} by regenerating its movements (regeneration {} of this object)",
-                    obj.spec.agent_id, status.regenerations
-                ),
-            ));
+        }
+        for note in folded.notes {
+            sink.note(note);
         }
         if outcome.is_ok() {
             // The Ready condition says it; an Event per PUT would only add an API-server write.
             tracing::info!(object = %obj.key, agent = %obj.spec.agent_id, "dynamics block applied");
         }
-        self.finish(obj, input, status, report, sink).await
+        self.finish(obj, input, folded.status, folded.report, sink)
+            .await
     }
 
     /// Deletion with `Disable`: one PUT with enabled=false. An agent that is gone remotely has
@@ -703,34 +685,21 @@ impl Executor {
         secret: &ApiSecret,
         sink: &mut impl StatusSink,
     ) -> Result<PassResult, PassError> {
-        let agent = &obj.spec.agent_id;
-        let released = match self.client.update(secret, agent, request).await {
-            Ok(_) => note(
-                false,
-                "DynamicsDisabled",
-                &format!("dynamics of agent {agent} switched off before deletion"),
-            ),
-            Err(err) if err.kind() == ApiErrorKind::NotFound => note(
-                false,
-                "RemoteGone",
-                &format!("agent {agent} no longer exists remotely; nothing to disable"),
-            ),
-            Err(err) => {
-                let report = report_error(&RemoteError::from(&err), input);
-                let message = format!(
-                    "{}; or set spec.deletionPolicy: Orphan to delete without calling the API",
-                    report.health.message()
-                );
-                let health = Health::stalled(report.health.reason(), message.clone());
+        let reply = self
+            .client
+            .update(secret, &obj.spec.agent_id, request)
+            .await;
+        let remote_error = reply.as_ref().err().map(RemoteError::from);
+        match (
+            pass::disabled(input, remote_error.as_ref().map_or(Ok(()), Err)),
+            reply,
+        ) {
+            (Ok(released), _) => sink.note(released),
+            (Err(report), Err(err)) => {
+                let message = report.health.message().to_string();
                 // Tell the user why deletion waits (best effort), then keep the finalizer.
                 let _ = self
-                    .finish(
-                        obj,
-                        input,
-                        input.status.clone(),
-                        Report { health, ..report },
-                        sink,
-                    )
+                    .finish(obj, input, input.status.clone(), report, sink)
                     .await;
                 return Err(PassError::Cleanup {
                     key: obj.key.clone(),
@@ -738,8 +707,10 @@ impl Executor {
                     source: err,
                 });
             }
-        };
-        sink.note(released);
+            (Err(_), Ok(_)) => {
+                unreachable!("`pass::disabled` keeps the finalizer only on an error")
+            }
+        }
         release_claim(obj, sink).await;
         self.forget(&obj.key);
         Ok(PassResult::Released)
@@ -787,10 +758,26 @@ impl Executor {
             timing: self.timing(&obj.key),
             ..input.clone()
         };
-        let (status, report) = after_generate(&marked_input, generate, outcome.as_ref());
-        let call = self
-            .account_for_call(obj, generate, &outcome, &status, &payer, sink)
-            .await;
+        let Folded {
+            status,
+            report,
+            notes,
+            call,
+            ..
+        } = pass::fold(
+            &marked_input,
+            Outcome::Generated {
+                purchase: generate,
+                reply: outcome.as_ref(),
+            },
+        );
+        // `fold` counts every generate call; were it ever not to, the call counts as one that
+        // may have been charged.
+        let call = call.unwrap_or(GenerateCall::Unknown);
+        for note in notes {
+            sink.note(note);
+        }
+        self.account_for_call(obj, generate, call, &payer, sink);
         if call == GenerateCall::Refused {
             let spent = Spent {
                 namespace: payer.namespace,
@@ -999,46 +986,19 @@ impl Executor {
         outcome
     }
 
-    /// What the call's outcome tells the user, the metrics and the spend log; a refusal also
-    /// gives the slot back. `status` is the status after the call.
-    async fn account_for_call(
+    /// What the call's outcome tells the metrics and the spend log; a refusal also gives the
+    /// slot back.
+    fn account_for_call(
         &self,
         obj: &ObjectView,
         generate: &Purchase,
-        outcome: &Result<GenerateReply, RemoteError>,
-        status: &AgentDynamicsStatus,
+        call: GenerateCall,
         payer: &Payer<'_>,
         sink: &mut impl StatusSink,
-    ) -> GenerateCall {
-        let agent = &obj.spec.agent_id;
-        let call = match outcome {
-            Ok(_) => {
-                sink.note(note(
-                    false,
-                    reasons::GENERATION_STARTED,
-                    &format!(
-                        "generation {} started for agent {agent} ({CREDITS_PER_GENERATION} credits)",
-                        status.generations
-                    ),
-                ));
-                GenerateCall::Accepted
-            }
-            Err(err) if err.refused => {
-                self.with_guard(|guards| guards.cancel(&obj.key));
-                GenerateCall::Refused
-            }
-            Err(err) => {
-                sink.note(note(
-                    true,
-                    reasons::GENERATION_OUTCOME_PENDING,
-                    &format!(
-                        "the generate call for agent {agent} got no definite answer ({}); it may have been charged ({CREDITS_PER_GENERATION} credits) and is never sent again automatically",
-                        err.message
-                    ),
-                ));
-                GenerateCall::Unknown
-            }
-        };
+    ) {
+        if call == GenerateCall::Refused {
+            self.with_guard(|guards| guards.cancel(&obj.key));
+        }
         sink.generate_called(call, &payer.account);
         if call != GenerateCall::Refused {
             // One line per call that may have been charged: the spend report of the logs.
@@ -1047,7 +1007,7 @@ impl Executor {
                 target: "dynamics_operator::spend",
                 object = %obj.key,
                 uid = %obj.uid,
-                agent = %agent,
+                agent = %obj.spec.agent_id,
                 key = %generate.inputs_hash,
                 cause = ?generate.cause,
                 changed = %changed.join(","),
@@ -1057,7 +1017,6 @@ impl Executor {
                 "paid generate call"
             );
         }
-        call
     }
 
     /// Like `finish`, but a conflicting write re-reads the status and re-applies `record` to it:

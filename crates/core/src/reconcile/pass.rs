@@ -3,17 +3,21 @@
 //! write), one at a time; once nothing more is needed it returns the `Decision`: the action,
 //! whether the object holds a generation slot as GET showed it, and what gathering found that
 //! the user is told. Pure: the executor does the I/O `step` names and hands each result back
-//! through `Gathered`, so the order of reads and writes is decided here, in one place.
+//! through `Gathered`, so the order of reads and writes is decided here, in one place. After
+//! the one remote call, `fold` turns its outcome into the status to write, the report and the
+//! notes (`disabled` for the PUT of a deletion).
 
 use crate::resource::AgentDynamicsStatus;
+use crate::wire::{ApiErrorKind, GenerateReply, UpdateReply};
 
 use super::conditions::Health;
 use super::ledger::{self, LedgerState};
 use super::plan::{
-    holds_generation_slot, plan, Action, AdoptFrom, Adoption, Blocker, Input, Observation, Report,
+    holds_generation_slot, plan, report_error, Action, AdoptFrom, Adoption, Blocker, Input,
+    Observation, Purchase, RemoteError, Report, CREDITS_PER_GENERATION,
 };
 use super::reasons;
-use super::transitions::{adopted, take_in_remote};
+use super::transitions::{adopted, after_generate, after_update, take_in_remote};
 
 /// How many times one pass reads the ledger again after a write of its own lost a race, before
 /// it leaves the object for a later pass.
@@ -252,4 +256,147 @@ pub fn no_secret(input: &Input) -> Report {
         ),
         input.settings.stalled_retry,
     )
+}
+
+/// How a generate call ended, for counting (every call that may have been charged is counted).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GenerateCall {
+    Accepted,
+    /// Certainly not taken: its generation slot and its ledger entry are given back.
+    Refused,
+    Unknown,
+}
+
+impl GenerateCall {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            GenerateCall::Accepted => "accepted",
+            GenerateCall::Refused => "refused",
+            GenerateCall::Unknown => "unknown",
+        }
+    }
+}
+
+/// The reply of the one remote call a pass made.
+#[derive(Debug, Clone, Copy)]
+pub enum Outcome<'a> {
+    /// The POST of `purchase`.
+    Generated {
+        purchase: &'a Purchase,
+        reply: Result<&'a GenerateReply, &'a RemoteError>,
+    },
+    /// The PUT of the dynamics block whose hash is `dynamics_hash`.
+    Updated {
+        dynamics_hash: &'a str,
+        reply: Result<&'a UpdateReply, &'a RemoteError>,
+    },
+}
+
+/// What a remote call's outcome leaves.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Folded {
+    pub status: AgentDynamicsStatus,
+    pub report: Report,
+    /// What the user is told.
+    pub notes: Vec<Note>,
+    /// How a generate call ended (`None`: no generate call).
+    pub call: Option<GenerateCall>,
+    /// The API answered the PUT by regenerating the movements.
+    pub regenerating: bool,
+}
+
+/// The status, report and notes a remote call's outcome leaves. `input.status` is the status
+/// the call was made from (for a generate call, the one carrying its marker).
+pub fn fold(input: &Input, outcome: Outcome) -> Folded {
+    let agent = &input.spec.agent_id;
+    match outcome {
+        Outcome::Generated { purchase, reply } => {
+            let (status, report) = after_generate(input, purchase, reply);
+            let (call, note) = match reply {
+                Ok(_) => (
+                    GenerateCall::Accepted,
+                    Some(Note::new(
+                        false,
+                        reasons::GENERATION_STARTED,
+                        &format!(
+                            "generation {} started for agent {agent} ({CREDITS_PER_GENERATION} credits)",
+                            status.generations
+                        ),
+                    )),
+                ),
+                Err(err) if err.refused => (GenerateCall::Refused, None),
+                Err(err) => (
+                    GenerateCall::Unknown,
+                    Some(Note::new(
+                        true,
+                        reasons::GENERATION_OUTCOME_PENDING,
+                        &format!(
+                            "the generate call for agent {agent} got no definite answer ({}); it may have been charged ({CREDITS_PER_GENERATION} credits) and is never sent again automatically",
+                            err.message
+                        ),
+                    )),
+                ),
+            };
+            Folded {
+                status,
+                report,
+                notes: note.into_iter().collect(),
+                call: Some(call),
+                regenerating: false,
+            }
+        }
+        Outcome::Updated {
+            dynamics_hash,
+            reply,
+        } => {
+            let (status, report) = after_update(input, dynamics_hash, reply);
+            let regenerating = status.regenerations > input.status.regenerations;
+            let notes = if regenerating {
+                vec![Note::new(
+                    false,
+                    reasons::REGENERATION_STARTED,
+                    &format!(
+                        "the API answered the PUT for agent {agent} by regenerating its movements (regeneration {} of this object)",
+                        status.regenerations
+                    ),
+                )]
+            } else {
+                Vec::new()
+            };
+            Folded {
+                status,
+                report,
+                notes,
+                call: None,
+                regenerating,
+            }
+        }
+    }
+}
+
+/// The disabling PUT of a deletion: the note of a released object (an agent gone remotely has
+/// nothing to disable), or the stall that keeps the finalizer and says how to let go.
+pub fn disabled(input: &Input, reply: Result<(), &RemoteError>) -> Result<Note, Report> {
+    let agent = &input.spec.agent_id;
+    match reply {
+        Ok(()) => Ok(Note::new(
+            false,
+            "DynamicsDisabled",
+            &format!("dynamics of agent {agent} switched off before deletion"),
+        )),
+        Err(err) if err.kind == ApiErrorKind::NotFound => Ok(Note::new(
+            false,
+            "RemoteGone",
+            &format!("agent {agent} no longer exists remotely; nothing to disable"),
+        )),
+        Err(err) => {
+            let report = report_error(err, input);
+            let message = format!(
+                "{}; or set spec.deletionPolicy: Orphan to delete without calling the API",
+                report.health.message()
+            );
+            let health = Health::stalled(report.health.reason(), message);
+            Err(Report { health, ..report })
+        }
+    }
 }

@@ -2,16 +2,19 @@
 
 use jiff::Timestamp;
 
-use super::desired::inputs_hash;
+use super::desired::{dynamics_hash, inputs_hash};
 use super::ledger::{Asker, LedgerState};
-use super::pass::{step, Gathered, Step, LEDGER_ROUNDS};
-use super::plan::{Action, Approval, Blocker, Input, Observation, Settings};
-use super::plan_tests::{self, ago, remote, spec, NOW};
+use super::pass::{disabled, fold, step, Gathered, GenerateCall, Outcome, Step, LEDGER_ROUNDS};
+use super::plan::{
+    plan, Action, Approval, Blocker, Input, Observation, Purchase, RemoteError, Settings,
+};
+use super::plan_tests::{self, ago, generated_not_applied, remote, spec, NOW};
+use super::transitions::with_marker;
 use super::Health;
 use crate::resource::{
     AgentDynamicsSpec, AgentDynamicsStatus, DynamicsLedgerSpec, LedgerPurchase, PendingGeneration,
 };
-use crate::wire::RemoteStatus;
+use crate::wire::{ApiErrorKind, GenerateReply, Regeneration, RemoteStatus, UpdateReply};
 
 /// Converged, as its last GET showed the agent.
 fn converged(spec: &AgentDynamicsSpec) -> AgentDynamicsStatus {
@@ -112,25 +115,9 @@ fn action_name(action: &Action) -> String {
 fn walk(row: &Row) -> (Vec<&'static str>, String, Option<bool>, Vec<String>) {
     let settings = Settings::default();
     let base = Input {
-        asker: Asker {
-            object: "agents/support",
-            uid: "uid-1",
-        },
-        spec: &row.spec,
-        status: &row.status,
-        generation: 4,
-        requested_at: None,
-        resolve: None,
-        approval: Approval::default(),
         deleting: row.deleting,
         blocker: row.blocker.clone(),
-        remote: None,
-        ledger: None,
-        record_outdated: false,
-        failures: 0,
-        timing: None,
-        now: Timestamp::from_second(NOW).unwrap(),
-        settings: &settings,
+        ..input_for(&row.spec, &row.status, None, None, &settings)
     };
     let mut gathered = Gathered::new(row.status.clone(), "uid-1", row.may_call, row.ledger_first);
     let mut lost = 0;
@@ -429,5 +416,259 @@ fn a_pass_gathers_only_what_its_decision_needs_in_order() {
 impl Row {
     fn with_spec(self, spec: AgentDynamicsSpec) -> Row {
         Row { spec, ..self }
+    }
+}
+
+/// The status a generate call for `spec()` is made from, with the purchase it makes.
+fn marked_purchase() -> (AgentDynamicsStatus, Purchase) {
+    let settings = Settings::default();
+    let s = spec();
+    let status = AgentDynamicsStatus::default();
+    let nothing = nothing_on_record();
+    let empty = remote(None, None);
+    let input = input_for(&s, &status, Some(&empty), Some(&nothing), &settings);
+    let Action::Generate(purchase) = plan(&input) else {
+        panic!("a new object with nothing anywhere buys");
+    };
+    let marked = with_marker(&status, &purchase, None, input.now);
+    (marked, purchase)
+}
+
+fn input_for<'a>(
+    spec: &'a AgentDynamicsSpec,
+    status: &'a AgentDynamicsStatus,
+    remote: Option<&'a Observation>,
+    ledger: Option<&'a LedgerState>,
+    settings: &'a Settings,
+) -> Input<'a> {
+    Input {
+        asker: Asker {
+            object: "agents/support",
+            uid: "uid-1",
+        },
+        spec,
+        status,
+        generation: 4,
+        requested_at: None,
+        resolve: None,
+        approval: Approval::default(),
+        deleting: false,
+        blocker: None,
+        remote,
+        ledger,
+        record_outdated: false,
+        failures: 0,
+        timing: None,
+        now: Timestamp::from_second(NOW).unwrap(),
+        settings,
+    }
+}
+
+fn error(kind: ApiErrorKind) -> RemoteError {
+    RemoteError::of_kind(kind, format!("{kind:?}"))
+}
+
+/// A remote call's outcome and what it must leave.
+struct FoldRow<'a> {
+    name: &'a str,
+    /// The status the call was made from.
+    from: &'a AgentDynamicsStatus,
+    outcome: Outcome<'a>,
+    reason: &'a str,
+    generations: i64,
+    /// The marker stays.
+    marker: bool,
+    call: Option<GenerateCall>,
+    regenerating: bool,
+    notes: &'a [&'a str],
+}
+
+/// A disabling PUT's reply, and the note (released) or the reason (kept) it must give.
+type DisableRow<'a> = (
+    &'a str,
+    Result<(), &'a RemoteError>,
+    Result<&'a str, &'a str>,
+);
+
+#[test]
+fn an_outcome_folds_into_the_status_the_report_and_the_notes() {
+    let settings = Settings::default();
+    let s = spec();
+    let (marked, purchase) = marked_purchase();
+    let accepted = GenerateReply {
+        message: None,
+        agent_id: None,
+        status: Some(RemoteStatus::Processing),
+    };
+    let plain = UpdateReply::default();
+    let regenerating = UpdateReply {
+        regeneration: Some(Regeneration::Started),
+        ..UpdateReply::default()
+    };
+    let refused = error(ApiErrorKind::InsufficientCredits);
+    let timeout = error(ApiErrorKind::Timeout);
+    let server = error(ApiErrorKind::Server);
+    let applied = generated_not_applied(&s);
+    let dh = dynamics_hash(&s);
+    let rows = vec![
+        FoldRow {
+            name: "generate accepted: counted, said, the marker kept until GET shows the job",
+            from: &marked,
+            outcome: Outcome::Generated {
+                purchase: &purchase,
+                reply: Ok(&accepted),
+            },
+            reason: "GenerationStarted",
+            generations: 1,
+            marker: true,
+            call: Some(GenerateCall::Accepted),
+            regenerating: false,
+            notes: &["GenerationStarted"],
+        },
+        FoldRow {
+            name:
+                "generate refused before processing: nothing counted, the marker cleared, no note",
+            from: &marked,
+            outcome: Outcome::Generated {
+                purchase: &purchase,
+                reply: Err(&refused),
+            },
+            reason: "InsufficientCredits",
+            generations: 0,
+            marker: false,
+            call: Some(GenerateCall::Refused),
+            regenerating: false,
+            notes: &[],
+        },
+        FoldRow {
+            name:
+                "generate with no definite answer: counted as maybe charged, warned, never resent",
+            from: &marked,
+            outcome: Outcome::Generated {
+                purchase: &purchase,
+                reply: Err(&timeout),
+            },
+            reason: "GenerationOutcomePending",
+            generations: 1,
+            marker: true,
+            call: Some(GenerateCall::Unknown),
+            regenerating: false,
+            notes: &["GenerationOutcomePending"],
+        },
+        FoldRow {
+            name: "update applied: ready, no note (the condition says it)",
+            from: &applied,
+            outcome: Outcome::Updated {
+                dynamics_hash: &dh,
+                reply: Ok(&plain),
+            },
+            reason: "Ready",
+            generations: 1,
+            marker: false,
+            call: None,
+            regenerating: false,
+            notes: &[],
+        },
+        FoldRow {
+            name: "update answered by a regeneration: said and counted",
+            from: &applied,
+            outcome: Outcome::Updated {
+                dynamics_hash: &dh,
+                reply: Ok(&regenerating),
+            },
+            reason: "Regenerating",
+            generations: 1,
+            marker: false,
+            call: None,
+            regenerating: true,
+            notes: &["RegenerationStarted"],
+        },
+        FoldRow {
+            name: "update failed: backs off, nothing said",
+            from: &applied,
+            outcome: Outcome::Updated {
+                dynamics_hash: &dh,
+                reply: Err(&server),
+            },
+            reason: "RemoteError",
+            generations: 1,
+            marker: false,
+            call: None,
+            regenerating: false,
+            notes: &[],
+        },
+    ];
+    for FoldRow {
+        name,
+        from,
+        outcome,
+        reason,
+        generations,
+        marker,
+        call,
+        regenerating,
+        notes,
+    } in rows
+    {
+        let input = input_for(&s, from, None, None, &settings);
+        let folded = fold(&input, outcome);
+        assert_eq!(folded.report.health.reason(), reason, "{name}: reason");
+        assert_eq!(
+            folded.status.generations, generations,
+            "{name}: generations"
+        );
+        assert_eq!(
+            folded.status.pending_generation.is_some(),
+            marker,
+            "{name}: marker"
+        );
+        assert_eq!(folded.call, call, "{name}: call");
+        assert_eq!(folded.regenerating, regenerating, "{name}: regenerating");
+        let got: Vec<&str> = folded.notes.iter().map(|n| n.reason.as_str()).collect();
+        assert_eq!(got, notes, "{name}: notes");
+    }
+}
+
+#[test]
+fn a_disabling_put_releases_unless_the_api_refuses_it() {
+    let settings = Settings::default();
+    let s = spec();
+    let status = converged(&s);
+    let input = input_for(&s, &status, None, None, &settings);
+    let gone = error(ApiErrorKind::NotFound);
+    let unauthorized = error(ApiErrorKind::Unauthorized);
+    let server = error(ApiErrorKind::Server);
+    let rows: Vec<DisableRow> = vec![
+        ("switched off", Ok(()), Ok("DynamicsDisabled")),
+        (
+            "gone remotely: nothing to disable",
+            Err(&gone),
+            Ok("RemoteGone"),
+        ),
+        (
+            "refused: stalled, the finalizer kept",
+            Err(&unauthorized),
+            Err("Unauthorized"),
+        ),
+        (
+            "a server error: kept, backing off",
+            Err(&server),
+            Err("RemoteError"),
+        ),
+    ];
+    for (name, reply, want) in rows {
+        match (disabled(&input, reply), want) {
+            (Ok(note), Ok(reason)) => assert_eq!(note.reason, reason, "{name}"),
+            (Err(report), Err(reason)) => {
+                assert_eq!(report.health.reason(), reason, "{name}");
+                assert!(
+                    report.health.message().ends_with(
+                        "; or set spec.deletionPolicy: Orphan to delete without calling the API"
+                    ),
+                    "{name}: says how to let go"
+                );
+            }
+            (got, want) => panic!("{name}: got {got:?}, want {want:?}"),
+        }
     }
 }

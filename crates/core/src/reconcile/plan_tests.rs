@@ -72,7 +72,7 @@ pub(super) fn converged(spec: &AgentDynamicsSpec) -> AgentDynamicsStatus {
     }
 }
 
-fn generated_not_applied(spec: &AgentDynamicsSpec) -> AgentDynamicsStatus {
+pub(super) fn generated_not_applied(spec: &AgentDynamicsSpec) -> AgentDynamicsStatus {
     AgentDynamicsStatus {
         dynamics_hash: None,
         applied_for_generation: None,
