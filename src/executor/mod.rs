@@ -23,13 +23,14 @@ use crate::reconcile::desired::upgrade_recorded_keys;
 use crate::reconcile::guard::AccountGuards;
 use crate::reconcile::ledger::{self, Asker, LedgerState};
 use crate::reconcile::ownership::AgentClaims;
-use crate::reconcile::pass::{self, Decision, Folded, Gathered, Outcome, Step, LEDGER_ROUNDS};
+use crate::reconcile::pass::{
+    self, BeforeCall, Decision, Folded, Gathered, HeldBack, Outcome, Payer, Step, LEDGER_ROUNDS,
+};
 use crate::reconcile::plan::{
-    plan, Action, Blocker, Input, LedgerWrite, Next, Observation, Purchase, RemoteError, Report,
+    Action, Blocker, Input, LedgerWrite, Next, Observation, Purchase, RemoteError, Report,
     Settings, Write, CREDITS_PER_GENERATION,
 };
-use crate::reconcile::reasons;
-use crate::reconcile::transitions::{record_generate_outcome, settle, with_marker};
+use crate::reconcile::transitions::{record_generate_outcome, settle};
 use crate::reconcile::Health;
 use crate::resource::{AgentDynamicsSpec, AgentDynamicsStatus, DynamicsLedgerSpec};
 
@@ -728,28 +729,33 @@ impl Executor {
         secret: &ApiSecret,
         sink: &mut impl StatusSink,
     ) -> Result<PassResult, PassError> {
-        if let Err(report) = self.hold(obj, input, secret) {
-            return self.finish(obj, input, status, report, sink).await;
-        }
+        let account = secret.fingerprint();
         let payer = Payer {
             namespace: obj.key.split_once('/').map_or("", |(ns, _)| ns),
-            account: secret.fingerprint(),
+            account: &account,
         };
-        let warnings = match self.reserve_budget(obj, input, &payer, sink) {
+        let warnings = match self.hold(obj, input.now, secret, payer) {
             Ok(warnings) => warnings,
-            Err(report) => return self.finish(obj, input, status, report, sink).await,
+            Err(held) => {
+                let waiting = pass::waiting(input, held);
+                if let Some(budget) = &waiting.budget_wait {
+                    sink.budget_wait(budget);
+                }
+                for note in waiting.notes {
+                    sink.note(note);
+                }
+                return self.finish(obj, input, status, waiting.report, sink).await;
+            }
         };
-        let mut purchase = generate.ledger.clone();
-        purchase.record = budget::with_spend(
-            &purchase.record,
-            input.now,
-            payer.namespace,
-            &payer.account,
-            CREDITS_PER_GENERATION as i64,
+        let before = pass::before_call(
+            input,
+            generate,
+            payer,
+            sink.written_before_calls(),
+            &warnings,
         );
-        let (marked, ledger_version) = self
-            .mark_and_record(obj, input, status, generate, &purchase, &warnings, sink)
-            .await?;
+        let purchase = before.purchase.clone();
+        let (marked, ledger_version) = self.mark_and_record(obj, before, sink).await?;
 
         let outcome = self.send(obj, generate, secret).await;
 
@@ -777,11 +783,11 @@ impl Executor {
         for note in notes {
             sink.note(note);
         }
-        self.account_for_call(obj, generate, call, &payer, sink);
+        self.account_for_call(obj, generate, call, payer, sink);
         if call == GenerateCall::Refused {
             let spent = Spent {
                 namespace: payer.namespace,
-                account: &payer.account,
+                account: payer.account,
                 at: input.now,
             };
             let undone = undo_ledger_call(
@@ -818,74 +824,43 @@ impl Executor {
         .await
     }
 
-    /// The agent for this object (two objects whose views of each other raced: the first to get
-    /// here owns it) and a generation slot of its account; else the report of why it waits.
-    fn hold(&self, obj: &ObjectView, input: &Input<'_>, secret: &ApiSecret) -> Result<(), Report> {
+    /// What a generate call needs held, taken in this order: the agent for this object (two
+    /// objects whose views of each other raced: the first to get here owns it), a generation
+    /// slot of its account, then room in the budgets against the spend every ledger record
+    /// shows (the slot given back when there is none). Returns the budgets this call takes to
+    /// their warning threshold, or what it could not get.
+    fn hold(
+        &self,
+        obj: &ObjectView,
+        now: Timestamp,
+        secret: &ApiSecret,
+        payer: Payer<'_>,
+    ) -> Result<Vec<Standing>, HeldBack> {
         // A woken waiter comes back at once; the long fallback only covers a lost wake-up.
         let retry = if self.wake.is_some() {
             self.settings.stalled_retry
         } else {
             self.settings.poll_min
         };
-        let claimed = self
-            .claims
+        self.claims
             .lock()
             .expect("claims lock")
-            .claim(&obj.spec.agent_id, &obj.key);
-        if let Err(owner) = claimed {
-            let blocked = Input {
-                blocker: Some(Blocker::Conflict { owner }),
-                ..input.clone()
-            };
-            let Action::Report(report) = plan(&blocked) else {
-                unreachable!("a Conflict blocker always reports")
-            };
-            return Err(report);
-        }
+            .claim(&obj.spec.agent_id, &obj.key)
+            .map_err(|owner| HeldBack::Agent { owner })?;
         let account = secret.account();
         let at = self.epoch.elapsed();
         self.with_guard(|guards| guards.try_start(account, &obj.key, at, retry))
-            .map_err(|refusal| {
-                Report::new(
-                    Health::progressing(refusal.reason, refusal.message),
-                    refusal.retry_after,
-                )
-            })
-    }
-
-    /// The budgets, against the spend every ledger record shows: the warnings to give once the
-    /// purchase is on record, or the wait of a generation no budget has room for (its slot given
-    /// back). The spend of this call goes on the agent's record with the purchase (one write).
-    fn reserve_budget(
-        &self,
-        obj: &ObjectView,
-        input: &Input<'_>,
-        payer: &Payer<'_>,
-        sink: &mut impl StatusSink,
-    ) -> Result<Vec<Standing>, Report> {
+            .map_err(HeldBack::Slot)?;
         let charge = Charge {
             namespace: payer.namespace,
-            account: &payer.account,
+            account: payer.account,
             credits: CREDITS_PER_GENERATION,
-            now: input.now,
+            now,
         };
         match self.budgets.as_deref().map(|b| b.reserve(&obj.key, charge)) {
             Some(BudgetCheck::Over(standing)) => {
                 self.with_guard(|guards| guards.cancel(&obj.key));
-                let report = budget_wait(&standing, input.now);
-                let already = input.status.conditions.iter().any(|c| {
-                    c.type_ == crate::resource::status::CONDITION_RECONCILING
-                        && c.reason == reasons::BUDGET_EXCEEDED
-                });
-                if !already {
-                    sink.budget_wait(&standing.budget);
-                    sink.note(note(
-                        true,
-                        reasons::BUDGET_EXCEEDED,
-                        report.health.message(),
-                    ));
-                }
-                Err(report)
+                Err(HeldBack::Budget(standing))
             }
             Some(BudgetCheck::Within { warnings }) => Ok(warnings),
             None => Ok(Vec::new()),
@@ -896,33 +871,17 @@ impl Executor {
     /// nothing is sent), then the purchase on the agent's ledger record. Returns the status as
     /// marked and the ledger record's new version. Any failure gives back the slot and the
     /// budget; a failed ledger write also takes the marker back.
-    #[allow(clippy::too_many_arguments)]
     async fn mark_and_record(
         &self,
         obj: &ObjectView,
-        input: &Input<'_>,
-        status: AgentDynamicsStatus,
-        generate: &Purchase,
-        purchase: &LedgerWrite,
-        warnings: &[Standing],
+        before: BeforeCall,
         sink: &mut impl StatusSink,
     ) -> Result<(AgentDynamicsStatus, Option<String>), PassError> {
-        let before = match input.remote {
-            Some(Observation::Found(state)) => Some(state),
-            _ => None,
-        };
-        let mut marker = with_marker(&status, generate, before, input.now);
-        if let Some(pending) = &mut marker.pending_generation {
-            pending.ledger_first = sink.written_before_calls();
-        }
-        let sending = Report::new(
-            Health::progressing(
-                reasons::GENERATION_STARTED,
-                format!("one generate call is sent for these inputs ({CREDITS_PER_GENERATION} credits); waiting for its job to finish"),
-            ),
-            self.settings.poll_min,
-        );
-        let marked = settle(input, marker, &sending);
+        let BeforeCall {
+            marked,
+            purchase,
+            notes,
+        } = before;
         if let Err(err) = sink.save(&marked).await {
             // Someone else wrote first (another replica, an edit, a deletion); they own this
             // change. Nothing was sent, and nothing was put on the ledger.
@@ -935,18 +894,14 @@ impl Executor {
         // that read the same record fails here and sends nothing. After the marker, so that a
         // crash in between is the marker's known window (a call that may have been sent), never
         // a purchase on record with no call behind it.
-        match sink.write_ledger(&obj.spec.agent_id, purchase).await {
+        match sink.write_ledger(&obj.spec.agent_id, &purchase).await {
             Ok(version) => {
                 if let Some(budgets) = &self.budgets {
                     let name = ledger::record_name(&obj.spec.agent_id);
                     budgets.settle(&obj.key, &name, &purchase.record);
                 }
-                for standing in warnings {
-                    sink.note(note(
-                        true,
-                        reasons::BUDGET_WARNING,
-                        &budget_warning(standing),
-                    ));
+                for note in notes {
+                    sink.note(note);
                 }
                 Ok((marked, version))
             }
@@ -993,13 +948,13 @@ impl Executor {
         obj: &ObjectView,
         generate: &Purchase,
         call: GenerateCall,
-        payer: &Payer<'_>,
+        payer: Payer<'_>,
         sink: &mut impl StatusSink,
     ) {
         if call == GenerateCall::Refused {
             self.with_guard(|guards| guards.cancel(&obj.key));
         }
-        sink.generate_called(call, &payer.account);
+        sink.generate_called(call, payer.account);
         if call != GenerateCall::Refused {
             // One line per call that may have been charged: the spend report of the logs.
             let changed = ledger::changed_inputs(&generate.ledger.record, &generate.inputs_hash);
@@ -1069,12 +1024,6 @@ impl Executor {
     }
 }
 
-/// Who pays for a generate call: the object's namespace and the account's fingerprint.
-struct Payer<'a> {
-    namespace: &'a str,
-    account: String,
-}
-
 fn asker(obj: &ObjectView) -> Asker<'_> {
     Asker {
         object: &obj.key,
@@ -1126,32 +1075,6 @@ async fn undo_ledger_call(
     }
     tracing::warn!(object = %obj.key, agent = %agent, "a refused generate call could not be taken off the purchase ledger; the object will not buy these inputs automatically");
     None
-}
-
-/// The wait of an object whose generation a budget has no room for, until its period ends.
-fn budget_wait(standing: &Standing, now: Timestamp) -> Report {
-    let wait = standing
-        .frees_at
-        .duration_since(now)
-        .try_into()
-        .unwrap_or(Duration::ZERO)
-        .max(Duration::from_secs(1));
-    let message = format!(
-        "budget {} has no room for this generation ({CREDITS_PER_GENERATION} credits): {} of {} credits spent in its period; nothing is sent until it frees at {} (in {})",
-        standing.budget,
-        standing.spent,
-        standing.limit,
-        standing.frees_at,
-        humantime::format_duration(Duration::from_secs(wait.as_secs())),
-    );
-    Report::new(Health::progressing(reasons::BUDGET_EXCEEDED, message), wait)
-}
-
-fn budget_warning(standing: &Standing) -> String {
-    format!(
-        "budget {}: {} of {} credits spent in its period with this generation; it frees at {}",
-        standing.budget, standing.spent, standing.limit, standing.frees_at
-    )
 }
 
 /// Deletion releases the object's claim on its agent; the purchases stay on record. Best

@@ -3,21 +3,34 @@
 //! write), one at a time; once nothing more is needed it returns the `Decision`: the action,
 //! whether the object holds a generation slot as GET showed it, and what gathering found that
 //! the user is told. Pure: the executor does the I/O `step` names and hands each result back
-//! through `Gathered`, so the order of reads and writes is decided here, in one place. After
-//! the one remote call, `fold` turns its outcome into the status to write, the report and the
-//! notes (`disabled` for the PUT of a deletion).
+//! through `Gathered`, so the order of reads and writes is decided here, in one place.
+//!
+//! A generate call then needs what the executor holds for it (the agent's claim, a generation
+//! slot, room in the budgets): `waiting` says what a pass that could not take one of them
+//! writes, `before_call` the marked status and the purchase record written before the call.
+//! After the one remote call, `fold` turns its outcome into the status to write, the report
+//! and the notes (`disabled` for the PUT of a deletion).
 
+use std::time::Duration;
+
+use jiff::Timestamp;
+
+use crate::resource::status::CONDITION_RECONCILING;
 use crate::resource::AgentDynamicsStatus;
 use crate::wire::{ApiErrorKind, GenerateReply, UpdateReply};
 
+use super::budget::{self, Standing};
 use super::conditions::Health;
+use super::guard::Refusal;
 use super::ledger::{self, LedgerState};
 use super::plan::{
     holds_generation_slot, plan, report_error, Action, AdoptFrom, Adoption, Blocker, Input,
-    Observation, Purchase, RemoteError, Report, CREDITS_PER_GENERATION,
+    LedgerWrite, Observation, Purchase, RemoteError, Report, CREDITS_PER_GENERATION,
 };
 use super::reasons;
-use super::transitions::{adopted, after_generate, after_update, take_in_remote};
+use super::transitions::{
+    adopted, after_generate, after_update, settle, take_in_remote, with_marker,
+};
 
 /// How many times one pass reads the ledger again after a write of its own lost a race, before
 /// it leaves the object for a later pass.
@@ -256,6 +269,165 @@ pub fn no_secret(input: &Input) -> Report {
         ),
         input.settings.stalled_retry,
     )
+}
+
+/// What a generate call could not get, in the order the executor takes them.
+#[derive(Debug, Clone, PartialEq)]
+pub enum HeldBack {
+    /// Another object of this process took the agent first (their views of each other raced).
+    Agent { owner: String },
+    /// The account's generation guard has no slot for it now.
+    Slot(Refusal),
+    /// A budget has no room for it.
+    Budget(Standing),
+}
+
+/// A generate call that waits: the report to write and what the user is told.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Waiting {
+    pub report: Report,
+    pub notes: Vec<Note>,
+    /// The budget whose wait starts now (counted once, not at every look).
+    pub budget_wait: Option<String>,
+}
+
+/// What a pass whose generate call could not get `held` writes.
+pub fn waiting(input: &Input, held: HeldBack) -> Waiting {
+    let report = match held {
+        HeldBack::Agent { owner } => {
+            let blocked = Input {
+                blocker: Some(Blocker::Conflict { owner }),
+                ..input.clone()
+            };
+            match plan(&blocked) {
+                Action::Report(report) => report,
+                other => unreachable!("a Conflict blocker always reports, not {other:?}"),
+            }
+        }
+        HeldBack::Slot(refusal) => Report::new(
+            Health::progressing(refusal.reason, refusal.message),
+            refusal.retry_after,
+        ),
+        HeldBack::Budget(standing) => {
+            let report = budget_wait(&standing, input.now);
+            let already =
+                input.status.conditions.iter().any(|c| {
+                    c.type_ == CONDITION_RECONCILING && c.reason == reasons::BUDGET_EXCEEDED
+                });
+            if already {
+                return Waiting {
+                    report,
+                    notes: Vec::new(),
+                    budget_wait: None,
+                };
+            }
+            return Waiting {
+                notes: vec![Note::new(
+                    true,
+                    reasons::BUDGET_EXCEEDED,
+                    report.health.message(),
+                )],
+                report,
+                budget_wait: Some(standing.budget),
+            };
+        }
+    };
+    Waiting {
+        report,
+        notes: Vec::new(),
+        budget_wait: None,
+    }
+}
+
+/// The wait of an object whose generation a budget has no room for, until its period ends.
+fn budget_wait(standing: &Standing, now: Timestamp) -> Report {
+    let wait = standing
+        .frees_at
+        .duration_since(now)
+        .try_into()
+        .unwrap_or(Duration::ZERO)
+        .max(Duration::from_secs(1));
+    let message = format!(
+        "budget {} has no room for this generation ({CREDITS_PER_GENERATION} credits): {} of {} credits spent in its period; nothing is sent until it frees at {} (in {})",
+        standing.budget,
+        standing.spent,
+        standing.limit,
+        standing.frees_at,
+        humantime::format_duration(Duration::from_secs(wait.as_secs())),
+    );
+    Report::new(Health::progressing(reasons::BUDGET_EXCEEDED, message), wait)
+}
+
+/// Who pays for a generate call: the object's namespace and the account's fingerprint.
+#[derive(Debug, Clone, Copy)]
+pub struct Payer<'a> {
+    pub namespace: &'a str,
+    pub account: &'a str,
+}
+
+/// What is written before a generate call, in this order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BeforeCall {
+    /// The status with the marker (a write conditional on what was read: another writer makes
+    /// it fail and nothing is sent).
+    pub marked: AgentDynamicsStatus,
+    /// The agent's record with the purchase and its spend, written after the marker.
+    pub purchase: LedgerWrite,
+    /// What the user is told once the purchase is on record (budgets near their limit).
+    pub notes: Vec<Note>,
+}
+
+/// The writes before the generate call of `purchase`. `ledger_first`: the store writes every
+/// call's purchase before the call (`LedgerStore::written_before_calls`); `warnings`: the
+/// budgets this call takes to or past their warning threshold.
+pub fn before_call(
+    input: &Input,
+    purchase: &Purchase,
+    payer: Payer,
+    ledger_first: bool,
+    warnings: &[Standing],
+) -> BeforeCall {
+    let mut record = purchase.ledger.clone();
+    record.record = budget::with_spend(
+        &record.record,
+        input.now,
+        payer.namespace,
+        payer.account,
+        CREDITS_PER_GENERATION as i64,
+    );
+    let before = match input.remote {
+        Some(Observation::Found(state)) => Some(state),
+        _ => None,
+    };
+    let mut marker = with_marker(input.status, purchase, before, input.now);
+    if let Some(pending) = &mut marker.pending_generation {
+        pending.ledger_first = ledger_first;
+    }
+    let sending = Report::new(
+        Health::progressing(
+            reasons::GENERATION_STARTED,
+            format!("one generate call is sent for these inputs ({CREDITS_PER_GENERATION} credits); waiting for its job to finish"),
+        ),
+        input.settings.poll_min,
+    );
+    let notes = warnings
+        .iter()
+        .map(|standing| {
+            Note::new(
+                true,
+                reasons::BUDGET_WARNING,
+                &format!(
+                    "budget {}: {} of {} credits spent in its period with this generation; it frees at {}",
+                    standing.budget, standing.spent, standing.limit, standing.frees_at
+                ),
+            )
+        })
+        .collect();
+    BeforeCall {
+        marked: settle(input, marker, &sending),
+        purchase: record,
+        notes,
+    }
 }
 
 /// How a generate call ended, for counting (every call that may have been charged is counted).

@@ -1,15 +1,22 @@
 //! One row per way through a pass: what it gathers, in which order, and what it decides.
 
+use std::time::Duration;
+
 use jiff::Timestamp;
 
+use super::budget::Standing;
 use super::desired::{dynamics_hash, inputs_hash};
+use super::guard::Refusal;
 use super::ledger::{Asker, LedgerState};
-use super::pass::{disabled, fold, step, Gathered, GenerateCall, Outcome, Step, LEDGER_ROUNDS};
+use super::pass::{
+    before_call, disabled, fold, step, waiting, Gathered, GenerateCall, HeldBack, Outcome, Payer,
+    Step, LEDGER_ROUNDS,
+};
 use super::plan::{
     plan, Action, Approval, Blocker, Input, Observation, Purchase, RemoteError, Settings,
 };
 use super::plan_tests::{self, ago, generated_not_applied, remote, spec, NOW};
-use super::transitions::with_marker;
+use super::transitions::{settle, with_marker};
 use super::Health;
 use crate::resource::{
     AgentDynamicsSpec, AgentDynamicsStatus, DynamicsLedgerSpec, LedgerPurchase, PendingGeneration,
@@ -419,8 +426,8 @@ impl Row {
     }
 }
 
-/// The status a generate call for `spec()` is made from, with the purchase it makes.
-fn marked_purchase() -> (AgentDynamicsStatus, Purchase) {
+/// The purchase of a new object for `spec()`, with nothing anywhere.
+fn first_purchase() -> Purchase {
     let settings = Settings::default();
     let s = spec();
     let status = AgentDynamicsStatus::default();
@@ -430,7 +437,14 @@ fn marked_purchase() -> (AgentDynamicsStatus, Purchase) {
     let Action::Generate(purchase) = plan(&input) else {
         panic!("a new object with nothing anywhere buys");
     };
-    let marked = with_marker(&status, &purchase, None, input.now);
+    purchase
+}
+
+/// The status a generate call for `spec()` is made from, with the purchase it makes.
+fn marked_purchase() -> (AgentDynamicsStatus, Purchase) {
+    let purchase = first_purchase();
+    let now = Timestamp::from_second(NOW).unwrap();
+    let marked = with_marker(&AgentDynamicsStatus::default(), &purchase, None, now);
     (marked, purchase)
 }
 
@@ -670,5 +684,171 @@ fn a_disabling_put_releases_unless_the_api_refuses_it() {
             }
             (got, want) => panic!("{name}: got {got:?}, want {want:?}"),
         }
+    }
+}
+
+fn standing(budget: &str, spent: u64) -> Standing {
+    Standing {
+        budget: budget.into(),
+        spent,
+        limit: 1000,
+        frees_at: Timestamp::from_second(NOW + 1800).unwrap(),
+    }
+}
+
+/// A status whose last write already said that `standing` holds it back.
+fn held_by_budget(settings: &Settings, standing: Standing) -> AgentDynamicsStatus {
+    let s = spec();
+    let status = AgentDynamicsStatus::default();
+    let input = input_for(&s, &status, None, None, settings);
+    let report = waiting(&input, HeldBack::Budget(standing)).report;
+    settle(&input, status.clone(), &report)
+}
+
+/// (name, status, held back by, reason, requeue in seconds, note reasons, budget wait counted)
+type WaitRow<'a> = (
+    &'a str,
+    &'a AgentDynamicsStatus,
+    HeldBack,
+    &'a str,
+    u64,
+    &'a [&'a str],
+    bool,
+);
+
+#[test]
+fn a_generate_call_that_cannot_get_what_it_needs_waits_and_says_why() {
+    let settings = Settings::default();
+    let s = spec();
+    let fresh = AgentDynamicsStatus::default();
+    let already = held_by_budget(&settings, standing("team", 900));
+    let busy = Refusal {
+        reason: "GenerationSlotsBusy",
+        message: "both slots of the account run generations".into(),
+        retry_after: Duration::from_secs(30),
+    };
+    let rows: Vec<WaitRow> = vec![
+        (
+            "another object of this process took the agent: conflict",
+            &fresh,
+            HeldBack::Agent {
+                owner: "agents/other".into(),
+            },
+            "Conflict",
+            settings.stalled_retry.as_secs(),
+            &[],
+            false,
+        ),
+        (
+            "no generation slot: waits as the guard says",
+            &fresh,
+            HeldBack::Slot(busy),
+            "GenerationSlotsBusy",
+            30,
+            &[],
+            false,
+        ),
+        (
+            "a budget without room: waits until it frees, warned once",
+            &fresh,
+            HeldBack::Budget(standing("team", 900)),
+            "BudgetExceeded",
+            1800,
+            &["BudgetExceeded"],
+            true,
+        ),
+        (
+            "still without room at the next look: waits, nothing said again",
+            &already,
+            HeldBack::Budget(standing("team", 900)),
+            "BudgetExceeded",
+            1800,
+            &[],
+            false,
+        ),
+    ];
+    for (name, status, held, reason, requeue, notes, counted) in rows {
+        let input = input_for(&s, status, None, None, &settings);
+        let got = waiting(&input, held);
+        assert_eq!(got.report.health.reason(), reason, "{name}: reason");
+        assert_eq!(got.report.requeue().as_secs(), requeue, "{name}: requeue");
+        let said: Vec<&str> = got.notes.iter().map(|n| n.reason.as_str()).collect();
+        assert_eq!(said, notes, "{name}: notes");
+        assert_eq!(got.budget_wait.is_some(), counted, "{name}: budget wait");
+    }
+}
+
+#[test]
+fn before_a_generate_call_the_marker_then_the_purchase_with_its_spend() {
+    let settings = Settings::default();
+    let s = spec();
+    let status = AgentDynamicsStatus::default();
+    let empty = remote(None, None);
+    let input = input_for(&s, &status, Some(&empty), None, &settings);
+    let purchase = first_purchase();
+    let payer = Payer {
+        namespace: "agents",
+        account: "fp-1",
+    };
+    // (name, ledger written first, budget warnings, note count)
+    let rows = [
+        ("a store that writes the ledger first", true, vec![], 0),
+        ("a store that does not", false, vec![], 0),
+        (
+            "budgets near their limit are named",
+            true,
+            vec![standing("team", 850), standing("all", 900)],
+            2,
+        ),
+    ];
+    for (name, ledger_first, warnings, notes) in rows {
+        let before = before_call(&input, &purchase, payer, ledger_first, &warnings);
+        let marker = before.marked.pending_generation.as_ref().expect(name);
+        assert_eq!(marker.inputs_hash, inputs_hash(&s), "{name}: marker key");
+        assert_eq!(
+            marker.outcome, None,
+            "{name}: outcome unknown until the reply"
+        );
+        assert_eq!(marker.ledger_first, ledger_first, "{name}: ledger first");
+        assert_eq!(
+            before.marked.observed_generation,
+            Some(4),
+            "{name}: settled"
+        );
+        assert!(
+            before
+                .marked
+                .conditions
+                .iter()
+                .any(|c| c.type_ == "Reconciling"
+                    && c.status == "True"
+                    && c.reason == "GenerationStarted"),
+            "{name}: says a call is sent"
+        );
+        assert_eq!(
+            before.purchase.version, purchase.ledger.version,
+            "{name}: version"
+        );
+        assert_eq!(
+            before.purchase.record.purchases, purchase.ledger.record.purchases,
+            "{name}: the purchase as planned"
+        );
+        let spend: Vec<(&str, &str, u64)> = before
+            .purchase
+            .record
+            .spend
+            .iter()
+            .map(|s| (s.namespace.as_str(), s.account.as_str(), s.credits))
+            .collect();
+        assert_eq!(
+            spend,
+            vec![("agents", "fp-1", 250); 3],
+            "{name}: its spend in each period"
+        );
+        assert_eq!(before.notes.len(), notes, "{name}: warnings");
+        assert!(before
+            .notes
+            .iter()
+            .all(|n| n.warning && n.reason == "BudgetWarning"));
     }
 }
