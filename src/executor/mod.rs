@@ -1,8 +1,18 @@
-//! One reconcile pass with its I/O: gather what `reconcile::pass::step` asks for (the GET, the
-//! agent's purchase record, an adoption's ledger write) until it has decided, perform at most
-//! one POST or PUT, save the status. Shared by the controller (status in the status subresource, notes as Events)
-//! and the file mode (status in a state file, notes printed), so both follow the same rules,
-//! the same generation guard and the same crash-safety marker.
+//! One reconcile pass with its I/O, asking the pure `reconcile::pass` what to do at each turn:
+//!
+//! 1. gather (`Executor::gather`): do what `pass::step` names (the ledger check of an
+//!    unanswered marker, the GET, the ledger read, an adoption's claim and ledger write) until
+//!    it returns the one `Decision`: the action, the generation slot as GET showed it, the notes;
+//! 2. act (`Executor::act`): at most one POST or PUT. A generate call first takes what it needs
+//!    (`Executor::hold`: the agent's claim, a generation slot, room in the budgets; what it could
+//!    not get goes to `pass::waiting`), then writes what `pass::before_call` gives: the marker
+//!    (conditional), then the purchase on the ledger, and only then sends;
+//! 3. fold: `pass::fold` turns the reply into the status, the report and the notes; the status
+//!    is saved (conditionally, re-applied after a conflict for a generate call's outcome).
+//!
+//! Shared by the controller (status in the status subresource, notes as Events) and the file
+//! mode (status in a state file, notes printed), so both follow the same rules, the same
+//! generation guard and the same crash-safety marker.
 
 mod budgets;
 
