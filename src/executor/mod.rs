@@ -535,8 +535,8 @@ impl Executor {
                 }
                 Step::ReadLedger => {
                     let read = store.read_ledger(&obj.spec.agent_id).await;
-                    if gathered.take_ledger(read) {
-                        tracing::info!(object = %obj.key, "a generate call prepared before a crash was never sent (the purchase ledger has no call for it); the change is bought now");
+                    if let Some(key) = gathered.take_ledger(read) {
+                        tracing::info!(object = %obj.key, key = %key, "a generate call prepared before a crash was never sent (the purchase ledger has no call for it); the change is bought now");
                     }
                 }
                 Step::Adopt(adoption) => {
@@ -779,6 +779,7 @@ impl Executor {
             report,
             notes,
             call,
+            release,
             ..
         } = pass::fold(
             &marked_input,
@@ -793,8 +794,11 @@ impl Executor {
         for note in notes {
             sink.note(note);
         }
+        if release {
+            self.with_guard(|guards| guards.cancel(&obj.key));
+        }
         self.account_for_call(obj, generate, call, payer, sink);
-        if call == GenerateCall::Refused {
+        if release {
             let spent = Spent {
                 namespace: payer.namespace,
                 account: payer.account,
@@ -951,8 +955,7 @@ impl Executor {
         outcome
     }
 
-    /// What the call's outcome tells the metrics and the spend log; a refusal also gives the
-    /// slot back.
+    /// What the call's outcome tells the metrics and the spend log.
     fn account_for_call(
         &self,
         obj: &ObjectView,
@@ -961,9 +964,6 @@ impl Executor {
         payer: Payer<'_>,
         sink: &mut impl StatusSink,
     ) {
-        if call == GenerateCall::Refused {
-            self.with_guard(|guards| guards.cancel(&obj.key));
-        }
         sink.generate_called(call, payer.account);
         if call != GenerateCall::Refused {
             // One line per call that may have been charged: the spend report of the logs.

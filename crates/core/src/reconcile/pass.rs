@@ -159,15 +159,15 @@ impl Gathered {
         self.remote = Some(observation);
     }
 
-    /// Take in the agent's record. `true`: it shows that the call of an unanswered marker was
-    /// never sent; the marker then holds nothing back, and the change is bought as if it never
-    /// began.
-    pub fn take_ledger(&mut self, read: LedgerState) -> bool {
-        let mut never_sent = false;
+    /// Take in the agent's record. `Some(key)`: it shows that the call of the unanswered marker
+    /// for `key` was never sent; the marker then holds nothing back, and the change is bought
+    /// as if it never began.
+    pub fn take_ledger(&mut self, read: LedgerState) -> Option<String> {
+        let mut never_sent = None;
         if let (Some(key), LedgerState::Read { record, .. }) = (self.unanswered.take(), &read) {
             if ledger::call_never_sent(record.as_ref(), &key, &self.uid, true) {
                 self.status.pending_generation = None;
-                never_sent = true;
+                never_sent = Some(key);
             }
         }
         self.ledger = Some(read);
@@ -475,6 +475,9 @@ pub struct Folded {
     pub call: Option<GenerateCall>,
     /// The API answered the PUT by regenerating the movements.
     pub regenerating: bool,
+    /// The call certainly bought nothing: its generation slot and its purchase on the ledger
+    /// are given back.
+    pub release: bool,
 }
 
 /// The status, report and notes a remote call's outcome leaves. `input.status` is the status
@@ -515,6 +518,7 @@ pub fn fold(input: &Input, outcome: Outcome) -> Folded {
                 notes: note.into_iter().collect(),
                 call: Some(call),
                 regenerating: false,
+                release: call == GenerateCall::Refused,
             }
         }
         Outcome::Updated {
@@ -541,6 +545,7 @@ pub fn fold(input: &Input, outcome: Outcome) -> Folded {
                 notes,
                 call: None,
                 regenerating,
+                release: false,
             }
         }
     }

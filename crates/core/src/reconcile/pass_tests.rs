@@ -137,7 +137,7 @@ fn walk(row: &Row) -> (Vec<&'static str>, String, Option<bool>, Vec<String>) {
             }
             Step::ReadLedger => {
                 steps.push("read ledger");
-                if gathered.take_ledger(row.world.ledger.clone()) {
+                if gathered.take_ledger(row.world.ledger.clone()).is_some() {
                     steps.push("marker never sent");
                 }
             }
@@ -637,6 +637,11 @@ fn an_outcome_folds_into_the_status_the_report_and_the_notes() {
             "{name}: marker"
         );
         assert_eq!(folded.call, call, "{name}: call");
+        assert_eq!(
+            folded.release,
+            call == Some(GenerateCall::Refused),
+            "{name}: release"
+        );
         assert_eq!(folded.regenerating, regenerating, "{name}: regenerating");
         let got: Vec<&str> = folded.notes.iter().map(|n| n.reason.as_str()).collect();
         assert_eq!(got, notes, "{name}: notes");
