@@ -411,11 +411,7 @@ impl Executor {
             sink.note(note);
         }
         if let (Some(holding), Some(secret)) = (holds_slot, secret) {
-            // Any GET that sees a generation end hands its slot on at once.
-            let at = self.epoch.elapsed();
-            let due =
-                self.with_guard(|guards| guards.track(secret.account(), &obj.key, holding, at));
-            self.schedule_looks(due);
+            self.track(&obj.key, secret, holding);
             input.timing = self.timing(&obj.key);
         }
         let result = self
@@ -432,6 +428,14 @@ impl Executor {
                 .remove(&obj.key);
         }
         result
+    }
+
+    /// Tell the account's guard whether this object holds a generation slot, as its GET showed:
+    /// any GET that sees a generation end hands its slot on at once.
+    fn track(&self, key: &str, secret: &ApiSecret, holding: bool) {
+        let at = self.epoch.elapsed();
+        let due = self.with_guard(|guards| guards.track(secret.account(), key, holding, at));
+        self.schedule_looks(due);
     }
 
     /// Perform what `plan` asked for.
