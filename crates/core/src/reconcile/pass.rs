@@ -1,9 +1,10 @@
 //! One pass, gathered then decided. `step` names the next thing the decision needs (the
-//! pre-call check of the ledger, the GET, the agent's purchase record, an adoption's ledger
-//! write), one at a time; once nothing more is needed it returns the `Decision`: the action,
-//! whether the object holds a generation slot as GET showed it, and what gathering found that
-//! the user is told. Pure: the executor does the I/O `step` names and hands each result back
-//! through `Gathered`, so the order of reads and writes is decided here, in one place.
+//! ledger check of a marker whose outcome was never recorded, the GET, the agent's purchase
+//! record, an adoption's ledger write), one at a time; once nothing more is needed it returns
+//! the `Decision`: the action, whether the object holds a generation slot as GET showed it, and
+//! what gathering found that the user is told. Pure: the executor does the I/O `step` names and
+//! hands each result back through `Gathered`, so the order of reads and writes is decided here,
+//! in one place.
 //!
 //! A generate call then needs what the executor holds for it (the agent's claim, a generation
 //! slot, room in the budgets): `waiting` says what a pass that could not take one of them
