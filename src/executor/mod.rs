@@ -1,7 +1,18 @@
-//! One reconcile pass with its I/O: GET, ask `reconcile::plan`, perform at most one POST or PUT,
-//! save the status. Shared by the controller (status in the status subresource, notes as Events)
-//! and the file mode (status in a state file, notes printed), so both follow the same rules,
-//! the same generation guard and the same crash-safety marker.
+//! One reconcile pass with its I/O, asking the pure `reconcile::pass` what to do at each turn:
+//!
+//! 1. gather (`Executor::gather`): do what `pass::step` names (the ledger check of an
+//!    unanswered marker, the GET, the ledger read, an adoption's claim and ledger write) until
+//!    it returns the one `Decision`: the action, the generation slot as GET showed it, the notes;
+//! 2. act (`Executor::act`): at most one POST or PUT. A generate call first takes what it needs
+//!    (`Executor::hold`: the agent's claim, a generation slot, room in the budgets; what it could
+//!    not get goes to `pass::waiting`), then writes what `pass::before_call` gives: the marker
+//!    (conditional), then the purchase on the ledger, and only then sends;
+//! 3. fold: `pass::fold` turns the reply into the status, the report and the notes; the status
+//!    is saved (conditionally, re-applied after a conflict for a generate call's outcome).
+//!
+//! Shared by the controller (status in the status subresource, notes as Events) and the file
+//! mode (status in a state file, notes printed), so both follow the same rules, the same
+//! generation guard and the same crash-safety marker.
 
 mod budgets;
 
@@ -22,15 +33,14 @@ use crate::reconcile::desired::upgrade_recorded_keys;
 use crate::reconcile::guard::AccountGuards;
 use crate::reconcile::ledger::{self, Asker, LedgerState};
 use crate::reconcile::ownership::AgentClaims;
+use crate::reconcile::pass::{
+    self, BeforeCall, Decision, Folded, Gathered, HeldBack, Outcome, Payer, Step, LEDGER_ROUNDS,
+};
 use crate::reconcile::plan::{
-    holds_generation_slot, plan, report_error, Action, AdoptFrom, Blocker, Input, LedgerWrite,
-    Next, Observation, Purchase, RemoteError, Report, Settings, Write, CREDITS_PER_GENERATION,
+    Action, Blocker, Input, LedgerWrite, Next, Observation, Purchase, RemoteError, Report,
+    Settings, Write, CREDITS_PER_GENERATION,
 };
-use crate::reconcile::reasons;
-use crate::reconcile::transitions::{
-    adopted, after_generate, after_update, record_generate_outcome, settle, take_in_remote,
-    with_marker,
-};
+use crate::reconcile::transitions::{record_generate_outcome, settle};
 use crate::reconcile::Health;
 use crate::resource::{AgentDynamicsSpec, AgentDynamicsStatus, DynamicsLedgerSpec};
 
@@ -98,13 +108,7 @@ impl Access {
     }
 }
 
-/// Something worth telling the user (an Event in the cluster, a line in the file mode).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Note {
-    pub warning: bool,
-    pub reason: String,
-    pub message: String,
-}
+pub use crate::reconcile::pass::{GenerateCall, Note};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SaveError {
@@ -135,24 +139,6 @@ impl SaveError {
         SaveError::Store {
             action: action.into(),
             source: source.into(),
-        }
-    }
-}
-
-/// How a generate call ended, for counting (every call that may have been charged is counted).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GenerateCall {
-    Accepted,
-    Refused,
-    Unknown,
-}
-
-impl GenerateCall {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            GenerateCall::Accepted => "accepted",
-            GenerateCall::Refused => "refused",
-            GenerateCall::Unknown => "unknown",
         }
     }
 }
@@ -227,24 +213,6 @@ pub enum PassError {
         source: crate::api::ApiError,
     },
 }
-
-/// `plan`'s answer with the GET and the ledger it needed.
-struct Decided {
-    action: Action,
-    remote: Option<Observation>,
-    /// The stored status with what GET showed (and the marker settled against it).
-    status: AgentDynamicsStatus,
-    /// A generate call of unknown outcome was found to have landed.
-    adopted: bool,
-    /// The agent's purchase record, when it was read.
-    ledger: Option<LedgerState>,
-    /// Inputs taken as bought without a call, and from where.
-    took: Option<AdoptFrom>,
-}
-
-/// How many times one pass reads the ledger again after a write of its own lost a race, before
-/// it leaves the object for a later pass.
-const LEDGER_ROUNDS: usize = 3;
 
 /// What `plan` would do for an object, without doing it (for `dynamics-operator plan`).
 #[derive(Debug, Clone, PartialEq)]
@@ -422,43 +390,32 @@ impl Executor {
         // The stored status, with an accepted call this process has not written yet.
         let (stored, unrecorded) = self.with_unrecorded(obj);
         let stored = upgrade_recorded_keys(&stored, &obj.spec);
-        let decided = self
-            .decide(obj, &stored, secret, failures, now, sink, true)
+        let (gathered, decision) = self
+            .gather(obj, &stored, secret, failures, now, sink, true)
             .await;
-        let (action, remote, status) = (decided.action, decided.remote, decided.status);
-        let ledger_state = decided.ledger;
+        let Decision {
+            action,
+            holds_slot,
+            notes,
+        } = decision;
         let write_waits = matches!(&action, Action::Report(r) if r.write == Write::WithNext);
-        let mut input = self.input(obj, &status, remote.as_ref(), failures, now);
-        input.ledger = ledger_state.as_ref();
-        if decided.adopted {
-            sink.note(note(false, reasons::GENERATION_ADOPTED, "a generate call of unknown outcome did land (the API shows its job); it is followed, not sent again"));
+        let mut input = self.input(
+            obj,
+            &gathered.status,
+            gathered.remote.as_ref(),
+            failures,
+            now,
+        );
+        input.ledger = gathered.ledger.as_ref();
+        for note in notes {
+            sink.note(note);
         }
-        match decided.took {
-            Some(AdoptFrom::Existing) => sink.note(note(false, reasons::ADOPTED, &format!(
-                "agent {} already had dynamics and nothing was on record as bought for it: adopted for these inputs, nothing bought",
-                obj.spec.agent_id
-            ))),
-            Some(AdoptFrom::Ledger) => sink.note(note(false, reasons::ADOPTED, &format!(
-                "these generate inputs were already bought for agent {} (the purchase ledger has them): taken over, nothing bought",
-                obj.spec.agent_id
-            ))),
-            Some(AdoptFrom::Resolved) => sink.note(note(false, reasons::RESOLVED, &format!(
-                "resolved with accept: what the API shows for agent {} is taken as the purchase of these inputs; nothing was sent",
-                obj.spec.agent_id
-            ))),
-            None => {}
-        }
-        if let (Some(_), Some(secret)) = (&remote, secret) {
-            // Any GET that sees a generation end hands its slot on at once.
-            let holding = holds_generation_slot(&input);
-            let at = self.epoch.elapsed();
-            let due =
-                self.with_guard(|guards| guards.track(secret.account(), &obj.key, holding, at));
-            self.schedule_looks(due);
+        if let (Some(holding), Some(secret)) = (holds_slot, secret) {
+            self.track(&obj.key, secret, holding);
             input.timing = self.timing(&obj.key);
         }
         let result = self
-            .act(obj, &input, action, status.clone(), secret, sink)
+            .act(obj, &input, action, gathered.status.clone(), secret, sink)
             .await;
         if woken {
             self.with_guard(|guards| guards.release(&obj.key));
@@ -471,6 +428,14 @@ impl Executor {
                 .remove(&obj.key);
         }
         result
+    }
+
+    /// Tell the account's guard whether this object holds a generation slot, as its GET showed:
+    /// any GET that sees a generation end hands its slot on at once.
+    fn track(&self, key: &str, secret: &ApiSecret, holding: bool) {
+        let at = self.epoch.elapsed();
+        let due = self.with_guard(|guards| guards.track(secret.account(), key, holding, at));
+        self.schedule_looks(due);
     }
 
     /// Perform what `plan` asked for.
@@ -513,14 +478,8 @@ impl Executor {
             (Action::Generate(_) | Action::Update { .. } | Action::Disable(_), None) => {
                 // `plan` asks for a call only once the secret resolved; were it ever to ask
                 // without one, nothing is sent and the object says why.
-                self.finish(
-                    obj,
-                    input,
-                    status,
-                    no_secret(obj, self.settings.stalled_retry),
-                    sink,
-                )
-                .await
+                self.finish(obj, input, status, pass::no_secret(input), sink)
+                    .await
             }
             (Action::Release, _) => {
                 release_claim(obj, sink).await;
@@ -533,8 +492,8 @@ impl Executor {
     /// GET, the ledger and plan only: no POST, no PUT, no write.
     pub async fn preview(&self, obj: &ObjectView, ledger: &mut impl LedgerStore) -> Preview {
         let status = upgrade_recorded_keys(&obj.status, &obj.spec);
-        let decided = self
-            .decide(
+        let (gathered, decision) = self
+            .gather(
                 obj,
                 &status,
                 obj.access.secret(),
@@ -545,15 +504,15 @@ impl Executor {
             )
             .await;
         Preview {
-            action: decided.action,
-            remote: decided.remote,
+            action: decision.action,
+            remote: gathered.remote,
         }
     }
 
-    /// Ask `plan`, doing the GET and the ledger read it asks for first, and taking adopted
-    /// inputs into the status (with their ledger write, unless `write` is false: a preview).
+    /// Do what `pass::step` asks for (the GET, the ledger's read, an adoption's claim and
+    /// ledger write, unless `write` is false: a preview) until it has decided.
     #[allow(clippy::too_many_arguments)]
-    async fn decide(
+    async fn gather(
         &self,
         obj: &ObjectView,
         stored: &AgentDynamicsStatus,
@@ -562,63 +521,29 @@ impl Executor {
         now: Timestamp,
         store: &mut impl LedgerStore,
         write: bool,
-    ) -> Decided {
-        let mut remote = None;
-        let mut status = stored.clone();
-        let mut adopted_call = false;
-        let mut ledger_state: Option<LedgerState> = None;
-        let mut outdated = false;
-        let mut took = None;
-        let mut rounds = 0;
-        // A marker whose pass died before recording the call's outcome: if the ledger, written
-        // before every call, has no call of ours for its key, the pass died before its call.
-        // The marker then holds nothing back, and the change is bought as if it never began.
-        let unanswered = status
-            .pending_generation
-            .as_ref()
-            .filter(|p| p.outcome.is_none() && p.ledger_first)
-            .map(|p| p.inputs_hash.clone());
-        if let (Some(key), true) = (unanswered, store.written_before_calls()) {
-            let read = store.read_ledger(&obj.spec.agent_id).await;
-            if let LedgerState::Read { record, .. } = &read {
-                if ledger::call_never_sent(record.as_ref(), &key, &obj.uid, true) {
-                    tracing::info!(object = %obj.key, key = %key, "a generate call prepared before a crash was never sent (the purchase ledger has no call for it); the change is bought now");
-                    status.pending_generation = None;
-                }
-            }
-            ledger_state = Some(read);
-        }
+    ) -> (Gathered, Decision) {
+        let base = self.input(obj, stored, None, failures, now);
+        let mut gathered = Gathered::new(
+            stored.clone(),
+            &obj.uid,
+            secret.is_some(),
+            store.written_before_calls(),
+        );
         loop {
-            let mut input = self.input(obj, &status, remote.as_ref(), failures, now);
-            input.ledger = ledger_state.as_ref();
-            input.record_outdated = outdated;
-            let action = plan(&input);
-            match action {
-                Action::Observe => {
+            match pass::step(&gathered, &base) {
+                Step::Get => {
                     let Some(secret) = secret else {
-                        // As in `act`: `plan` observes only once the secret resolved.
-                        return Decided {
-                            action: Action::Report(no_secret(obj, self.settings.stalled_retry)),
-                            remote,
-                            status,
-                            adopted: adopted_call,
-                            ledger: ledger_state,
-                            took,
-                        };
+                        unreachable!("`pass::step` asks for a GET only when a secret resolved")
                     };
-                    let observation = self.get_remote(obj, secret).await;
-                    if let Observation::Found(state) = &observation {
-                        let observed = take_in_remote(&status, state);
-                        status = observed.status;
-                        adopted_call = observed.adopted;
-                        outdated = observed.outdated;
+                    gathered.take_remote(self.get_remote(obj, secret).await);
+                }
+                Step::ReadLedger => {
+                    let read = store.read_ledger(&obj.spec.agent_id).await;
+                    if let Some(key) = gathered.take_ledger(read) {
+                        tracing::info!(object = %obj.key, key = %key, "a generate call prepared before a crash was never sent (the purchase ledger has no call for it); the change is bought now");
                     }
-                    remote = Some(observation);
                 }
-                Action::ConsultLedger => {
-                    ledger_state = Some(store.read_ledger(&obj.spec.agent_id).await);
-                }
-                Action::Adopt(adopt) => {
+                Step::Adopt(adoption) => {
                     if write {
                         // Adopting holds the agent like buying does (see `generate`).
                         let claimed = self
@@ -627,46 +552,22 @@ impl Executor {
                             .expect("claims lock")
                             .claim(&obj.spec.agent_id, &obj.key);
                         if let Err(owner) = claimed {
-                            input.blocker = Some(Blocker::Conflict { owner });
-                            return Decided {
-                                action: plan(&input),
-                                remote,
-                                status,
-                                adopted: adopted_call,
-                                ledger: ledger_state,
-                                took,
-                            };
+                            gathered.take_conflict(owner);
+                            continue;
                         }
-                    }
-                    if let (Some(change), true) = (&adopt.ledger, write) {
-                        match store.write_ledger(&obj.spec.agent_id, change).await {
-                            Ok(_) => {}
-                            Err(err) => {
-                                rounds += 1;
-                                ledger_state = Some(if rounds >= LEDGER_ROUNDS {
-                                    LedgerState::Unavailable(format!(
-                                        "it changed under {rounds} writes in a row ({err})"
-                                    ))
-                                } else {
-                                    store.read_ledger(&obj.spec.agent_id).await
-                                });
+                        if let Some(change) = &adoption.ledger {
+                            if let Err(err) = store.write_ledger(&obj.spec.agent_id, change).await {
+                                if gathered.take_lost_write(&err.to_string()) {
+                                    gathered
+                                        .take_ledger(store.read_ledger(&obj.spec.agent_id).await);
+                                }
                                 continue;
                             }
                         }
                     }
-                    status = adopted(&status, &adopt);
-                    took = Some(adopt.from);
+                    gathered.take_adoption(&adoption);
                 }
-                action => {
-                    return Decided {
-                        action,
-                        remote,
-                        status,
-                        adopted: adopted_call,
-                        ledger: ledger_state,
-                        took,
-                    }
-                }
+                Step::Decided(decision) => return (gathered, decision),
             }
         }
     }
@@ -768,23 +669,25 @@ impl Executor {
             .update(secret, &obj.spec.agent_id, request)
             .await
             .map_err(|e| RemoteError::from(&e));
-        let (status, report) = after_update(input, dynamics_hash, outcome.as_ref());
-        if status.regenerations > input.status.regenerations {
+        let folded = pass::fold(
+            input,
+            Outcome::Updated {
+                dynamics_hash,
+                reply: outcome.as_ref(),
+            },
+        );
+        if folded.regenerating {
             sink.regeneration_started();
-            sink.note(note(
-                false,
-                reasons::REGENERATION_STARTED,
-                &format!(
-                    "the API answered the PUT for agent {} by regenerating its movements (regeneration {} of this object)",
-                    obj.spec.agent_id, status.regenerations
-                ),
-            ));
+        }
+        for note in folded.notes {
+            sink.note(note);
         }
         if outcome.is_ok() {
             // The Ready condition says it; an Event per PUT would only add an API-server write.
             tracing::info!(object = %obj.key, agent = %obj.spec.agent_id, "dynamics block applied");
         }
-        self.finish(obj, input, status, report, sink).await
+        self.finish(obj, input, folded.status, folded.report, sink)
+            .await
     }
 
     /// Deletion with `Disable`: one PUT with enabled=false. An agent that is gone remotely has
@@ -797,34 +700,21 @@ impl Executor {
         secret: &ApiSecret,
         sink: &mut impl StatusSink,
     ) -> Result<PassResult, PassError> {
-        let agent = &obj.spec.agent_id;
-        let released = match self.client.update(secret, agent, request).await {
-            Ok(_) => note(
-                false,
-                "DynamicsDisabled",
-                &format!("dynamics of agent {agent} switched off before deletion"),
-            ),
-            Err(err) if err.kind() == ApiErrorKind::NotFound => note(
-                false,
-                "RemoteGone",
-                &format!("agent {agent} no longer exists remotely; nothing to disable"),
-            ),
-            Err(err) => {
-                let report = report_error(&RemoteError::from(&err), input);
-                let message = format!(
-                    "{}; or set spec.deletionPolicy: Orphan to delete without calling the API",
-                    report.health.message()
-                );
-                let health = Health::stalled(report.health.reason(), message.clone());
+        let reply = self
+            .client
+            .update(secret, &obj.spec.agent_id, request)
+            .await;
+        let remote_error = reply.as_ref().err().map(RemoteError::from);
+        match (
+            pass::disabled(input, remote_error.as_ref().map_or(Ok(()), Err)),
+            reply,
+        ) {
+            (Ok(released), _) => sink.note(released),
+            (Err(report), Err(err)) => {
+                let message = report.health.message().to_string();
                 // Tell the user why deletion waits (best effort), then keep the finalizer.
                 let _ = self
-                    .finish(
-                        obj,
-                        input,
-                        input.status.clone(),
-                        Report { health, ..report },
-                        sink,
-                    )
+                    .finish(obj, input, input.status.clone(), report, sink)
                     .await;
                 return Err(PassError::Cleanup {
                     key: obj.key.clone(),
@@ -832,8 +722,10 @@ impl Executor {
                     source: err,
                 });
             }
-        };
-        sink.note(released);
+            (Err(_), Ok(_)) => {
+                unreachable!("`pass::disabled` keeps the finalizer only on an error")
+            }
+        }
         release_claim(obj, sink).await;
         self.forget(&obj.key);
         Ok(PassResult::Released)
@@ -851,28 +743,33 @@ impl Executor {
         secret: &ApiSecret,
         sink: &mut impl StatusSink,
     ) -> Result<PassResult, PassError> {
-        if let Err(report) = self.hold(obj, input, secret) {
-            return self.finish(obj, input, status, report, sink).await;
-        }
+        let account = secret.fingerprint();
         let payer = Payer {
             namespace: obj.key.split_once('/').map_or("", |(ns, _)| ns),
-            account: secret.fingerprint(),
+            account: &account,
         };
-        let warnings = match self.reserve_budget(obj, input, &payer, sink) {
+        let warnings = match self.hold(obj, input.now, secret, payer) {
             Ok(warnings) => warnings,
-            Err(report) => return self.finish(obj, input, status, report, sink).await,
+            Err(held) => {
+                let waiting = pass::waiting(input, held);
+                if let Some(budget) = &waiting.budget_wait {
+                    sink.budget_wait(budget);
+                }
+                for note in waiting.notes {
+                    sink.note(note);
+                }
+                return self.finish(obj, input, status, waiting.report, sink).await;
+            }
         };
-        let mut purchase = generate.ledger.clone();
-        purchase.record = budget::with_spend(
-            &purchase.record,
-            input.now,
-            payer.namespace,
-            &payer.account,
-            CREDITS_PER_GENERATION as i64,
+        let before = pass::before_call(
+            input,
+            generate,
+            payer,
+            sink.written_before_calls(),
+            &warnings,
         );
-        let (marked, ledger_version) = self
-            .mark_and_record(obj, input, status, generate, &purchase, &warnings, sink)
-            .await?;
+        let purchase = before.purchase.clone();
+        let (marked, ledger_version) = self.mark_and_record(obj, before, sink).await?;
 
         let outcome = self.send(obj, generate, secret).await;
 
@@ -881,14 +778,34 @@ impl Executor {
             timing: self.timing(&obj.key),
             ..input.clone()
         };
-        let (status, report) = after_generate(&marked_input, generate, outcome.as_ref());
-        let call = self
-            .account_for_call(obj, generate, &outcome, &status, &payer, sink)
-            .await;
-        if call == GenerateCall::Refused {
+        let Folded {
+            status,
+            report,
+            notes,
+            call,
+            release,
+            ..
+        } = pass::fold(
+            &marked_input,
+            Outcome::Generated {
+                purchase: generate,
+                reply: outcome.as_ref(),
+            },
+        );
+        // `fold` counts every generate call; were it ever not to, the call counts as one that
+        // may have been charged.
+        let call = call.unwrap_or(GenerateCall::Unknown);
+        for note in notes {
+            sink.note(note);
+        }
+        if release {
+            self.with_guard(|guards| guards.cancel(&obj.key));
+        }
+        self.account_for_call(obj, generate, call, payer, sink);
+        if release {
             let spent = Spent {
                 namespace: payer.namespace,
-                account: &payer.account,
+                account: payer.account,
                 at: input.now,
             };
             let undone = undo_ledger_call(
@@ -925,74 +842,43 @@ impl Executor {
         .await
     }
 
-    /// The agent for this object (two objects whose views of each other raced: the first to get
-    /// here owns it) and a generation slot of its account; else the report of why it waits.
-    fn hold(&self, obj: &ObjectView, input: &Input<'_>, secret: &ApiSecret) -> Result<(), Report> {
+    /// What a generate call needs held, taken in this order: the agent for this object (two
+    /// objects whose views of each other raced: the first to get here owns it), a generation
+    /// slot of its account, then room in the budgets against the spend every ledger record
+    /// shows (the slot given back when there is none). Returns the budgets this call takes to
+    /// their warning threshold, or what it could not get.
+    fn hold(
+        &self,
+        obj: &ObjectView,
+        now: Timestamp,
+        secret: &ApiSecret,
+        payer: Payer<'_>,
+    ) -> Result<Vec<Standing>, HeldBack> {
         // A woken waiter comes back at once; the long fallback only covers a lost wake-up.
         let retry = if self.wake.is_some() {
             self.settings.stalled_retry
         } else {
             self.settings.poll_min
         };
-        let claimed = self
-            .claims
+        self.claims
             .lock()
             .expect("claims lock")
-            .claim(&obj.spec.agent_id, &obj.key);
-        if let Err(owner) = claimed {
-            let blocked = Input {
-                blocker: Some(Blocker::Conflict { owner }),
-                ..input.clone()
-            };
-            let Action::Report(report) = plan(&blocked) else {
-                unreachable!("a Conflict blocker always reports")
-            };
-            return Err(report);
-        }
+            .claim(&obj.spec.agent_id, &obj.key)
+            .map_err(|owner| HeldBack::Agent { owner })?;
         let account = secret.account();
         let at = self.epoch.elapsed();
         self.with_guard(|guards| guards.try_start(account, &obj.key, at, retry))
-            .map_err(|refusal| {
-                Report::new(
-                    Health::progressing(refusal.reason, refusal.message),
-                    refusal.retry_after,
-                )
-            })
-    }
-
-    /// The budgets, against the spend every ledger record shows: the warnings to give once the
-    /// purchase is on record, or the wait of a generation no budget has room for (its slot given
-    /// back). The spend of this call goes on the agent's record with the purchase (one write).
-    fn reserve_budget(
-        &self,
-        obj: &ObjectView,
-        input: &Input<'_>,
-        payer: &Payer<'_>,
-        sink: &mut impl StatusSink,
-    ) -> Result<Vec<Standing>, Report> {
+            .map_err(HeldBack::Slot)?;
         let charge = Charge {
             namespace: payer.namespace,
-            account: &payer.account,
+            account: payer.account,
             credits: CREDITS_PER_GENERATION,
-            now: input.now,
+            now,
         };
         match self.budgets.as_deref().map(|b| b.reserve(&obj.key, charge)) {
             Some(BudgetCheck::Over(standing)) => {
                 self.with_guard(|guards| guards.cancel(&obj.key));
-                let report = budget_wait(&standing, input.now);
-                let already = input.status.conditions.iter().any(|c| {
-                    c.type_ == crate::resource::status::CONDITION_RECONCILING
-                        && c.reason == reasons::BUDGET_EXCEEDED
-                });
-                if !already {
-                    sink.budget_wait(&standing.budget);
-                    sink.note(note(
-                        true,
-                        reasons::BUDGET_EXCEEDED,
-                        report.health.message(),
-                    ));
-                }
-                Err(report)
+                Err(HeldBack::Budget(standing))
             }
             Some(BudgetCheck::Within { warnings }) => Ok(warnings),
             None => Ok(Vec::new()),
@@ -1003,33 +889,17 @@ impl Executor {
     /// nothing is sent), then the purchase on the agent's ledger record. Returns the status as
     /// marked and the ledger record's new version. Any failure gives back the slot and the
     /// budget; a failed ledger write also takes the marker back.
-    #[allow(clippy::too_many_arguments)]
     async fn mark_and_record(
         &self,
         obj: &ObjectView,
-        input: &Input<'_>,
-        status: AgentDynamicsStatus,
-        generate: &Purchase,
-        purchase: &LedgerWrite,
-        warnings: &[Standing],
+        before: BeforeCall,
         sink: &mut impl StatusSink,
     ) -> Result<(AgentDynamicsStatus, Option<String>), PassError> {
-        let before = match input.remote {
-            Some(Observation::Found(state)) => Some(state),
-            _ => None,
-        };
-        let mut marker = with_marker(&status, generate, before, input.now);
-        if let Some(pending) = &mut marker.pending_generation {
-            pending.ledger_first = sink.written_before_calls();
-        }
-        let sending = Report::new(
-            Health::progressing(
-                reasons::GENERATION_STARTED,
-                format!("one generate call is sent for these inputs ({CREDITS_PER_GENERATION} credits); waiting for its job to finish"),
-            ),
-            self.settings.poll_min,
-        );
-        let marked = settle(input, marker, &sending);
+        let BeforeCall {
+            marked,
+            purchase,
+            notes,
+        } = before;
         if let Err(err) = sink.save(&marked).await {
             // Someone else wrote first (another replica, an edit, a deletion); they own this
             // change. Nothing was sent, and nothing was put on the ledger.
@@ -1042,18 +912,14 @@ impl Executor {
         // that read the same record fails here and sends nothing. After the marker, so that a
         // crash in between is the marker's known window (a call that may have been sent), never
         // a purchase on record with no call behind it.
-        match sink.write_ledger(&obj.spec.agent_id, purchase).await {
+        match sink.write_ledger(&obj.spec.agent_id, &purchase).await {
             Ok(version) => {
                 if let Some(budgets) = &self.budgets {
                     let name = ledger::record_name(&obj.spec.agent_id);
                     budgets.settle(&obj.key, &name, &purchase.record);
                 }
-                for standing in warnings {
-                    sink.note(note(
-                        true,
-                        reasons::BUDGET_WARNING,
-                        &budget_warning(standing),
-                    ));
+                for note in notes {
+                    sink.note(note);
                 }
                 Ok((marked, version))
             }
@@ -1093,47 +959,16 @@ impl Executor {
         outcome
     }
 
-    /// What the call's outcome tells the user, the metrics and the spend log; a refusal also
-    /// gives the slot back. `status` is the status after the call.
-    async fn account_for_call(
+    /// What the call's outcome tells the metrics and the spend log.
+    fn account_for_call(
         &self,
         obj: &ObjectView,
         generate: &Purchase,
-        outcome: &Result<GenerateReply, RemoteError>,
-        status: &AgentDynamicsStatus,
-        payer: &Payer<'_>,
+        call: GenerateCall,
+        payer: Payer<'_>,
         sink: &mut impl StatusSink,
-    ) -> GenerateCall {
-        let agent = &obj.spec.agent_id;
-        let call = match outcome {
-            Ok(_) => {
-                sink.note(note(
-                    false,
-                    reasons::GENERATION_STARTED,
-                    &format!(
-                        "generation {} started for agent {agent} ({CREDITS_PER_GENERATION} credits)",
-                        status.generations
-                    ),
-                ));
-                GenerateCall::Accepted
-            }
-            Err(err) if err.refused => {
-                self.with_guard(|guards| guards.cancel(&obj.key));
-                GenerateCall::Refused
-            }
-            Err(err) => {
-                sink.note(note(
-                    true,
-                    reasons::GENERATION_OUTCOME_PENDING,
-                    &format!(
-                        "the generate call for agent {agent} got no definite answer ({}); it may have been charged ({CREDITS_PER_GENERATION} credits) and is never sent again automatically",
-                        err.message
-                    ),
-                ));
-                GenerateCall::Unknown
-            }
-        };
-        sink.generate_called(call, &payer.account);
+    ) {
+        sink.generate_called(call, payer.account);
         if call != GenerateCall::Refused {
             // One line per call that may have been charged: the spend report of the logs.
             let changed = ledger::changed_inputs(&generate.ledger.record, &generate.inputs_hash);
@@ -1141,7 +976,7 @@ impl Executor {
                 target: "dynamics_operator::spend",
                 object = %obj.key,
                 uid = %obj.uid,
-                agent = %agent,
+                agent = %obj.spec.agent_id,
                 key = %generate.inputs_hash,
                 cause = ?generate.cause,
                 changed = %changed.join(","),
@@ -1151,7 +986,6 @@ impl Executor {
                 "paid generate call"
             );
         }
-        call
     }
 
     /// Like `finish`, but a conflicting write re-reads the status and re-applies `record` to it:
@@ -1202,12 +1036,6 @@ impl Executor {
             health: report.health,
         })
     }
-}
-
-/// Who pays for a generate call: the object's namespace and the account's fingerprint.
-struct Payer<'a> {
-    namespace: &'a str,
-    account: String,
 }
 
 fn asker(obj: &ObjectView) -> Asker<'_> {
@@ -1263,32 +1091,6 @@ async fn undo_ledger_call(
     None
 }
 
-/// The wait of an object whose generation a budget has no room for, until its period ends.
-fn budget_wait(standing: &Standing, now: Timestamp) -> Report {
-    let wait = standing
-        .frees_at
-        .duration_since(now)
-        .try_into()
-        .unwrap_or(Duration::ZERO)
-        .max(Duration::from_secs(1));
-    let message = format!(
-        "budget {} has no room for this generation ({CREDITS_PER_GENERATION} credits): {} of {} credits spent in its period; nothing is sent until it frees at {} (in {})",
-        standing.budget,
-        standing.spent,
-        standing.limit,
-        standing.frees_at,
-        humantime::format_duration(Duration::from_secs(wait.as_secs())),
-    );
-    Report::new(Health::progressing(reasons::BUDGET_EXCEEDED, message), wait)
-}
-
-fn budget_warning(standing: &Standing) -> String {
-    format!(
-        "budget {}: {} of {} credits spent in its period with this generation; it frees at {}",
-        standing.budget, standing.spent, standing.limit, standing.frees_at
-    )
-}
-
 /// Deletion releases the object's claim on its agent; the purchases stay on record. Best
 /// effort: a claim left behind names this object, and a new object of the same name takes it
 /// over (another object can with `resolve --accept`).
@@ -1337,21 +1139,6 @@ fn change_and_wake<R>(
     result
 }
 
-/// A remote call asked for without a secret: never sent, and said. `plan` asks for calls only
-/// once the secret resolved (`Access::Granted`), so this is a guard, not a path users meet.
-fn no_secret(obj: &ObjectView, retry: Duration) -> Report {
-    Report::new(
-        Health::stalled(
-            reasons::NO_API_SECRET,
-            format!(
-                "no api-secret was resolved for agent {}: nothing is sent; set spec.apiSecretRef or give the operator one",
-                obj.spec.agent_id
-            ),
-        ),
-        retry,
-    )
-}
-
 /// A Warning note only when the object enters Stalled or changes its stalled reason, so a stuck
 /// object does not flood Events.
 fn newly_stalled(saved: Option<&AgentDynamicsStatus>, health: &Health) -> bool {
@@ -1372,11 +1159,7 @@ fn requeue_after(report: &Report) -> Next {
 }
 
 fn note(warning: bool, reason: &str, message: &str) -> Note {
-    Note {
-        warning,
-        reason: reason.to_string(),
-        message: message.to_string(),
-    }
+    Note::new(warning, reason, message)
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ use super::*;
 use crate::api::{ApiSecret, ClientConfig, DynamicsClient};
 use crate::reconcile::desired::inputs_hash;
 use crate::reconcile::guard::AccountGuards;
+use crate::reconcile::reasons;
 use crate::resource::GenerateOutcome;
 use crate::sim::{ConvergedReply, Faults, Modes, ScriptedFault, SimConfig, SimHandle};
 

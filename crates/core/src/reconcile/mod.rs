@@ -1,5 +1,6 @@
 //! The reconcile core: pure decisions, shared by the controller and the file mode.
 //!
+//! - `pass` walks one pass: what to gather (GET, ledger), then one decision (`plan` inside).
 //! - `plan` decides the next step from spec, status and what the remote reported.
 //! - `transitions` computes the status before and after each remote call.
 //! - `conditions` turns a pass's outcome into kstatus conditions.
@@ -18,6 +19,7 @@ pub mod desired;
 pub mod guard;
 pub mod ledger;
 pub mod ownership;
+pub mod pass;
 pub mod plan;
 pub mod reasons;
 pub mod start;
@@ -30,6 +32,8 @@ pub use plan::{
     Settings, Write, CREDITS_PER_GENERATION, MAX_REMOTE_WAIT,
 };
 
+#[cfg(test)]
+mod pass_tests;
 #[cfg(test)]
 mod plan_properties;
 #[cfg(test)]

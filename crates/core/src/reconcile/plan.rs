@@ -1,7 +1,8 @@
-//! `plan`: the one function that decides what to do next for an `AgentDynamics`. No I/O: the
-//! controller and the file mode gather the inputs, call it, perform the action it names and feed
-//! the outcome back through `after_generate` / `after_update`. Every rule of docs/design.md is a
-//! branch here and a row in `plan_tests`.
+//! `plan`: the one function that decides what to do next for an `AgentDynamics`. No I/O:
+//! `pass::step` calls it as the inputs are gathered (its `Observe`, `ConsultLedger` and `Adopt`
+//! answers name what is still missing), the executor performs the action it names, and
+//! `pass::fold` feeds the outcome back through `after_generate` / `after_update`. Every rule of
+//! docs/design.md is a branch here and a row in `plan_tests`.
 
 use std::time::Duration;
 

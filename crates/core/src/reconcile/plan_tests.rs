@@ -20,17 +20,17 @@ use crate::wire::{
     ApiErrorKind, DynamicsState, GenerateReply, Regeneration, RemoteStatus, UpdateReply,
 };
 
-const NOW: i64 = 1_800_000_000;
+pub(super) const NOW: i64 = 1_800_000_000;
 
 fn now() -> Timestamp {
     Timestamp::from_second(NOW).unwrap()
 }
 
-fn ago(secs: i64) -> String {
+pub(super) fn ago(secs: i64) -> String {
     Timestamp::from_second(NOW - secs).unwrap().to_string()
 }
 
-fn spec() -> AgentDynamicsSpec {
+pub(super) fn spec() -> AgentDynamicsSpec {
     AgentDynamicsSpec {
         agent_id: "A91XMB7113".into(),
         duration: Some(5),
@@ -39,7 +39,7 @@ fn spec() -> AgentDynamicsSpec {
     }
 }
 
-fn remote(status: Option<RemoteStatus>, url: Option<&str>) -> Observation {
+pub(super) fn remote(status: Option<RemoteStatus>, url: Option<&str>) -> Observation {
     Observation::Found(DynamicsState {
         agent_id: "A91XMB7113".into(),
         status,
@@ -61,7 +61,7 @@ fn failed(kind: ApiErrorKind, retry_after: Option<u64>) -> Observation {
 }
 
 /// Status of an object whose current spec was generated once and applied.
-fn converged(spec: &AgentDynamicsSpec) -> AgentDynamicsStatus {
+pub(super) fn converged(spec: &AgentDynamicsSpec) -> AgentDynamicsStatus {
     AgentDynamicsStatus {
         generate_hash: Some(inputs_hash(spec)),
         dynamics_hash: Some(dynamics_hash(spec)),
@@ -72,7 +72,7 @@ fn converged(spec: &AgentDynamicsSpec) -> AgentDynamicsStatus {
     }
 }
 
-fn generated_not_applied(spec: &AgentDynamicsSpec) -> AgentDynamicsStatus {
+pub(super) fn generated_not_applied(spec: &AgentDynamicsSpec) -> AgentDynamicsStatus {
     AgentDynamicsStatus {
         dynamics_hash: None,
         applied_for_generation: None,
