@@ -165,7 +165,7 @@ struct Args {
     /// are their calls). The restart and failover phases run with the operator's default.
     #[arg(long, default_value_t = 0)]
     api_calls_per_second: u32,
-    /// Skip the restart and failover phases (always skipped for the peer).
+    /// Skip the restart and failover phases (the peer runs the restart only).
     #[arg(long)]
     no_takeover: bool,
     /// How long the restart and failover phases each measure.
@@ -1246,22 +1246,26 @@ async fn run(args: Args) -> anyhow::Result<()> {
         _ => None,
     };
     // 8, 9. restart, failover
-    let (restart, failover) = if plan.peer.is_none() && !args.no_takeover && converged.all.is_some()
-    {
+    // The peer restarts too; its failover is not run (provider-http's leader election is a
+    // controller-runtime one, and it has no standby to compare).
+    let (restart, failover) = if !args.no_takeover && converged.all.is_some() {
         let restart = restart::restart_phase(&mut world, &args, &plan, args.takeover_window)
             .await
             .map_err(|e| eprintln!("bench: restart: {e:#}"))
             .ok();
-        let failover = restart::failover_phase(
-            &mut world,
-            &args,
-            &plan,
-            args.takeover_window,
-            args.lease_duration,
-        )
-        .await
-        .map_err(|e| eprintln!("bench: failover: {e:#}"))
-        .ok();
+        let failover = match plan.peer {
+            Some(_) => None,
+            None => restart::failover_phase(
+                &mut world,
+                &args,
+                &plan,
+                args.takeover_window,
+                args.lease_duration,
+            )
+            .await
+            .map_err(|e| eprintln!("bench: failover: {e:#}"))
+            .ok(),
+        };
         (restart, failover)
     } else {
         (None, None)
@@ -1336,7 +1340,7 @@ fn takeover_json(t: &restart::Takeover) -> Value {
         "remote_gets": t.gets,
         "remote_calls": t.calls,
         "peak_calls_per_second": t.peak_calls_per_second,
-        "calls_per_second_limit": dynamics_operator::cli::DEFAULT_API_CALLS_PER_SECOND,
+        "calls_per_second_limit": t.limit,
         "apiserver_writes_besides_the_edit": t.apiserver_writes,
         "status_writes": t.status_writes,
         "first_call_ms": t.first_call.map(|d| secs(d) * 1000.0),
@@ -1369,10 +1373,10 @@ fn takeover_rows(t: &restart::Takeover, n: usize) -> Vec<[String; 3]> {
         [
             format!("{}: peak calls per second per account", t.kind),
             t.peak_calls_per_second.to_string(),
-            format!(
-                "limit {} (the operator's default)",
-                dynamics_operator::cli::DEFAULT_API_CALLS_PER_SECOND
-            ),
+            match t.limit {
+                Some(limit) => format!("limit {limit} (the operator's default)"),
+                None => "no per-account limit".into(),
+            },
         ],
         [
             format!("{}: API-server writes in the first {w} s", t.kind),

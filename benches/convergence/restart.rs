@@ -30,6 +30,8 @@ pub struct Takeover {
     pub edit_to_call: Option<Duration>,
     pub peak_rss_mib: f64,
     pub lease_duration_s: Option<u64>,
+    /// The account's call limit the target ran with (the peer has none).
+    pub limit: Option<u32>,
 }
 
 /// Waits (up to `window`) for the simulator's first call since its counters were reset.
@@ -98,6 +100,10 @@ async fn measure(
         edit_to_call,
         peak_rss_mib: rss.hwm_kib as f64 / 1024.0,
         lease_duration_s: None,
+        limit: plan
+            .peer
+            .is_none()
+            .then_some(dynamics_operator::cli::DEFAULT_API_CALLS_PER_SECOND),
     })
 }
 
@@ -105,7 +111,8 @@ fn kubeconfig(world: &World) -> String {
     world.cp.kubeconfig_path().to_string_lossy().into_owned()
 }
 
-/// SIGTERM the operator, start a new one at once, edit one object while it starts.
+/// SIGTERM the target (this operator or the peer), start a new one at once, edit one object
+/// while it starts.
 pub async fn restart_phase(
     world: &mut World,
     args: &Args,
@@ -117,15 +124,24 @@ pub async fn restart_phase(
     world.sim.reset_stats();
     let log = world.target.log.with_extension("restart.log");
     let t0 = Instant::now();
-    world.target = start_operator(
-        args,
-        plan,
-        &world.ns,
-        &world.sim,
-        &kubeconfig(world),
-        &log,
-        &[],
-    )?;
+    world.target = match plan.peer {
+        None => start_operator(
+            args,
+            plan,
+            &world.ns,
+            &world.sim,
+            &kubeconfig(world),
+            &log,
+            &[],
+        )?,
+        // Built already (stamp-cached): this only finds the binary again.
+        Some(_) => super::start_peer(
+            plan,
+            super::peer::build(&super::target_dir())?,
+            &kubeconfig(world),
+            &log,
+        )?,
+    };
     let edit = (plan.n / 3, 1_000_001);
     let mut result = measure(world, plan, t0, window, edit, before_api).await?;
     result.kind = "restart";
