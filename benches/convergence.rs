@@ -206,9 +206,10 @@ struct Args {
     bench: bool,
 }
 
-/// Everything the arguments decide, resolved once.
+/// The run asked for: size, profile, timing and target; everything the arguments decide,
+/// resolved once.
 #[derive(Debug, Clone)]
-struct Plan {
+struct Scenario {
     n: usize,
     profile: Profile,
     generation_time: Duration,
@@ -224,8 +225,8 @@ struct Plan {
     lost_reply_window: Option<Duration>,
 }
 
-impl Plan {
-    fn new(args: &Args) -> anyhow::Result<Plan> {
+impl Scenario {
+    fn new(args: &Args) -> anyhow::Result<Scenario> {
         let profile = if args.realistic {
             Profile::Realistic
         } else if args.unlimited {
@@ -255,7 +256,7 @@ impl Plan {
         } else {
             generation_time.mul_f64((n as f64 / (limit * args.accounts) as f64).ceil())
         };
-        Ok(Plan {
+        Ok(Scenario {
             n,
             profile,
             generation_time,
@@ -411,12 +412,12 @@ impl World {
         Api::namespaced(self.client.clone(), &self.ns)
     }
 
-    fn object_vars(&self, plan: &Plan, i: usize) -> peer::ObjectVars {
+    fn object_vars(&self, scenario: &Scenario, i: usize) -> peer::ObjectVars {
         peer::ObjectVars {
             name: object_name(i),
             namespace: self.ns.clone(),
             api_url: self.sim.url(),
-            secret_name: secret_name(plan.account_of(i)),
+            secret_name: secret_name(scenario.account_of(i)),
         }
     }
 
@@ -553,15 +554,17 @@ where
 /// DisposableRequest).
 async fn create_object(
     world: &World,
-    plan: &Plan,
+    scenario: &Scenario,
     i: usize,
     retries: &std::sync::atomic::AtomicU64,
 ) -> anyhow::Result<()> {
     let e = world.expected.lock().unwrap()[i].clone();
     let name = object_name(i);
-    match plan.peer {
+    match scenario.peer {
         None => {
-            let secret = plan.uses_secrets().then(|| secret_name(plan.account_of(i)));
+            let secret = scenario
+                .uses_secrets()
+                .then(|| secret_name(scenario.account_of(i)));
             let obj = manifest(&e, i, secret.as_deref())?;
             let api = world.agent_api();
             create_with_retries(
@@ -571,7 +574,7 @@ async fn create_object(
             .await
         }
         Some(mapping) => {
-            for obj in peer::objects(mapping, &world.object_vars(plan, i), &e)? {
+            for obj in peer::objects(mapping, &world.object_vars(scenario, i), &e)? {
                 create_with_retries(|| peer::create(&world.client, &world.ns, &obj), retries)
                     .await?;
             }
@@ -591,9 +594,9 @@ async fn create_object(
 // ---------------------------------------------------------------------------------------------
 // Phase 1: setup
 
-async fn setup(args: &Args, plan: &Plan) -> anyhow::Result<World> {
+async fn setup(args: &Args, scenario: &Scenario) -> anyhow::Result<World> {
     // The target binary first, so that a missing build fails before the control plane starts.
-    let built_peer = match plan.peer {
+    let built_peer = match scenario.peer {
         Some(_) => {
             let built = peer::build(&target_dir())?;
             if !peer::port_8080_free() {
@@ -636,19 +639,19 @@ async fn setup(args: &Args, plan: &Plan) -> anyhow::Result<World> {
 
     // One simulator account per Secret; each pays for its objects plus the edits.
     let cost = SimConfig::default().cost;
-    let per_account = (plan.n / plan.accounts + 1 + args.edits) as u64 + 100;
+    let per_account = (scenario.n / scenario.accounts + 1 + args.edits) as u64 + 100;
     let sim = sim::start(SimConfig {
         secret: SECRET.into(),
-        accounts: (1..plan.accounts).map(account_secret).collect(),
-        generation_time: plan.generation_time,
-        max_concurrent: plan.limit,
+        accounts: (1..scenario.accounts).map(account_secret).collect(),
+        generation_time: scenario.generation_time,
+        max_concurrent: scenario.limit,
         credits: SimConfig::default().credits.max(per_account * cost),
         ..SimConfig::default()
     })
     .await?;
-    if plan.uses_secrets() {
+    if scenario.uses_secrets() {
         let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
-        for k in 0..plan.accounts {
+        for k in 0..scenario.accounts {
             let s: Secret = serde_json::from_value(json!({
                 "metadata": {"name": secret_name(k), "labels": {SECRET_LABEL: "true"}},
                 "stringData": {"api-secret": account_secret(k)},
@@ -656,7 +659,7 @@ async fn setup(args: &Args, plan: &Plan) -> anyhow::Result<World> {
             secrets.create(&PostParams::default(), &s).await?;
         }
     }
-    if plan.peer.is_some() {
+    if scenario.peer.is_some() {
         peer::create(&client, &ns, &peer::provider_config(&ns)?).await?;
     }
 
@@ -667,7 +670,7 @@ async fn setup(args: &Args, plan: &Plan) -> anyhow::Result<World> {
         .as_ref()
         .and_then(|o| o.file_stem())
         .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| plan.file_stem());
+        .unwrap_or_else(|| scenario.file_stem());
     let log = log_dir.join(format!("{stem}.target.log"));
     let _ = std::fs::remove_file(&log);
     let kubeconfig = cp.kubeconfig_path().to_string_lossy().into_owned();
@@ -678,9 +681,9 @@ async fn setup(args: &Args, plan: &Plan) -> anyhow::Result<World> {
     let mut target = match built_peer {
         None => {
             let limit = format!("--api-calls-per-second={}", args.api_calls_per_second);
-            start_operator(args, plan, &ns, &sim, &kubeconfig, &log, &[limit])?
+            start_operator(args, scenario, &ns, &sim, &kubeconfig, &log, &[limit])?
         }
-        Some(b) => start_peer(plan, b, &kubeconfig, &log)?,
+        Some(b) => start_peer(scenario, b, &kubeconfig, &log)?,
     };
     wait_target_ready(&http, &mut target).await?;
 
@@ -692,7 +695,7 @@ async fn setup(args: &Args, plan: &Plan) -> anyhow::Result<World> {
         None => reqwest::Client::new(),
     };
     let watch = Arc::new(Mutex::new(WatchState::default()));
-    let watch_task = plan
+    let watch_task = scenario
         .peer
         .is_none()
         .then(|| spawn_watch(Api::namespaced(client.clone(), &ns), watch.clone()));
@@ -708,13 +711,13 @@ async fn setup(args: &Args, plan: &Plan) -> anyhow::Result<World> {
         apiserver_http,
         watch,
         watch_task,
-        expected: Mutex::new((0..=plan.n).map(Expected::for_object).collect()),
+        expected: Mutex::new((0..=scenario.n).map(Expected::for_object).collect()),
     })
 }
 
 fn start_operator(
     args: &Args,
-    plan: &Plan,
+    scenario: &Scenario,
     ns: &str,
     sim: &SimHandle,
     kubeconfig: &str,
@@ -750,15 +753,15 @@ fn start_operator(
         "--concurrency".into(),
         args.concurrency.to_string(),
         "--max-concurrent-generations".into(),
-        plan.limit.to_string(),
+        scenario.limit.to_string(),
     ];
-    if let Some(d) = plan.poll_min {
+    if let Some(d) = scenario.poll_min {
         argv.extend([
             "--poll-min".into(),
             humantime::format_duration(d).to_string(),
         ]);
     }
-    if let Some(d) = plan.poll_max {
+    if let Some(d) = scenario.poll_max {
         argv.extend([
             "--poll-max".into(),
             humantime::format_duration(d).to_string(),
@@ -796,16 +799,16 @@ fn start_operator(
 }
 
 fn start_peer(
-    plan: &Plan,
+    scenario: &Scenario,
     built: peer::Built,
     kubeconfig: &str,
     log: &Path,
 ) -> anyhow::Result<Target> {
     let mut argv: Vec<String> = Vec::new();
-    if let Some(d) = plan.peer_poll {
+    if let Some(d) = scenario.peer_poll {
         argv.push(format!("--poll={}", humantime::format_duration(d)));
     }
-    if let Some(r) = plan.peer_rate {
+    if let Some(r) = scenario.peer_rate {
         argv.push(format!("--max-reconcile-rate={r}"));
     }
     eprintln!(
@@ -872,11 +875,15 @@ struct Created {
     retries: u64,
 }
 
-async fn create_phase(world: &World, plan: &Plan, parallelism: usize) -> anyhow::Result<Created> {
+async fn create_phase(
+    world: &World,
+    scenario: &Scenario,
+    parallelism: usize,
+) -> anyhow::Result<Created> {
     let retries = std::sync::atomic::AtomicU64::new(0);
     let first = Instant::now();
-    futures::stream::iter(0..plan.n)
-        .map(|i| create_object(world, plan, i, &retries))
+    futures::stream::iter(0..scenario.n)
+        .map(|i| create_object(world, scenario, i, &retries))
         .buffer_unordered(parallelism.max(1))
         .try_collect::<Vec<()>>()
         .await?;
@@ -884,9 +891,9 @@ async fn create_phase(world: &World, plan: &Plan, parallelism: usize) -> anyhow:
     let retries = retries.load(std::sync::atomic::Ordering::Relaxed);
     eprintln!(
         "bench: created {} in {:.1}s ({:.0}/s, {retries} retries)",
-        plan.n,
+        scenario.n,
         secs(took),
-        plan.n as f64 / secs(took)
+        scenario.n as f64 / secs(took)
     );
     Ok(Created {
         first,
@@ -912,16 +919,16 @@ struct Converged {
 
 async fn converge_phase(
     world: &mut World,
-    plan: &Plan,
+    scenario: &Scenario,
     created: &Created,
     timeout: Duration,
 ) -> anyhow::Result<Converged> {
-    let n = plan.n;
+    let n = scenario.n;
     let t0 = created.first;
     let expected: Vec<Expected> = world.expected.lock().unwrap()[..n].to_vec();
     let mut per_object: HashMap<String, Instant> = HashMap::new();
     let mut record = None;
-    let mut ready = plan.peer.is_some().then_some(Duration::ZERO);
+    let mut ready = scenario.peer.is_some().then_some(Duration::ZERO);
     let mut last_progress = Instant::now();
     let mut last_change = (0, Instant::now());
     let all = loop {
@@ -991,7 +998,7 @@ async fn converge_phase(
     Ok(Converged {
         all,
         record,
-        ready: ready.filter(|_| plan.peer.is_none()),
+        ready: ready.filter(|_| scenario.peer.is_none()),
         per_object,
     })
 }
@@ -1020,7 +1027,7 @@ struct EditResult {
 /// Edit object `i`'s dynamics block (a new modelHash) and time until the simulator has it.
 async fn edit_one(
     world: &World,
-    plan: &Plan,
+    scenario: &Scenario,
     i: usize,
     k: usize,
     timeout: Duration,
@@ -1032,7 +1039,7 @@ async fn edit_one(
         all[i].clone()
     };
     let t0 = Instant::now();
-    let generation = match plan.peer {
+    let generation = match scenario.peer {
         None => {
             let patched = world
                 .agent_api()
@@ -1047,7 +1054,14 @@ async fn edit_one(
             patched.metadata.generation
         }
         Some(mapping) => {
-            peer::edit_dynamics(&world.client, mapping, &world.object_vars(plan, i), &e, k).await?;
+            peer::edit_dynamics(
+                &world.client,
+                mapping,
+                &world.object_vars(scenario, i),
+                &e,
+                k,
+            )
+            .await?;
             None
         }
     };
@@ -1093,11 +1107,11 @@ async fn edit_one(
 
 async fn edits_phase(
     world: &World,
-    plan: &Plan,
+    scenario: &Scenario,
     edits: usize,
     timeout: Duration,
 ) -> Vec<EditResult> {
-    let n = plan.n;
+    let n = scenario.n;
     let mut out = Vec::new();
     let mut misses = 0;
     // Spread over N; when there are more edits than objects, objects are edited again.
@@ -1105,7 +1119,7 @@ async fn edits_phase(
         let slot = k % n;
         let per = edits.min(n);
         let i = ((slot * n) / per + n / (2 * per)).min(n - 1);
-        match edit_one(world, plan, i, k, timeout).await {
+        match edit_one(world, scenario, i, k, timeout).await {
             Ok(r) => {
                 misses = if r.to_call.is_none() { misses + 1 } else { 0 };
                 out.push(r);
@@ -1140,10 +1154,10 @@ struct LostReply {
 
 async fn lost_reply_phase(
     world: &World,
-    plan: &Plan,
+    scenario: &Scenario,
     window: Duration,
 ) -> anyhow::Result<LostReply> {
-    let i = plan.n;
+    let i = scenario.n;
     let e = world.expected.lock().unwrap()[i].clone();
     eprintln!(
         "bench: lost reply: object {} ({}), its generate reply dropped; watching {window:?}",
@@ -1154,7 +1168,7 @@ async fn lost_reply_phase(
     let posts_before = world.sim.stats().count("generate", Some(&e.agent_id), None);
     let retries = std::sync::atomic::AtomicU64::new(0);
     let t0 = Instant::now();
-    create_object(world, plan, i, &retries).await?;
+    create_object(world, scenario, i, &retries).await?;
     let mut converged_after_s = None;
     while t0.elapsed() < window {
         if converged_after_s.is_none() && e.met_by(&world.sim.agent(&e.agent_id)) {
@@ -1176,7 +1190,7 @@ async fn lost_reply_phase(
                 )
             })
     };
-    let target_view = match plan.peer {
+    let target_view = match scenario.peer {
         None => world
             .agent_api()
             .get(&name)
@@ -1203,40 +1217,40 @@ async fn lost_reply_phase(
 
 async fn run(args: Args) -> anyhow::Result<()> {
     let wall = Instant::now();
-    let plan = Plan::new(&args)?;
+    let scenario = Scenario::new(&args)?;
     let load_before = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     eprintln!(
         "bench: {} objects, profile {}, {} account(s), generation {:?}, limit {} per account, target {}; load {}",
-        plan.n,
-        plan.profile.name(),
-        plan.accounts,
-        plan.generation_time,
-        if plan.limit == 0 { "none".to_string() } else { plan.limit.to_string() },
-        plan.target_name(),
+        scenario.n,
+        scenario.profile.name(),
+        scenario.accounts,
+        scenario.generation_time,
+        if scenario.limit == 0 { "none".to_string() } else { scenario.limit.to_string() },
+        scenario.target_name(),
         load_before.trim()
     );
 
     // 1. setup
-    let mut world = setup(&args, &plan).await?;
+    let mut world = setup(&args, &scenario).await?;
     let start = world.snapshot().await?;
     // 2. create
-    let created = create_phase(&world, &plan, args.create_parallelism).await?;
+    let created = create_phase(&world, &scenario, args.create_parallelism).await?;
     // 3. converge
-    let converged = converge_phase(&mut world, &plan, &created, args.timeout).await?;
+    let converged = converge_phase(&mut world, &scenario, &created, args.timeout).await?;
     // 4. counters
     let at_convergence = world.snapshot().await?;
     // 5. idle
     let (idle_start, idle_end) = idle_phase(&world, args.idle).await?;
     // 6. edits
     let edits = if converged.all.is_some() {
-        edits_phase(&world, &plan, args.edits, args.edit_timeout).await
+        edits_phase(&world, &scenario, args.edits, args.edit_timeout).await
     } else {
         Vec::new()
     };
     let after_edits = world.snapshot().await?;
     // 7. lost reply
-    let lost = match plan.lost_reply_window {
-        Some(w) if converged.all.is_some() => match lost_reply_phase(&world, &plan, w).await {
+    let lost = match scenario.lost_reply_window {
+        Some(w) if converged.all.is_some() => match lost_reply_phase(&world, &scenario, w).await {
             Ok(l) => Some(l),
             Err(e) => {
                 eprintln!("bench: lost reply: {e:#}");
@@ -1246,26 +1260,27 @@ async fn run(args: Args) -> anyhow::Result<()> {
         _ => None,
     };
     // 8, 9. restart, failover
-    let (restart, failover) = if plan.peer.is_none() && !args.no_takeover && converged.all.is_some()
-    {
-        let restart = restart::restart_phase(&mut world, &args, &plan, args.takeover_window)
+    let (restart, failover) =
+        if scenario.peer.is_none() && !args.no_takeover && converged.all.is_some() {
+            let restart =
+                restart::restart_phase(&mut world, &args, &scenario, args.takeover_window)
+                    .await
+                    .map_err(|e| eprintln!("bench: restart: {e:#}"))
+                    .ok();
+            let failover = restart::failover_phase(
+                &mut world,
+                &args,
+                &scenario,
+                args.takeover_window,
+                args.lease_duration,
+            )
             .await
-            .map_err(|e| eprintln!("bench: restart: {e:#}"))
+            .map_err(|e| eprintln!("bench: failover: {e:#}"))
             .ok();
-        let failover = restart::failover_phase(
-            &mut world,
-            &args,
-            &plan,
-            args.takeover_window,
-            args.lease_duration,
-        )
-        .await
-        .map_err(|e| eprintln!("bench: failover: {e:#}"))
-        .ok();
-        (restart, failover)
-    } else {
-        (None, None)
-    };
+            (restart, failover)
+        } else {
+            (None, None)
+        };
     if let Some(task) = world.watch_task.take() {
         task.abort();
     }
@@ -1288,9 +1303,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let out = args.out.clone().unwrap_or_else(|| {
         target_dir()
             .join("bench")
-            .join(format!("{}.json", plan.file_stem()))
+            .join(format!("{}.json", scenario.file_stem()))
     });
-    report(&args, &plan, &world, &phases, &out)?;
+    report(&args, &scenario, &world, &phases, &out)?;
 
     // Teardown: the target first (so it does not log the control plane going away), then the
     // simulator and the control plane (ManagedChild/ControlPlane drops reap them).
@@ -1408,8 +1423,14 @@ fn sorted(mut v: Vec<f64>) -> Vec<f64> {
     v
 }
 
-fn report(args: &Args, plan: &Plan, world: &World, p: &Phases, out: &Path) -> anyhow::Result<()> {
-    let n = plan.n;
+fn report(
+    args: &Args,
+    scenario: &Scenario,
+    world: &World,
+    p: &Phases,
+    out: &Path,
+) -> anyhow::Result<()> {
+    let n = scenario.n;
     let nf = n as f64;
     let per_obj = |x: f64| x / nf;
     let (start, conv) = (&p.start, &p.at_convergence);
@@ -1436,12 +1457,12 @@ fn report(args: &Args, plan: &Plan, world: &World, p: &Phases, out: &Path) -> an
         _ => None,
     };
     // The target's own kinds; the benchmark's N creates (per kind) are subtracted.
-    let kinds: &[&str] = match plan.peer {
+    let kinds: &[&str] = match scenario.peer {
         // The purchase ledger is the operator's kind too: its writes count.
         None => &["agentdynamics", "dynamicsledgers"],
         Some(_) => &["requests", "disposablerequests"],
     };
-    let bench_creates = nf * plan.peer.map_or(1, |m| m.objects_per_object()) as f64;
+    let bench_creates = nf * scenario.peer.map_or(1, |m| m.objects_per_object()) as f64;
     let object_writes = api_conv.as_ref().map(|m| {
         kinds.iter().map(|k| api_writes(m, k)).sum::<f64>() - bench_creates
             + api_writes(m, "providerconfigusages")
@@ -1517,13 +1538,13 @@ fn report(args: &Args, plan: &Plan, world: &World, p: &Phases, out: &Path) -> an
     let mut rows: Vec<(String, String, String)> = vec![
         (
             "target".into(),
-            plan.target_name(),
-            match plan.peer {
+            scenario.target_name(),
+            match scenario.peer {
                 None => format!(
                     "--concurrency {} --max-concurrent-generations {} {}",
                     args.concurrency,
-                    plan.limit,
-                    [("--poll-min", plan.poll_min), ("--poll-max", plan.poll_max)]
+                    scenario.limit,
+                    [("--poll-min", scenario.poll_min), ("--poll-max", scenario.poll_max)]
                         .iter()
                         .filter_map(|(f, d)| d.map(|d| format!("{f} {}", humantime::format_duration(d))))
                         .collect::<Vec<_>>()
@@ -1531,10 +1552,10 @@ fn report(args: &Args, plan: &Plan, world: &World, p: &Phases, out: &Path) -> an
                 ),
                 Some(_) => format!(
                     "{} {}",
-                    plan.peer_poll
+                    scenario.peer_poll
                         .map(|d| format!("--poll {}", humantime::format_duration(d)))
                         .unwrap_or_else(|| "--poll (default 1m)".into()),
-                    plan.peer_rate
+                    scenario.peer_rate
                         .map(|r| format!("--max-reconcile-rate {r}"))
                         .unwrap_or_else(|| "--max-reconcile-rate (default 10)".into())
                 ),
@@ -1542,11 +1563,11 @@ fn report(args: &Args, plan: &Plan, world: &World, p: &Phases, out: &Path) -> an
         ),
         (
             "objects / profile / accounts".into(),
-            format!("{n} / {} / {}", plan.profile.name(), plan.accounts),
+            format!("{n} / {} / {}", scenario.profile.name(), scenario.accounts),
             format!(
                 "generation {}, limit {} per account",
-                humantime::format_duration(plan.generation_time),
-                if plan.limit == 0 { "none".to_string() } else { plan.limit.to_string() },
+                humantime::format_duration(scenario.generation_time),
+                if scenario.limit == 0 { "none".to_string() } else { scenario.limit.to_string() },
             ),
         ),
         (
@@ -1564,9 +1585,9 @@ fn report(args: &Args, plan: &Plan, world: &World, p: &Phases, out: &Path) -> an
             fmt_opt(converged_s, 2),
             format!(
                 "floor {:.2}s ({}); x{} of floor; simulator record {} s, Ready {} s",
-                secs(plan.floor),
-                plan.floor_formula(),
-                fmt_opt(converged_s.map(|c| c / secs(plan.floor)), 2),
+                secs(scenario.floor),
+                scenario.floor_formula(),
+                fmt_opt(converged_s.map(|c| c / secs(scenario.floor)), 2),
                 fmt_opt(p.converged.record.map(secs), 2),
                 fmt_opt(p.converged.ready.map(secs), 2),
             ),
@@ -1764,11 +1785,11 @@ fn report(args: &Args, plan: &Plan, world: &World, p: &Phases, out: &Path) -> an
     let t = &world.target;
     let report = json!({
         "benchmark": "convergence",
-        "target": plan.peer.map_or("dynamics-operator", |_| "provider-http"),
-        "peer_mapping": plan.peer.map(|m| m.name()),
+        "target": scenario.peer.map_or("dynamics-operator", |_| "provider-http"),
+        "peer_mapping": scenario.peer.map(|m| m.name()),
         "objects": n,
-        "profile": plan.profile.name(),
-        "accounts": plan.accounts,
+        "profile": scenario.profile.name(),
+        "accounts": scenario.accounts,
         "converged": converged_s.is_some(),
         "machine": {
             "cores": cores,
@@ -1791,18 +1812,18 @@ fn report(args: &Args, plan: &Plan, world: &World, p: &Phases, out: &Path) -> an
             "etcd": controlplane::pinned_etcd_version(),
         },
         "parameters": {
-            "generation_time_ms": plan.generation_time.as_millis() as u64,
-            "max_concurrent_generations_per_account": plan.limit,
+            "generation_time_ms": scenario.generation_time.as_millis() as u64,
+            "max_concurrent_generations_per_account": scenario.limit,
             "operator_concurrency": args.concurrency,
-            "poll_min_ms": plan.poll_min.map(|d| d.as_millis() as u64),
-            "poll_max_ms": plan.poll_max.map(|d| d.as_millis() as u64),
+            "poll_min_ms": scenario.poll_min.map(|d| d.as_millis() as u64),
+            "poll_max_ms": scenario.poll_max.map(|d| d.as_millis() as u64),
             "operator_extra_args": args.operator_args,
             "operator_api_calls_per_second": args.api_calls_per_second,
             "takeover_api_calls_per_second": dynamics_operator::cli::DEFAULT_API_CALLS_PER_SECOND,
             "takeover_window_s": args.takeover_window.as_secs_f64(),
             "failover_lease_duration_s": args.lease_duration,
-            "peer_poll_ms": plan.peer.and(plan.peer_poll).map(|d| d.as_millis() as u64),
-            "peer_max_reconcile_rate": plan.peer.and(plan.peer_rate),
+            "peer_poll_ms": scenario.peer.and(scenario.peer_poll).map(|d| d.as_millis() as u64),
+            "peer_max_reconcile_rate": scenario.peer.and(scenario.peer_rate),
             "create_parallelism": args.create_parallelism,
             "idle_s": args.idle.as_secs_f64(),
             "edits": args.edits,
@@ -1817,8 +1838,8 @@ fn report(args: &Args, plan: &Plan, world: &World, p: &Phases, out: &Path) -> an
             "converge_s": converged_s,
             "converge_record_s": p.converged.record.map(secs),
             "converge_ready_s": p.converged.ready.map(secs),
-            "floor_s": secs(plan.floor),
-            "converge_over_floor": converged_s.map(|c| c / secs(plan.floor)),
+            "floor_s": secs(scenario.floor),
+            "converge_over_floor": converged_s.map(|c| c / secs(scenario.floor)),
             "last_create_to_all_converged_s": last_create_to_done,
             "api_worker_idle": {
                 "seconds": idle_ms as f64 / 1000.0,
