@@ -45,6 +45,8 @@ mod measure;
 mod oracle;
 #[path = "convergence/peer.rs"]
 mod peer;
+#[path = "convergence/report.rs"]
+mod report;
 #[path = "convergence/restart.rs"]
 mod restart;
 #[path = "convergence/watch.rs"]
@@ -64,12 +66,11 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::{DynamicObject, Patch, PatchParams, PostParams};
 use kube::Api;
 use serde_json::{json, Value};
-use support::controlplane::{self, ControlPlane};
+use support::controlplane::ControlPlane;
 use support::process::ManagedChild;
 
 use measure::{
-    api_conflicts, api_writes, apiserver_requests, diff_map, operator_metrics, proc_sample,
-    self_sample, OperatorMetrics, ProcSample,
+    apiserver_requests, operator_metrics, proc_sample, self_sample, OperatorMetrics, ProcSample,
 };
 use oracle::Expected;
 use watch::{spawn_watch, WatchState};
@@ -206,9 +207,10 @@ struct Args {
     bench: bool,
 }
 
-/// Everything the arguments decide, resolved once.
+/// The run asked for: size, profile, timing and target; everything the arguments decide,
+/// resolved once.
 #[derive(Debug, Clone)]
-struct Plan {
+struct Scenario {
     n: usize,
     profile: Profile,
     generation_time: Duration,
@@ -224,8 +226,8 @@ struct Plan {
     lost_reply_window: Option<Duration>,
 }
 
-impl Plan {
-    fn new(args: &Args) -> anyhow::Result<Plan> {
+impl Scenario {
+    fn new(args: &Args) -> anyhow::Result<Scenario> {
         let profile = if args.realistic {
             Profile::Realistic
         } else if args.unlimited {
@@ -255,7 +257,7 @@ impl Plan {
         } else {
             generation_time.mul_f64((n as f64 / (limit * args.accounts) as f64).ceil())
         };
-        Ok(Plan {
+        Ok(Scenario {
             n,
             profile,
             generation_time,
@@ -411,12 +413,12 @@ impl World {
         Api::namespaced(self.client.clone(), &self.ns)
     }
 
-    fn object_vars(&self, plan: &Plan, i: usize) -> peer::ObjectVars {
+    fn object_vars(&self, scenario: &Scenario, i: usize) -> peer::ObjectVars {
         peer::ObjectVars {
             name: object_name(i),
             namespace: self.ns.clone(),
             api_url: self.sim.url(),
-            secret_name: secret_name(plan.account_of(i)),
+            secret_name: secret_name(scenario.account_of(i)),
         }
     }
 
@@ -553,15 +555,17 @@ where
 /// DisposableRequest).
 async fn create_object(
     world: &World,
-    plan: &Plan,
+    scenario: &Scenario,
     i: usize,
     retries: &std::sync::atomic::AtomicU64,
 ) -> anyhow::Result<()> {
     let e = world.expected.lock().unwrap()[i].clone();
     let name = object_name(i);
-    match plan.peer {
+    match scenario.peer {
         None => {
-            let secret = plan.uses_secrets().then(|| secret_name(plan.account_of(i)));
+            let secret = scenario
+                .uses_secrets()
+                .then(|| secret_name(scenario.account_of(i)));
             let obj = manifest(&e, i, secret.as_deref())?;
             let api = world.agent_api();
             create_with_retries(
@@ -571,7 +575,7 @@ async fn create_object(
             .await
         }
         Some(mapping) => {
-            for obj in peer::objects(mapping, &world.object_vars(plan, i), &e)? {
+            for obj in peer::objects(mapping, &world.object_vars(scenario, i), &e)? {
                 create_with_retries(|| peer::create(&world.client, &world.ns, &obj), retries)
                     .await?;
             }
@@ -591,9 +595,9 @@ async fn create_object(
 // ---------------------------------------------------------------------------------------------
 // Phase 1: setup
 
-async fn setup(args: &Args, plan: &Plan) -> anyhow::Result<World> {
+async fn setup(args: &Args, scenario: &Scenario) -> anyhow::Result<World> {
     // The target binary first, so that a missing build fails before the control plane starts.
-    let built_peer = match plan.peer {
+    let built_peer = match scenario.peer {
         Some(_) => {
             let built = peer::build(&target_dir())?;
             if !peer::port_8080_free() {
@@ -636,19 +640,19 @@ async fn setup(args: &Args, plan: &Plan) -> anyhow::Result<World> {
 
     // One simulator account per Secret; each pays for its objects plus the edits.
     let cost = SimConfig::default().cost;
-    let per_account = (plan.n / plan.accounts + 1 + args.edits) as u64 + 100;
+    let per_account = (scenario.n / scenario.accounts + 1 + args.edits) as u64 + 100;
     let sim = sim::start(SimConfig {
         secret: SECRET.into(),
-        accounts: (1..plan.accounts).map(account_secret).collect(),
-        generation_time: plan.generation_time,
-        max_concurrent: plan.limit,
+        accounts: (1..scenario.accounts).map(account_secret).collect(),
+        generation_time: scenario.generation_time,
+        max_concurrent: scenario.limit,
         credits: SimConfig::default().credits.max(per_account * cost),
         ..SimConfig::default()
     })
     .await?;
-    if plan.uses_secrets() {
+    if scenario.uses_secrets() {
         let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
-        for k in 0..plan.accounts {
+        for k in 0..scenario.accounts {
             let s: Secret = serde_json::from_value(json!({
                 "metadata": {"name": secret_name(k), "labels": {SECRET_LABEL: "true"}},
                 "stringData": {"api-secret": account_secret(k)},
@@ -656,7 +660,7 @@ async fn setup(args: &Args, plan: &Plan) -> anyhow::Result<World> {
             secrets.create(&PostParams::default(), &s).await?;
         }
     }
-    if plan.peer.is_some() {
+    if scenario.peer.is_some() {
         peer::create(&client, &ns, &peer::provider_config(&ns)?).await?;
     }
 
@@ -667,7 +671,7 @@ async fn setup(args: &Args, plan: &Plan) -> anyhow::Result<World> {
         .as_ref()
         .and_then(|o| o.file_stem())
         .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| plan.file_stem());
+        .unwrap_or_else(|| scenario.file_stem());
     let log = log_dir.join(format!("{stem}.target.log"));
     let _ = std::fs::remove_file(&log);
     let kubeconfig = cp.kubeconfig_path().to_string_lossy().into_owned();
@@ -678,9 +682,9 @@ async fn setup(args: &Args, plan: &Plan) -> anyhow::Result<World> {
     let mut target = match built_peer {
         None => {
             let limit = format!("--api-calls-per-second={}", args.api_calls_per_second);
-            start_operator(args, plan, &ns, &sim, &kubeconfig, &log, &[limit])?
+            start_operator(args, scenario, &ns, &sim, &kubeconfig, &log, &[limit])?
         }
-        Some(b) => start_peer(plan, b, &kubeconfig, &log)?,
+        Some(b) => start_peer(scenario, b, &kubeconfig, &log)?,
     };
     wait_target_ready(&http, &mut target).await?;
 
@@ -692,7 +696,7 @@ async fn setup(args: &Args, plan: &Plan) -> anyhow::Result<World> {
         None => reqwest::Client::new(),
     };
     let watch = Arc::new(Mutex::new(WatchState::default()));
-    let watch_task = plan
+    let watch_task = scenario
         .peer
         .is_none()
         .then(|| spawn_watch(Api::namespaced(client.clone(), &ns), watch.clone()));
@@ -708,13 +712,13 @@ async fn setup(args: &Args, plan: &Plan) -> anyhow::Result<World> {
         apiserver_http,
         watch,
         watch_task,
-        expected: Mutex::new((0..=plan.n).map(Expected::for_object).collect()),
+        expected: Mutex::new((0..=scenario.n).map(Expected::for_object).collect()),
     })
 }
 
 fn start_operator(
     args: &Args,
-    plan: &Plan,
+    scenario: &Scenario,
     ns: &str,
     sim: &SimHandle,
     kubeconfig: &str,
@@ -750,15 +754,15 @@ fn start_operator(
         "--concurrency".into(),
         args.concurrency.to_string(),
         "--max-concurrent-generations".into(),
-        plan.limit.to_string(),
+        scenario.limit.to_string(),
     ];
-    if let Some(d) = plan.poll_min {
+    if let Some(d) = scenario.poll_min {
         argv.extend([
             "--poll-min".into(),
             humantime::format_duration(d).to_string(),
         ]);
     }
-    if let Some(d) = plan.poll_max {
+    if let Some(d) = scenario.poll_max {
         argv.extend([
             "--poll-max".into(),
             humantime::format_duration(d).to_string(),
@@ -796,16 +800,16 @@ fn start_operator(
 }
 
 fn start_peer(
-    plan: &Plan,
+    scenario: &Scenario,
     built: peer::Built,
     kubeconfig: &str,
     log: &Path,
 ) -> anyhow::Result<Target> {
     let mut argv: Vec<String> = Vec::new();
-    if let Some(d) = plan.peer_poll {
+    if let Some(d) = scenario.peer_poll {
         argv.push(format!("--poll={}", humantime::format_duration(d)));
     }
-    if let Some(r) = plan.peer_rate {
+    if let Some(r) = scenario.peer_rate {
         argv.push(format!("--max-reconcile-rate={r}"));
     }
     eprintln!(
@@ -872,11 +876,15 @@ struct Created {
     retries: u64,
 }
 
-async fn create_phase(world: &World, plan: &Plan, parallelism: usize) -> anyhow::Result<Created> {
+async fn create_phase(
+    world: &World,
+    scenario: &Scenario,
+    parallelism: usize,
+) -> anyhow::Result<Created> {
     let retries = std::sync::atomic::AtomicU64::new(0);
     let first = Instant::now();
-    futures::stream::iter(0..plan.n)
-        .map(|i| create_object(world, plan, i, &retries))
+    futures::stream::iter(0..scenario.n)
+        .map(|i| create_object(world, scenario, i, &retries))
         .buffer_unordered(parallelism.max(1))
         .try_collect::<Vec<()>>()
         .await?;
@@ -884,9 +892,9 @@ async fn create_phase(world: &World, plan: &Plan, parallelism: usize) -> anyhow:
     let retries = retries.load(std::sync::atomic::Ordering::Relaxed);
     eprintln!(
         "bench: created {} in {:.1}s ({:.0}/s, {retries} retries)",
-        plan.n,
+        scenario.n,
         secs(took),
-        plan.n as f64 / secs(took)
+        scenario.n as f64 / secs(took)
     );
     Ok(Created {
         first,
@@ -912,16 +920,16 @@ struct Converged {
 
 async fn converge_phase(
     world: &mut World,
-    plan: &Plan,
+    scenario: &Scenario,
     created: &Created,
     timeout: Duration,
 ) -> anyhow::Result<Converged> {
-    let n = plan.n;
+    let n = scenario.n;
     let t0 = created.first;
     let expected: Vec<Expected> = world.expected.lock().unwrap()[..n].to_vec();
     let mut per_object: HashMap<String, Instant> = HashMap::new();
     let mut record = None;
-    let mut ready = plan.peer.is_some().then_some(Duration::ZERO);
+    let mut ready = scenario.peer.is_some().then_some(Duration::ZERO);
     let mut last_progress = Instant::now();
     let mut last_change = (0, Instant::now());
     let all = loop {
@@ -991,7 +999,7 @@ async fn converge_phase(
     Ok(Converged {
         all,
         record,
-        ready: ready.filter(|_| plan.peer.is_none()),
+        ready: ready.filter(|_| scenario.peer.is_none()),
         per_object,
     })
 }
@@ -1020,7 +1028,7 @@ struct EditResult {
 /// Edit object `i`'s dynamics block (a new modelHash) and time until the simulator has it.
 async fn edit_one(
     world: &World,
-    plan: &Plan,
+    scenario: &Scenario,
     i: usize,
     k: usize,
     timeout: Duration,
@@ -1032,7 +1040,7 @@ async fn edit_one(
         all[i].clone()
     };
     let t0 = Instant::now();
-    let generation = match plan.peer {
+    let generation = match scenario.peer {
         None => {
             let patched = world
                 .agent_api()
@@ -1047,7 +1055,14 @@ async fn edit_one(
             patched.metadata.generation
         }
         Some(mapping) => {
-            peer::edit_dynamics(&world.client, mapping, &world.object_vars(plan, i), &e, k).await?;
+            peer::edit_dynamics(
+                &world.client,
+                mapping,
+                &world.object_vars(scenario, i),
+                &e,
+                k,
+            )
+            .await?;
             None
         }
     };
@@ -1093,11 +1108,11 @@ async fn edit_one(
 
 async fn edits_phase(
     world: &World,
-    plan: &Plan,
+    scenario: &Scenario,
     edits: usize,
     timeout: Duration,
 ) -> Vec<EditResult> {
-    let n = plan.n;
+    let n = scenario.n;
     let mut out = Vec::new();
     let mut misses = 0;
     // Spread over N; when there are more edits than objects, objects are edited again.
@@ -1105,7 +1120,7 @@ async fn edits_phase(
         let slot = k % n;
         let per = edits.min(n);
         let i = ((slot * n) / per + n / (2 * per)).min(n - 1);
-        match edit_one(world, plan, i, k, timeout).await {
+        match edit_one(world, scenario, i, k, timeout).await {
             Ok(r) => {
                 misses = if r.to_call.is_none() { misses + 1 } else { 0 };
                 out.push(r);
@@ -1140,10 +1155,10 @@ struct LostReply {
 
 async fn lost_reply_phase(
     world: &World,
-    plan: &Plan,
+    scenario: &Scenario,
     window: Duration,
 ) -> anyhow::Result<LostReply> {
-    let i = plan.n;
+    let i = scenario.n;
     let e = world.expected.lock().unwrap()[i].clone();
     eprintln!(
         "bench: lost reply: object {} ({}), its generate reply dropped; watching {window:?}",
@@ -1154,7 +1169,7 @@ async fn lost_reply_phase(
     let posts_before = world.sim.stats().count("generate", Some(&e.agent_id), None);
     let retries = std::sync::atomic::AtomicU64::new(0);
     let t0 = Instant::now();
-    create_object(world, plan, i, &retries).await?;
+    create_object(world, scenario, i, &retries).await?;
     let mut converged_after_s = None;
     while t0.elapsed() < window {
         if converged_after_s.is_none() && e.met_by(&world.sim.agent(&e.agent_id)) {
@@ -1176,7 +1191,7 @@ async fn lost_reply_phase(
                 )
             })
     };
-    let target_view = match plan.peer {
+    let target_view = match scenario.peer {
         None => world
             .agent_api()
             .get(&name)
@@ -1203,40 +1218,40 @@ async fn lost_reply_phase(
 
 async fn run(args: Args) -> anyhow::Result<()> {
     let wall = Instant::now();
-    let plan = Plan::new(&args)?;
+    let scenario = Scenario::new(&args)?;
     let load_before = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     eprintln!(
         "bench: {} objects, profile {}, {} account(s), generation {:?}, limit {} per account, target {}; load {}",
-        plan.n,
-        plan.profile.name(),
-        plan.accounts,
-        plan.generation_time,
-        if plan.limit == 0 { "none".to_string() } else { plan.limit.to_string() },
-        plan.target_name(),
+        scenario.n,
+        scenario.profile.name(),
+        scenario.accounts,
+        scenario.generation_time,
+        if scenario.limit == 0 { "none".to_string() } else { scenario.limit.to_string() },
+        scenario.target_name(),
         load_before.trim()
     );
 
     // 1. setup
-    let mut world = setup(&args, &plan).await?;
+    let mut world = setup(&args, &scenario).await?;
     let start = world.snapshot().await?;
     // 2. create
-    let created = create_phase(&world, &plan, args.create_parallelism).await?;
+    let created = create_phase(&world, &scenario, args.create_parallelism).await?;
     // 3. converge
-    let converged = converge_phase(&mut world, &plan, &created, args.timeout).await?;
+    let converged = converge_phase(&mut world, &scenario, &created, args.timeout).await?;
     // 4. counters
     let at_convergence = world.snapshot().await?;
     // 5. idle
     let (idle_start, idle_end) = idle_phase(&world, args.idle).await?;
     // 6. edits
     let edits = if converged.all.is_some() {
-        edits_phase(&world, &plan, args.edits, args.edit_timeout).await
+        edits_phase(&world, &scenario, args.edits, args.edit_timeout).await
     } else {
         Vec::new()
     };
     let after_edits = world.snapshot().await?;
     // 7. lost reply
-    let lost = match plan.lost_reply_window {
-        Some(w) if converged.all.is_some() => match lost_reply_phase(&world, &plan, w).await {
+    let lost = match scenario.lost_reply_window {
+        Some(w) if converged.all.is_some() => match lost_reply_phase(&world, &scenario, w).await {
             Ok(l) => Some(l),
             Err(e) => {
                 eprintln!("bench: lost reply: {e:#}");
@@ -1249,16 +1264,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
     // The peer restarts too; its failover is not run (provider-http's leader election is a
     // controller-runtime one, and it has no standby to compare).
     let (restart, failover) = if !args.no_takeover && converged.all.is_some() {
-        let restart = restart::restart_phase(&mut world, &args, &plan, args.takeover_window)
+        let restart = restart::restart_phase(&mut world, &args, &scenario, args.takeover_window)
             .await
-            .map_err(|e| eprintln!("bench: restart: {e:#}"))
+            .map_err(|e| eprintln!("bench: failover: {e:#}"))
             .ok();
-        let failover = match plan.peer {
+        let failover = match scenario.peer {
             Some(_) => None,
             None => restart::failover_phase(
                 &mut world,
                 &args,
-                &plan,
+                &scenario,
                 args.takeover_window,
                 args.lease_duration,
             )
@@ -1274,7 +1289,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         task.abort();
     }
     // 10. report
-    let phases = Phases {
+    let phases = report::Phases {
         start,
         created,
         converged,
@@ -1292,9 +1307,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let out = args.out.clone().unwrap_or_else(|| {
         target_dir()
             .join("bench")
-            .join(format!("{}.json", plan.file_stem()))
+            .join(format!("{}.json", scenario.file_stem()))
     });
-    report(&args, &plan, &world, &phases, &out)?;
+    let summary = report::summarize(&scenario, &world, &phases);
+    report::print_table(&args, &scenario, &world, &phases, &summary);
+    report::write_json(&args, &scenario, &world, &phases, &summary, &out)?;
 
     // Teardown: the target first (so it does not log the control plane going away), then the
     // simulator and the control plane (ManagedChild/ControlPlane drops reap them).
@@ -1312,590 +1329,5 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if !converged_ok {
         bail!("not all objects converged within {:?}", args.timeout);
     }
-    Ok(())
-}
-
-// ---------------------------------------------------------------------------------------------
-// Phase 8: report
-
-struct Phases {
-    start: Snapshot,
-    created: Created,
-    converged: Converged,
-    at_convergence: Snapshot,
-    idle_start: Snapshot,
-    idle_end: Snapshot,
-    edits: Vec<EditResult>,
-    after_edits: Snapshot,
-    lost: Option<LostReply>,
-    restart: Option<restart::Takeover>,
-    failover: Option<restart::Takeover>,
-    load_before: String,
-    wall: Duration,
-}
-
-fn takeover_json(t: &restart::Takeover) -> Value {
-    json!({
-        "window_s": t.window.as_secs_f64(),
-        "remote_gets": t.gets,
-        "remote_calls": t.calls,
-        "peak_calls_per_second": t.peak_calls_per_second,
-        "calls_per_second_limit": t.limit,
-        "apiserver_writes_besides_the_edit": t.apiserver_writes,
-        "status_writes": t.status_writes,
-        "first_call_ms": t.first_call.map(|d| secs(d) * 1000.0),
-        "edit_to_call_ms": t.edit_to_call.map(|d| secs(d) * 1000.0),
-        "peak_rss_mib": t.peak_rss_mib,
-        "lease_duration_s": t.lease_duration_s,
-    })
-}
-
-/// Markdown rows of a restart or failover phase.
-fn takeover_rows(t: &restart::Takeover, n: usize) -> Vec<[String; 3]> {
-    let w = t.window.as_secs();
-    let from = match t.kind {
-        "failover" => format!(
-            "from the SIGKILL of the leader, lease {} s",
-            t.lease_duration_s.unwrap_or(0)
-        ),
-        _ => "from the end of the old process".to_string(),
-    };
-    let ms = |d: Option<Duration>| fmt_opt(d.map(|d| secs(d) * 1000.0), 0);
-    vec![
-        [
-            format!("{}: remote GETs / calls in the first {w} s", t.kind),
-            format!("{} / {}", t.gets, t.calls),
-            format!(
-                "{:.2}% of the {n} objects' GETs; the edit made at that moment included",
-                t.gets as f64 * 100.0 / n as f64
-            ),
-        ],
-        [
-            format!("{}: peak calls per second per account", t.kind),
-            t.peak_calls_per_second.to_string(),
-            match t.limit {
-                Some(limit) => format!("limit {limit} (the operator's default)"),
-                None => "no per-account limit".into(),
-            },
-        ],
-        [
-            format!("{}: API-server writes in the first {w} s", t.kind),
-            fmt_opt(t.apiserver_writes, 0),
-            format!(
-                "the benchmark's edit subtracted; the new process's status writes: {}",
-                fmt_opt(t.status_writes, 0)
-            ),
-        ],
-        [
-            format!("{}: first remote call / edit reaches the API (ms)", t.kind),
-            format!("{} / {}", ms(t.first_call), ms(t.edit_to_call)),
-            from,
-        ],
-        [
-            format!("{}: new process peak RSS (MiB)", t.kind),
-            format!("{:.1}", t.peak_rss_mib),
-            "VmHWM after the window".into(),
-        ],
-    ]
-}
-
-fn fmt_opt(v: Option<f64>, prec: usize) -> String {
-    match v {
-        // `+ 0.0` turns -0.0 into 0.0.
-        Some(v) if v.is_finite() => format!("{:.prec$}", v + 0.0),
-        _ => "n/a".to_string(),
-    }
-}
-
-fn sorted(mut v: Vec<f64>) -> Vec<f64> {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v
-}
-
-fn report(args: &Args, plan: &Plan, world: &World, p: &Phases, out: &Path) -> anyhow::Result<()> {
-    let n = plan.n;
-    let nf = n as f64;
-    let per_obj = |x: f64| x / nf;
-    let (start, conv) = (&p.start, &p.at_convergence);
-    let posts = sim_calls(&conv.sim, &start.sim, "generate");
-    let (idle_ms, idle_waits) = {
-        let (a, b) = (worker_idle(&conv.sim), worker_idle(&start.sim));
-        (a.0 - b.0, a.1 - b.1)
-    };
-    let gets = sim_calls(&conv.sim, &start.sim, "get");
-    let puts = sim_calls(&conv.sim, &start.sim, "update");
-    let op = |s: &Snapshot, f: &dyn Fn(&OperatorMetrics) -> f64| s.op.as_ref().map(f);
-    let op_delta = |f: &dyn Fn(&OperatorMetrics) -> f64, a: &Snapshot, b: &Snapshot| match (
-        op(a, f),
-        op(b, f),
-    ) {
-        (Some(x), Some(y)) => Some(x - y),
-        _ => None,
-    };
-    let status_writes = op_delta(&|m| m.status_writes, conv, start);
-    let reconciles = op_delta(&|m| m.reconciles_total(), conv, start);
-    let watch_changes = conv.watch_changes - start.watch_changes;
-    let api_conv = match (&conv.api, &start.api) {
-        (Some(a), Some(b)) => Some(diff_map(a, b)),
-        _ => None,
-    };
-    // The target's own kinds; the benchmark's N creates (per kind) are subtracted.
-    let kinds: &[&str] = match plan.peer {
-        // The purchase ledger is the operator's kind too: its writes count.
-        None => &["agentdynamics", "dynamicsledgers"],
-        Some(_) => &["requests", "disposablerequests"],
-    };
-    let bench_creates = nf * plan.peer.map_or(1, |m| m.objects_per_object()) as f64;
-    let object_writes = api_conv.as_ref().map(|m| {
-        kinds.iter().map(|k| api_writes(m, k)).sum::<f64>() - bench_creates
-            + api_writes(m, "providerconfigusages")
-    });
-    let event_writes = api_conv.as_ref().map(|m| api_writes(m, "events"));
-    let conflicts = api_conv.as_ref().map(api_conflicts);
-
-    let mut latencies: Vec<f64> = {
-        let st = world.watch.lock().unwrap();
-        let created_at = |i: usize| st.created.get(&object_name(i)).copied();
-        (0..n)
-            .filter_map(|i| {
-                let done = p.converged.per_object.get(&agent_id(i))?;
-                Some(secs(done.saturating_duration_since(created_at(i)?)))
-            })
-            .collect()
-    };
-    latencies = sorted(latencies);
-    let last_create = {
-        let st = world.watch.lock().unwrap();
-        (0..n)
-            .filter_map(|i| st.created.get(&object_name(i)).copied())
-            .max()
-    };
-    let last_done = p.converged.per_object.values().max().copied();
-    let last_create_to_done = match (last_create, last_done) {
-        (Some(c), Some(d)) => Some(secs(d.saturating_duration_since(c))),
-        _ => None,
-    };
-
-    let (is, ie) = (&p.idle_start, &p.idle_end);
-    let idle_posts = sim_calls(&ie.sim, &is.sim, "generate");
-    let idle_gets = sim_calls(&ie.sim, &is.sim, "get");
-    let idle_puts = sim_calls(&ie.sim, &is.sim, "update");
-    let idle_status_writes = op_delta(&|m| m.status_writes, ie, is);
-    let idle_reconciles = op_delta(&|m| m.reconciles_total(), ie, is);
-    let idle_watch_changes = ie.watch_changes - is.watch_changes;
-    let idle_api = match (&ie.api, &is.api) {
-        (Some(a), Some(b)) => Some(diff_map(a, b)),
-        _ => None,
-    };
-    let idle_api_writes = idle_api.as_ref().map(|m| {
-        measure::COUNTED_RESOURCES
-            .iter()
-            .map(|r| api_writes(m, r))
-            .sum::<f64>()
-    });
-    let idle_cpu = ie.target.cpu_s - is.target.cpu_s;
-
-    let to_call = sorted(p.edits.iter().filter_map(|e| e.to_call.map(secs)).collect());
-    let edits_missed = p.edits.iter().filter(|e| e.to_call.is_none()).count();
-    let to_ready = sorted(
-        p.edits
-            .iter()
-            .filter_map(|e| e.to_ready.map(secs))
-            .collect(),
-    );
-
-    let cpu_conv = conv.target.cpu_s - start.target.cpu_s;
-    let delta_cpu = |a: Option<ProcSample>, b: Option<ProcSample>| match (a, b) {
-        (Some(a), Some(b)) => Some(a.cpu_s - b.cpu_s),
-        _ => None,
-    };
-    let apiserver_cpu = delta_cpu(conv.apiserver, start.apiserver);
-    let etcd_cpu = delta_cpu(conv.etcd, start.etcd);
-    let bench_cpu = conv.bench.cpu_s - start.bench.cpu_s;
-    let peak_rss_mib = p.after_edits.target.hwm_kib as f64 / 1024.0;
-    let rss_after_idle_mib = ie.target.rss_kib as f64 / 1024.0;
-    let cores = std::thread::available_parallelism().map_or(0, |c| c.get());
-    let converged_s = p.converged.all.map(secs);
-    let ms = |v: &[f64], q: f64| percentile(v, q) * 1000.0;
-
-    let mut rows: Vec<(String, String, String)> = vec![
-        (
-            "target".into(),
-            plan.target_name(),
-            match plan.peer {
-                None => format!(
-                    "--concurrency {} --max-concurrent-generations {} {}",
-                    args.concurrency,
-                    plan.limit,
-                    [("--poll-min", plan.poll_min), ("--poll-max", plan.poll_max)]
-                        .iter()
-                        .filter_map(|(f, d)| d.map(|d| format!("{f} {}", humantime::format_duration(d))))
-                        .collect::<Vec<_>>()
-                        .join(" ")
-                ),
-                Some(_) => format!(
-                    "{} {}",
-                    plan.peer_poll
-                        .map(|d| format!("--poll {}", humantime::format_duration(d)))
-                        .unwrap_or_else(|| "--poll (default 1m)".into()),
-                    plan.peer_rate
-                        .map(|r| format!("--max-reconcile-rate {r}"))
-                        .unwrap_or_else(|| "--max-reconcile-rate (default 10)".into())
-                ),
-            },
-        ),
-        (
-            "objects / profile / accounts".into(),
-            format!("{n} / {} / {}", plan.profile.name(), plan.accounts),
-            format!(
-                "generation {}, limit {} per account",
-                humantime::format_duration(plan.generation_time),
-                if plan.limit == 0 { "none".to_string() } else { plan.limit.to_string() },
-            ),
-        ),
-        (
-            "create N (s)".into(),
-            format!("{:.2}", secs(p.created.took)),
-            format!(
-                "{:.0} creates/s, parallelism {}, {} retries",
-                nf / secs(p.created.took),
-                args.create_parallelism,
-                p.created.retries
-            ),
-        ),
-        (
-            "first create -> all converged (s)".into(),
-            fmt_opt(converged_s, 2),
-            format!(
-                "floor {:.2}s ({}); x{} of floor; simulator record {} s, Ready {} s",
-                secs(plan.floor),
-                plan.floor_formula(),
-                fmt_opt(converged_s.map(|c| c / secs(plan.floor)), 2),
-                fmt_opt(p.converged.record.map(secs), 2),
-                fmt_opt(p.converged.ready.map(secs), 2),
-            ),
-        ),
-        (
-            "API workers idle between generations (s)".into(),
-            format!("{:.2}", idle_ms as f64 / 1000.0),
-            format!(
-                "{idle_waits} waits; each second here costs 1/limit s over the floor (limited profiles only)"
-            ),
-        ),
-        (
-            "last create -> all converged (s)".into(),
-            fmt_opt(last_create_to_done, 2),
-            "on the simulator's record, after the last create returned".into(),
-        ),
-        (
-            "create -> converged per object p50/p90/p99/max (s)".into(),
-            format!(
-                "{:.2} / {:.2} / {:.2} / {:.2}",
-                percentile(&latencies, 0.5),
-                percentile(&latencies, 0.9),
-                percentile(&latencies, 0.99),
-                percentile(&latencies, 1.0)
-            ),
-            "from its create call returning to the simulator's record showing it".into(),
-        ),
-        (
-            "remote calls per object POST / GET / PUT".into(),
-            format!(
-                "{:.2} / {:.2} / {:.2}",
-                per_obj(posts as f64),
-                per_obj(gets as f64),
-                per_obj(puts as f64)
-            ),
-            format!(
-                "simulator counters; totals {posts} / {gets} / {puts}{}; generations started {}, overlapping {}",
-                match (&conv.op, &start.op) {
-                    (Some(a), Some(b)) => format!(
-                        " (operator metric {:.0} / {:.0} / {:.0})",
-                        a.remote("generate") - b.remote("generate"),
-                        a.remote("get") - b.remote("get"),
-                        a.remote("update") - b.remote("update")
-                    ),
-                    _ => String::new(),
-                },
-                conv.sim.generations_started - start.sim.generations_started,
-                conv.sim.overlapping_generations - start.sim.overlapping_generations
-            ),
-        ),
-        (
-            "API-server writes per object (objects / Events)".into(),
-            format!(
-                "{} / {}",
-                fmt_opt(object_writes.map(per_obj), 2),
-                fmt_opt(event_writes.map(per_obj), 2)
-            ),
-            format!(
-                "apiserver_request_total for {}, the benchmark's creates subtracted",
-                kinds.join(" + ")
-            ),
-        ),
-        (
-            "409 Conflicts from the API server".into(),
-            fmt_opt(conflicts, 0),
-            "apiserver_request_total with code 409 during convergence, all users and kinds".into(),
-        ),
-        (
-            "status writes / reconcile passes per object".into(),
-            format!(
-                "{} / {}",
-                fmt_opt(status_writes.map(per_obj), 2),
-                fmt_opt(reconciles.map(per_obj), 2)
-            ),
-            format!(
-                "operator metrics; AgentDynamics changes on the watch {:.2}/object",
-                per_obj(watch_changes as f64)
-            ),
-        ),
-        (
-            format!("idle {}s: remote calls POST / GET / PUT", args.idle.as_secs()),
-            format!("{idle_posts} / {idle_gets} / {idle_puts}"),
-            format!("reconcile passes {}", fmt_opt(idle_reconciles, 0)),
-        ),
-        (
-            format!("idle {}s: API-server writes", args.idle.as_secs()),
-            fmt_opt(idle_api_writes, 0),
-            format!(
-                "status writes {}, watch changes {idle_watch_changes}, target CPU {idle_cpu:.2}s",
-                fmt_opt(idle_status_writes, 0)
-            ),
-        ),
-        (
-            "target peak RSS (MiB)".into(),
-            format!("{peak_rss_mib:.1}"),
-            format!("VmHWM; RSS after idle {rss_after_idle_mib:.1} MiB"),
-        ),
-        (
-            "target CPU, convergence (s)".into(),
-            format!("{cpu_conv:.2}"),
-            format!(
-                "{:.1} ms/object; kube-apiserver {} s, etcd {} s, bench+simulator {bench_cpu:.2} s",
-                cpu_conv * 1000.0 / nf,
-                fmt_opt(apiserver_cpu, 2),
-                fmt_opt(etcd_cpu, 2)
-            ),
-        ),
-        (
-            "edit-to-call latency p50/p99/max (ms)".into(),
-            format!(
-                "{:.0} / {:.0} / {:.0}",
-                ms(&to_call, 0.5),
-                ms(&to_call, 0.99),
-                ms(&to_call, 1.0)
-            ),
-            format!(
-                "{} dynamics edits reached the simulator, {edits_missed} not within {:?}; edit -> Ready again p50 {} ms",
-                to_call.len(),
-                args.edit_timeout,
-                fmt_opt(Some(ms(&to_ready, 0.5)), 0)
-            ),
-        ),
-    ];
-    if let Some(l) = &p.lost {
-        rows.push((
-            "lost generate reply: charged / POSTs".into(),
-            format!("{} / {}", l.charged, l.posts),
-            format!(
-                "converged after {} s (window {:.0} s); target says {}",
-                fmt_opt(l.converged_after_s, 2),
-                l.window_s,
-                l.target_view.as_deref().unwrap_or("n/a")
-            ),
-        ));
-    }
-    rows.push((
-        "wall time of the run (s)".into(),
-        format!("{:.0}", secs(p.wall)),
-        format!(
-            "{cores} cores; load before {}",
-            p.load_before
-                .split_whitespace()
-                .take(3)
-                .collect::<Vec<_>>()
-                .join(" ")
-        ),
-    ));
-    for t in p.restart.iter().chain(&p.failover) {
-        rows.extend(takeover_rows(t, n).into_iter().map(|[a, b, c]| (a, b, c)));
-    }
-    if converged_s.is_none() {
-        rows.insert(
-            0,
-            (
-                "NOT CONVERGED".into(),
-                format!(
-                    "{}/{n} on the record, {} Ready",
-                    p.converged.per_object.len(),
-                    world.watch.lock().unwrap().ready_count()
-                ),
-                format!("after {:?}", args.timeout),
-            ),
-        );
-    }
-    println!("\n| metric | value | notes |\n| --- | --- | --- |");
-    for (k, v, note) in &rows {
-        println!("| {k} | {v} | {note} |");
-    }
-
-    let snapshot_json = |s: &Snapshot, base: &Snapshot| {
-        json!({
-            "seconds": secs(s.at.saturating_duration_since(base.at)),
-            "sim_calls": {
-                "generate": s.sim.total("generate"),
-                "get": s.sim.total("get"),
-                "update": s.sim.total("update"),
-            },
-            "sim_generations_started": s.sim.generations_started,
-            "sim_overlapping_generations": s.sim.overlapping_generations,
-            "sim_accounts": s.sim.accounts,
-            "operator_status_writes": s.op.as_ref().map(|m| m.status_writes),
-            "operator_generations": s.op.as_ref().map(|m| m.generations),
-            "operator_remote_calls": s.op.as_ref().map(|m| &m.remote_calls),
-            "operator_reconciles": s.op.as_ref().map(|m| &m.reconciles),
-            "apiserver_requests": s.api,
-            "target_cpu_s": s.target.cpu_s,
-            "target_rss_kib": s.target.rss_kib,
-            "target_hwm_kib": s.target.hwm_kib,
-            "apiserver_cpu_s": s.apiserver.map(|p| p.cpu_s),
-            "etcd_cpu_s": s.etcd.map(|p| p.cpu_s),
-            "bench_cpu_s": s.bench.cpu_s,
-            "watch_changes": s.watch_changes,
-        })
-    };
-    let t = &world.target;
-    let report = json!({
-        "benchmark": "convergence",
-        "target": plan.peer.map_or("dynamics-operator", |_| "provider-http"),
-        "peer_mapping": plan.peer.map(|m| m.name()),
-        "objects": n,
-        "profile": plan.profile.name(),
-        "accounts": plan.accounts,
-        "converged": converged_s.is_some(),
-        "machine": {
-            "cores": cores,
-            "cpu": cpu_model(),
-            "loadavg_before": p.load_before.trim(),
-        },
-        "versions": {
-            "target": t.version,
-            "target_binary": t.bin.display().to_string(),
-            "target_build": t.build,
-            // `git` is the tree when the benchmark ran; the binary may have been built earlier.
-            "target_binary_modified": std::fs::metadata(&t.bin)
-                .and_then(|m| m.modified())
-                .ok()
-                .and_then(|t| jiff::Timestamp::try_from(t).ok())
-                .map(|t| t.to_string()),
-            "git": command_output("git", &["describe", "--always", "--dirty"]),
-            "rustc": command_output("rustc", &["--version"]),
-            "kubernetes": controlplane::pinned_kube_version(),
-            "etcd": controlplane::pinned_etcd_version(),
-        },
-        "parameters": {
-            "generation_time_ms": plan.generation_time.as_millis() as u64,
-            "max_concurrent_generations_per_account": plan.limit,
-            "operator_concurrency": args.concurrency,
-            "poll_min_ms": plan.poll_min.map(|d| d.as_millis() as u64),
-            "poll_max_ms": plan.poll_max.map(|d| d.as_millis() as u64),
-            "operator_extra_args": args.operator_args,
-            "operator_api_calls_per_second": args.api_calls_per_second,
-            "takeover_api_calls_per_second": dynamics_operator::cli::DEFAULT_API_CALLS_PER_SECOND,
-            "takeover_window_s": args.takeover_window.as_secs_f64(),
-            "failover_lease_duration_s": args.lease_duration,
-            "peer_poll_ms": plan.peer.and(plan.peer_poll).map(|d| d.as_millis() as u64),
-            "peer_max_reconcile_rate": plan.peer.and(plan.peer_rate),
-            "create_parallelism": args.create_parallelism,
-            "idle_s": args.idle.as_secs_f64(),
-            "edits": args.edits,
-            "edit_timeout_s": args.edit_timeout.as_secs_f64(),
-            "timeout_s": args.timeout.as_secs_f64(),
-            "sim_idle_timeout_s": SimConfig::default().idle_timeout.map(|d| d.as_secs_f64()),
-        },
-        "results": {
-            "create_s": secs(p.created.took),
-            "create_per_s": nf / secs(p.created.took),
-            "create_retries": p.created.retries,
-            "converge_s": converged_s,
-            "converge_record_s": p.converged.record.map(secs),
-            "converge_ready_s": p.converged.ready.map(secs),
-            "floor_s": secs(plan.floor),
-            "converge_over_floor": converged_s.map(|c| c / secs(plan.floor)),
-            "last_create_to_all_converged_s": last_create_to_done,
-            "api_worker_idle": {
-                "seconds": idle_ms as f64 / 1000.0,
-                "waits": idle_waits,
-                "mean_ms": (idle_waits > 0).then(|| idle_ms as f64 / idle_waits as f64),
-            },
-            "create_to_converged_s": {
-                "p50": percentile(&latencies, 0.5),
-                "p90": percentile(&latencies, 0.9),
-                "p99": percentile(&latencies, 0.99),
-                "max": percentile(&latencies, 1.0),
-            },
-            "remote_calls_per_object": {
-                "generate": per_obj(posts as f64),
-                "get": per_obj(gets as f64),
-                "update": per_obj(puts as f64),
-            },
-            "status_writes_per_object": status_writes.map(per_obj),
-            "watch_changes_per_object": per_obj(watch_changes as f64),
-            "apiserver_object_writes_per_object": object_writes.map(per_obj),
-            "apiserver_event_writes_per_object": event_writes.map(per_obj),
-            "apiserver_conflicts_during_convergence": conflicts,
-            "apiserver_requests_during_convergence": api_conv,
-            "reconciles_per_object": reconciles.map(per_obj),
-            "idle": {
-                "seconds": args.idle.as_secs_f64(),
-                "remote_calls": {"generate": idle_posts, "get": idle_gets, "update": idle_puts},
-                "status_writes": idle_status_writes,
-                "watch_changes": idle_watch_changes,
-                "apiserver_writes": idle_api_writes,
-                "apiserver_requests": idle_api,
-                "reconciles": idle_reconciles,
-                "target_cpu_s": idle_cpu,
-            },
-            "target_peak_rss_mib": peak_rss_mib,
-            "target_rss_after_idle_mib": rss_after_idle_mib,
-            "target_cpu_convergence_s": cpu_conv,
-            "target_cpu_ms_per_object": cpu_conv * 1000.0 / nf,
-            "apiserver_cpu_convergence_s": apiserver_cpu,
-            "etcd_cpu_convergence_s": etcd_cpu,
-            "bench_and_simulator_cpu_convergence_s": bench_cpu,
-            "edit_to_call_ms": {
-                "p50": ms(&to_call, 0.5),
-                "p99": ms(&to_call, 0.99),
-                "max": ms(&to_call, 1.0),
-                "reached": to_call.len(),
-                "missed": edits_missed,
-                "all": to_call.iter().map(|s| s * 1000.0).collect::<Vec<_>>(),
-            },
-            "edit_to_ready_ms": to_ready.iter().map(|s| s * 1000.0).collect::<Vec<_>>(),
-            "lost_reply": p.lost.as_ref().map(|l| json!({
-                "window_s": l.window_s,
-                "charged": l.charged,
-                "posts": l.posts,
-                "converged_after_s": l.converged_after_s,
-                "target_view": l.target_view,
-            })),
-            "restart": p.restart.as_ref().map(takeover_json),
-            "failover": p.failover.as_ref().map(takeover_json),
-            "wall_s": secs(p.wall),
-        },
-        "snapshots": {
-            "start": snapshot_json(start, start),
-            "converged": snapshot_json(conv, start),
-            "idle_start": snapshot_json(is, start),
-            "idle_end": snapshot_json(ie, start),
-            "after_edits": snapshot_json(&p.after_edits, start),
-        },
-    });
-    if let Some(dir) = out.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    std::fs::write(out, serde_json::to_string_pretty(&report)? + "\n")?;
-    println!("\nJSON: {}\ntarget log: {}", out.display(), t.log.display());
     Ok(())
 }

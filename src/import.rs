@@ -140,7 +140,7 @@ mod tests {
                 "2026-12-07",
             );
             let obj: AgentDynamics =
-                serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{name}: {e}\n{text}"));
+                serde_saphyr::from_str(&text).unwrap_or_else(|e| panic!("{name}: {e}\n{text}"));
             assert_eq!(obj.spec.agent_id, "A91XMB7113", "{name}");
             assert_eq!(obj.metadata.namespace.as_deref(), Some("agents"), "{name}");
             assert_eq!(

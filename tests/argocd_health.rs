@@ -38,7 +38,8 @@ fn read(path: &Path) -> String {
 }
 
 fn read_yaml(path: &Path) -> Json {
-    serde_yaml::from_str(&read(path)).unwrap_or_else(|e| panic!("parsing {}: {e}", path.display()))
+    serde_saphyr::from_str(&read(path))
+        .unwrap_or_else(|e| panic!("parsing {}: {e}", path.display()))
 }
 
 /// A Lua state with what Argo CD gives a customization script from argocd-cm.
@@ -500,7 +501,7 @@ fn argocd_cm_embeds_exactly_the_tested_scripts() {
     );
     // And it is what Argo CD parses: the health key holds health.lua, the actions key holds YAML
     // with discovery.lua and one definition per action.
-    let cm: Json = serde_yaml::from_str(&got).expect("argocd-cm.yaml is YAML");
+    let cm: Json = serde_saphyr::from_str(&got).expect("argocd-cm.yaml is YAML");
     let data = &cm["data"];
     assert_eq!(
         data["resource.customizations.health.dynamics.bithuman.ai_AgentDynamics"]
@@ -508,7 +509,7 @@ fn argocd_cm_embeds_exactly_the_tested_scripts() {
             .unwrap(),
         read(&argocd_dir().join("health.lua"))
     );
-    let actions: Json = serde_yaml::from_str(
+    let actions: Json = serde_saphyr::from_str(
         data["resource.customizations.actions.dynamics.bithuman.ai_AgentDynamics"]
             .as_str()
             .unwrap(),

@@ -1,6 +1,7 @@
 //! The committed CRD is exactly what the Rust types generate, and it carries the rules users rely on.
 
-use dynamics_operator::resource::{crd_yaml, ledger_crd_yaml};
+use dynamics_operator::resource::{crd_yaml, ledger_crd_yaml, AgentDynamics, DynamicsLedger};
+use kube::CustomResourceExt;
 
 #[test]
 fn committed_crd_matches_the_types() {
@@ -26,16 +27,36 @@ fn committed_ledger_crd_matches_the_types() {
         committed == ledger_crd_yaml(),
         "crds/dynamicsledgers.yaml is out of date: run `cargo run -- crd --ledger > crds/dynamicsledgers.yaml` and commit it"
     );
-    let crd: serde_json::Value = serde_yaml::from_str(&committed).unwrap();
+    let crd: serde_json::Value = serde_saphyr::from_str(&committed).unwrap();
     assert_eq!(
         crd["spec"]["scope"], "Cluster",
         "one record per agent for the whole cluster"
     );
 }
 
+/// The printed YAML reads back as exactly the CRD the types build: long and multi-line
+/// descriptions, patterns and strings that look like numbers or booleans survive the
+/// serializer's quoting and folding.
+#[test]
+fn crd_yaml_reads_back_as_the_types_crd() {
+    for (yaml, crd) in [
+        (
+            crd_yaml(),
+            serde_json::to_value(AgentDynamics::crd()).unwrap(),
+        ),
+        (
+            ledger_crd_yaml(),
+            serde_json::to_value(DynamicsLedger::crd()).unwrap(),
+        ),
+    ] {
+        let read: serde_json::Value = serde_saphyr::from_str(&yaml).unwrap();
+        assert_eq!(read, crd, "{yaml}");
+    }
+}
+
 #[test]
 fn crd_carries_validation_and_printer_columns() {
-    let crd: serde_json::Value = serde_yaml::from_str(&crd_yaml()).unwrap();
+    let crd: serde_json::Value = serde_saphyr::from_str(&crd_yaml()).unwrap();
     let version = &crd["spec"]["versions"][0];
     assert_eq!(crd["spec"]["names"]["shortNames"][0], "agdyn");
     assert_eq!(version["subresources"]["status"], serde_json::json!({}));
@@ -104,8 +125,7 @@ fn every_example_is_a_valid_agent_dynamics() {
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
         let text = std::fs::read_to_string(&path).unwrap();
-        for doc in serde_yaml::Deserializer::from_str(&text) {
-            let value: serde_json::Value = serde::Deserialize::deserialize(doc).unwrap();
+        for value in serde_saphyr::from_multiple::<serde_json::Value>(&text).unwrap() {
             if value["kind"] != "AgentDynamics" {
                 continue;
             }

@@ -508,7 +508,7 @@ async fn json_and_yaml_output_read_back_as_agent_dynamics() {
 
     let yaml = s.run(&["apply", "-o", "yaml"]).await;
     assert_eq!(yaml.code, 0, "{yaml:?}");
-    let value: serde_json::Value = serde_yaml::from_str(&yaml.stdout).unwrap();
+    let value: serde_json::Value = serde_saphyr::from_str(&yaml.stdout).unwrap();
     let from_yaml: Vec<AgentDynamics> = serde_json::from_value(value["items"].clone()).unwrap();
     assert_eq!(
         from_yaml[0].metadata.uid, alpha.metadata.uid,

@@ -34,7 +34,7 @@ fn flux_objects_point_at_this_repository_its_paths_and_its_chart() {
     let docs = flux_objects();
     let source = find(&docs, "GitRepository", "dynamics-operator");
     assert_eq!(source["apiVersion"], "source.toolkit.fluxcd.io/v1");
-    let chart_yaml: Json = serde_yaml::from_str(
+    let chart_yaml: Json = serde_saphyr::from_str(
         &std::fs::read_to_string(Path::new(ROOT).join("charts/dynamics-operator/Chart.yaml"))
             .unwrap(),
     )
@@ -72,7 +72,7 @@ fn the_helm_release_values_pass_the_charts_schema() {
     let values = dir.path().join("values.yaml");
     std::fs::write(
         &values,
-        serde_yaml::to_string(&helm_release()["spec"]["values"]).unwrap(),
+        dynamics_operator::resource::to_yaml(&helm_release()["spec"]["values"]).unwrap(),
     )
     .unwrap();
     let chart = Path::new(ROOT).join("charts/dynamics-operator");
@@ -153,7 +153,7 @@ async fn flux_wait_completes_on_the_example_agents_suspended_one_included() {
     for a in &agents {
         let mut a = (*a).clone();
         a["metadata"].as_object_mut().unwrap().remove("namespace");
-        yaml.push_str(&serde_yaml::to_string(&a).unwrap());
+        yaml.push_str(&dynamics_operator::resource::to_yaml(&a).unwrap());
         yaml.push_str("---\n");
     }
     env.apply(&yaml);

@@ -131,7 +131,7 @@ fn crds_are_templates_kept_on_uninstall_unless_told() {
     let rendered = crds(&template(&[]));
     assert_eq!(rendered.len(), 2, "CRDs rendered by default");
     for file in ["agentdynamics.yaml", "dynamicsledgers.yaml"] {
-        let committed: Json = serde_yaml::from_str(
+        let committed: Json = serde_saphyr::from_str(
             &std::fs::read_to_string(Path::new(ROOT).join("crds").join(file)).unwrap(),
         )
         .unwrap();
@@ -713,7 +713,7 @@ fn prometheus_operator_crds() -> String {
                 }],
             },
         });
-        yaml.push_str(&serde_yaml::to_string(&crd).unwrap());
+        yaml.push_str(&dynamics_operator::resource::to_yaml(&crd).unwrap());
         yaml.push_str("---\n");
     }
     yaml

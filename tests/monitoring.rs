@@ -62,7 +62,7 @@ const HEADER: &str = "# Generated from charts/dynamics-operator/templates/promet
 fn alerts_file_is_the_charts_rule_rendered() {
     let want = format!(
         "{HEADER}{}",
-        serde_yaml::to_string(&rendered_rules(&[])).unwrap()
+        dynamics_operator::resource::to_yaml(&rendered_rules(&[])).unwrap()
     );
     let path = root(ALERTS_FILE);
     if std::env::var("DYNAMICS_BLESS").as_deref() == Ok("1") {
@@ -101,7 +101,7 @@ fn promtool_checks_and_unit_tests_the_rules() {
         "--set",
         "metrics.prometheusRule.stalledFor=1h",
     ]);
-    let text = serde_yaml::to_string(&rules).unwrap();
+    let text = dynamics_operator::resource::to_yaml(&rules).unwrap();
     assert!(text.contains("> 750"), "{text}");
     std::fs::write(&custom, text).unwrap();
     run_ok(&promtool, ["check", "rules", custom.to_str().unwrap()]);
@@ -113,7 +113,7 @@ fn promtool_checks_and_unit_tests_the_rules() {
 fn alerts_route_per_install_and_link_their_runbook() {
     use dynamics_operator::reconcile::reasons::{troubleshooting_markdown, ALERTS, PAGE_URL};
     let rules: Json =
-        serde_yaml::from_str(&std::fs::read_to_string(root(ALERTS_FILE)).unwrap()).unwrap();
+        serde_saphyr::from_str(&std::fs::read_to_string(root(ALERTS_FILE)).unwrap()).unwrap();
     let page = troubleshooting_markdown();
     let mut names = Vec::new();
     for rule in rules["groups"][0]["rules"].as_array().unwrap() {
@@ -173,7 +173,7 @@ fn expressions() -> Vec<(String, String)> {
         }
     }
     let rules: Json =
-        serde_yaml::from_str(&std::fs::read_to_string(root(ALERTS_FILE)).unwrap()).unwrap();
+        serde_saphyr::from_str(&std::fs::read_to_string(root(ALERTS_FILE)).unwrap()).unwrap();
     for group in rules["groups"].as_array().unwrap() {
         for rule in group["rules"].as_array().unwrap() {
             exprs.push((

@@ -473,16 +473,19 @@ impl Installed {
             .unwrap();
         assert!(copied.success());
         let crd_file = chart.join("files/crds/agentdynamics.yaml");
-        let mut crd: serde_yaml::Value =
-            serde_yaml::from_str(&std::fs::read_to_string(&crd_file).unwrap()).unwrap();
-        let column: serde_yaml::Value =
-            serde_yaml::from_str("{name: Upgraded, type: string, jsonPath: .spec.agentId}")
-                .unwrap();
+        let mut crd: serde_json::Value =
+            serde_saphyr::from_str(&std::fs::read_to_string(&crd_file).unwrap()).unwrap();
+        let column =
+            serde_json::json!({"name": "Upgraded", "type": "string", "jsonPath": ".spec.agentId"});
         crd["spec"]["versions"][0]["additionalPrinterColumns"]
-            .as_sequence_mut()
+            .as_array_mut()
             .expect("printer columns")
             .push(column);
-        std::fs::write(&crd_file, serde_yaml::to_string(&crd).unwrap()).unwrap();
+        std::fs::write(
+            &crd_file,
+            dynamics_operator::resource::to_yaml(&crd).unwrap(),
+        )
+        .unwrap();
         let version = format!("{}-crd-changed", self.chart_version);
         let helm = tool("helm");
         let work = self.node.dir().join("work");

@@ -114,17 +114,9 @@ fn render(template: &str, vars: &[(&str, String)]) -> String {
     out
 }
 
+/// The objects of a multi-document YAML text; empty documents are skipped.
 fn documents(yaml: &str) -> anyhow::Result<Vec<DynamicObject>> {
-    use serde::Deserialize as _;
-    let mut out = Vec::new();
-    for doc in serde_yaml::Deserializer::from_str(yaml) {
-        let value = serde_yaml::Value::deserialize(doc)?;
-        if value.is_null() {
-            continue;
-        }
-        out.push(serde_yaml::from_value(value)?);
-    }
-    Ok(out)
+    Ok(serde_saphyr::from_multiple(yaml)?)
 }
 
 pub fn provider_config(ns: &str) -> anyhow::Result<DynamicObject> {

@@ -11,7 +11,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use kube::Api;
 
 use super::measure::{api_writes, apiserver_requests, diff_map, operator_metrics, proc_sample};
-use super::{edit_one, start_operator, Args, Plan, Target, World};
+use super::{edit_one, start_operator, Args, Scenario, Target, World};
 
 /// What one phase measured.
 pub struct Takeover {
@@ -49,7 +49,7 @@ async fn first_call(world: &World, t0: Instant, window: Duration) -> Option<Dura
 /// The edit at `t0`, the first call, then the rest of the window; counters of the window.
 async fn measure(
     world: &World,
-    plan: &Plan,
+    scenario: &Scenario,
     t0: Instant,
     window: Duration,
     edit: (usize, usize),
@@ -57,7 +57,7 @@ async fn measure(
 ) -> anyhow::Result<Takeover> {
     let (i, k) = edit;
     let (edited, first) = tokio::join!(
-        edit_one(world, plan, i, k, window),
+        edit_one(world, scenario, i, k, window),
         first_call(world, t0, window)
     );
     let edit_to_call = edited?.to_call;
@@ -100,7 +100,7 @@ async fn measure(
         edit_to_call,
         peak_rss_mib: rss.hwm_kib as f64 / 1024.0,
         lease_duration_s: None,
-        limit: plan
+        limit: scenario
             .peer
             .is_none()
             .then_some(dynamics_operator::cli::DEFAULT_API_CALLS_PER_SECOND),
@@ -116,7 +116,7 @@ fn kubeconfig(world: &World) -> String {
 pub async fn restart_phase(
     world: &mut World,
     args: &Args,
-    plan: &Plan,
+    scenario: &Scenario,
     window: Duration,
 ) -> anyhow::Result<Takeover> {
     world.target.child.stop(Duration::from_secs(10));
@@ -124,10 +124,10 @@ pub async fn restart_phase(
     world.sim.reset_stats();
     let log = world.target.log.with_extension("restart.log");
     let t0 = Instant::now();
-    world.target = match plan.peer {
+    world.target = match scenario.peer {
         None => start_operator(
             args,
-            plan,
+            scenario,
             &world.ns,
             &world.sim,
             &kubeconfig(world),
@@ -136,14 +136,14 @@ pub async fn restart_phase(
         )?,
         // Built already (stamp-cached): this only finds the binary again.
         Some(_) => super::start_peer(
-            plan,
+            scenario,
             super::peer::build(&super::target_dir())?,
             &kubeconfig(world),
             &log,
         )?,
     };
-    let edit = (plan.n / 3, 1_000_001);
-    let mut result = measure(world, plan, t0, window, edit, before_api).await?;
+    let edit = (scenario.n / 3, 1_000_001);
+    let mut result = measure(world, scenario, t0, window, edit, before_api).await?;
     result.kind = "restart";
     Ok(result)
 }
@@ -153,7 +153,7 @@ pub async fn restart_phase(
 pub async fn failover_phase(
     world: &mut World,
     args: &Args,
-    plan: &Plan,
+    scenario: &Scenario,
     window: Duration,
     lease_duration_s: u64,
 ) -> anyhow::Result<Takeover> {
@@ -177,7 +177,7 @@ pub async fn failover_phase(
         let log = world.target.log.with_extension(format!("{id}.log"));
         start_operator(
             args,
-            plan,
+            scenario,
             &world.ns,
             &world.sim,
             &kubeconfig(world),
@@ -214,8 +214,8 @@ pub async fn failover_phase(
     world.sim.reset_stats();
     let t0 = Instant::now();
     old.child.kill_now();
-    let edit = (2 * plan.n / 3, 1_000_002);
-    let result = measure(world, plan, t0, window, edit, before_api).await;
+    let edit = (2 * scenario.n / 3, 1_000_002);
+    let result = measure(world, scenario, t0, window, edit, before_api).await;
     drop(old);
     let mut result = result?;
     result.kind = "failover";

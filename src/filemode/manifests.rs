@@ -258,40 +258,100 @@ fn json_documents(text: &str) -> Option<Vec<Document>> {
     Some(out)
 }
 
-/// Refuses nesting deeper than [`MAX_DEPTH`] before libyaml sees the text: its scanner
-/// slows down quadratically (and worse) with the depth of flow collections. This check
-/// streams events in linear time; anything else it says is left to the real parse.
-fn yaml_too_deep(text: &str) -> Option<FieldError> {
-    use serde_saphyr::budget::{check_yaml_budget, BudgetBreach, EnforcingPolicy};
-    let mut budget = serde_saphyr::Budget::default();
-    budget.max_depth = MAX_DEPTH;
-    use serde_saphyr::granit_parser::ErrorKind;
-    let too_deep = match check_yaml_budget(text, budget, EnforcingPolicy::PerDocument) {
-        Ok(report) => matches!(report.breached, Some(BudgetBreach::Depth { .. })),
-        // Its scanner stops flow collections at a fixed depth of its own.
-        Err(e) => matches!(e.kind(), ErrorKind::RecursionLimitExceeded),
-    };
-    too_deep.then(|| {
+/// How each document is read: as YAML 1.2's core schema (`yes`, `0755` and `1_000` stay
+/// strings, `<<` is an ordinary key), with duplicated keys passed on to [`Strict`], which
+/// refuses them naming the field, and with one-line messages.
+fn yaml_options() -> serde_saphyr::Options {
+    serde_saphyr::options! {
+        duplicate_keys: serde_saphyr::DuplicateKeyPolicy::PassThrough,
+        merge_keys: serde_saphyr::MergeKeyPolicy::AsOrdinary,
+        strict_booleans: true,
+        leading_zero_numbers_as_strings: true,
+        underscored_numbers_as_strings: true,
+        null_as_string: true,
+        non_finite_float_policy: serde_saphyr::NonFiniteFloatPolicy::PassThrough,
+        with_snippet: false,
+    }
+}
+
+/// The byte ranges of the `---`-separated documents, found by streaming the parser's events
+/// in linear time; each range also holds the comments and directives before its document.
+/// Refuses nesting deeper than [`MAX_DEPTH`] here, before anything is built. A syntax error
+/// ends the list: the rest of the text is one more range, whose parse reports it.
+fn yaml_ranges(text: &str) -> Result<Vec<std::ops::Range<usize>>, FieldError> {
+    use serde_saphyr::granit_parser::{ErrorKind, Event, Parser, StrInput};
+    let too_deep = || {
         document_error(format!(
             "nested more than {MAX_DEPTH} levels deep; no manifest needs that"
         ))
-    })
+    };
+    let mut ranges = Vec::new();
+    let mut start = 0;
+    let mut depth = 0usize;
+    for item in Parser::new(StrInput::new(text)) {
+        let (event, span) = match item {
+            Ok(item) => item,
+            // Its scanner stops flow collections at a fixed depth of its own.
+            Err(e) if matches!(e.kind(), ErrorKind::RecursionLimitExceeded) => {
+                return Err(too_deep())
+            }
+            Err(_) => {
+                ranges.push(start..text.len());
+                return Ok(ranges);
+            }
+        };
+        match event {
+            Event::SequenceStart(..) | Event::MappingStart(..) => {
+                depth += 1;
+                if depth > MAX_DEPTH {
+                    return Err(too_deep());
+                }
+            }
+            Event::SequenceEnd | Event::MappingEnd => depth -= 1,
+            Event::DocumentEnd => {
+                let end = span.byte_range().map_or(text.len(), |r| r.end);
+                ranges.push(start..end);
+                start = end;
+            }
+            _ => {}
+        }
+    }
+    Ok(ranges)
 }
 
-/// `---`-separated YAML documents. A syntax error ends the file: the parser cannot resynchronise.
+/// `---`-separated YAML documents, each parsed on its own so that one document's error
+/// keeps the documents before it. A syntax error ends the file: the parser cannot resynchronise.
 fn yaml_documents(text: &str) -> Vec<Document> {
-    if let Some(error) = yaml_too_deep(text) {
-        return vec![Err(error)];
-    }
+    let ranges = match yaml_ranges(text) {
+        Ok(ranges) => ranges,
+        Err(error) => return vec![Err(error)],
+    };
     let mut out = Vec::new();
-    for document in serde_yaml::Deserializer::from_str(text) {
+    let mut lines_before = 0;
+    let mut counted = 0;
+    for range in ranges {
+        lines_before += text[counted..range.start].matches('\n').count();
+        counted = range.start;
         let problem = RefCell::new(None);
-        match Strict::root(&problem).deserialize(document) {
+        let parsed = serde_saphyr::with_deserializer_from_str_with_options(
+            &text[range],
+            yaml_options(),
+            |de| Strict::root(&problem).deserialize(de),
+        );
+        match parsed {
             Ok(value) => out.push(Ok(value)),
             Err(e) => {
-                let error = problem
-                    .into_inner()
-                    .unwrap_or_else(|| document_error(format!("not valid YAML: {e}")));
+                let error = problem.into_inner().unwrap_or_else(|| {
+                    // Lines counted from the top of the file, not of the document.
+                    let options = serde_saphyr::render_options! {
+                        snippets: serde_saphyr::SnippetMode::Off,
+                        line_offset: lines_before as u64,
+                    };
+                    document_error(format!(
+                        "not valid YAML: {}",
+                        e.render_with_options(options)
+                    ))
+                });
                 out.push(Err(error));
                 break;
             }
@@ -820,6 +880,37 @@ spec: {agentId: A3}
         let loaded = load_str("kind: [unclosed\n", false);
         assert_eq!(loaded.errors.len(), 1);
         assert!(loaded.errors[0].to_string().contains("not valid YAML"));
+    }
+
+    #[test]
+    fn empty_documents_keep_the_numbering() {
+        // As `helm template` prints a template that renders nothing.
+        let loaded = load_str(
+            &format!("---\n# Source: a.yaml\n---\n{OK_DOC}---\n---\nkind: [unclosed\n"),
+            false,
+        );
+        assert_eq!(loaded.objects.len(), 1, "{:?}", loaded.errors);
+        assert_eq!(loaded.objects[0].source.document, 2);
+        assert_eq!(loaded.errors.len(), 1);
+        assert_eq!(loaded.errors[0].source.document, 4);
+        // The line is counted from the top of the file.
+        let message = loaded.errors[0].to_string();
+        assert!(
+            message.contains("not valid YAML: ") && message.contains("line 10"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn scalars_are_read_as_yaml_1_2_core_schema() {
+        let loaded = load_str(
+            "apiVersion: v1\nkind: Secret\nmetadata: {name: s}\nstringData: {a: yes, b: '1', c: 0755, d: 1_000}\n",
+            false,
+        );
+        let secret = &loaded.secrets[&("default".to_string(), "s".to_string())];
+        assert_eq!(secret.data["a"], b"yes");
+        assert_eq!(secret.data["c"], b"0755");
+        assert_eq!(secret.data["d"], b"1_000");
     }
 
     #[test]

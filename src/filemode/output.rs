@@ -48,7 +48,7 @@ pub fn render<T: Serialize>(format: OutputFormat, value: &T) -> anyhow::Result<S
             text.push('\n');
             text
         }
-        OutputFormat::Yaml => serde_yaml::to_string(value)?,
+        OutputFormat::Yaml => crate::resource::to_yaml(value)?,
         OutputFormat::Table | OutputFormat::Markdown => {
             anyhow::bail!("a table or Markdown is rendered by its command")
         }
@@ -159,7 +159,7 @@ mod tests {
             let back: Value = if format == OutputFormat::Json {
                 serde_json::from_str(&text).unwrap()
             } else {
-                serde_yaml::from_str(&text).unwrap()
+                serde_saphyr::from_str(&text).unwrap()
             };
             assert_eq!(back["kind"], "List");
             let item: AgentDynamics = serde_json::from_value(back["items"][0].clone()).unwrap();

@@ -30,7 +30,7 @@ fn deploy_crds_are_the_committed_crds() {
         );
         // And kustomize ships it unchanged.
         let crd = find(&base, "CustomResourceDefinition", name);
-        let want: Json = serde_yaml::from_slice(&committed).unwrap();
+        let want: Json = serde_saphyr::from_slice(&committed).unwrap();
         assert!(
             numbers_as_f64(crd) == numbers_as_f64(&want),
             "kustomize changed {file}"

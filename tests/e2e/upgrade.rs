@@ -22,7 +22,7 @@ const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/upgr
 fn fixture(release: &str, file: &str) -> Value {
     let path = Path::new(FIXTURES).join(release).join("cluster").join(file);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path:?}: {e}"));
-    serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{path:?}: {e}"))
+    serde_saphyr::from_str(&text).unwrap_or_else(|e| panic!("{path:?}: {e}"))
 }
 
 /// `kubectl create` of `object` as it is (no typed round trip that could drop or add fields).

@@ -88,10 +88,7 @@ where
 
 /// The documents of a multi-document YAML stream (empty ones dropped).
 pub fn parse_docs(yaml: &str) -> Vec<Json> {
-    serde_yaml::Deserializer::from_str(yaml)
-        .map(|doc| serde::Deserialize::deserialize(doc).expect("YAML document"))
-        .filter(|v: &Json| !v.is_null())
-        .collect()
+    serde_saphyr::from_multiple(yaml).expect("YAML documents")
 }
 
 /// The document of `kind` named `name`.

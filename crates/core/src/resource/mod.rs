@@ -43,12 +43,20 @@ pub const FINALIZER: &str = "dynamics.bithuman.ai/cleanup";
 
 /// The CRD as YAML, exactly as committed under `crds/`.
 pub fn crd_yaml() -> String {
-    serde_yaml::to_string(&AgentDynamics::crd()).expect("the CRD always serializes")
+    to_yaml(&AgentDynamics::crd()).expect("the CRD always serializes")
 }
 
 /// The purchase ledger's CRD as YAML, exactly as committed under `crds/`.
 pub fn ledger_crd_yaml() -> String {
-    serde_yaml::to_string(&DynamicsLedger::crd()).expect("the CRD always serializes")
+    to_yaml(&DynamicsLedger::crd()).expect("the CRD always serializes")
+}
+
+/// YAML as the project writes it (the CRDs, `-o yaml`, generated files): long strings stay
+/// on one line each instead of being folded at 80 columns, so that a changed string is a
+/// one-line diff and a search finds it whole; multi-line strings are literal blocks.
+pub fn to_yaml<T: serde::Serialize>(value: &T) -> Result<String, serde_saphyr::SerializeError> {
+    let options = serde_saphyr::ser_options! { folded_wrap_chars: usize::MAX };
+    serde_saphyr::to_string_with_options(value, options)
 }
 
 /// Label a Secret must carry for the operator to use it through `spec.apiSecretRef`; the

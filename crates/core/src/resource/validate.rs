@@ -281,7 +281,7 @@ dynamics:
   batchResults: {wave: {videoUrl: "file:///etc/passwd"}}
   result: {modelPath: "s3://bucket/model.bin"}
 "#;
-        let spec: AgentDynamicsSpec = serde_yaml::from_str(yaml).unwrap();
+        let spec: AgentDynamicsSpec = serde_saphyr::from_str(yaml).unwrap();
         assert_eq!(
             fields(&spec),
             vec![
