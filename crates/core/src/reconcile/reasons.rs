@@ -345,7 +345,7 @@ pub const TABLE: &[Reason] = &[
         Kind::Stalled,
         "Another AgentDynamics (named in the message) already manages the same `agentId`.",
         "Nothing is sent for this object; the owner carries on.",
-        "Delete one of the two objects.",
+        "Delete one of the two objects (`kubectl get agdyn -A --field-selector spec.agentId=<agentId>` lists every object naming the agent).",
     ),
     reason(
         UNKNOWN_SPEC_FIELD,
